@@ -1,0 +1,172 @@
+//! `RuleBundle`: which files from which ArtifactSources a consumer needs, and where they go.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::artifact_source::LocalObjectReference;
+use super::condition::Condition;
+
+/// Selects files from ready ArtifactSources and materialises them as a ConfigMap and/or as
+/// files on nodes.
+#[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[kube(
+    group = "ocisync.dev",
+    version = "v1alpha1",
+    kind = "RuleBundle",
+    namespaced,
+    status = "RuleBundleStatus",
+    shortname = "rb",
+    category = "ocisync",
+    printcolumn = r#"{"name":"Revision","type":"string","jsonPath":".status.revision"}"#,
+    printcolumn = r#"{"name":"Nodes","type":"string","jsonPath":".status.nodes.updated"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleBundleSpec {
+    /// The ArtifactSources to take files from; order matters only for listing.
+    #[schemars(length(min = 1))]
+    pub sources: Vec<BundleSource>,
+    /// Write the selected files into a ConfigMap in the bundle's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ConfigMapTarget>,
+    /// Write the selected files onto the selected nodes (by the node agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_files: Option<NodeFilesTarget>,
+    /// Stop updating the targets; what is there stays.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+/// One source of files.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BundleSource {
+    /// An ArtifactSource in the same namespace.
+    pub source_ref: LocalObjectReference,
+    /// Glob patterns over the artifact's file paths (`*.yaml`); default: every file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+}
+
+/// The ConfigMap target.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub struct ConfigMapTarget {
+    /// Name of the ConfigMap; default: the bundle's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Extra labels for the ConfigMap.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Extra annotations for the ConfigMap.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// The node files target.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeFilesTarget {
+    /// Absolute directory on the node; must be inside one of the agent's allowed directories.
+    #[schemars(extend("pattern" = "^/"))]
+    pub directory: String,
+    /// Which nodes get the files; default: every node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+}
+
+/// A label selector, as in `metav1.LabelSelector`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelSelector {
+    /// Labels a node must have, all of them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_labels: BTreeMap<String, String>,
+    /// Set-based requirements, all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_expressions: Vec<LabelSelectorRequirement>,
+}
+
+/// A set-based label requirement.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub struct LabelSelectorRequirement {
+    /// The label key.
+    pub key: String,
+    /// One of `In`, `NotIn`, `Exists`, `DoesNotExist`.
+    #[schemars(extend("enum" = ["In", "NotIn", "Exists", "DoesNotExist"]))]
+    pub operator: String,
+    /// Values for `In` and `NotIn`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+/// Observed state of a RuleBundle.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleBundleStatus {
+    /// The metadata.generation last reconciled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, plus `Reconciling` or `Stalled` while they apply.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Digest over the ordered source revisions and the file selection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// The source revisions the bundle was built from.
+    #[serde(default)]
+    pub sources: Vec<SourceRevision>,
+    /// The files in the bundle.
+    #[serde(default)]
+    pub files: Vec<BundleFile>,
+    /// The ConfigMap written, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ConfigMapStatus>,
+    /// Node rollout counts, aggregated from the agents' reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<NodeCounts>,
+}
+
+/// A source and the revision the bundle used.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub struct SourceRevision {
+    /// The ArtifactSource's name.
+    pub name: String,
+    /// Its artifact revision.
+    pub revision: String,
+}
+
+/// A file in the bundle.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub struct BundleFile {
+    /// Path inside the bundle.
+    pub path: String,
+    /// The ArtifactSource it came from.
+    pub source: String,
+    /// `sha256:<hex>` of its bytes.
+    pub digest: String,
+    /// Size in bytes.
+    pub size: i64,
+}
+
+/// The ConfigMap written for a bundle.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub struct ConfigMapStatus {
+    /// Its name.
+    pub name: String,
+}
+
+/// How many selected nodes have the current revision.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub struct NodeCounts {
+    /// Nodes the bundle selects.
+    pub desired: i32,
+    /// Nodes that report the current revision.
+    pub updated: i32,
+    /// Nodes that report a failure.
+    pub failed: i32,
+}

@@ -1,0 +1,434 @@
+//! Pulling an artifact: resolve the selector, fetch and verify the manifest (choosing a
+//! platform from an index), then stream each layer through a SHA-256 check into the
+//! unpacker. Download, hashing and inflate/write overlap: the async task hashes chunks as
+//! they arrive and hands them to a blocking thread that inflates and writes.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use oci_client::manifest::{OciDescriptor, OciImageIndex, OciImageManifest};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use super::content::{self, ContentKind, FalcoConfig, LayerForm};
+use super::error::{OciError, Result};
+use super::reference::{self, RefSelector, Reference, Repository};
+use super::registry::{ManifestHead, Registry};
+use super::unpack::{self, Budget, Limits, WrittenFile};
+
+/// What to take from an artifact.
+#[derive(Clone, Debug, Default)]
+pub struct PullOptions {
+    /// `os/arch[/variant]` to pick from an image index; default: this machine's.
+    pub platform: Option<String>,
+    /// Only layers of this media type.
+    pub layer_media_type: Option<String>,
+    pub limits: Limits,
+}
+
+/// The resolved revision: what the selector pointed at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    /// The tag or version the selector chose (`latest`, `3.2.0`), or the digest for pins.
+    pub label: String,
+    pub head: ManifestHead,
+}
+
+impl Resolved {
+    /// `<tag or version>@<digest>`, the revision string of ArtifactSource status.
+    pub fn revision(&self) -> String {
+        if self.label == self.head.digest {
+            self.head.digest.clone()
+        } else {
+            format!("{}@{}", self.label, self.head.digest)
+        }
+    }
+}
+
+/// A pulled, verified, unpacked artifact.
+#[derive(Clone, Debug)]
+pub struct Pulled {
+    /// The digest of the image manifest used (after platform selection).
+    pub manifest_digest: String,
+    pub kind: ContentKind,
+    pub config: Option<FalcoConfig>,
+    pub annotations: BTreeMap<String, String>,
+    pub files: Vec<WrittenFile>,
+}
+
+impl Pulled {
+    pub fn size(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+}
+
+/// Resolves a reference: one HEAD for a tag or digest; a tag listing plus one HEAD for a
+/// semver range.
+pub async fn resolve(registry: &Registry, reference: &Reference) -> Result<Resolved> {
+    let repo = &reference.repository;
+    match &reference.selector {
+        RefSelector::Tag(tag) => Ok(Resolved {
+            label: tag.clone(),
+            head: registry.resolve(repo, tag).await?,
+        }),
+        RefSelector::Digest(digest) => Ok(Resolved {
+            label: digest.clone(),
+            head: registry.resolve(repo, digest).await?,
+        }),
+        RefSelector::Semver(range) => {
+            let tags = registry.list_tags(repo, 100_000).await?;
+            let (tag, version) =
+                reference::highest_matching(range, tags.iter().map(String::as_str)).ok_or_else(
+                    || OciError::NotFound(format!("no tag of {repo} matches {range}")),
+                )?;
+            Ok(Resolved {
+                label: version.to_string(),
+                head: registry.resolve(repo, tag).await?,
+            })
+        }
+    }
+}
+
+/// Pulls the manifest `digest` of `repo` into the empty directory `dest`. On error the
+/// caller discards `dest`: files may have been written there before a late check failed.
+pub async fn pull_into(
+    registry: &Registry,
+    repo: &Repository,
+    digest: &str,
+    dest: &Path,
+    options: &PullOptions,
+    progress: &dyn Fn(Progress),
+) -> Result<Pulled> {
+    let manifest = fetch_image_manifest(registry, repo, digest, options).await?;
+    let (manifest_digest, manifest) = manifest;
+    let layers: Vec<&OciDescriptor> = manifest
+        .layers
+        .iter()
+        .filter(|l| {
+            options
+                .layer_media_type
+                .as_deref()
+                .is_none_or(|m| l.media_type == m)
+        })
+        .collect();
+    if layers.is_empty() {
+        return Err(OciError::UnsupportedMediaType(
+            match &options.layer_media_type {
+                Some(m) => format!("no layer of media type {m}"),
+                None => "the manifest has no layers".to_string(),
+            },
+        ));
+    }
+    let total: u64 = layers.iter().map(|l| l.size.max(0) as u64).sum();
+    if total > options.limits.max_artifact_bytes {
+        return Err(OciError::TooLarge(format!(
+            "artifact layers total {total} bytes, limit {}",
+            options.limits.max_artifact_bytes
+        )));
+    }
+    let layer_types: Vec<&str> = manifest
+        .layers
+        .iter()
+        .map(|l| l.media_type.as_str())
+        .collect();
+    let kind = ContentKind::detect(
+        &manifest.config.media_type,
+        manifest.artifact_type.as_deref(),
+        &layer_types,
+    );
+    let config = match kind {
+        ContentKind::FalcoRules | ContentKind::FalcoPlugin | ContentKind::FalcoAsset
+            if manifest.config.size > 0 =>
+        {
+            check_descriptor(&manifest.config)?;
+            let raw = registry
+                .fetch_small_blob(repo, &manifest.config.digest, 1024 * 1024)
+                .await?;
+            FalcoConfig::parse(&raw)
+        }
+        _ => None,
+    };
+    let mut budget = Budget::new(options.limits);
+    for layer in layers {
+        budget = pull_layer(registry, repo, layer, dest, budget, progress).await?;
+    }
+    let mut files = budget.files;
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(Pulled {
+        manifest_digest,
+        kind,
+        config,
+        annotations: manifest.annotations.unwrap_or_default(),
+        files,
+    })
+}
+
+/// Progress of one layer download, for terminals.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    pub done: u64,
+    pub total: u64,
+}
+
+async fn fetch_image_manifest(
+    registry: &Registry,
+    repo: &Repository,
+    digest: &str,
+    options: &PullOptions,
+) -> Result<(String, OciImageManifest)> {
+    let raw = registry.fetch_manifest(repo, digest, Some(digest)).await?;
+    match raw.media_type.as_str() {
+        content::INDEX_V1 | content::DOCKER_MANIFEST_LIST_V2 => {
+            let index: OciImageIndex = serde_json::from_slice(&raw.bytes)
+                .map_err(|e| OciError::InvalidManifest(format!("image index: {e}")))?;
+            let wanted = options.platform.clone().unwrap_or_else(default_platform);
+            let entry = pick_platform(&index, &wanted)?;
+            let inner = registry.fetch_manifest(repo, &entry, Some(&entry)).await?;
+            if matches!(
+                inner.media_type.as_str(),
+                content::INDEX_V1 | content::DOCKER_MANIFEST_LIST_V2
+            ) {
+                return Err(OciError::UnsupportedMediaType("nested image index".into()));
+            }
+            Ok((inner.digest, parse_manifest(&inner.bytes)?))
+        }
+        content::MANIFEST_V1 | content::DOCKER_MANIFEST_V2 => {
+            Ok((raw.digest, parse_manifest(&raw.bytes)?))
+        }
+        other => Err(OciError::UnsupportedMediaType(format!(
+            "manifest media type {other}"
+        ))),
+    }
+}
+
+fn parse_manifest(bytes: &[u8]) -> Result<OciImageManifest> {
+    let manifest: OciImageManifest = serde_json::from_slice(bytes)
+        .map_err(|e| OciError::InvalidManifest(format!("image manifest: {e}")))?;
+    for layer in &manifest.layers {
+        check_descriptor(layer)?;
+    }
+    Ok(manifest)
+}
+
+fn check_descriptor(d: &OciDescriptor) -> Result<()> {
+    reference::validate_digest(&d.digest).map_err(|_| {
+        OciError::InvalidManifest(format!("descriptor digest {:?} is not sha256", d.digest))
+    })?;
+    if d.size < 0 {
+        return Err(OciError::InvalidManifest(format!(
+            "descriptor {} has a negative size",
+            d.digest
+        )));
+    }
+    Ok(())
+}
+
+/// This machine's platform in Go's naming (`linux/amd64`).
+pub fn default_platform() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    };
+    format!("{}/{arch}", std::env::consts::OS)
+}
+
+/// The digest of the index entry for `wanted` (`os/arch[/variant]`).
+pub fn pick_platform(index: &OciImageIndex, wanted: &str) -> Result<String> {
+    let mut parts = wanted.split('/');
+    let (os, arch, variant) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next(),
+    );
+    let as_str = |v: serde_json::Result<serde_json::Value>| {
+        v.ok().and_then(|v| v.as_str().map(str::to_string))
+    };
+    index
+        .manifests
+        .iter()
+        .find(|m| {
+            m.platform.as_ref().is_some_and(|p| {
+                as_str(serde_json::to_value(&p.os)).as_deref() == Some(os)
+                    && as_str(serde_json::to_value(&p.architecture)).as_deref() == Some(arch)
+                    && variant.is_none_or(|v| p.variant.as_deref() == Some(v))
+            })
+        })
+        .map(|m| m.digest.clone())
+        .ok_or_else(|| {
+            OciError::NotFound(format!(
+                "the image index has no manifest for platform {wanted}"
+            ))
+        })
+}
+
+/// Streams one layer: the async side hashes and counts bytes, the blocking side writes.
+async fn pull_layer(
+    registry: &Registry,
+    repo: &Repository,
+    layer: &OciDescriptor,
+    dest: &Path,
+    budget: Budget,
+    progress: &dyn Fn(Progress),
+) -> Result<Budget> {
+    let annotations = layer.annotations.clone().unwrap_or_default();
+    let title = annotations.get(content::ANNOTATION_TITLE).cloned();
+    let oras_unpack = annotations
+        .get(content::ANNOTATION_ORAS_UNPACK)
+        .is_some_and(|v| v == "true");
+    let form = content::layer_form(&layer.media_type, title.is_some(), oras_unpack);
+    let expected_size = layer.size as u64;
+    let name = title.unwrap_or_else(|| layer.digest.replace(':', "-"));
+    let dest = dest.to_path_buf();
+
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut budget = budget;
+        let mut reader = ChannelReader {
+            rx,
+            current: Bytes::new(),
+        };
+        let result = match form {
+            LayerForm::Tar { gzip: true } => {
+                let gz = flate2::read::GzDecoder::new(&mut reader);
+                unpack::unpack_tar(gz, &dest, expected_size, &mut budget)
+            }
+            LayerForm::Tar { gzip: false } => {
+                unpack::unpack_tar(&mut reader, &dest, expected_size, &mut budget)
+            }
+            LayerForm::File => unpack::write_single(&mut reader, &dest, &name, &mut budget),
+        };
+        result.map(|_| budget)
+    });
+
+    let mut stream = registry.blob_stream(repo, &layer.digest).await?;
+    let mut hasher = Sha256::new();
+    let mut received = 0u64;
+    let mut sender = Some(tx);
+    let mut failure = None;
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        };
+        received += chunk.len() as u64;
+        if received > expected_size {
+            failure = Some(OciError::DigestMismatch {
+                what: format!("layer {}", layer.digest),
+                expected: format!("{expected_size} bytes"),
+                actual: "more bytes".into(),
+            });
+            break;
+        }
+        hasher.update(&chunk);
+        progress(Progress {
+            done: received,
+            total: expected_size,
+        });
+        if let Some(tx) = &sender {
+            if tx.send(chunk).await.is_err() {
+                // The writer stopped (error or end of archive): keep verifying the bytes.
+                sender = None;
+            }
+        }
+    }
+    drop(sender);
+    let written = writer
+        .await
+        .map_err(|_| OciError::UnsafeContent("unpacking thread failed".into()))?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+    if received != expected_size || actual != layer.digest {
+        return Err(OciError::DigestMismatch {
+            what: format!("layer {}", layer.digest),
+            expected: layer.digest.clone(),
+            actual,
+        });
+    }
+    written
+}
+
+/// A blocking `Read` over chunks sent from the async side.
+struct ChannelReader {
+    rx: mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(next) => self.current = next,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_platforms_from_an_index() {
+        let index: OciImageIndex = serde_json::from_str(&format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[
+              {{"mediaType":"{m}","digest":"sha256:{a}","size":1,"platform":{{"os":"linux","architecture":"amd64"}}}},
+              {{"mediaType":"{m}","digest":"sha256:{b}","size":1,"platform":{{"os":"linux","architecture":"arm64","variant":"v8"}}}}
+            ]}}"#,
+            content::INDEX_V1,
+            m = content::MANIFEST_V1,
+            a = "a".repeat(64),
+            b = "b".repeat(64)
+        ))
+        .unwrap();
+        assert_eq!(
+            pick_platform(&index, "linux/amd64").unwrap(),
+            format!("sha256:{}", "a".repeat(64))
+        );
+        assert_eq!(
+            pick_platform(&index, "linux/arm64/v8").unwrap(),
+            format!("sha256:{}", "b".repeat(64))
+        );
+        assert_eq!(
+            pick_platform(&index, "darwin/arm64")
+                .unwrap_err()
+                .reason()
+                .as_str(),
+            "NotFound"
+        );
+    }
+
+    #[test]
+    fn revision_strings() {
+        let head = ManifestHead {
+            digest: "sha256:x".into(),
+            media_type: String::new(),
+            size: None,
+        };
+        let r = Resolved {
+            label: "3".into(),
+            head: head.clone(),
+        };
+        assert_eq!(r.revision(), "3@sha256:x");
+        let r = Resolved {
+            label: "sha256:x".into(),
+            head,
+        };
+        assert_eq!(r.revision(), "sha256:x");
+    }
+}

@@ -1,0 +1,693 @@
+//! A thin client for the OCI distribution API on reqwest: exactly the requests ocisync
+//! needs (one HEAD per check, size limits enforced while reading, `Link` pagination,
+//! `Retry-After`), Distribution's basic and bearer-token auth, plain HTTP or a custom CA.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use sha2::{Digest, Sha256};
+
+use super::auth::Credentials;
+use super::content::{DOCKER_MANIFEST_LIST_V2, DOCKER_MANIFEST_V2, INDEX_V1, MANIFEST_V1};
+use super::error::{OciError, Result};
+use super::reference::Repository;
+
+/// How to reach a registry.
+#[derive(Clone, Debug)]
+pub struct RegistryOptions {
+    /// Plain HTTP instead of HTTPS.
+    pub insecure: bool,
+    /// PEM CA bundle trusted in addition to the system roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Timeout for one whole request (connect + response + body).
+    pub timeout: Duration,
+    pub credentials: Option<Credentials>,
+    /// Largest manifest accepted, in bytes.
+    pub max_manifest_bytes: u64,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            insecure: false,
+            ca_pem: None,
+            timeout: Duration::from_secs(60),
+            credentials: None,
+            max_manifest_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// A manifest's identity as the registry reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestHead {
+    pub digest: String,
+    pub media_type: String,
+    pub size: Option<u64>,
+}
+
+/// A fetched manifest, verified against its digest.
+#[derive(Clone, Debug)]
+pub struct RawManifest {
+    pub digest: String,
+    pub media_type: String,
+    pub bytes: Bytes,
+}
+
+#[derive(Clone)]
+enum AuthState {
+    Anonymous,
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
+}
+
+/// A client for one registry host.
+pub struct Registry {
+    http: reqwest::Client,
+    base: String,
+    registry: String,
+    options: RegistryOptions,
+    auth: Mutex<AuthState>,
+    tokens: Mutex<HashMap<String, String>>,
+}
+
+const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
+
+impl Registry {
+    /// Builds a client for `registry` (`host[:port]`).
+    pub fn new(registry: &str, options: RegistryOptions) -> Result<Self> {
+        crate::tls::install_crypto_provider();
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("ocisync/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(options.timeout.min(Duration::from_secs(10)))
+            .read_timeout(options.timeout)
+            .redirect(reqwest::redirect::Policy::limited(5));
+        if let Some(pem) = &options.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|_| {
+                OciError::InvalidReference("CA bundle is not valid PEM".to_string())
+            })?;
+            if certs.is_empty() {
+                return Err(OciError::InvalidReference(
+                    "CA bundle holds no certificate".into(),
+                ));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
+            .build()
+            .map_err(|e| OciError::RegistryUnavailable(format!("HTTP client setup failed: {e}")))?;
+        let scheme = if options.insecure { "http" } else { "https" };
+        let initial = if options.credentials.is_some() {
+            // Distribution with htpasswd and most private registries ask for basic auth;
+            // sending it up front saves a 401 round trip on every check.
+            AuthState::Basic
+        } else {
+            AuthState::Anonymous
+        };
+        Ok(Registry {
+            http,
+            base: format!("{scheme}://{registry}"),
+            registry: registry.to_string(),
+            options,
+            auth: Mutex::new(initial),
+            tokens: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn host(&self) -> &str {
+        &self.registry
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/v2/{path}", self.base)
+    }
+
+    /// Sends a request built by `build`, answering an auth challenge once.
+    async fn send(
+        &self,
+        repo: &Repository,
+        push: bool,
+        what: &str,
+        build: impl Fn() -> RequestBuilder,
+    ) -> Result<Response> {
+        let scope = format!(
+            "repository:{}:{}",
+            repo.name,
+            if push { "pull,push" } else { "pull" }
+        );
+        let first = self.authorise(build(), &scope).send().await;
+        let response = first.map_err(|e| OciError::transport(what, &e))?;
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        let challenge = response
+            .headers()
+            .get(header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .map(parse_challenge);
+        match challenge {
+            Some(Some(AuthState::Bearer { realm, service })) => {
+                self.fetch_token(&realm, service.as_deref(), &scope).await?;
+                self.set_auth(AuthState::Bearer { realm, service });
+            }
+            Some(Some(AuthState::Basic)) if self.options.credentials.is_some() => {
+                if matches!(self.current_auth(), AuthState::Basic) {
+                    return Err(self.unauthorized(what));
+                }
+                self.set_auth(AuthState::Basic);
+            }
+            _ => return Err(self.unauthorized(what)),
+        }
+        let retry = self.authorise(build(), &scope).send().await;
+        let response = retry.map_err(|e| OciError::transport(what, &e))?;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            return Err(self.unauthorized(what));
+        }
+        Ok(response)
+    }
+
+    fn unauthorized(&self, what: &str) -> OciError {
+        let who = if self.options.credentials.is_some() {
+            "credentials were rejected"
+        } else {
+            "anonymous access was refused"
+        };
+        OciError::Unauthorized(format!("{what} on {}: {who}", self.registry))
+    }
+
+    fn current_auth(&self) -> AuthState {
+        self.auth
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or(AuthState::Anonymous)
+    }
+
+    fn set_auth(&self, state: AuthState) {
+        if let Ok(mut a) = self.auth.lock() {
+            *a = state;
+        }
+    }
+
+    fn authorise(&self, request: RequestBuilder, scope: &str) -> RequestBuilder {
+        match self.current_auth() {
+            AuthState::Anonymous => request,
+            AuthState::Basic => match &self.options.credentials {
+                Some(c) => request.basic_auth(&c.username, Some(&c.password)),
+                None => request,
+            },
+            AuthState::Bearer { .. } => {
+                let token = self.tokens.lock().ok().and_then(|t| t.get(scope).cloned());
+                match token {
+                    Some(t) => request.bearer_auth(t),
+                    None => request,
+                }
+            }
+        }
+    }
+
+    async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<()> {
+        let mut query: Vec<(&str, &str)> = vec![("scope", scope)];
+        if let Some(s) = service {
+            query.push(("service", s));
+        }
+        let mut request = self.http.get(realm).query(&query);
+        if let Some(c) = &self.options.credentials {
+            request = request.basic_auth(&c.username, Some(&c.password));
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| OciError::transport("token request", &e))?;
+        let status = response.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(self.unauthorized("token request"));
+        }
+        let response = check_status(response, "token request").await?;
+        let body = read_limited(response, 64 * 1024, "token response").await?;
+        #[derive(serde::Deserialize)]
+        struct Token {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let parsed: Token = serde_json::from_slice(&body)
+            .map_err(|_| OciError::Unauthorized("token response is not JSON".into()))?;
+        let token = parsed
+            .token
+            .or(parsed.access_token)
+            .ok_or_else(|| OciError::Unauthorized("token response holds no token".into()))?;
+        if let Ok(mut t) = self.tokens.lock() {
+            t.insert(scope.to_string(), token);
+        }
+        Ok(())
+    }
+
+    /// Resolves a tag or digest to the manifest's digest with one HEAD request; falls back
+    /// to a GET only when the HEAD gives no usable answer.
+    pub async fn resolve(&self, repo: &Repository, reference: &str) -> Result<ManifestHead> {
+        let url = self.url(&format!("{}/manifests/{reference}", repo.name));
+        let what = format!("resolve {repo}:{reference}");
+        let response = self
+            .send(repo, false, &what, || {
+                self.http
+                    .request(Method::HEAD, &url)
+                    .header(header::ACCEPT, MANIFEST_ACCEPT)
+            })
+            .await?;
+        if response.status().is_success() {
+            let headers = response.headers();
+            let digest = header_str(headers, "docker-content-digest");
+            let media_type = header_str(headers, header::CONTENT_TYPE.as_str());
+            let size =
+                header_str(headers, header::CONTENT_LENGTH.as_str()).and_then(|s| s.parse().ok());
+            if let (Some(digest), Some(media_type)) = (digest, media_type) {
+                if super::reference::validate_digest(&digest).is_ok() {
+                    return Ok(ManifestHead {
+                        digest,
+                        media_type,
+                        size,
+                    });
+                }
+            }
+        } else if response.status() != StatusCode::METHOD_NOT_ALLOWED {
+            check_status(response, &what).await?;
+        }
+        let manifest = self.fetch_manifest(repo, reference, None).await?;
+        Ok(ManifestHead {
+            size: Some(manifest.bytes.len() as u64),
+            digest: manifest.digest,
+            media_type: manifest.media_type,
+        })
+    }
+
+    /// GETs a manifest, enforcing the size limit and checking its digest: against
+    /// `expected` when given, against the reference when it is a digest.
+    pub async fn fetch_manifest(
+        &self,
+        repo: &Repository,
+        reference: &str,
+        expected: Option<&str>,
+    ) -> Result<RawManifest> {
+        let url = self.url(&format!("{}/manifests/{reference}", repo.name));
+        let what = format!("manifest {repo}:{reference}");
+        let response = self
+            .send(repo, false, &what, || {
+                self.http.get(&url).header(header::ACCEPT, MANIFEST_ACCEPT)
+            })
+            .await?;
+        let response = check_status(response, &what).await?;
+        let media_type =
+            header_str(response.headers(), header::CONTENT_TYPE.as_str()).unwrap_or_default();
+        let bytes = read_limited(response, self.options.max_manifest_bytes, &what).await?;
+        let digest = sha256_digest(&bytes);
+        let want = expected.map(str::to_string).or_else(|| {
+            reference
+                .starts_with("sha256:")
+                .then(|| reference.to_string())
+        });
+        if let Some(want) = want {
+            if want != digest {
+                return Err(OciError::DigestMismatch {
+                    what,
+                    expected: want,
+                    actual: digest,
+                });
+            }
+        }
+        let media_type = effective_media_type(&media_type, &bytes);
+        Ok(RawManifest {
+            digest,
+            media_type,
+            bytes,
+        })
+    }
+
+    /// Lists every tag, following `Link` pagination, up to `max_tags`.
+    pub async fn list_tags(&self, repo: &Repository, max_tags: usize) -> Result<Vec<String>> {
+        let mut tags = Vec::new();
+        let mut next = Some(self.url(&format!("{}/tags/list?n=1000", repo.name)));
+        let what = format!("tags of {repo}");
+        while let Some(url) = next.take() {
+            let response = self
+                .send(repo, false, &what, || self.http.get(&url))
+                .await?;
+            let response = check_status(response, &what).await?;
+            next = next_link(response.headers(), &self.base);
+            let body = read_limited(response, 8 * 1024 * 1024, &what).await?;
+            #[derive(serde::Deserialize)]
+            struct TagList {
+                tags: Option<Vec<String>>,
+            }
+            let page: TagList = serde_json::from_slice(&body)
+                .map_err(|_| OciError::InvalidManifest(format!("{what}: tag list is not JSON")))?;
+            let page = page.tags.unwrap_or_default();
+            if page.is_empty() {
+                break;
+            }
+            tags.extend(page);
+            if tags.len() > max_tags {
+                return Err(OciError::TooLarge(format!(
+                    "{what}: more than {max_tags} tags"
+                )));
+            }
+        }
+        Ok(tags)
+    }
+
+    /// Starts a blob download; the caller streams and verifies the body.
+    pub async fn blob_stream(
+        &self,
+        repo: &Repository,
+        digest: &str,
+    ) -> Result<impl futures_util::Stream<Item = Result<Bytes>> + use<>> {
+        let url = self.url(&format!("{}/blobs/{digest}", repo.name));
+        let what = format!("blob {digest}");
+        let response = self
+            .send(repo, false, &what, || self.http.get(&url))
+            .await?;
+        let response = check_status(response, &what).await?;
+        Ok(response
+            .bytes_stream()
+            .map(move |r| r.map_err(|e| OciError::transport("blob download", &e))))
+    }
+
+    /// Reads a small blob (a config) whole, with a size limit and digest check.
+    pub async fn fetch_small_blob(
+        &self,
+        repo: &Repository,
+        digest: &str,
+        limit: u64,
+    ) -> Result<Bytes> {
+        let url = self.url(&format!("{}/blobs/{digest}", repo.name));
+        let what = format!("blob {digest}");
+        let response = self
+            .send(repo, false, &what, || self.http.get(&url))
+            .await?;
+        let response = check_status(response, &what).await?;
+        let bytes = read_limited(response, limit, &what).await?;
+        let actual = sha256_digest(&bytes);
+        if actual != digest {
+            return Err(OciError::DigestMismatch {
+                what,
+                expected: digest.to_string(),
+                actual,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Whether the registry already has a blob.
+    pub async fn blob_exists(&self, repo: &Repository, digest: &str) -> Result<bool> {
+        let url = self.url(&format!("{}/blobs/{digest}", repo.name));
+        let what = format!("check blob {digest}");
+        let response = self
+            .send(repo, true, &what, || self.http.head(&url))
+            .await?;
+        match response.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => check_status(response, &what).await.map(|_| false),
+        }
+    }
+
+    /// Uploads a blob in one request (POST then PUT), unless the registry has it.
+    pub async fn push_blob(&self, repo: &Repository, digest: &str, body: Bytes) -> Result<()> {
+        if self.blob_exists(repo, digest).await? {
+            return Ok(());
+        }
+        let what = format!("upload blob {digest}");
+        let start = self.url(&format!("{}/blobs/uploads/", repo.name));
+        let response = self
+            .send(repo, true, &what, || self.http.post(&start))
+            .await?;
+        let response = check_status(response, &what).await?;
+        let location = header_str(response.headers(), header::LOCATION.as_str())
+            .ok_or_else(|| OciError::RegistryUnavailable(format!("{what}: no upload location")))?;
+        let location = absolute_url(&location, &self.base);
+        let separator = if location.contains('?') { '&' } else { '?' };
+        let put_url = format!("{location}{separator}digest={digest}");
+        let response = self
+            .send(repo, true, &what, || {
+                self.http
+                    .put(&put_url)
+                    .header(header::CONTENT_TYPE, "application/octet-stream")
+                    .body(body.clone())
+            })
+            .await?;
+        check_status(response, &what).await.map(|_| ())
+    }
+
+    /// Uploads a manifest under a tag or digest.
+    pub async fn push_manifest(
+        &self,
+        repo: &Repository,
+        reference: &str,
+        media_type: &str,
+        body: Bytes,
+    ) -> Result<()> {
+        let url = self.url(&format!("{}/manifests/{reference}", repo.name));
+        let what = format!("upload manifest {repo}:{reference}");
+        let response = self
+            .send(repo, true, &what, || {
+                self.http
+                    .put(&url)
+                    .header(header::CONTENT_TYPE, media_type)
+                    .body(body.clone())
+            })
+            .await?;
+        check_status(response, &what).await.map(|_| ())
+    }
+}
+
+/// Parses `WWW-Authenticate`: `Basic realm=...` or `Bearer realm="...",service="..."`.
+fn parse_challenge(value: &str) -> Option<AuthState> {
+    let (scheme, params) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
+    match scheme.to_ascii_lowercase().as_str() {
+        "basic" => Some(AuthState::Basic),
+        "bearer" => {
+            let mut realm = None;
+            let mut service = None;
+            for part in split_params(params) {
+                if let Some((k, v)) = part.split_once('=') {
+                    let v = v.trim().trim_matches('"').to_string();
+                    match k.trim().to_ascii_lowercase().as_str() {
+                        "realm" => realm = Some(v),
+                        "service" => service = Some(v),
+                        _ => {}
+                    }
+                }
+            }
+            realm.map(|realm| AuthState::Bearer { realm, service })
+        }
+        _ => None,
+    }
+}
+
+/// Splits `a="x,y",b=z` on commas outside quotes.
+fn split_params(params: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut in_quotes = false;
+    let mut start = 0;
+    for (i, c) in params.char_indices() {
+        match c {
+            '"' => in_quotes = !in_quotes,
+            ',' if !in_quotes => {
+                out.push(&params[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&params[start..]);
+    out
+}
+
+/// The `rel="next"` target of a `Link` header, made absolute.
+fn next_link(headers: &HeaderMap, base: &str) -> Option<String> {
+    let link = headers.get(header::LINK)?.to_str().ok()?;
+    link.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        params.contains("rel=\"next\"").then(|| {
+            absolute_url(
+                target.trim().trim_start_matches('<').trim_end_matches('>'),
+                base,
+            )
+        })
+    })
+}
+
+fn absolute_url(location: &str, base: &str) -> String {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        location.to_string()
+    } else {
+        format!("{base}{location}")
+    }
+}
+
+fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v: &HeaderValue| v.to_str().ok())
+        .map(|s| s.trim().to_string())
+}
+
+/// `sha256:<hex>` of a byte slice.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// The manifest's media type: the header's when it names a manifest type, else the
+/// `mediaType` field of the body.
+fn effective_media_type(header: &str, body: &[u8]) -> String {
+    let known = [
+        MANIFEST_V1,
+        INDEX_V1,
+        DOCKER_MANIFEST_V2,
+        DOCKER_MANIFEST_LIST_V2,
+    ];
+    let header = header.split(';').next().unwrap_or("").trim();
+    if known.contains(&header) {
+        return header.to_string();
+    }
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+        manifests: Option<serde_json::Value>,
+    }
+    match serde_json::from_slice::<Probe>(body) {
+        Ok(Probe {
+            media_type: Some(m),
+            ..
+        }) => m,
+        Ok(Probe {
+            manifests: Some(_), ..
+        }) => INDEX_V1.to_string(),
+        _ => MANIFEST_V1.to_string(),
+    }
+}
+
+/// Maps an HTTP status to a typed error; success passes the response through.
+async fn check_status(response: Response, what: &str) -> Result<Response> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let retry_after = header_str(response.headers(), header::RETRY_AFTER.as_str())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let code = registry_error_code(response).await;
+    let detail = match code {
+        Some(c) => format!("{what}: HTTP {} ({c})", status.as_u16()),
+        None => format!("{what}: HTTP {}", status.as_u16()),
+    };
+    Err(match status {
+        StatusCode::NOT_FOUND => OciError::NotFound(detail),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => OciError::Unauthorized(detail),
+        StatusCode::TOO_MANY_REQUESTS => OciError::RateLimited { retry_after },
+        StatusCode::PAYLOAD_TOO_LARGE => OciError::TooLarge(detail),
+        s if s.is_server_error() => OciError::RegistryUnavailable(detail),
+        _ => OciError::RegistryUnavailable(detail),
+    })
+}
+
+/// The first `errors[].code` of a distribution error body, if any (bounded read).
+async fn registry_error_code(response: Response) -> Option<String> {
+    let body = read_limited(response, 16 * 1024, "error body").await.ok()?;
+    #[derive(serde::Deserialize)]
+    struct Errors {
+        errors: Vec<ErrorEntry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorEntry {
+        code: String,
+    }
+    let parsed: Errors = serde_json::from_slice(&body).ok()?;
+    parsed.errors.into_iter().next().map(|e| {
+        e.code
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(64)
+            .collect()
+    })
+}
+
+/// Reads a whole response body, failing as soon as it passes `limit` bytes.
+async fn read_limited(response: Response, limit: u64, what: &str) -> Result<Bytes> {
+    if let Some(len) = response.content_length() {
+        if len > limit {
+            return Err(OciError::TooLarge(format!(
+                "{what}: {len} bytes, limit {limit}"
+            )));
+        }
+    }
+    let mut stream = response.bytes_stream();
+    let mut buf = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| OciError::transport(what, &e))?;
+        if buf.len() as u64 + chunk.len() as u64 > limit {
+            return Err(OciError::TooLarge(format!(
+                "{what}: over the limit of {limit} bytes"
+            )));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_challenges() {
+        match parse_challenge(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a:pull,push""#,
+        ) {
+            Some(AuthState::Bearer { realm, service }) => {
+                assert_eq!(realm, "https://auth.example/token");
+                assert_eq!(service.as_deref(), Some("registry.example"));
+            }
+            _ => panic!("expected bearer"),
+        }
+        assert!(matches!(
+            parse_challenge(r#"Basic realm="Registry Realm""#),
+            Some(AuthState::Basic)
+        ));
+        assert!(parse_challenge("Negotiate").is_none());
+        assert!(parse_challenge("Bearer service=x").is_none());
+    }
+
+    #[test]
+    fn follows_link_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::LINK,
+            HeaderValue::from_static(r#"</v2/a/tags/list?last=b&n=2>; rel="next""#),
+        );
+        assert_eq!(
+            next_link(&h, "http://r:5000").as_deref(),
+            Some("http://r:5000/v2/a/tags/list?last=b&n=2")
+        );
+        assert_eq!(next_link(&HeaderMap::new(), "http://r"), None);
+    }
+
+    #[test]
+    fn media_type_from_header_or_body() {
+        assert_eq!(effective_media_type(MANIFEST_V1, b"{}"), MANIFEST_V1);
+        assert_eq!(
+            effective_media_type("application/json", br#"{"manifests":[]}"#),
+            INDEX_V1
+        );
+        assert_eq!(effective_media_type("", br#"{"mediaType":"x"}"#), "x");
+    }
+}
