@@ -140,10 +140,13 @@ stop_names() {
 			kill -KILL "$pid" 2>/dev/null || true
 		fi
 	done
+	local d=$((SECONDS + 5))
 	for pid in "${pids[@]}"; do
-		local d=$((SECONDS + 5))
 		while proc_running "$pid" && ((SECONDS < d)); do sleep 0.1; done
+		proc_running "$pid" && continue
 		wait "$pid" 2>/dev/null || true # reap it if it is our own child
+		# Otherwise init reaps it; give it a moment so no zombie is left listed.
+		while [[ -e /proc/$pid ]] && ((SECONDS < d)); do sleep 0.1; done
 	done
 	for name in "$@"; do rm -f "$PIDS/$name.pid"; done
 }
@@ -152,7 +155,8 @@ stop_names() {
 start_proc() {
 	local name=$1
 	shift
-	setsid "$@" </dev/null >>"$LOGS/$name.log" 2>&1 &
+	# Close the lock descriptors: a child holding them would keep the lock forever.
+	setsid "$@" </dev/null >>"$LOGS/$name.log" 2>&1 8>&- 9>&- &
 	printf '%s\n' "$!" >"$PIDS/$name.pid"
 	STARTED+=("$name")
 }
@@ -338,7 +342,7 @@ build_k8s() {
 	have_k8s_bins && return 0
 	mkdir -p "$K8S_WORK"
 	exec 8>"$K8S_CACHE/.build.lock"
-	flock 8
+	flock -w 1800 8 || die "another build holds $K8S_CACHE/.build.lock"
 	if have_k8s_bins; then exec 8>&-; return 0; fi
 	local buildlog=$K8S_WORK/build.log t0=$SECONDS
 	: >"$buildlog"
@@ -540,6 +544,9 @@ storage:
     rootdirectory: $STATE/$name
   delete:
     enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
 http:
   addr: 127.0.0.1:$port
   secret: $REG_HTTP_SECRET
@@ -624,7 +631,7 @@ expected_names() {
 
 lock_state() {
 	exec 9>"$STATE/.lock"
-	flock 9
+	flock -w 600 9 || die "another e2e/testenv.sh run holds $STATE/.lock"
 }
 
 on_exit() {
@@ -654,6 +661,8 @@ cmd_up() {
 		ensure_commands kubectl:kubernetes-client
 		if kubectl --request-timeout=5s get --raw /readyz >/dev/null 2>&1; then
 			external=1 kubeconfig=$KUBECONFIG
+		else
+			log "KUBECONFIG=$KUBECONFIG does not answer /readyz: starting the local cluster instead"
 		fi
 	fi
 	if ((!external)); then

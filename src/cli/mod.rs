@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// Ship configuration from OCI registries into Kubernetes clusters and onto nodes.
 #[derive(Parser, Debug)]
-#[command(name = "ocisync", version, about, propagate_version = true)]
+#[command(name = "ocisync", version, about)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
