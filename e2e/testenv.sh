@@ -255,7 +255,50 @@ choose_port() {
 
 # ------------------------------------------------------ kubernetes binaries
 
-have_k8s_bins() { [[ -x $K8S_BIN/kube-apiserver && -x $K8S_BIN/kube-controller-manager ]]; }
+# Bumped when the build changes, so cached binaries from an older recipe are rebuilt.
+readonly K8S_BUILD_REV=2
+have_k8s_bins() {
+	[[ -x $K8S_BIN/kube-apiserver && -x $K8S_BIN/kube-controller-manager ]] &&
+		[[ $(cat "$K8S_BIN/.build-rev" 2>/dev/null) == "$K8S_BUILD_REV" ]]
+}
+
+# Kubernetes 1.20 vendors github.com/modern-go/reflect2 v1.0.1, which calls the runtime's
+# reflect.mapiterinit with its pre-Go-1.18 signature. Built with Debian's Go 1.19, the API
+# server then crashes ("fatal error: fault" in json-iterator) on the first custom resource
+# it encodes. Make the vendored copy use the Go 1.18+ calling convention: the caller
+# allocates the whole iterator (runtime.hiter's Go 1.19 layout) and passes it in.
+patch_reflect2() {
+	local dir=$1/vendor/github.com/modern-go/reflect2
+	grep -q 'ocisync-testenv' "$dir/unsafe_map.go" && return 0
+	echo "== patching vendored reflect2 for Go >= 1.18 map iteration"
+	grep -q 'ocisync-testenv' "$dir/unsafe_link.go" || perl -0pi -e '
+		s{func mapiterinit\(rtype unsafe\.Pointer, m unsafe\.Pointer\) \*hiter}
+		 {func mapiterinit(rtype unsafe.Pointer, m unsafe.Pointer, it *hiter) // ocisync-testenv: Go 1.18+ signature}
+		  or die "mapiterinit declaration not found\n";
+		s{type hiter struct \{.*?\n\}}{type hiter struct {
+	key         unsafe.Pointer
+	value       unsafe.Pointer
+	t           unsafe.Pointer
+	h           unsafe.Pointer
+	buckets     unsafe.Pointer
+	bptr        unsafe.Pointer
+	overflow    *[]unsafe.Pointer
+	oldoverflow *[]unsafe.Pointer
+	startBucket uintptr
+	offset      uint8
+	wrapped     bool
+	B           uint8
+	i           uint8
+	bucket      uintptr
+	checkBucket uintptr
+}}s or die "hiter struct not found\n";
+	' "$dir/unsafe_link.go"
+	perl -0pi -e '
+		s{return &UnsafeMapIterator\{\n\t\thiter:      mapiterinit\(type2\.rtype, \*\(\*unsafe\.Pointer\)\(obj\)\),}
+		 {it := new(hiter) // ocisync-testenv: caller-allocated iterator\n\tmapiterinit(type2.rtype, *(*unsafe.Pointer)(obj), it)\n\treturn &UnsafeMapIterator\{\n\t\thiter:      it,}
+		  or die "UnsafeIterate not found\n";
+	' "$dir/unsafe_map.go"
+}
 
 # Write deb-src entries derived from the machine's Debian apt sources into $1.
 make_deb_src_dir() {
@@ -321,6 +364,7 @@ EOF
 	mkdir -p "$K8S_WORK/gopath/src/k8s.io"
 	ln -sfn "$tree" "$K8S_WORK/gopath/src/k8s.io/kubernetes"
 	cd "$K8S_WORK/gopath/src/k8s.io/kubernetes"
+	patch_reflect2 "$tree"
 	rm -rf _output # a failed build leaves broken generator binaries behind
 	echo "== make WHAT='cmd/kube-apiserver cmd/kube-controller-manager' ($(go version))"
 	env -u GOFLAGS -u GOBIN -u GOOS -u GOARCH \
@@ -335,6 +379,7 @@ EOF
 		install -m 0755 "_output/bin/$b" "$K8S_BIN/.$b.tmp"
 		mv -f "$K8S_BIN/.$b.tmp" "$K8S_BIN/$b"
 	done
+	echo "$K8S_BUILD_REV" >"$K8S_BIN/.build-rev"
 	echo "== done"
 }
 

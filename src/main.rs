@@ -32,9 +32,11 @@ fn main() -> ExitCode {
 }
 
 /// Structured logs on stderr: JSON when not on a terminal, `RUST_LOG` filters (default info).
+/// kube's client logs each failed request at error level; ocisync reports those failures
+/// itself (once, with context), so that logger is off unless `RUST_LOG` asks for it.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_client::client::builder=off"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -49,7 +51,9 @@ fn init_logging() {
 /// with a pointer to `--help`, and exits 2.
 fn usage_error(e: clap::Error) -> ExitCode {
     match e.kind() {
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
             let _ = e.print();
             if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
                 ExitCode::from(2)
@@ -59,7 +63,10 @@ fn usage_error(e: clap::Error) -> ExitCode {
         }
         _ => {
             let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("error: invalid arguments");
+            let first = rendered
+                .lines()
+                .next()
+                .unwrap_or("error: invalid arguments");
             let first = first.strip_prefix("error: ").unwrap_or(first);
             eprintln!("error: {first} (see 'ocisync --help')");
             ExitCode::from(2)

@@ -5,7 +5,9 @@ pub mod condition;
 pub mod duration;
 pub mod rule_bundle;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSON, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use kube::CustomResourceExt;
 
 pub use artifact_source::{ArtifactSource, ArtifactSourceSpec, ArtifactSourceStatus};
@@ -18,7 +20,36 @@ pub const FIELD_MANAGER: &str = "ocisync";
 
 /// Every CustomResourceDefinition, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![ArtifactSource::crd(), RuleBundle::crd()]
+    let mut crds = vec![ArtifactSource::crd(), RuleBundle::crd()];
+    for crd in &mut crds {
+        for version in &mut crd.spec.versions {
+            if let Some(schema) = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+            {
+                drop_empty_string_defaults(schema);
+            }
+        }
+    }
+    crds
+}
+
+/// Removes `default: ""` from a schema. Kubernetes v1.20 reads an empty-string default as
+/// null and rejects the CRD; an absent string and an empty one mean the same to us.
+fn drop_empty_string_defaults(schema: &mut JSONSchemaProps) {
+    if matches!(&schema.default, Some(JSON(serde_json::Value::String(s))) if s.is_empty()) {
+        schema.default = None;
+    }
+    for child in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
+        drop_empty_string_defaults(child);
+    }
+    if let Some(JSONSchemaPropsOrArray::Schema(items)) = schema.items.as_mut() {
+        drop_empty_string_defaults(items);
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(extra)) = schema.additional_properties.as_mut() {
+        drop_empty_string_defaults(extra);
+    }
 }
 
 /// One CRD as the YAML committed under `crds/`, with a header saying it is generated.

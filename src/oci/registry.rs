@@ -29,6 +29,8 @@ pub struct RegistryOptions {
     pub credentials: Option<Credentials>,
     /// Largest manifest accepted, in bytes.
     pub max_manifest_bytes: u64,
+    /// Tags asked for per page of a tag listing (`n`); the registry may send fewer.
+    pub tag_page_size: usize,
 }
 
 impl Default for RegistryOptions {
@@ -39,6 +41,7 @@ impl Default for RegistryOptions {
             timeout: Duration::from_secs(60),
             credentials: None,
             max_manifest_bytes: 4 * 1024 * 1024,
+            tag_page_size: 1000,
         }
     }
 }
@@ -334,7 +337,11 @@ impl Registry {
     /// Lists every tag, following `Link` pagination, up to `max_tags`.
     pub async fn list_tags(&self, repo: &Repository, max_tags: usize) -> Result<Vec<String>> {
         let mut tags = Vec::new();
-        let mut next = Some(self.url(&format!("{}/tags/list?n=1000", repo.name)));
+        let mut next = Some(self.url(&format!(
+            "{}/tags/list?n={}",
+            repo.name,
+            self.options.tag_page_size.max(1)
+        )));
         let what = format!("tags of {repo}");
         while let Some(url) = next.take() {
             let response = self

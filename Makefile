@@ -1,0 +1,54 @@
+# ocisync: the commands a developer and CI run. `make help` lists them.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+CARGO ?= cargo
+TESTENV := e2e/testenv.sh
+# oras-py, the independent client the interop tests and the benchmark compare against.
+PYENV := $(CURDIR)/target/pyenv
+export OCISYNC_PYTHON := $(PYENV)/bin/python
+
+.PHONY: help test deps lint unit e2e demo crds crds-check testenv-up testenv-down bench build release
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+test: deps lint ## everything CI runs: deps, fmt, clippy, unit and end-to-end tests
+	eval "$$($(TESTENV) up)"; OCISYNC_E2E_REQUIRED=1 $(CARGO) test --locked
+
+deps: $(PYENV)/.done ## install what the tests need besides cargo (apt packages come with testenv-up)
+
+$(PYENV)/.done: e2e/python/requirements.txt
+	python3 -m venv $(PYENV) || { echo 'make: python3 venv support is missing (apt-get install python3-venv)' >&2; exit 1; }
+	$(PYENV)/bin/pip install -q --disable-pip-version-check -r e2e/python/requirements.txt
+	touch $@
+
+lint: ## cargo fmt --check and clippy with warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+unit: ## unit tests only, no environment needed
+	$(CARGO) test --locked --lib --bins
+
+e2e: deps ## end-to-end tests against the local (or your KUBECONFIG's) environment
+	eval "$$($(TESTENV) up)"; OCISYNC_E2E_REQUIRED=1 $(CARGO) test --locked --test 'e2e_*'
+
+testenv-up: ## start the local cluster and registries; prints export lines
+	$(TESTENV) up
+
+testenv-down: ## stop what testenv-up started
+	$(TESTENV) down
+
+crds: ## regenerate crds/ from the Rust types
+	$(CARGO) run --quiet -- crd --output-dir crds
+
+build: ## debug build
+	$(CARGO) build --locked
+
+release: ## optimised build
+	$(CARGO) build --locked --release
+
+demo: release ## environment up, a sample Falco rules artifact pushed, CRDs applied, results shown
+	e2e/demo.sh
+
+bench: deps release ## pull benchmark against curl|tar and oras-py (figures to stdout)
+	eval "$$($(TESTENV) up)"; e2e/bench/pull.sh

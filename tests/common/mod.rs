@@ -1,0 +1,187 @@
+//! What the end-to-end tests share: the environment printed by `e2e/testenv.sh up`.
+//!
+//! Without that environment the end-to-end tests skip, unless `OCISYNC_E2E_REQUIRED=1`
+//! (set by `make test` and CI), where a missing environment is a failure.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ocisync::oci::auth::Credentials;
+use ocisync::oci::reference::Repository;
+use ocisync::oci::registry::{Registry, RegistryOptions};
+
+/// The test environment.
+pub struct Env {
+    pub kubeconfig: PathBuf,
+    pub plain: String,
+    pub plain_root: PathBuf,
+    pub plain_log: PathBuf,
+    pub tls: String,
+    pub tls_root: PathBuf,
+    pub tls_log: PathBuf,
+    pub ca: PathBuf,
+    pub user: String,
+    pub password: String,
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// The environment, or `None` (test skipped) when it is not set up and not required.
+pub fn env() -> Option<Env> {
+    let found = (|| {
+        Some(Env {
+            kubeconfig: var("KUBECONFIG")?.into(),
+            plain: var("OCISYNC_REGISTRY_PLAIN")?,
+            plain_root: var("OCISYNC_REGISTRY_PLAIN_ROOT")?.into(),
+            plain_log: var("OCISYNC_REGISTRY_PLAIN_LOG")?.into(),
+            tls: var("OCISYNC_REGISTRY_TLS")?,
+            tls_root: var("OCISYNC_REGISTRY_TLS_ROOT")?.into(),
+            tls_log: var("OCISYNC_REGISTRY_TLS_LOG")?.into(),
+            ca: var("OCISYNC_REGISTRY_CA")?.into(),
+            user: var("OCISYNC_REGISTRY_USER")?,
+            password: var("OCISYNC_REGISTRY_PASSWORD")?,
+        })
+    })();
+    if found.is_none() {
+        if var("OCISYNC_E2E_REQUIRED").as_deref() == Some("1") {
+            panic!(
+                "OCISYNC_E2E_REQUIRED=1 but the test environment is not set: run `eval \"$(e2e/testenv.sh up)\"`"
+            );
+        }
+        eprintln!("skipped: no test environment (eval \"$(e2e/testenv.sh up)\")");
+    }
+    found
+}
+
+/// Which of the two local registries.
+#[derive(Clone, Copy, Debug)]
+pub enum Which {
+    Plain,
+    Tls,
+}
+
+pub const BOTH: [Which; 2] = [Which::Plain, Which::Tls];
+
+impl Env {
+    pub fn host(&self, which: Which) -> &str {
+        match which {
+            Which::Plain => &self.plain,
+            Which::Tls => &self.tls,
+        }
+    }
+
+    pub fn storage_root(&self, which: Which) -> &PathBuf {
+        match which {
+            Which::Plain => &self.plain_root,
+            Which::Tls => &self.tls_root,
+        }
+    }
+
+    pub fn log(&self, which: Which) -> &PathBuf {
+        match which {
+            Which::Plain => &self.plain_log,
+            Which::Tls => &self.tls_log,
+        }
+    }
+
+    pub fn options(&self, which: Which) -> RegistryOptions {
+        match which {
+            Which::Plain => RegistryOptions {
+                insecure: true,
+                ..RegistryOptions::default()
+            },
+            Which::Tls => RegistryOptions {
+                ca_pem: Some(std::fs::read(&self.ca).expect("read the test CA")),
+                credentials: Some(Credentials {
+                    username: self.user.clone(),
+                    password: self.password.clone(),
+                }),
+                ..RegistryOptions::default()
+            },
+        }
+    }
+
+    pub fn registry(&self, which: Which) -> Registry {
+        Registry::new(self.host(which), self.options(which)).expect("registry client")
+    }
+
+    /// A fresh repository name (registry data persists across runs).
+    pub fn repo(&self, which: Which, name: &str) -> Repository {
+        Repository {
+            registry: self.host(which).to_string(),
+            name: format!("e2e/{name}-{}", unique()),
+        }
+    }
+
+    /// CLI flags to reach a registry: `--insecure`, or the CA and a Docker config.
+    pub fn cli_flags(&self, which: Which, dir: &std::path::Path) -> Vec<String> {
+        match which {
+            Which::Plain => vec!["--insecure".into()],
+            Which::Tls => {
+                let config = dir.join("docker-config.json");
+                let auth = base64_encode(&format!("{}:{}", self.user, self.password));
+                std::fs::write(
+                    &config,
+                    format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, self.tls),
+                )
+                .expect("write docker config");
+                vec![
+                    "--ca-file".into(),
+                    self.ca.display().to_string(),
+                    "--docker-config".into(),
+                    config.display().to_string(),
+                ]
+            }
+        }
+    }
+}
+
+/// Lines in a registry access log, to count requests made between two points.
+pub fn log_lines(path: &PathBuf) -> usize {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+/// A short unique suffix: time plus process id plus a counter.
+pub fn unique() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_nanos();
+    format!(
+        "{:x}{:x}{}",
+        nanos % 0xffff_ffff,
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn base64_encode(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// The ocisync binary built for these tests.
+pub fn ocisync() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_ocisync"));
+    c.env_remove("RUST_BACKTRACE").env("NO_COLOR", "1");
+    c
+}
+
+/// The Python with oras-py installed (`make deps`).
+pub fn python() -> Option<PathBuf> {
+    let p =
+        PathBuf::from(var("OCISYNC_PYTHON").unwrap_or_else(|| "target/pyenv/bin/python".into()));
+    let p = if p.is_relative() {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(p)
+    } else {
+        p
+    };
+    p.exists().then_some(p)
+}
