@@ -333,11 +333,11 @@ async fn pull_layer(
             done: received,
             total: expected_size,
         });
-        if let Some(tx) = &sender {
-            if tx.send(chunk).await.is_err() {
-                // The writer stopped (error or end of archive): keep verifying the bytes.
-                sender = None;
-            }
+        if let Some(tx) = &sender
+            && tx.send(chunk).await.is_err()
+        {
+            // The writer stopped (error or end of archive): keep verifying the bytes.
+            sender = None;
         }
     }
     drop(sender);

@@ -272,14 +272,14 @@ impl Registry {
             let media_type = header_str(headers, header::CONTENT_TYPE.as_str());
             let size =
                 header_str(headers, header::CONTENT_LENGTH.as_str()).and_then(|s| s.parse().ok());
-            if let (Some(digest), Some(media_type)) = (digest, media_type) {
-                if super::reference::validate_digest(&digest).is_ok() {
-                    return Ok(ManifestHead {
-                        digest,
-                        media_type,
-                        size,
-                    });
-                }
+            if let (Some(digest), Some(media_type)) = (digest, media_type)
+                && super::reference::validate_digest(&digest).is_ok()
+            {
+                return Ok(ManifestHead {
+                    digest,
+                    media_type,
+                    size,
+                });
             }
         } else if response.status() != StatusCode::METHOD_NOT_ALLOWED {
             check_status(response, &what).await?;
@@ -317,14 +317,14 @@ impl Registry {
                 .starts_with("sha256:")
                 .then(|| reference.to_string())
         });
-        if let Some(want) = want {
-            if want != digest {
-                return Err(OciError::DigestMismatch {
-                    what,
-                    expected: want,
-                    actual: digest,
-                });
-            }
+        if let Some(want) = want
+            && want != digest
+        {
+            return Err(OciError::DigestMismatch {
+                what,
+                expected: want,
+                actual: digest,
+            });
         }
         let media_type = effective_media_type(&media_type, &bytes);
         Ok(RawManifest {
@@ -630,12 +630,12 @@ async fn registry_error_code(response: Response) -> Option<String> {
 
 /// Reads a whole response body, failing as soon as it passes `limit` bytes.
 async fn read_limited(response: Response, limit: u64, what: &str) -> Result<Bytes> {
-    if let Some(len) = response.content_length() {
-        if len > limit {
-            return Err(OciError::TooLarge(format!(
-                "{what}: {len} bytes, limit {limit}"
-            )));
-        }
+    if let Some(len) = response.content_length()
+        && len > limit
+    {
+        return Err(OciError::TooLarge(format!(
+            "{what}: {len} bytes, limit {limit}"
+        )));
     }
     let mut stream = response.bytes_stream();
     let mut buf = Vec::new();

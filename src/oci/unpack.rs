@@ -262,10 +262,10 @@ fn write_file(reader: &mut impl Read, dest: &Path, rel: &str, limit: u64) -> Res
 /// verifying stream) comes back out as itself; gzip corruption is unsafe content.
 pub fn read_error(what: &str, e: io::Error) -> OciError {
     if e.get_ref().is_some_and(|inner| inner.is::<OciError>()) {
-        if let Some(inner) = e.into_inner() {
-            if let Ok(oci) = inner.downcast::<OciError>() {
-                return *oci;
-            }
+        if let Some(inner) = e.into_inner()
+            && let Ok(oci) = inner.downcast::<OciError>()
+        {
+            return *oci;
         }
         return OciError::UnsafeContent(format!("{what}: unreadable"));
     }
