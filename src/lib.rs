@@ -3,5 +3,9 @@
 
 pub mod api;
 pub mod cli;
+pub mod controller;
+pub mod metrics;
 pub mod oci;
+pub mod server;
+pub mod store;
 pub mod tls;

@@ -117,7 +117,7 @@ async fn crds_become_established_and_validate_objects() {
 #[test]
 fn unimplemented_subcommands_exit_non_zero_against_a_live_cluster() {
     let Some(env) = common::env() else { return };
-    for sub in ["controller", "agent"] {
+    for sub in ["agent"] {
         let out = common::ocisync()
             .args([sub, "--kubeconfig"])
             .arg(&env.kubeconfig)

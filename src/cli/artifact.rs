@@ -1,6 +1,5 @@
 //! `ocisync push` and `ocisync pull`.
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -248,12 +247,12 @@ pub async fn pull(args: PullArgs) -> anyhow::Result<ExitCode> {
     let staging = staging_dir(&args.output_dir)?;
     let show_progress =
         args.registry.output == OutputFormat::Text && std::io::stderr().is_terminal();
-    let last_step = Cell::new(u64::MAX);
+    let last_step = std::sync::atomic::AtomicU64::new(u64::MAX);
     let progress = |p: Progress| {
         if show_progress && p.total > 1024 * 1024 {
             let step = p.done * 20 / p.total.max(1);
-            if step != last_step.get() {
-                last_step.set(step);
+            if step != last_step.load(std::sync::atomic::Ordering::Relaxed) {
+                last_step.store(step, std::sync::atomic::Ordering::Relaxed);
                 eprint!(
                     "\rpulling {:.1}/{:.1} MiB",
                     p.done as f64 / 1048576.0,

@@ -19,7 +19,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the controller: reconcile ArtifactSources and RuleBundles.
-    Controller(ClusterArgs),
+    Controller(ControllerArgs),
     /// Run the node agent: write RuleBundles' files on this node.
     Agent(ClusterArgs),
     /// Print the CustomResourceDefinitions generated from the API types.
@@ -36,6 +36,33 @@ pub struct ClusterArgs {
     /// Path of a kubeconfig file; default: $KUBECONFIG, ~/.kube/config, or in-cluster config.
     #[arg(long, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ControllerArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Directory of the content store (an emptyDir in the chart).
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "OCISYNC_STORE_DIR",
+        default_value = "/var/lib/ocisync/store"
+    )]
+    pub store_dir: PathBuf,
+    /// Address of the artifact server, which also serves /metrics, /healthz and /readyz.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9090")]
+    pub listen: std::net::SocketAddr,
+    /// URL agents reach the artifact server at; default:
+    /// http://ocisync-controller.<POD_NAMESPACE>.svc:<listen port>.
+    #[arg(long, value_name = "URL", env = "OCISYNC_ARTIFACT_BASE_URL")]
+    pub artifact_base_url: Option<String>,
+    /// Watch ArtifactSources in this namespace only (default: every namespace).
+    #[arg(long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+    /// How many sources are reconciled at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
 }
 
 #[derive(clap::Args, Debug)]
@@ -59,11 +86,34 @@ pub enum OutputFormat {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Crd(args) => crd(args),
-        Command::Controller(args) => cluster::not_yet("controller", &args).await,
+        Command::Controller(args) => controller(args).await,
         Command::Agent(args) => cluster::not_yet("agent", &args).await,
         Command::Push(args) => artifact::push(args).await,
         Command::Pull(args) => artifact::pull(args).await,
     }
+}
+
+async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+    let client = cluster::connect(&args.cluster).await?;
+    let base_url = args.artifact_base_url.clone().unwrap_or_else(|| {
+        let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "ocisync-system".into());
+        format!(
+            "http://ocisync-controller.{namespace}.svc:{}",
+            args.listen.port()
+        )
+    });
+    crate::controller::run(
+        client,
+        crate::controller::Options {
+            store_dir: args.store_dir,
+            listen: args.listen,
+            base_url,
+            namespace: args.namespace,
+            concurrency: args.concurrency,
+        },
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn crd(args: CrdArgs) -> anyhow::Result<ExitCode> {

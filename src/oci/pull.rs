@@ -100,7 +100,7 @@ pub async fn pull_into(
     digest: &str,
     dest: &Path,
     options: &PullOptions,
-    progress: &dyn Fn(Progress),
+    progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Pulled> {
     let manifest = fetch_image_manifest(registry, repo, digest, options).await?;
     let (manifest_digest, manifest) = manifest;
@@ -274,7 +274,7 @@ async fn pull_layer(
     layer: &OciDescriptor,
     dest: &Path,
     budget: Budget,
-    progress: &dyn Fn(Progress),
+    progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Budget> {
     let annotations = layer.annotations.clone().unwrap_or_default();
     let title = annotations.get(content::ANNOTATION_TITLE).cloned();

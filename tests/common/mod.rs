@@ -185,3 +185,8 @@ pub fn python() -> Option<PathBuf> {
     };
     p.exists().then_some(p)
 }
+
+pub fn base64_encode_bytes(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}

@@ -1,0 +1,112 @@
+//! What every reconcile shares: clients, the content store, metrics, events, and the small
+//! in-memory state the API objects do not hold (failure counts, the previous revision).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMeta;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::{Client, ResourceExt};
+
+use crate::api::ArtifactSource;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Per-source memory, keyed by uid.
+#[derive(Clone, Debug, Default)]
+pub struct Memory {
+    pub failures: u32,
+    pub retry_after: Option<Duration>,
+    pub last_check: Option<Instant>,
+    /// A referenced Secret changed since the last check.
+    pub secret_changed: bool,
+    /// The revision being served and the one before it (kept for rollback by GC).
+    pub current: Option<String>,
+    pub previous: Option<String>,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    /// `http://host:port` agents use to reach the artifact server.
+    pub base_url: String,
+    pub sources: reflector::Store<ArtifactSource>,
+    pub memory: Mutex<HashMap<String, Memory>>,
+}
+
+impl Context {
+    /// A copy of a source's memory.
+    pub fn memory_of(&self, uid: &str) -> Memory {
+        self.memory
+            .lock()
+            .ok()
+            .and_then(|m| m.get(uid).cloned())
+            .unwrap_or_default()
+    }
+
+    /// Updates a source's memory.
+    pub fn remember(&self, uid: &str, f: impl FnOnce(&mut Memory)) {
+        if let Ok(mut m) = self.memory.lock() {
+            f(m.entry(uid.to_string()).or_default());
+        }
+    }
+
+    /// The sources a changed Secret affects; marks them so their next reconcile checks.
+    pub fn sources_using(
+        &self,
+        secret: &PartialObjectMeta<Secret>,
+    ) -> Vec<ObjectRef<ArtifactSource>> {
+        let name = secret.name_any();
+        let namespace = secret.namespace();
+        let hits: Vec<Arc<ArtifactSource>> = self
+            .sources
+            .state()
+            .into_iter()
+            .filter(|s| s.namespace() == namespace)
+            .filter(|s| {
+                [&s.spec.secret_ref, &s.spec.cert_secret_ref]
+                    .into_iter()
+                    .flatten()
+                    .any(|r| r.name == name)
+            })
+            .collect();
+        for s in &hits {
+            if let Some(uid) = s.uid() {
+                self.remember(&uid, |m| m.secret_changed = true);
+            }
+        }
+        hits.iter()
+            .map(|s| ObjectRef::from_obj(s.as_ref()))
+            .collect()
+    }
+
+    /// Every revision some source still needs: each status's and each remembered current
+    /// and previous revision of sources that still exist.
+    pub fn revisions_in_use(&self) -> HashSet<String> {
+        let sources = self.sources.state();
+        let live: HashSet<String> = sources.iter().filter_map(|s| s.uid()).collect();
+        let mut keep: HashSet<String> = sources
+            .iter()
+            .filter_map(|s| {
+                s.status
+                    .as_ref()?
+                    .artifact
+                    .as_ref()
+                    .map(|a| a.digest.clone())
+            })
+            .collect();
+        if let Ok(mut memory) = self.memory.lock() {
+            memory.retain(|uid, _| live.contains(uid));
+            for m in memory.values() {
+                keep.extend(m.current.iter().cloned());
+                keep.extend(m.previous.iter().cloned());
+            }
+        }
+        keep
+    }
+}

@@ -1,0 +1,218 @@
+//! `ocisync controller`: reconciles ArtifactSources into the content store and serves the
+//! store in-cluster (artifact server, metrics, health).
+
+pub mod context;
+pub mod schedule;
+pub mod secrets;
+pub mod source;
+pub mod spec;
+pub mod status;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::ArtifactSource;
+use crate::metrics::Metrics;
+use crate::server::{self, ServerState};
+use crate::store::Store;
+
+use context::Context;
+
+/// Errors that end a reconcile early (talking to the API server); registry and content
+/// problems are not errors here, they are recorded in status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {}", api_error_summary(.0))]
+    Kube(#[source] kube::Error),
+}
+
+/// How the controller runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub store_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// `http://host:port` of the artifact server as agents reach it.
+    pub base_url: String,
+    /// Watch only this namespace (default: all).
+    pub namespace: Option<String>,
+    pub concurrency: u16,
+}
+
+/// Runs until SIGTERM/SIGINT: the artifact server and the ArtifactSource controller.
+pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let store_dir = options.store_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&store_dir))
+        .await?
+        .with_context(|| {
+            format!(
+                "cannot open the content store at {}",
+                options.store_dir.display()
+            )
+        })?;
+    let store = Arc::new(store);
+    let metrics = Arc::new(Metrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let shutdown = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", options.listen))?;
+    tracing::info!(listen = %options.listen, base_url = %options.base_url, "artifact server listening");
+    let server = tokio::spawn(server::serve(
+        listener,
+        Arc::new(ServerState {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        }),
+        shutdown.clone(),
+    ));
+
+    let (sources, secrets): (Api<ArtifactSource>, Api<PartialObjectMeta<Secret>>) =
+        match &options.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        };
+    let controller = Controller::new(sources, watcher::Config::default().any_semantic())
+        .with_config(controller::Config::default().concurrency(options.concurrency));
+    let reporter = Reporter {
+        controller: "ocisync-controller".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        store,
+        metrics,
+        recorder: Recorder::new(client.clone(), reporter),
+        base_url: options.base_url.trim_end_matches('/').to_string(),
+        sources: controller.store(),
+        memory: Default::default(),
+    });
+    // Secrets by metadata only: a change re-reconciles the sources that use the Secret,
+    // and the controller never holds every Secret's data in memory.
+    let secret_changes = watcher(secrets, watcher::Config::default().any_semantic())
+        .touched_objects()
+        .predicate_filter(
+            kube::runtime::predicates::resource_version,
+            Default::default(),
+        );
+    let mapper_ctx = ctx.clone();
+    let gc_ctx = ctx.clone();
+    let gc_stop = shutdown.clone();
+    let gc = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(300));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = gc_stop.cancelled() => break,
+                _ = tick.tick() => collect_garbage(&gc_ctx).await,
+            }
+        }
+    });
+    ready.store(true, Ordering::Relaxed);
+    controller
+        .watches_stream(secret_changes, move |s| mapper_ctx.sources_using(&s))
+        .shutdown_on_signal()
+        .run(source::reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile");
+            }
+        })
+        .await;
+    tracing::info!("shutting down");
+    ready.store(false, Ordering::Relaxed);
+    shutdown.cancel();
+    gc.abort();
+    match tokio::time::timeout(Duration::from_secs(15), server).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "artifact server"),
+        Err(_) => tracing::warn!("artifact server did not stop within 15s"),
+        _ => {}
+    }
+    Ok(())
+}
+
+fn error_policy(_source: Arc<ArtifactSource>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(error = %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Removes stored revisions no source needs (keeping each source's previous revision).
+pub async fn collect_garbage(ctx: &Context) {
+    if tokio::time::timeout(Duration::from_secs(5), ctx.sources.wait_until_ready())
+        .await
+        .is_err()
+    {
+        return; // the full list of sources is not known yet: keep everything
+    }
+    let keep = ctx.revisions_in_use();
+    let store = ctx.store.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let report = store.gc(&keep);
+        (report, store.usage())
+    })
+    .await;
+    match result {
+        Ok((Ok(report), usage)) => {
+            ctx.metrics.set_store(&usage);
+            tracing::debug!(?report, "store garbage collected");
+        }
+        Ok((Err(e), _)) => tracing::warn!(error = %e, "store garbage collection failed"),
+        Err(e) => tracing::warn!(error = %e, "store garbage collection task failed"),
+    }
+}
+
+/// Now, as Kubernetes writes times (RFC 3339, seconds, UTC).
+pub fn now_rfc3339() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// How long ago an RFC 3339 time was (None if unparsable or in the future).
+pub fn since(time: &str) -> Option<Duration> {
+    let then: jiff::Timestamp = time.parse().ok()?;
+    let d = jiff::Timestamp::now().duration_since(then);
+    Duration::try_from(d).ok()
+}
+
+/// A Kubernetes API error in one line, without request bodies.
+pub fn api_error_summary(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{} ({})", s.message, s.code),
+        other => other
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip() {
+        let now = now_rfc3339();
+        assert!(now.ends_with('Z') && now.len() == 20, "{now}");
+        assert!(since(&now).is_some_and(|d| d < Duration::from_secs(2)));
+        assert_eq!(since("not a time"), None);
+    }
+}

@@ -1,0 +1,203 @@
+//! When to check a source next: pure functions of the last check, the interval, failures
+//! and a per-object jitter seed, so they are tested on plain numbers.
+
+use std::time::Duration;
+
+/// The shortest interval a source may ask for.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(10);
+/// First retry delay after a failure; doubles per consecutive failure.
+pub const BACKOFF_BASE: Duration = Duration::from_secs(5);
+/// Longest retry delay after failures.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// What the controller knows when deciding whether to check the registry now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckState {
+    /// Time since the last check, if there was one.
+    pub since_last_check: Option<Duration>,
+    /// The spec changed since the last reconcile (generation != observedGeneration).
+    pub spec_changed: bool,
+    /// A new `ocisync.dev/requested-at` value was set.
+    pub requested: bool,
+    /// The current revision is in status but missing from the store (for example after a
+    /// controller restart with a fresh store).
+    pub content_missing: bool,
+    /// Consecutive failed checks.
+    pub failures: u32,
+    /// The registry asked to wait this long (429 `Retry-After`).
+    pub retry_after: Option<Duration>,
+}
+
+/// Check now, or wait this long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Due {
+    Now,
+    In(Duration),
+}
+
+/// Decides whether a check is due. Spec changes, requests and missing content check at
+/// once; otherwise the next check is one interval (or one backoff step after failures)
+/// after the last.
+pub fn due(state: &CheckState, interval: Duration, seed: u64) -> Due {
+    let Some(since) = state.since_last_check else {
+        return Due::Now;
+    };
+    if state.spec_changed || state.requested || state.content_missing && state.failures == 0 {
+        return Due::Now;
+    }
+    let wait = next_delay(interval, state.failures, state.retry_after, seed);
+    match wait.checked_sub(since) {
+        Some(left) if !left.is_zero() => Due::In(left),
+        _ => Due::Now,
+    }
+}
+
+/// The delay until the next check after one: the interval with up to +5% jitter on
+/// success, exponential backoff with jitter after failures, never less than `retry_after`.
+pub fn next_delay(
+    interval: Duration,
+    failures: u32,
+    retry_after: Option<Duration>,
+    seed: u64,
+) -> Duration {
+    let base = if failures == 0 {
+        jitter(interval.max(MIN_INTERVAL), seed, 20)
+    } else {
+        backoff(failures, seed)
+    };
+    base.max(retry_after.unwrap_or(Duration::ZERO))
+}
+
+/// Exponential backoff: 5 s, 10 s, 20 s … capped at 5 min, with up to +10% jitter so many
+/// sources failing together do not retry in lockstep.
+pub fn backoff(failures: u32, seed: u64) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    let raw = BACKOFF_BASE.saturating_mul(1u32 << exp).min(BACKOFF_MAX);
+    jitter(raw, seed.wrapping_add(u64::from(failures)), 10)
+}
+
+/// Adds up to `1/fraction` of `d`, chosen by `seed` (spreads requeues without randomness,
+/// so tests are exact).
+pub fn jitter(d: Duration, seed: u64, fraction: u32) -> Duration {
+    let spread = d / fraction.max(1);
+    let nanos = spread.as_nanos() as u64;
+    if nanos == 0 {
+        return d;
+    }
+    d + Duration::from_nanos(mix(seed) % nanos)
+}
+
+/// A stable per-object seed from its uid.
+pub fn seed_of(uid: &str) -> u64 {
+    uid.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn first_check_and_forced_checks_are_immediate() {
+        assert_eq!(due(&CheckState::default(), MIN, 1), Due::Now);
+        let recent = CheckState {
+            since_last_check: Some(Duration::from_secs(1)),
+            ..Default::default()
+        };
+        assert!(matches!(due(&recent, MIN, 1), Due::In(_)));
+        for forced in [
+            CheckState {
+                spec_changed: true,
+                ..recent.clone()
+            },
+            CheckState {
+                requested: true,
+                ..recent.clone()
+            },
+            CheckState {
+                content_missing: true,
+                ..recent.clone()
+            },
+        ] {
+            assert_eq!(due(&forced, MIN, 1), Due::Now, "{forced:?}");
+        }
+    }
+
+    #[test]
+    fn waits_out_the_interval_with_bounded_jitter() {
+        let state = CheckState {
+            since_last_check: Some(Duration::from_secs(20)),
+            ..Default::default()
+        };
+        for seed in 0..200 {
+            let Due::In(left) = due(&state, MIN, seed) else {
+                panic!("not due yet")
+            };
+            assert!(
+                left >= Duration::from_secs(40) && left <= Duration::from_secs(43),
+                "{left:?}"
+            );
+        }
+        let late = CheckState {
+            since_last_check: Some(Duration::from_secs(64)),
+            ..Default::default()
+        };
+        assert_eq!(due(&late, MIN, 7), Due::Now);
+    }
+
+    #[test]
+    fn failures_back_off_exponentially_to_a_cap() {
+        let mut last = Duration::ZERO;
+        for failures in 1..=10 {
+            let d = backoff(failures, 3);
+            assert!(d >= last.min(BACKOFF_MAX), "{failures}: {d:?} < {last:?}");
+            assert!(d <= BACKOFF_MAX + BACKOFF_MAX / 10, "{d:?}");
+            last = d;
+        }
+        assert!(backoff(1, 3) < Duration::from_secs(6));
+        assert!(backoff(3, 3) >= Duration::from_secs(20));
+        // a failed source waits for the backoff, not the (longer) interval
+        let state = CheckState {
+            since_last_check: Some(Duration::from_secs(1)),
+            failures: 1,
+            ..Default::default()
+        };
+        let Due::In(left) = due(&state, Duration::from_secs(3600), 0) else {
+            panic!()
+        };
+        assert!(left < Duration::from_secs(6), "{left:?}");
+        // and missing content does not skip the backoff of a failing source
+        let missing = CheckState {
+            content_missing: true,
+            ..state
+        };
+        assert!(matches!(due(&missing, MIN, 0), Due::In(_)));
+    }
+
+    #[test]
+    fn retry_after_is_honoured() {
+        let d = next_delay(MIN, 1, Some(Duration::from_secs(120)), 0);
+        assert!(d >= Duration::from_secs(120));
+    }
+
+    #[test]
+    fn intervals_under_the_minimum_are_raised() {
+        assert!(next_delay(Duration::from_secs(1), 0, None, 0) >= MIN_INTERVAL);
+    }
+
+    #[test]
+    fn seeds_differ_per_uid_and_are_stable() {
+        assert_eq!(seed_of("a-b-c"), seed_of("a-b-c"));
+        assert_ne!(seed_of("a-b-c"), seed_of("a-b-d"));
+    }
+}

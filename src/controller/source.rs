@@ -1,0 +1,419 @@
+//! Reconciling one ArtifactSource: validate, decide whether a check is due, resolve (one
+//! HEAD), pull a new revision into the store, and record the outcome in status.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+
+use crate::api::artifact_source::{Artifact, ArtifactFile, ArtifactSourceStatus};
+use crate::api::condition::{ConditionType, find};
+use crate::api::{ArtifactSource, FIELD_MANAGER};
+use crate::oci::OciError;
+use crate::oci::pull::{self, PullOptions, Pulled, Resolved};
+use crate::oci::registry::{Registry, RegistryOptions};
+use crate::store::IndexFile;
+
+use super::context::Context;
+use super::schedule::{self, CheckState, Due};
+use super::secrets::{self, SecretProblem};
+use super::spec::{self, ValidSpec};
+use super::status::{self, reason};
+use super::{Error, now_rfc3339, since};
+
+/// The annotation that forces a check when its value changes.
+pub const REQUESTED_AT: &str = "ocisync.dev/requested-at";
+
+/// A failed check: the reason for the condition and the message.
+struct Failure {
+    reason: &'static str,
+    message: String,
+    retry_after: Option<Duration>,
+}
+
+impl From<OciError> for Failure {
+    fn from(e: OciError) -> Self {
+        let retry_after = match &e {
+            OciError::RateLimited { retry_after } => *retry_after,
+            _ => None,
+        };
+        Failure {
+            reason: e.reason().as_str(),
+            message: e.to_string(),
+            retry_after,
+        }
+    }
+}
+
+impl From<SecretProblem> for Failure {
+    fn from(p: SecretProblem) -> Self {
+        Failure {
+            reason: p.reason,
+            message: p.message,
+            retry_after: None,
+        }
+    }
+}
+
+pub async fn reconcile(source: Arc<ArtifactSource>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&source, &ctx).await;
+    let outcome = match &result {
+        Ok(Outcome::Checked { failed: false, .. }) => "success",
+        Ok(Outcome::Checked { failed: true, .. }) => "failure",
+        Ok(Outcome::Stalled) => "stalled",
+        Ok(Outcome::Waiting(_)) | Ok(Outcome::Suspended) => "skipped",
+        Err(_) => "error",
+    };
+    ctx.metrics
+        .reconcile("ArtifactSource", outcome, started.elapsed().as_secs_f64());
+    match result? {
+        Outcome::Checked { next, .. } | Outcome::Waiting(next) => Ok(Action::requeue(next)),
+        Outcome::Stalled | Outcome::Suspended => Ok(Action::await_change()),
+    }
+}
+
+enum Outcome {
+    Checked { failed: bool, next: Duration },
+    Waiting(Duration),
+    Stalled,
+    Suspended,
+}
+
+async fn reconcile_inner(source: &ArtifactSource, ctx: &Context) -> Result<Outcome, Error> {
+    let uid = source.uid().unwrap_or_default();
+    let namespace = source.namespace().unwrap_or_default();
+    let api: Api<ArtifactSource> = Api::namespaced(ctx.client.clone(), &namespace);
+    let prev = source.status.clone().unwrap_or_default();
+    let generation = source.meta().generation;
+    let now = now_rfc3339();
+
+    if source.spec.suspend {
+        return Ok(Outcome::Suspended);
+    }
+    let valid = match spec::validate(&source.spec) {
+        Ok(v) => v,
+        Err(message) => {
+            let next = status::stalled(&prev, generation, &message, &now);
+            if next != prev {
+                publish(
+                    ctx,
+                    source,
+                    EventType::Warning,
+                    reason::INVALID_SPEC,
+                    &message,
+                )
+                .await;
+                patch_status(&api, source, &next).await?;
+            }
+            return Ok(Outcome::Stalled);
+        }
+    };
+
+    let memory = ctx.memory_of(&uid);
+    let requested_at = source.annotations().get(REQUESTED_AT).cloned();
+    let current_digest = prev.artifact.as_ref().map(|a| a.digest.clone());
+    let content_missing = match &current_digest {
+        Some(d) => !has_revision(ctx, d).await,
+        None => false,
+    };
+    let last_check = [
+        memory.last_check.map(|t| t.elapsed()),
+        prev.last_check_time.as_deref().and_then(since),
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    let state = CheckState {
+        since_last_check: last_check,
+        spec_changed: generation != prev.observed_generation,
+        requested: requested_at.is_some() && requested_at != prev.last_handled_requested_at,
+        content_missing,
+        failures: memory.failures,
+        retry_after: memory.retry_after,
+    };
+    let seed = schedule::seed_of(&uid);
+    if let Due::In(left) = schedule::due(
+        &CheckState {
+            requested: state.requested || memory.secret_changed,
+            ..state.clone()
+        },
+        valid.interval,
+        seed,
+    ) {
+        return Ok(Outcome::Waiting(left));
+    }
+    ctx.remember(&uid, |m| {
+        m.last_check = Some(Instant::now());
+        m.secret_changed = false;
+    });
+
+    match check(source, ctx, &api, &valid, &prev, content_missing).await {
+        Ok(artifact) => {
+            let next = status::ready(&prev, generation, artifact, &now, requested_at.as_deref());
+            ctx.remember(&uid, |m| {
+                m.failures = 0;
+                m.retry_after = None;
+            });
+            patch_status(&api, source, &next).await?;
+            Ok(Outcome::Checked {
+                failed: false,
+                next: schedule::next_delay(valid.interval, 0, None, seed),
+            })
+        }
+        Err(f) => {
+            let next = status::failed(
+                &prev,
+                generation,
+                f.reason,
+                &f.message,
+                &now,
+                requested_at.as_deref(),
+            );
+            let was = find(&prev.conditions, ConditionType::Ready)
+                .map(|c| (c.status.clone(), c.reason.clone()));
+            if was != Some(("False".to_string(), f.reason.to_string())) {
+                publish(ctx, source, EventType::Warning, f.reason, &f.message).await;
+            }
+            let failures = memory.failures.saturating_add(1);
+            ctx.remember(&uid, |m| {
+                m.failures = failures;
+                m.retry_after = f.retry_after;
+            });
+            tracing::warn!(source = %format!("{namespace}/{}", source.name_any()), reason = f.reason, message = %f.message, "check failed");
+            patch_status(&api, source, &next).await?;
+            Ok(Outcome::Checked {
+                failed: true,
+                next: schedule::next_delay(valid.interval, failures, f.retry_after, seed),
+            })
+        }
+    }
+}
+
+/// One check: resolve; pull and store when the digest is new or its content is missing.
+async fn check(
+    source: &ArtifactSource,
+    ctx: &Context,
+    api: &Api<ArtifactSource>,
+    valid: &ValidSpec,
+    prev: &ArtifactSourceStatus,
+    content_missing: bool,
+) -> Result<Artifact, Failure> {
+    let registry = registry_for(source, ctx, valid).await?;
+    let resolved = pull::resolve(&registry, &valid.reference).await;
+    ctx.metrics.registry_request("resolve", outcome(&resolved));
+    let resolved = resolved?;
+    if let Some(a) = &prev.artifact
+        && a.digest == resolved.head.digest
+        && !content_missing
+    {
+        let mut artifact = a.clone();
+        artifact.revision = resolved.revision();
+        return Ok(artifact);
+    }
+    let progress = status::reconciling(
+        prev,
+        source.meta().generation,
+        &format!("pulling {}", resolved.revision()),
+        &now_rfc3339(),
+    );
+    if &progress != prev {
+        // best effort: progress is informational
+        let _ = patch_status(api, source, &progress).await;
+    }
+    let (pulled, stored_at) = pull_and_store(source, ctx, &registry, valid, &resolved).await?;
+    let uid = source.uid().unwrap_or_default();
+    let digest = resolved.head.digest.clone();
+    ctx.remember(&uid, |m| {
+        if m.current.as_deref() != Some(digest.as_str()) {
+            m.previous = m
+                .current
+                .take()
+                .or_else(|| prev.artifact.as_ref().map(|a| a.digest.clone()));
+            m.current = Some(digest.clone());
+        }
+    });
+    let artifact = Artifact {
+        revision: resolved.revision(),
+        digest: digest.clone(),
+        kind: pulled.kind,
+        config: pulled.config.clone(),
+        size: i64::try_from(pulled.size()).unwrap_or(i64::MAX),
+        files: pulled
+            .files
+            .iter()
+            .map(|f| ArtifactFile {
+                path: f.path.clone(),
+                digest: f.digest.clone(),
+                size: i64::try_from(f.size).unwrap_or(i64::MAX),
+            })
+            .collect(),
+        url: Some(format!(
+            "{}{}",
+            ctx.base_url,
+            crate::server::revision_path(&digest)
+        )),
+        last_update_time: Some(stored_at),
+        annotations: pulled.annotations.clone(),
+    };
+    publish(
+        ctx,
+        source,
+        EventType::Normal,
+        "NewArtifact",
+        &format!("stored revision {}", artifact.revision),
+    )
+    .await;
+    super::collect_garbage(ctx).await;
+    Ok(artifact)
+}
+
+async fn pull_and_store(
+    source: &ArtifactSource,
+    ctx: &Context,
+    registry: &Registry,
+    valid: &ValidSpec,
+    resolved: &Resolved,
+) -> Result<(Pulled, String), Failure> {
+    let store_failure = |e: &dyn std::fmt::Display| Failure {
+        reason: reason::STORE_FAILED,
+        message: format!("content store: {e}"),
+        retry_after: None,
+    };
+    let staging = ctx.store.staging_dir().map_err(|e| store_failure(&e))?;
+    let options = PullOptions {
+        platform: source.spec.platform.clone(),
+        layer_media_type: source
+            .spec
+            .layer_selector
+            .as_ref()
+            .map(|l| l.media_type.clone()),
+        ..PullOptions::default()
+    };
+    let pulled = pull::pull_into(
+        registry,
+        &valid.reference.repository,
+        &resolved.head.digest,
+        staging.path(),
+        &options,
+        &|_| {},
+    )
+    .await;
+    ctx.metrics.registry_request("pull", outcome(&pulled));
+    let pulled = pulled?;
+    ctx.metrics.pulled_bytes(pulled.size());
+    let files: Vec<IndexFile> = pulled
+        .files
+        .iter()
+        .map(|f| IndexFile {
+            path: f.path.clone(),
+            digest: f.digest.clone(),
+            size: f.size,
+        })
+        .collect();
+    let store = ctx.store.clone();
+    let digest = resolved.head.digest.clone();
+    tokio::task::spawn_blocking(move || {
+        let r = store.commit(&digest, staging.path(), &files);
+        drop(staging);
+        r
+    })
+    .await
+    .map_err(|e| store_failure(&e))?
+    .map_err(|e| store_failure(&e))?;
+    Ok((pulled, now_rfc3339()))
+}
+
+/// A registry client with the source's credentials, CA and timeout.
+async fn registry_for(
+    source: &ArtifactSource,
+    ctx: &Context,
+    valid: &ValidSpec,
+) -> Result<Registry, Failure> {
+    let namespace = source.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let host = valid.reference.repository.registry.clone();
+    let mut options = RegistryOptions {
+        insecure: source.spec.insecure,
+        timeout: valid.timeout,
+        ..RegistryOptions::default()
+    };
+    if let Some(r) = &source.spec.secret_ref {
+        let secret = get_secret(&secrets, &r.name).await?;
+        options.credentials = secrets::credentials(&r.name, secret.as_ref(), &host)?;
+    }
+    if let Some(r) = &source.spec.cert_secret_ref {
+        let secret = get_secret(&secrets, &r.name).await?;
+        options.ca_pem = Some(secrets::ca_bundle(&r.name, secret.as_ref())?);
+    }
+    Ok(Registry::new(&host, options)?)
+}
+
+async fn get_secret(api: &Api<Secret>, name: &str) -> Result<Option<Secret>, Failure> {
+    api.get_opt(name).await.map_err(|e| Failure {
+        reason: reason::SECRET_NOT_FOUND,
+        message: format!(
+            "cannot read Secret {name}: {}",
+            super::api_error_summary(&e)
+        ),
+        retry_after: None,
+    })
+}
+
+async fn has_revision(ctx: &Context, digest: &str) -> bool {
+    let store = ctx.store.clone();
+    let digest = digest.to_string();
+    tokio::task::spawn_blocking(move || store.has(&digest))
+        .await
+        .unwrap_or(false)
+}
+
+fn outcome<T>(r: &Result<T, OciError>) -> &'static str {
+    match r {
+        Ok(_) => "ok",
+        Err(e) => e.reason().as_str(),
+    }
+}
+
+async fn patch_status(
+    api: &Api<ArtifactSource>,
+    source: &ArtifactSource,
+    status: &ArtifactSourceStatus,
+) -> Result<(), Error> {
+    let body = serde_json::json!({
+        "apiVersion": "ocisync.dev/v1alpha1",
+        "kind": "ArtifactSource",
+        "status": status,
+    });
+    api.patch_status(
+        &source.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .map_err(Error::Kube)?;
+    Ok(())
+}
+
+async fn publish(
+    ctx: &Context,
+    source: &ArtifactSource,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Check".to_string(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &source.object_ref(&())).await {
+        tracing::debug!(error = %super::api_error_summary(&e), "event not recorded");
+    }
+}

@@ -1,0 +1,232 @@
+//! ArtifactSource status after each kind of outcome: pure functions of the previous status.
+
+use crate::api::artifact_source::{Artifact, ArtifactSourceStatus};
+use crate::api::condition::{ConditionType, Status, remove_condition, set_condition};
+
+/// Reasons set by the controller itself (OCI failures use `oci::Reason` strings).
+pub mod reason {
+    /// Ready=True: the current revision is stored and served.
+    pub const SUCCEEDED: &str = "Succeeded";
+    /// The spec cannot work as written; waits for the object to change.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// A referenced Secret does not exist.
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    /// A referenced Secret exists but lacks the expected keys or format.
+    pub const INVALID_SECRET: &str = "InvalidSecret";
+    /// The content store could not take the artifact.
+    pub const STORE_FAILED: &str = "StoreFailed";
+    /// The first check has not finished yet.
+    pub const PROGRESSING: &str = "Progressing";
+}
+
+/// The outcome of a check that found the revision stored.
+pub fn ready(
+    prev: &ArtifactSourceStatus,
+    generation: Option<i64>,
+    artifact: Artifact,
+    now: &str,
+    requested_at: Option<&str>,
+) -> ArtifactSourceStatus {
+    let mut s = prev.clone();
+    let message = format!("stored revision {}", artifact.revision);
+    s.artifact = Some(artifact);
+    s.observed_generation = generation;
+    s.last_check_time = Some(now.to_string());
+    handled(&mut s, requested_at);
+    set_condition(
+        &mut s.conditions,
+        ConditionType::Ready,
+        Status::True,
+        reason::SUCCEEDED,
+        &message,
+        generation,
+        now,
+    );
+    remove_condition(&mut s.conditions, ConditionType::Reconciling);
+    remove_condition(&mut s.conditions, ConditionType::Stalled);
+    s
+}
+
+/// A check that failed: the last good artifact stays; Ready=False with the reason.
+pub fn failed(
+    prev: &ArtifactSourceStatus,
+    generation: Option<i64>,
+    reason: &str,
+    message: &str,
+    now: &str,
+    requested_at: Option<&str>,
+) -> ArtifactSourceStatus {
+    let mut s = prev.clone();
+    s.observed_generation = generation;
+    s.last_check_time = Some(now.to_string());
+    handled(&mut s, requested_at);
+    let message = match &s.artifact {
+        Some(a) => format!("{message} (still serving {})", a.revision),
+        None => message.to_string(),
+    };
+    set_condition(
+        &mut s.conditions,
+        ConditionType::Ready,
+        Status::False,
+        reason,
+        &message,
+        generation,
+        now,
+    );
+    remove_condition(&mut s.conditions, ConditionType::Reconciling);
+    remove_condition(&mut s.conditions, ConditionType::Stalled);
+    s
+}
+
+/// A spec that cannot work: Stalled=True and Ready=False until the object changes.
+pub fn stalled(
+    prev: &ArtifactSourceStatus,
+    generation: Option<i64>,
+    message: &str,
+    now: &str,
+) -> ArtifactSourceStatus {
+    let mut s = prev.clone();
+    s.observed_generation = generation;
+    set_condition(
+        &mut s.conditions,
+        ConditionType::Ready,
+        Status::False,
+        reason::INVALID_SPEC,
+        message,
+        generation,
+        now,
+    );
+    set_condition(
+        &mut s.conditions,
+        ConditionType::Stalled,
+        Status::True,
+        reason::INVALID_SPEC,
+        message,
+        generation,
+        now,
+    );
+    remove_condition(&mut s.conditions, ConditionType::Reconciling);
+    s
+}
+
+/// Before a download: Reconciling=True (and Ready=Unknown on a first pull), so
+/// `kubectl wait` and kstatus see progress.
+pub fn reconciling(
+    prev: &ArtifactSourceStatus,
+    generation: Option<i64>,
+    message: &str,
+    now: &str,
+) -> ArtifactSourceStatus {
+    let mut s = prev.clone();
+    set_condition(
+        &mut s.conditions,
+        ConditionType::Reconciling,
+        Status::True,
+        reason::PROGRESSING,
+        message,
+        generation,
+        now,
+    );
+    if s.artifact.is_none()
+        && crate::api::condition::find(&s.conditions, ConditionType::Ready).is_none()
+    {
+        set_condition(
+            &mut s.conditions,
+            ConditionType::Ready,
+            Status::Unknown,
+            reason::PROGRESSING,
+            message,
+            generation,
+            now,
+        );
+    }
+    s
+}
+
+fn handled(s: &mut ArtifactSourceStatus, requested_at: Option<&str>) {
+    if let Some(r) = requested_at {
+        s.last_handled_requested_at = Some(r.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::condition::find;
+
+    fn artifact(rev: &str) -> Artifact {
+        Artifact {
+            revision: rev.into(),
+            digest: "sha256:aa".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn failure_keeps_the_last_artifact_and_says_so() {
+        let ok = ready(
+            &ArtifactSourceStatus::default(),
+            Some(1),
+            artifact("1@sha256:aa"),
+            "t1",
+            None,
+        );
+        let bad = failed(
+            &ok,
+            Some(1),
+            "Unauthorized",
+            "unauthorized: 401",
+            "t2",
+            Some("now"),
+        );
+        assert_eq!(bad.artifact, ok.artifact);
+        let r = find(&bad.conditions, ConditionType::Ready).unwrap();
+        assert_eq!(
+            (r.status.as_str(), r.reason.as_str()),
+            ("False", "Unauthorized")
+        );
+        assert!(r.message.contains("still serving 1@sha256:aa"));
+        assert_eq!(r.last_transition_time, "t2");
+        assert_eq!(bad.last_handled_requested_at.as_deref(), Some("now"));
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_changes() {
+        let a = ready(
+            &ArtifactSourceStatus::default(),
+            Some(1),
+            artifact("1@x"),
+            "t1",
+            None,
+        );
+        let b = ready(&a, Some(1), artifact("2@y"), "t2", None);
+        let r = find(&b.conditions, ConditionType::Ready).unwrap();
+        assert_eq!(r.last_transition_time, "t1");
+        assert!(r.message.contains("2@y"));
+        assert_eq!(b.last_check_time.as_deref(), Some("t2"));
+    }
+
+    #[test]
+    fn stalled_then_fixed_clears_stalled() {
+        let s = stalled(&ArtifactSourceStatus::default(), Some(1), "bad url", "t1");
+        assert_eq!(
+            find(&s.conditions, ConditionType::Stalled).unwrap().status,
+            "True"
+        );
+        assert!(s.last_check_time.is_none());
+        let fixed = ready(&s, Some(2), artifact("1@x"), "t2", None);
+        assert!(find(&fixed.conditions, ConditionType::Stalled).is_none());
+        assert_eq!(fixed.observed_generation, Some(2));
+    }
+
+    #[test]
+    fn reconciling_marks_a_first_pull_unknown() {
+        let s = reconciling(&ArtifactSourceStatus::default(), Some(1), "pulling", "t1");
+        assert_eq!(
+            find(&s.conditions, ConditionType::Ready).unwrap().status,
+            "Unknown"
+        );
+        let done = ready(&s, Some(1), artifact("1@x"), "t2", None);
+        assert!(find(&done.conditions, ConditionType::Reconciling).is_none());
+    }
+}

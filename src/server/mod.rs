@@ -1,0 +1,351 @@
+//! The artifact server: a read-only HTTP/1.1 server over the content store, used by the
+//! agents on the nodes, plus `/metrics`, `/healthz` and `/readyz`.
+//!
+//! Routes (GET and HEAD only; other methods get 405):
+//!
+//! - `/blobs/sha256/<hex>`: a stored file, streamed from disk, immutable;
+//! - `/revisions/sha256/<hex>`: the [`RevisionIndex`](crate::store::RevisionIndex) of a
+//!   manifest digest as JSON, immutable;
+//! - `/metrics`: OpenMetrics text;
+//! - `/healthz`: always `ok`; `/readyz`: `ok` once [`ServerState::ready`] is set.
+//!
+//! A path segment that is not 64 lowercase hex characters is a 404 without any filesystem
+//! access.
+
+use std::convert::Infallible;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::io::ReaderStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::Metrics;
+use crate::store::{Store, is_sha256_hex};
+
+#[cfg(test)]
+mod tests;
+
+/// How long in-flight connections may take to finish after shutdown is requested.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long a client may take to send the headers of a request.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Read size when streaming a blob from disk.
+const STREAM_CHUNK: usize = 64 * 1024;
+
+const CACHE_IMMUTABLE: &str = "public, max-age=31536000, immutable";
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const TEXT: &str = "text/plain; charset=utf-8";
+const X_CONTENT_DIGEST: &str = "x-content-digest";
+
+/// What the server needs; shared by every connection.
+#[derive(Debug)]
+pub struct ServerState {
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    /// `/readyz` answers 200 once this is true.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The URL path of the index of the revision with manifest digest `manifest_digest`
+/// (`sha256:<hex>`): `/revisions/sha256/<hex>`.
+pub fn revision_path(manifest_digest: &str) -> String {
+    let hex = manifest_digest
+        .strip_prefix("sha256:")
+        .unwrap_or(manifest_digest);
+    format!("/revisions/sha256/{hex}")
+}
+
+/// The URL path of the file with content digest `file_digest` (`sha256:<hex>`):
+/// `/blobs/sha256/<hex>`.
+pub fn blob_url_path(file_digest: &str) -> String {
+    let hex = file_digest.strip_prefix("sha256:").unwrap_or(file_digest);
+    format!("/blobs/sha256/{hex}")
+}
+
+/// Serves HTTP/1.1 on `listener` until `shutdown` is cancelled, then stops accepting,
+/// lets in-flight connections finish (closing idle keep-alive connections) and returns.
+/// Connections still open after 10 seconds are dropped.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<ServerState>,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let tracker = TaskTracker::new();
+    let hard_stop = CancellationToken::new();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                tracker.spawn(serve_connection(
+                    stream,
+                    state.clone(),
+                    shutdown.clone(),
+                    hard_stop.clone(),
+                ));
+            }
+            Err(e) => {
+                // Out of file descriptors, a connection reset before accept: keep serving.
+                tracing::warn!(error = %e, "artifact server: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    drop(listener);
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = tracker.len(),
+            "artifact server: dropping connections still open after the shutdown grace period"
+        );
+        hard_stop.cancel();
+        tracker.wait().await;
+    }
+    Ok(())
+}
+
+/// Serves one connection; on shutdown, finishes the request in flight and closes.
+async fn serve_connection(
+    stream: TcpStream,
+    state: Arc<ServerState>,
+    shutdown: CancellationToken,
+    hard_stop: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let service = service_fn(move |request| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(&state, request).await) }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            tokio::select! {
+                result = connection.as_mut() => result,
+                _ = hard_stop.cancelled() => Ok(()),
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "artifact server: connection error");
+    }
+}
+
+type Body = BoxBody<Bytes, io::Error>;
+
+/// Which route a path belongs to; also the `route` metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route<'a> {
+    /// `/blobs/...`, with the hex when the rest is a valid `sha256/<hex>`.
+    Blob(Option<&'a str>),
+    /// `/revisions/...`, with the hex when valid.
+    Revision(Option<&'a str>),
+    Metrics,
+    Healthz,
+    Readyz,
+    Other,
+}
+
+impl<'a> Route<'a> {
+    fn parse(path: &'a str) -> Route<'a> {
+        let hex = |rest: &'a str| rest.strip_prefix("sha256/").filter(|h| is_sha256_hex(h));
+        if let Some(rest) = path.strip_prefix("/blobs/") {
+            Route::Blob(hex(rest))
+        } else if let Some(rest) = path.strip_prefix("/revisions/") {
+            Route::Revision(hex(rest))
+        } else {
+            match path {
+                "/metrics" => Route::Metrics,
+                "/healthz" => Route::Healthz,
+                "/readyz" => Route::Readyz,
+                _ => Route::Other,
+            }
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Route::Blob(_) => "blob",
+            Route::Revision(_) => "revision",
+            Route::Metrics => "metrics",
+            Route::Healthz => "healthz",
+            Route::Readyz => "readyz",
+            Route::Other => "other",
+        }
+    }
+}
+
+/// Answers one request and counts the response.
+async fn handle(state: &Arc<ServerState>, request: Request<Incoming>) -> Response<Body> {
+    let route = Route::parse(request.uri().path());
+    let method = request.method();
+    let response = if method != Method::GET && method != Method::HEAD {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        response
+    } else {
+        let headers = request.headers();
+        match route {
+            Route::Blob(Some(hex)) => blob(state, hex, headers).await,
+            Route::Revision(Some(hex)) => revision(state, hex, headers).await,
+            Route::Blob(None) | Route::Revision(None) | Route::Other => not_found(),
+            Route::Metrics => {
+                let body = state.metrics.encode();
+                respond(StatusCode::OK, OPENMETRICS, Bytes::from(body))
+            }
+            Route::Healthz => text(StatusCode::OK, "ok"),
+            Route::Readyz if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ok"),
+            Route::Readyz => text(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
+        }
+    };
+    state
+        .metrics
+        .served(route.label(), response.status().as_u16());
+    if request.method() == Method::HEAD {
+        // Same headers (Content-Length included), no body; drops an open blob file.
+        let (parts, _body) = response.into_parts();
+        return Response::from_parts(parts, empty());
+    }
+    response
+}
+
+/// `GET /blobs/sha256/<hex>`: the file, streamed.
+async fn blob(state: &ServerState, hex: &str, request: &HeaderMap) -> Response<Body> {
+    let digest = format!("sha256:{hex}");
+    let Some(path) = state.store.blob_location(&digest) else {
+        return not_found();
+    };
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return not_found(),
+        Err(e) => return internal_error("open blob", &e),
+    };
+    let meta = match file.metadata().await {
+        Ok(meta) if meta.is_file() => meta,
+        Ok(_) => return not_found(),
+        Err(e) => return internal_error("stat blob", &e),
+    };
+    let etag = format!("\"{digest}\"");
+    let mut builder = Response::builder()
+        .header(header::ETAG, &etag)
+        .header(header::CACHE_CONTROL, CACHE_IMMUTABLE)
+        .header(X_CONTENT_DIGEST, &digest);
+    if etag_matches(request, &etag) {
+        builder = builder.status(StatusCode::NOT_MODIFIED);
+        return builder.body(empty()).unwrap_or_else(|_| fallback_error());
+    }
+    let stream = ReaderStream::with_capacity(file, STREAM_CHUNK).map_ok(Frame::data);
+    builder
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, meta.len())
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .unwrap_or_else(|_| fallback_error())
+}
+
+/// `GET /revisions/sha256/<hex>`: the revision index as JSON.
+async fn revision(state: &ServerState, hex: &str, request: &HeaderMap) -> Response<Body> {
+    let digest = format!("sha256:{hex}");
+    let etag = format!("\"{digest}\"");
+    let store = state.store.clone();
+    let lookup = digest.clone();
+    let index = match tokio::task::spawn_blocking(move || store.index(&lookup)).await {
+        Ok(Some(index)) => index,
+        Ok(None) => return not_found(),
+        Err(e) => return internal_error("read revision index", &e),
+    };
+    let mut builder = Response::builder()
+        .header(header::ETAG, &etag)
+        .header(header::CACHE_CONTROL, CACHE_IMMUTABLE);
+    if etag_matches(request, &etag) {
+        builder = builder.status(StatusCode::NOT_MODIFIED);
+        return builder.body(empty()).unwrap_or_else(|_| fallback_error());
+    }
+    let json = match serde_json::to_vec(&index) {
+        Ok(json) => json,
+        Err(e) => return internal_error("encode revision index", &e),
+    };
+    builder
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, json.len())
+        .body(full(Bytes::from(json)))
+        .unwrap_or_else(|_| fallback_error())
+}
+
+/// Whether `If-None-Match` lists `etag` (weak or strong) or is `*`.
+fn etag_matches(request: &HeaderMap, etag: &str) -> bool {
+    request
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|candidate| {
+            candidate == "*" || candidate.strip_prefix("W/").unwrap_or(candidate) == etag
+        })
+}
+
+fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// A response with a fixed body, its type and length.
+fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
+    let length = body.len();
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    response
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    respond(status, TEXT, Bytes::from_static(body.as_bytes()))
+}
+
+fn not_found() -> Response<Body> {
+    text(StatusCode::NOT_FOUND, "not found\n")
+}
+
+fn internal_error(what: &str, error: &dyn std::fmt::Display) -> Response<Body> {
+    tracing::warn!(error = %error, "artifact server: {what} failed");
+    fallback_error()
+}
+
+fn fallback_error() -> Response<Body> {
+    text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+}

@@ -1,0 +1,293 @@
+use std::collections::HashSet;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use super::*;
+
+fn digest_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+fn manifest(n: u8) -> String {
+    format!("sha256:{}", hex::encode([n; 32]))
+}
+
+/// Writes `files` into a fresh staging directory and returns it with their index entries.
+fn stage(store: &Store, files: &[(&str, &[u8])]) -> (tempfile::TempDir, Vec<IndexFile>) {
+    let dir = store.staging_dir().unwrap();
+    let mut listed = Vec::new();
+    for (path, bytes) in files {
+        let full = dir.path().join(path);
+        fs::create_dir_all(full.parent().unwrap()).unwrap();
+        fs::write(&full, bytes).unwrap();
+        listed.push(IndexFile {
+            path: path.to_string(),
+            digest: digest_of(bytes),
+            size: bytes.len() as u64,
+        });
+    }
+    (dir, listed)
+}
+
+fn open() -> (tempfile::TempDir, Store) {
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(root.path()).unwrap();
+    (root, store)
+}
+
+#[test]
+fn commit_then_read_back() {
+    let (_root, store) = open();
+    let (staging, files) = stage(&store, &[("rules/b.yaml", b"bee"), ("a.yaml", b"ay")]);
+    assert!(!store.has(&manifest(1)));
+    let index = store.commit(&manifest(1), staging.path(), &files).unwrap();
+    assert_eq!(index.digest, manifest(1));
+    let paths: Vec<&str> = index.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["a.yaml", "rules/b.yaml"], "sorted by path");
+    assert!(store.has(&manifest(1)));
+    assert_eq!(store.index(&manifest(1)), Some(index.clone()));
+    for file in &index.files {
+        let blob = store.blob_path(&file.digest).unwrap();
+        let meta = fs::metadata(&blob).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o444);
+        assert_eq!(meta.len(), file.size);
+    }
+    assert_eq!(
+        fs::read(store.blob_path(&digest_of(b"bee")).unwrap()).unwrap(),
+        b"bee"
+    );
+    assert!(store.blob_path(&digest_of(b"absent")).is_none());
+    assert!(store.index(&manifest(2)).is_none());
+    // Idempotent: the same revision again, now with every blob already present.
+    let (staging, files) = stage(&store, &[("a.yaml", b"ay"), ("rules/b.yaml", b"bee")]);
+    assert_eq!(
+        store.commit(&manifest(1), staging.path(), &files).unwrap(),
+        index
+    );
+    assert!(store.has(&manifest(1)));
+}
+
+#[test]
+fn open_clears_stale_tmp_and_keeps_content() {
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(root.path()).unwrap();
+    let (staging, files) = stage(&store, &[("x", b"x")]);
+    store.commit(&manifest(1), staging.path(), &files).unwrap();
+    let leftover = store.staging_dir().unwrap().keep();
+    fs::write(leftover.join("half"), b"h").unwrap();
+    fs::write(root.path().join("tmp").join("index-stale"), b"{").unwrap();
+    drop(staging);
+    let store = Store::open(root.path()).unwrap();
+    assert_eq!(fs::read_dir(root.path().join("tmp")).unwrap().count(), 0);
+    assert!(store.has(&manifest(1)));
+}
+
+#[test]
+fn identical_content_is_stored_once() {
+    let (_root, store) = open();
+    let (s1, f1) = stage(&store, &[("rules.yaml", b"same"), ("one", b"1")]);
+    store.commit(&manifest(1), s1.path(), &f1).unwrap();
+    let (s2, f2) = stage(&store, &[("renamed.yaml", b"same"), ("two", b"2")]);
+    store.commit(&manifest(2), s2.path(), &f2).unwrap();
+    let usage = store.usage();
+    assert_eq!(
+        usage,
+        StoreUsage {
+            revisions: 2,
+            blobs: 3,
+            bytes: 4 + 1 + 1
+        }
+    );
+    // The duplicate was verified but left in the second staging directory.
+    assert!(s2.path().join("renamed.yaml").exists());
+    assert!(!s2.path().join("two").exists());
+}
+
+#[test]
+fn gc_keeps_listed_revisions_and_their_blobs() {
+    let (_root, store) = open();
+    let (s1, f1) = stage(&store, &[("shared", b"shared"), ("only1", b"only one")]);
+    store.commit(&manifest(1), s1.path(), &f1).unwrap();
+    let (s2, f2) = stage(&store, &[("shared", b"shared"), ("only2", b"only two")]);
+    store.commit(&manifest(2), s2.path(), &f2).unwrap();
+    let (s3, f3) = stage(&store, &[("only3", b"three")]);
+    store.commit(&manifest(3), s3.path(), &f3).unwrap();
+
+    let keep: HashSet<String> = [manifest(1), manifest(9)].into_iter().collect();
+    let report = store.gc(&keep).unwrap();
+    assert_eq!(report.removed_revisions, 2);
+    assert_eq!(report.removed_blobs, 2);
+    assert_eq!(report.freed_bytes, 8 + 5);
+    assert!(store.has(&manifest(1)));
+    assert!(!store.has(&manifest(2)));
+    assert!(store.index(&manifest(3)).is_none());
+    assert!(store.blob_path(&digest_of(b"shared")).is_some());
+    assert!(store.blob_path(&digest_of(b"only two")).is_none());
+
+    // Nothing kept: the shared blob goes as well.
+    let report = store.gc(&HashSet::new()).unwrap();
+    assert_eq!((report.removed_revisions, report.removed_blobs), (1, 2));
+    assert_eq!(store.usage(), StoreUsage::default());
+}
+
+#[test]
+fn has_is_false_when_a_blob_is_missing() {
+    let (_root, store) = open();
+    let (staging, files) = stage(&store, &[("a", b"a")]);
+    store.commit(&manifest(1), staging.path(), &files).unwrap();
+    fs::remove_file(store.blob_path(&digest_of(b"a")).unwrap()).unwrap();
+    assert!(store.index(&manifest(1)).is_some());
+    assert!(!store.has(&manifest(1)));
+}
+
+#[test]
+fn bad_digests_are_refused() {
+    let (_root, store) = open();
+    let (staging, files) = stage(&store, &[("a", b"a")]);
+    for bad in [
+        "sha256:../../etc/passwd",
+        "sha256:ABCDEF",
+        &format!("sha256:{}", "A".repeat(64)),
+        &format!("sha512:{}", "a".repeat(64)),
+        &format!("sha256:{}/", "a".repeat(64)),
+        "",
+    ] {
+        let err = store.commit(bad, staging.path(), &files).unwrap_err();
+        assert_eq!(err.reason(), "InvalidDigest", "{bad}");
+        assert!(!store.has(bad));
+        assert!(store.index(bad).is_none());
+        assert!(store.blob_path(bad).is_none());
+        assert!(store.blob_location(bad).is_none());
+    }
+    let mut wrong = files.clone();
+    wrong[0].digest = "sha256:../x".into();
+    let err = store
+        .commit(&manifest(1), staging.path(), &wrong)
+        .unwrap_err();
+    assert_eq!(err.reason(), "InvalidDigest");
+    assert_eq!(store.usage(), StoreUsage::default());
+}
+
+#[test]
+fn unsafe_paths_are_refused() {
+    let (root, store) = open();
+    fs::write(root.path().join("outside"), b"a").unwrap();
+    let (staging, files) = stage(&store, &[("a", b"a")]);
+    for bad in [
+        "../outside",
+        "x/../../outside",
+        "/etc/passwd",
+        "",
+        "./a",
+        "a//b",
+        "a/",
+    ] {
+        let mut listed = files.clone();
+        listed[0].path = bad.to_string();
+        let err = store
+            .commit(&manifest(1), staging.path(), &listed)
+            .unwrap_err();
+        assert_eq!(err.reason(), "UnsafePath", "{bad:?}");
+    }
+    let mut twice = files.clone();
+    twice.push(files[0].clone());
+    let err = store
+        .commit(&manifest(1), staging.path(), &twice)
+        .unwrap_err();
+    assert_eq!(err.reason(), "UnsafePath");
+    assert!(root.path().join("outside").exists());
+    assert_eq!(store.usage(), StoreUsage::default());
+}
+
+#[test]
+fn symlinks_in_staging_are_refused() {
+    let (root, store) = open();
+    let secret = root.path().join("secret");
+    fs::write(&secret, b"a").unwrap();
+    let staging = store.staging_dir().unwrap();
+    std::os::unix::fs::symlink(&secret, staging.path().join("link")).unwrap();
+    std::os::unix::fs::symlink(root.path(), staging.path().join("dir")).unwrap();
+    for path in ["link", "dir/secret"] {
+        let listed = [IndexFile {
+            path: path.into(),
+            digest: digest_of(b"a"),
+            size: 1,
+        }];
+        let err = store
+            .commit(&manifest(1), staging.path(), &listed)
+            .unwrap_err();
+        assert_eq!(err.reason(), "UnsafePath", "{path}");
+    }
+    assert!(secret.exists());
+    assert_eq!(store.usage(), StoreUsage::default());
+}
+
+#[test]
+fn tampered_staged_files_are_refused() {
+    let (_root, store) = open();
+    let (staging, files) = stage(&store, &[("a", b"original")]);
+    fs::write(staging.path().join("a"), b"tampered").unwrap();
+    let err = store
+        .commit(&manifest(1), staging.path(), &files)
+        .unwrap_err();
+    assert_eq!(err.reason(), "DigestMismatch");
+    assert!(!store.has(&manifest(1)));
+    assert_eq!(store.usage(), StoreUsage::default());
+    assert_eq!(fs::read_dir(store.root().join("tmp")).unwrap().count(), 1);
+
+    // A wrong size with the right digest is refused too.
+    let (staging, mut files) = stage(&store, &[("a", b"original")]);
+    files[0].size = 3;
+    let err = store
+        .commit(&manifest(1), staging.path(), &files)
+        .unwrap_err();
+    assert_eq!(err.reason(), "DigestMismatch");
+
+    // A duplicate of an existing blob is verified as well.
+    let (staging, files) = stage(&store, &[("a", b"original")]);
+    store.commit(&manifest(1), staging.path(), &files).unwrap();
+    let (staging, files) = stage(&store, &[("b", b"original")]);
+    fs::write(staging.path().join("b"), b"different").unwrap();
+    let err = store
+        .commit(&manifest(2), staging.path(), &files)
+        .unwrap_err();
+    assert_eq!(err.reason(), "DigestMismatch");
+    assert!(store.index(&manifest(2)).is_none());
+}
+
+#[test]
+fn missing_staged_file_is_an_io_error() {
+    let (_root, store) = open();
+    let staging = store.staging_dir().unwrap();
+    let listed = [IndexFile {
+        path: "nope".into(),
+        digest: digest_of(b""),
+        size: 0,
+    }];
+    let err = store
+        .commit(&manifest(1), staging.path(), &listed)
+        .unwrap_err();
+    assert_eq!(err.reason(), "IoError");
+    assert!(err.to_string().contains("nope"));
+}
+
+#[test]
+fn empty_revisions_and_usage() {
+    let (_root, store) = open();
+    let staging = store.staging_dir().unwrap();
+    let index = store.commit(&manifest(1), staging.path(), &[]).unwrap();
+    assert!(index.files.is_empty());
+    assert!(store.has(&manifest(1)));
+    assert_eq!(
+        store.usage(),
+        StoreUsage {
+            revisions: 1,
+            blobs: 0,
+            bytes: 0
+        }
+    );
+    assert!(Path::new(&store.root().join("revisions")).is_dir());
+}

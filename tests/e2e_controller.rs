@@ -1,0 +1,576 @@
+//! End-to-end: `ocisync controller` against the real API server and registries. Each test
+//! runs its own controller process on its own namespace and waits on status conditions
+//! with a deadline.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::{Env, Which};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::await_condition;
+use ocisync::api::ArtifactSource;
+use tokio::net::{TcpListener, TcpStream};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+struct Harness {
+    env: Env,
+    client: kube::Client,
+    ns: String,
+    api: Api<ArtifactSource>,
+    base_url: String,
+    controller: Child,
+    _store: tempfile::TempDir,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = self.controller.kill();
+        let _ = self.controller.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+async fn harness() -> Option<Harness> {
+    let env = common::env()?;
+    ocisync::tls::install_crypto_provider();
+    let kubeconfig = kube::config::Kubeconfig::read_from(&env.kubeconfig).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config");
+    let client = kube::Client::try_from(config).expect("client");
+    // CRDs (idempotent) and a namespace of our own
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    for crd in ocisync::api::crds() {
+        let name = crd.metadata.name.clone().expect("name");
+        crds.patch(
+            &name,
+            &PatchParams::apply("ocisync-e2e").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .expect("apply CRD");
+        tokio::time::timeout(
+            DEADLINE,
+            await_condition(
+                crds.clone(),
+                &name,
+                kube::runtime::conditions::is_crd_established(),
+            ),
+        )
+        .await
+        .expect("CRD established in time")
+        .expect("watch CRD");
+    }
+    let ns = format!("e2e-{}", common::unique());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let object: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).expect("ns");
+    namespaces
+        .create(&PostParams::default(), &object)
+        .await
+        .expect("namespace");
+
+    let store = tempfile::tempdir().expect("store dir");
+    let port = free_port();
+    let base_url = format!("http://127.0.0.1:{port}");
+    let log =
+        std::fs::File::create(std::env::temp_dir().join(format!("ocisync-controller-{ns}.log")))
+            .expect("log file");
+    let controller = common::ocisync()
+        .args([
+            "controller",
+            "--namespace",
+            &ns,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["--artifact-base-url", &base_url, "--store-dir"])
+        .arg(store.path())
+        .arg("--kubeconfig")
+        .arg(&env.kubeconfig)
+        .env("RUST_LOG", "info,ocisync=debug")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start controller");
+    let api = Api::namespaced(client.clone(), &ns);
+    Some(Harness {
+        env,
+        client,
+        ns,
+        api,
+        base_url,
+        controller,
+        _store: store,
+    })
+}
+
+impl Harness {
+    async fn create(&self, name: &str, spec: serde_json::Value) {
+        let obj: ArtifactSource = serde_json::from_value(serde_json::json!({
+            "apiVersion": "ocisync.dev/v1alpha1", "kind": "ArtifactSource",
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .expect("source");
+        self.api
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect("create source");
+    }
+
+    /// Waits until `cond` holds for the source, or fails with its last status.
+    async fn wait(
+        &self,
+        name: &str,
+        what: &str,
+        cond: impl Fn(&ArtifactSource) -> bool,
+    ) -> ArtifactSource {
+        let c = move |o: Option<&ArtifactSource>| o.is_some_and(&cond);
+        match tokio::time::timeout(DEADLINE, await_condition(self.api.clone(), name, c)).await {
+            Ok(Ok(Some(o))) => o,
+            _ => {
+                let last = self.api.get(name).await.ok().and_then(|o| o.status);
+                panic!("{name}: not {what} within {DEADLINE:?}; status: {last:#?}");
+            }
+        }
+    }
+
+    async fn request_check(&self, name: &str, value: &str) -> ArtifactSource {
+        let patch =
+            serde_json::json!({"metadata": {"annotations": {"ocisync.dev/requested-at": value}}});
+        self.api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("annotate");
+        let v = value.to_string();
+        self.wait(name, "checked", move |o| {
+            o.status
+                .as_ref()
+                .and_then(|s| s.last_handled_requested_at.as_deref())
+                == Some(v.as_str())
+        })
+        .await
+    }
+
+    async fn secret(&self, name: &str, data: &[(&str, Vec<u8>)], type_: &str) {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.ns);
+        let data: serde_json::Map<String, serde_json::Value> = data
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    serde_json::Value::String(common::base64_encode_bytes(v)),
+                )
+            })
+            .collect();
+        let body = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "type": type_, "data": data});
+        secrets
+            .patch(
+                name,
+                &PatchParams::apply("ocisync-e2e").force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .expect("apply secret");
+    }
+
+    async fn cleanup(self) {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let _ = namespaces.delete(&self.ns, &DeleteParams::default()).await;
+    }
+}
+
+fn ready(o: &ArtifactSource) -> Option<(&str, &str)> {
+    let c = o
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")?;
+    Some((c.status.as_str(), c.reason.as_str()))
+}
+
+fn is_ready(o: &ArtifactSource) -> bool {
+    ready(o) == Some(("True", "Succeeded"))
+        && o.status.as_ref().and_then(|s| s.observed_generation) == o.metadata.generation
+}
+
+fn digest(o: &ArtifactSource) -> Option<String> {
+    Some(o.status.as_ref()?.artifact.as_ref()?.digest.clone())
+}
+
+/// `ocisync push` of one file, returning the pushed digest.
+fn push_file(
+    env: &Env,
+    which: Which,
+    dir: &Path,
+    target: &str,
+    name: &str,
+    content: &[u8],
+    extra: &[&str],
+) -> String {
+    let file = dir.join(common::unique()).join(name);
+    std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&file, content).expect("write");
+    let out = common::ocisync()
+        .arg("push")
+        .arg(&file)
+        .arg(target)
+        .args(["--type", "falco-rules", "-O", "json"])
+        .args(extra)
+        .args(env.cli_flags(which, dir))
+        .output()
+        .expect("push");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    v["digest"].as_str().expect("digest").to_string()
+}
+
+async fn http_get(url: &str) -> Vec<u8> {
+    let response = reqwest::get(url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert!(
+        response.status().is_success(),
+        "GET {url}: {}",
+        response.status()
+    );
+    response.bytes().await.expect("body").to_vec()
+}
+
+#[tokio::test]
+async fn sources_become_ready_follow_new_pushes_and_serve_identical_content() {
+    let Some(h) = harness().await else { return };
+    let work = tempfile::tempdir().expect("tempdir");
+    let repo = h.env.repo(Which::Plain, "ctl-rules");
+    let rules = format!("# {}\n- rule: one\n", common::unique());
+    let d1 = push_file(
+        &h.env,
+        Which::Plain,
+        work.path(),
+        &format!("{repo}:3"),
+        "falco_rules.yaml",
+        rules.as_bytes(),
+        &["--version", "3.0.0"],
+    );
+    h.create("tag", serde_json::json!({"url": format!("oci://{repo}"), "ref": {"tag": "3"}, "interval": "10s", "insecure": true})).await;
+    h.create("semver", serde_json::json!({"url": format!("oci://{repo}"), "ref": {"semver": ">=3.0.0 <4"}, "interval": "10s", "insecure": true})).await;
+    h.create("pinned", serde_json::json!({"url": format!("oci://{repo}"), "ref": {"digest": d1}, "interval": "10s", "insecure": true})).await;
+    for name in ["tag", "semver", "pinned"] {
+        let o = h.wait(name, "Ready", |o| is_ready(o)).await;
+        assert_eq!(digest(&o).as_deref(), Some(d1.as_str()), "{name}");
+    }
+    let o = h.api.get("tag").await.expect("get");
+    let artifact = o.status.and_then(|s| s.artifact).expect("artifact");
+    assert_eq!(artifact.revision, format!("3@{d1}"));
+    assert_eq!(artifact.files.len(), 1);
+    assert_eq!(artifact.files[0].path, "falco_rules.yaml");
+    assert_eq!(artifact.files[0].size as usize, rules.len());
+    let semver = h.api.get("semver").await.expect("get");
+    assert_eq!(
+        semver.status.and_then(|s| s.artifact).map(|a| a.revision),
+        Some(format!("3.0.0@{d1}"))
+    );
+
+    // the artifact server serves exactly what the registry holds
+    let url = artifact.url.clone().expect("artifact url");
+    assert!(url.starts_with(&h.base_url), "{url}");
+    let index: serde_json::Value =
+        serde_json::from_slice(&http_get(&url).await).expect("index json");
+    let file = &index["files"][0];
+    assert_eq!(file["digest"], artifact.files[0].digest);
+    let served = http_get(&format!(
+        "{}/blobs/sha256/{}",
+        h.base_url,
+        file["digest"]
+            .as_str()
+            .expect("d")
+            .trim_start_matches("sha256:")
+    ))
+    .await;
+    assert_eq!(served, rules.as_bytes());
+
+    // a new push to the tag (and a higher version) is picked up within an interval;
+    // the digest pin stays
+    let rules2 = format!("# {}\n- rule: two\n", common::unique());
+    let d2 = push_file(
+        &h.env,
+        Which::Plain,
+        work.path(),
+        &format!("{repo}:3"),
+        "falco_rules.yaml",
+        rules2.as_bytes(),
+        &["--version", "3.1.0"],
+    );
+    let d2c = d2.clone();
+    h.wait("tag", "moved to the new push", move |o| {
+        digest(o).as_deref() == Some(d2c.as_str())
+    })
+    .await;
+    let d2c = d2.clone();
+    let moved = h
+        .wait("semver", "moved to 3.1.0", move |o| {
+            digest(o).as_deref() == Some(d2c.as_str())
+        })
+        .await;
+    assert!(
+        moved
+            .status
+            .and_then(|s| s.artifact)
+            .is_some_and(|a| a.revision.starts_with("3.1.0@"))
+    );
+    let pinned = h.request_check("pinned", "after-push").await;
+    assert_eq!(digest(&pinned).as_deref(), Some(d1.as_str()));
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn unchanged_checks_cost_one_head_each_and_no_blob_downloads() {
+    let Some(h) = harness().await else { return };
+    let work = tempfile::tempdir().expect("tempdir");
+    let repo = h.env.repo(Which::Plain, "ctl-quiet");
+    push_file(
+        &h.env,
+        Which::Plain,
+        work.path(),
+        &format!("{repo}:1"),
+        "r.yaml",
+        common::unique().as_bytes(),
+        &[],
+    );
+    h.create("quiet", serde_json::json!({"url": format!("oci://{repo}"), "ref": {"tag": "1"}, "interval": "1h", "insecure": true})).await;
+    h.wait("quiet", "Ready", |o| is_ready(o)).await;
+    let log = h.env.log(Which::Plain).clone();
+    let before = common::log_lines(&log);
+    for i in 0..10 {
+        let o = h.request_check("quiet", &format!("check-{i}")).await;
+        assert!(is_ready(&o));
+    }
+    let text = std::fs::read_to_string(&log).expect("registry log");
+    let ours: Vec<&str> = text
+        .lines()
+        .skip(before)
+        .filter(|l| l.contains(&format!("/v2/{}/", repo.name)) && l.starts_with("127.0.0.1"))
+        .collect();
+    let heads = ours
+        .iter()
+        .filter(|l| l.contains("\"HEAD ") && l.contains("/manifests/1 "))
+        .count();
+    let others = ours.iter().filter(|l| !l.contains("\"HEAD ")).count();
+    assert_eq!(heads, 10, "{ours:#?}");
+    assert_eq!(others, 0, "no GETs: {ours:#?}");
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn credentials_from_secrets_fail_clearly_and_recover_when_fixed() {
+    let Some(h) = harness().await else { return };
+    let work = tempfile::tempdir().expect("tempdir");
+    let repo = h.env.repo(Which::Tls, "ctl-auth");
+    push_file(
+        &h.env,
+        Which::Tls,
+        work.path(),
+        &format!("{repo}:1"),
+        "r.yaml",
+        common::unique().as_bytes(),
+        &[],
+    );
+    let docker = |password: &str| {
+        format!(
+            r#"{{"auths":{{"{}":{{"username":"{}","password":"{password}"}}}}}}"#,
+            h.env.tls, h.env.user
+        )
+        .into_bytes()
+    };
+    h.secret(
+        "ca",
+        &[("ca.crt", std::fs::read(&h.env.ca).expect("ca"))],
+        "Opaque",
+    )
+    .await;
+    h.secret(
+        "regcred",
+        &[(".dockerconfigjson", docker("wrong-password-1234"))],
+        "kubernetes.io/dockerconfigjson",
+    )
+    .await;
+    h.create(
+        "auth",
+        serde_json::json!({"url": format!("oci://{repo}"), "ref": {"tag": "1"}, "interval": "1h",
+        "secretRef": {"name": "regcred"}, "certSecretRef": {"name": "ca"}}),
+    )
+    .await;
+    let o = h
+        .wait("auth", "Unauthorized", |o| {
+            ready(o) == Some(("False", "Unauthorized"))
+        })
+        .await;
+    let text = serde_json::to_string(&o.status).expect("json");
+    assert!(!text.contains("wrong-password-1234") && !text.contains(&h.env.password));
+    // fixing the Secret alone recovers the source
+    h.secret(
+        "regcred",
+        &[(".dockerconfigjson", docker(&h.env.password))],
+        "kubernetes.io/dockerconfigjson",
+    )
+    .await;
+    h.wait("auth", "Ready after the Secret was fixed", |o| is_ready(o))
+        .await;
+    // a missing Secret is named
+    h.create("nosecret", serde_json::json!({"url": format!("oci://{repo}"), "interval": "1h", "secretRef": {"name": "absent"}})).await;
+    h.wait("nosecret", "SecretNotFound", |o| {
+        ready(o) == Some(("False", "SecretNotFound"))
+    })
+    .await;
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn invalid_specs_stall_with_a_reason() {
+    let Some(h) = harness().await else { return };
+    h.create(
+        "short",
+        serde_json::json!({"url": "oci://127.0.0.1:1/x", "interval": "5s"}),
+    )
+    .await;
+    h.create("badrange", serde_json::json!({"url": "oci://127.0.0.1:1/x", "ref": {"semver": ">=banana"}, "interval": "1m"})).await;
+    for name in ["short", "badrange"] {
+        let o = h
+            .wait(name, "Stalled", |o| {
+                ready(o) == Some(("False", "InvalidSpec"))
+            })
+            .await;
+        let stalled = o.status.as_ref().and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == "Stalled")
+                .map(|c| c.status.clone())
+        });
+        assert_eq!(stalled.as_deref(), Some("True"), "{name}");
+    }
+    h.cleanup().await;
+}
+
+/// A TCP forwarder to a registry that can be stopped and started on the same port, to
+/// take the registry away from the controller without touching the shared registry.
+struct Proxy {
+    addr: String,
+    up: Arc<AtomicBool>,
+}
+
+async fn proxy(target: String) -> Proxy {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let up = Arc::new(AtomicBool::new(true));
+    let flag = up.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            if !flag.load(Ordering::SeqCst) {
+                drop(inbound); // registry "down": connections are cut at once
+                continue;
+            }
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    Proxy { addr, up }
+}
+
+#[tokio::test]
+async fn outages_and_tampering_keep_the_last_good_revision_served() {
+    let Some(h) = harness().await else { return };
+    let work = tempfile::tempdir().expect("tempdir");
+    let p = proxy(h.env.plain.clone()).await;
+    let repo = h.env.repo(Which::Plain, "ctl-outage");
+    let content = format!("# {}\n", common::unique());
+    let d1 = push_file(
+        &h.env,
+        Which::Plain,
+        work.path(),
+        &format!("{repo}:1"),
+        "r.yaml",
+        content.as_bytes(),
+        &[],
+    );
+    let url = format!("oci://{}/{}", p.addr, repo.name);
+    h.create("outage", serde_json::json!({"url": url, "ref": {"tag": "1"}, "interval": "1h", "timeout": "3s", "insecure": true})).await;
+    let o = h.wait("outage", "Ready", |o| is_ready(o)).await;
+    let served_url = o
+        .status
+        .and_then(|s| s.artifact)
+        .and_then(|a| a.url)
+        .expect("url");
+
+    p.up.store(false, Ordering::SeqCst);
+    let o = h.request_check("outage", "down").await;
+    assert_eq!(ready(&o), Some(("False", "RegistryUnavailable")));
+    assert_eq!(
+        digest(&o).as_deref(),
+        Some(d1.as_str()),
+        "last artifact kept"
+    );
+    http_get(&served_url).await; // and still served
+    p.up.store(true, Ordering::SeqCst);
+    let o = h.request_check("outage", "up").await;
+    assert!(is_ready(&o), "{:?}", ready(&o));
+
+    // a tampered new revision: DigestMismatch, the previous revision kept
+    let d2 = push_file(
+        &h.env,
+        Which::Plain,
+        work.path(),
+        &format!("{repo}:1"),
+        "r.yaml",
+        format!("{content}# v2\n").repeat(20).as_bytes(),
+        &[],
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(blob_file(&h.env.plain_root, &d2)).expect("manifest blob"),
+    )
+    .expect("manifest json");
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .expect("layer")
+        .to_string();
+    let path = blob_file(&h.env.plain_root, &layer);
+    let mut bytes = std::fs::read(&path).expect("layer blob");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&path, bytes).expect("tamper");
+    let o = h.request_check("outage", "tampered").await;
+    assert_eq!(ready(&o), Some(("False", "DigestMismatch")));
+    assert_eq!(digest(&o).as_deref(), Some(d1.as_str()));
+    http_get(&served_url).await;
+    h.cleanup().await;
+}
+
+fn blob_file(root: &Path, digest: &str) -> PathBuf {
+    let hex = digest.trim_start_matches("sha256:");
+    root.join("docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data")
+}
