@@ -115,20 +115,18 @@ async fn crds_become_established_and_validate_objects() {
 }
 
 #[test]
-fn unimplemented_subcommands_exit_non_zero_against_a_live_cluster() {
+fn the_agent_stub_exits_non_zero_against_a_live_cluster() {
     let Some(env) = common::env() else { return };
-    for sub in ["agent"] {
-        let out = common::ocisync()
-            .args([sub, "--kubeconfig"])
-            .arg(&env.kubeconfig)
-            .output()
-            .expect("run ocisync");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if stderr.contains("not implemented yet") {
-            assert_eq!(out.status.code(), Some(1), "{sub}: {stderr}");
-        } else {
-            // once implemented the command runs until stopped; only the stub is checked here
-            panic!("{sub} printed {stderr:?}; update this test when {sub} lands");
-        }
-    }
+    let out = common::ocisync()
+        .args(["agent", "--kubeconfig"])
+        .arg(&env.kubeconfig)
+        .output()
+        .expect("run ocisync");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not implemented yet"),
+        "update this test when the agent lands: {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }

@@ -275,7 +275,7 @@ async fn sources_become_ready_follow_new_pushes_and_serve_identical_content() {
     h.create("semver", serde_json::json!({"url": format!("oci://{repo}"), "ref": {"semver": ">=3.0.0 <4"}, "interval": "10s", "insecure": true})).await;
     h.create("pinned", serde_json::json!({"url": format!("oci://{repo}"), "ref": {"digest": d1}, "interval": "10s", "insecure": true})).await;
     for name in ["tag", "semver", "pinned"] {
-        let o = h.wait(name, "Ready", |o| is_ready(o)).await;
+        let o = h.wait(name, "Ready", is_ready).await;
         assert_eq!(digest(&o).as_deref(), Some(d1.as_str()), "{name}");
     }
     let o = h.api.get("tag").await.expect("get");
@@ -357,7 +357,7 @@ async fn unchanged_checks_cost_one_head_each_and_no_blob_downloads() {
         &[],
     );
     h.create("quiet", serde_json::json!({"url": format!("oci://{repo}"), "ref": {"tag": "1"}, "interval": "1h", "insecure": true})).await;
-    h.wait("quiet", "Ready", |o| is_ready(o)).await;
+    h.wait("quiet", "Ready", is_ready).await;
     let log = h.env.log(Which::Plain).clone();
     let before = common::log_lines(&log);
     for i in 0..10 {
@@ -433,7 +433,7 @@ async fn credentials_from_secrets_fail_clearly_and_recover_when_fixed() {
         "kubernetes.io/dockerconfigjson",
     )
     .await;
-    h.wait("auth", "Ready after the Secret was fixed", |o| is_ready(o))
+    h.wait("auth", "Ready after the Secret was fixed", is_ready)
         .await;
     // a missing Secret is named
     h.create("nosecret", serde_json::json!({"url": format!("oci://{repo}"), "interval": "1h", "secretRef": {"name": "absent"}})).await;
@@ -517,7 +517,7 @@ async fn outages_and_tampering_keep_the_last_good_revision_served() {
     );
     let url = format!("oci://{}/{}", p.addr, repo.name);
     h.create("outage", serde_json::json!({"url": url, "ref": {"tag": "1"}, "interval": "1h", "timeout": "3s", "insecure": true})).await;
-    let o = h.wait("outage", "Ready", |o| is_ready(o)).await;
+    let o = h.wait("outage", "Ready", is_ready).await;
     let served_url = o
         .status
         .and_then(|s| s.artifact)

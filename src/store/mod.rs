@@ -13,7 +13,7 @@
 //! to the store is validated as `sha256:` plus 64 lowercase hex characters before it is
 //! turned into a path, because these strings come from registries.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -23,6 +23,7 @@ use std::sync::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+mod gc;
 #[cfg(test)]
 mod tests;
 
@@ -259,7 +260,7 @@ impl Store {
         let hex = digest_hex(&file.digest).ok_or_else(|| invalid_digest(&file.digest))?;
         let blob = self.blobs_dir().join(hex);
         if fs::symlink_metadata(&blob).is_ok() {
-            return verify(&staged, file);
+            return verify(&staged, file).map(drop);
         }
         // Move the file out of the caller's reach before hashing it, so that what is
         // verified is what ends up in the store.
@@ -267,6 +268,11 @@ impl Store {
         fs::rename(&staged, &private)
             .map_err(|e| StoreError::io(format!("move staged {}", file.path), e))?;
         let result = verify(&private, file)
+            .and_then(|f| {
+                // Durable before it becomes visible under its digest.
+                f.sync_all()
+                    .map_err(|e| StoreError::io(format!("sync {}", file.path), e))
+            })
             .and_then(|()| {
                 fs::set_permissions(&private, fs::Permissions::from_mode(0o444))
                     .map_err(|e| StoreError::io(format!("make {} read-only", file.path), e))
@@ -323,102 +329,6 @@ impl Store {
             .filter(|m| m.is_file())
             .map(|_| path)
     }
-
-    /// Removes every revision index whose digest is not in `keep`, then every blob that no
-    /// remaining index references. An unreadable index in `keep` is removed too (it could
-    /// not be served).
-    pub fn gc(&self, keep: &HashSet<String>) -> Result<GcReport, StoreError> {
-        let _guard = self.guard();
-        let mut report = GcReport::default();
-        let mut referenced = HashSet::new();
-        for (hex, path) in list_dir(&self.revisions_dir(), |name| {
-            name.strip_suffix(".json").filter(|h| is_sha256_hex(h))
-        })? {
-            let digest = format!("sha256:{hex}");
-            let kept = if keep.contains(&digest) {
-                self.index(&digest)
-            } else {
-                None
-            };
-            match kept {
-                Some(index) => referenced.extend(index.files.into_iter().map(|f| f.digest)),
-                None => {
-                    remove(&path)?;
-                    report.removed_revisions += 1;
-                }
-            }
-        }
-        for (hex, path) in list_dir(&self.blobs_dir(), any_name)? {
-            if referenced.contains(&format!("sha256:{hex}")) {
-                continue;
-            }
-            let Ok(meta) = fs::symlink_metadata(&path) else {
-                continue;
-            };
-            if meta.is_dir() {
-                continue;
-            }
-            remove(&path)?;
-            report.removed_blobs += 1;
-            report.freed_bytes += meta.len();
-        }
-        Ok(report)
-    }
-
-    /// Counts revisions and blobs. Best effort: entries that cannot be read are skipped.
-    pub fn usage(&self) -> StoreUsage {
-        let mut usage = StoreUsage::default();
-        if let Ok(revisions) = list_dir(&self.revisions_dir(), |name| {
-            name.strip_suffix(".json").filter(|h| is_sha256_hex(h))
-        }) {
-            usage.revisions = revisions.len() as u64;
-        }
-        if let Ok(blobs) = list_dir(&self.blobs_dir(), |name| {
-            Some(name).filter(|h| is_sha256_hex(h))
-        }) {
-            for (_, path) in blobs {
-                if let Ok(meta) = fs::metadata(&path)
-                    && meta.is_file()
-                {
-                    usage.blobs += 1;
-                    usage.bytes += meta.len();
-                }
-            }
-        }
-        usage
-    }
-}
-
-/// The entries of `dir` whose file name `select` maps to a key, as `(key, path)`.
-fn list_dir(
-    dir: &Path,
-    select: impl Fn(&str) -> Option<&str>,
-) -> Result<HashMap<String, PathBuf>, StoreError> {
-    let context = || format!("list {}", dir.display());
-    let mut out = HashMap::new();
-    for entry in fs::read_dir(dir).map_err(|e| StoreError::io(context(), e))? {
-        let entry = entry.map_err(|e| StoreError::io(context(), e))?;
-        let name = entry.file_name();
-        if let Some(name) = name.to_str()
-            && let Some(key) = select(name)
-        {
-            out.insert(key.to_string(), entry.path());
-        }
-    }
-    Ok(out)
-}
-
-/// Selects every entry of a directory by its name.
-fn any_name(name: &str) -> Option<&str> {
-    Some(name)
-}
-
-fn remove(path: &Path) -> Result<(), StoreError> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(StoreError::io(format!("remove {}", path.display()), e)),
-    }
 }
 
 /// `staging/rel`, checked to be a regular file reached through real directories only (no
@@ -441,8 +351,9 @@ fn staged_regular_file(staging: &Path, rel: &str) -> Result<PathBuf, StoreError>
     Ok(path)
 }
 
-/// Hashes the file at `path` and compares its digest and size with `file`'s claims.
-fn verify(path: &Path, file: &IndexFile) -> Result<(), StoreError> {
+/// Hashes the file at `path` and compares its digest and size with `file`'s claims;
+/// returns the open file.
+fn verify(path: &Path, file: &IndexFile) -> Result<fs::File, StoreError> {
     let context = || format!("hash staged {}", file.path);
     let mut f = fs::File::open(path).map_err(|e| StoreError::io(context(), e))?;
     let mut hasher = Sha256::new();
@@ -471,6 +382,5 @@ fn verify(path: &Path, file: &IndexFile) -> Result<(), StoreError> {
             actual: format!("{size} bytes"),
         });
     }
-    f.sync_all().map_err(|e| StoreError::io(context(), e))?;
-    Ok(())
+    Ok(f)
 }

@@ -104,6 +104,13 @@ fn identical_content_is_stored_once() {
     // The duplicate was verified but left in the second staging directory.
     assert!(s2.path().join("renamed.yaml").exists());
     assert!(!s2.path().join("two").exists());
+
+    // The same bytes twice within one revision.
+    let (s3, f3) = stage(&store, &[("x/a", b"twice"), ("y/b", b"twice")]);
+    let index = store.commit(&manifest(3), s3.path(), &f3).unwrap();
+    assert_eq!(index.files[0].digest, index.files[1].digest);
+    assert!(store.has(&manifest(3)));
+    assert_eq!(store.usage().blobs, 4);
 }
 
 #[test]
