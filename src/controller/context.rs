@@ -12,6 +12,7 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::{Client, ResourceExt};
 
 use crate::api::ArtifactSource;
+use crate::api::artifact_source::Artifact;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -37,6 +38,10 @@ pub struct Context {
     pub base_url: String,
     pub sources: reflector::Store<ArtifactSource>,
     pub memory: Mutex<HashMap<String, Memory>>,
+    /// Stored artifacts by manifest digest, so sources sharing a revision reuse one pull.
+    pub artifacts: Mutex<HashMap<String, Artifact>>,
+    /// One lock per digest being pulled.
+    pub pull_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Context {
@@ -53,6 +58,25 @@ impl Context {
     pub fn remember(&self, uid: &str, f: impl FnOnce(&mut Memory)) {
         if let Ok(mut m) = self.memory.lock() {
             f(m.entry(uid.to_string()).or_default());
+        }
+    }
+
+    /// The lock that serialises pulls of one digest.
+    pub fn pull_lock(&self, digest: &str) -> Arc<tokio::sync::Mutex<()>> {
+        match self.pull_locks.lock() {
+            Ok(mut locks) => locks.entry(digest.to_string()).or_default().clone(),
+            Err(_) => Arc::default(),
+        }
+    }
+
+    /// A revision this controller stored before (its files, kind and config).
+    pub fn known_artifact(&self, digest: &str) -> Option<Artifact> {
+        self.artifacts.lock().ok()?.get(digest).cloned()
+    }
+
+    pub fn remember_artifact(&self, digest: &str, artifact: &Artifact) {
+        if let Ok(mut a) = self.artifacts.lock() {
+            a.insert(digest.to_string(), artifact.clone());
         }
     }
 
@@ -106,6 +130,18 @@ impl Context {
                 keep.extend(m.current.iter().cloned());
                 keep.extend(m.previous.iter().cloned());
             }
+        }
+        if let Ok(mut l) = self.pull_locks.lock() {
+            // a digest being pulled or just stored, not yet in any status
+            keep.extend(
+                l.iter()
+                    .filter(|(_, lock)| Arc::strong_count(lock) > 1)
+                    .map(|(d, _)| d.clone()),
+            );
+            l.retain(|d, _| keep.contains(d));
+        }
+        if let Ok(mut a) = self.artifacts.lock() {
+            a.retain(|d, _| keep.contains(d));
         }
         keep
     }

@@ -102,6 +102,8 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
         base_url: options.base_url.trim_end_matches('/').to_string(),
         sources: controller.store(),
         memory: Default::default(),
+        artifacts: Default::default(),
+        pull_locks: Default::default(),
     });
     // Secrets by metadata only: a change re-reconciles the sources that use the Secret,
     // and the controller never holds every Secret's data in memory.

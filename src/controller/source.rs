@@ -215,19 +215,37 @@ async fn check(
         artifact.revision = resolved.revision();
         return Ok(artifact);
     }
-    let progress = status::reconciling(
-        prev,
-        source.meta().generation,
-        &format!("pulling {}", resolved.revision()),
-        &now_rfc3339(),
-    );
-    if &progress != prev {
-        // best effort: progress is informational
-        let _ = patch_status(api, source, &progress).await;
-    }
-    let (pulled, stored_at) = pull_and_store(source, ctx, &registry, valid, &resolved).await?;
-    let uid = source.uid().unwrap_or_default();
     let digest = resolved.head.digest.clone();
+    // One pull per revision, however many sources point at it: the first source pulls,
+    // the others wait for it and reuse the stored artifact.
+    let lock = ctx.pull_lock(&digest);
+    let _pulling = lock.lock().await;
+    let known = match ctx.known_artifact(&digest) {
+        Some(a) if has_revision(ctx, &digest).await => Some(a),
+        _ => None,
+    };
+    let (mut artifact, new) = match known {
+        Some(a) => (a, false),
+        None => {
+            let progress = status::reconciling(
+                prev,
+                source.meta().generation,
+                &format!("pulling {}", resolved.revision()),
+                &now_rfc3339(),
+            );
+            if &progress != prev {
+                // best effort: progress is informational
+                let _ = patch_status(api, source, &progress).await;
+            }
+            let (pulled, stored_at) =
+                pull_and_store(source, ctx, &registry, valid, &resolved).await?;
+            let artifact = artifact_of(ctx, &digest, &pulled, stored_at);
+            ctx.remember_artifact(&digest, &artifact);
+            (artifact, true)
+        }
+    };
+    artifact.revision = resolved.revision();
+    let uid = source.uid().unwrap_or_default();
     ctx.remember(&uid, |m| {
         if m.current.as_deref() != Some(digest.as_str()) {
             m.previous = m
@@ -237,9 +255,27 @@ async fn check(
             m.current = Some(digest.clone());
         }
     });
-    let artifact = Artifact {
-        revision: resolved.revision(),
-        digest: digest.clone(),
+    if prev.artifact.as_ref().map(|a| &a.digest) != Some(&digest) {
+        publish(
+            ctx,
+            source,
+            EventType::Normal,
+            "NewArtifact",
+            &format!("stored revision {}", artifact.revision),
+        )
+        .await;
+    }
+    if new {
+        super::collect_garbage(ctx).await;
+    }
+    Ok(artifact)
+}
+
+/// The status artifact for a freshly stored revision (its revision label is set per source).
+fn artifact_of(ctx: &Context, digest: &str, pulled: &Pulled, stored_at: String) -> Artifact {
+    Artifact {
+        revision: String::new(),
+        digest: digest.to_string(),
         kind: pulled.kind,
         config: pulled.config.clone(),
         size: i64::try_from(pulled.size()).unwrap_or(i64::MAX),
@@ -255,21 +291,11 @@ async fn check(
         url: Some(format!(
             "{}{}",
             ctx.base_url,
-            crate::server::revision_path(&digest)
+            crate::server::revision_path(digest)
         )),
         last_update_time: Some(stored_at),
         annotations: pulled.annotations.clone(),
-    };
-    publish(
-        ctx,
-        source,
-        EventType::Normal,
-        "NewArtifact",
-        &format!("stored revision {}", artifact.revision),
-    )
-    .await;
-    super::collect_garbage(ctx).await;
-    Ok(artifact)
+    }
 }
 
 async fn pull_and_store(
