@@ -36,16 +36,37 @@ echo "$SOURCES sources over $REPOS repositories created in $ns"
 log=$OCISYNC_REGISTRY_PLAIN_LOG
 before=$(wc -l <"$log")
 start=$(date +%s.%N)
-/usr/bin/time -f '%M' -o "$work/rss" "$BIN" controller --namespace "$ns" --listen 127.0.0.1:0 \
+# peak RSS is read from /proc (VmHWM) before stopping the controller
+"$BIN" controller --namespace "$ns" --listen 127.0.0.1:0 \
 	--artifact-base-url http://127.0.0.1:1 --store-dir "$work/store" --concurrency "${BENCH_CONCURRENCY:-16}" \
 	2>"$work/controller.log" &
 pid=$!
-kubectl wait --for=condition=Ready artifactsources --all -n "$ns" --timeout=300s >/dev/null
+# one list per half second (kubectl wait --all would time its own per-object requests)
+python3 - "$ns" "$SOURCES" <<'PY'
+import json, subprocess, sys, time
+ns, want = sys.argv[1], int(sys.argv[2])
+deadline = time.time() + 300
+while True:
+    out = subprocess.run(["kubectl", "get", "artifactsources", "-n", ns, "-o", "json"], capture_output=True, check=True).stdout
+    ready = sum(
+        1 for i in json.loads(out)["items"]
+        if any(c["type"] == "Ready" and c["status"] == "True" for c in (i.get("status") or {}).get("conditions", []))
+    )
+    if ready >= want:
+        break
+    if time.time() > deadline:
+        sys.exit(f"only {ready}/{want} Ready after 300 s")
+    time.sleep(0.5)
+PY
 end=$(date +%s.%N)
+rss_kib=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")
+stop_start=$(date +%s.%N)
 kill -TERM "$pid"
 wait "$pid" || true
+stop_end=$(date +%s.%N)
 pid=
 reqs=$(tail -n +"$((before + 1))" "$log" | grep -E '^127\.0\.0\.1 .*"(HEAD|GET) /v2/'"$ns"'/' || true)
 python3 -c 'import sys; print(f"all Ready after {float(sys.argv[2]) - float(sys.argv[1]):.1f} s")' "$start" "$end"
-echo "controller peak RSS: $(($(cat "$work/rss") / 1024)) MiB"
+echo "controller peak RSS: $((rss_kib / 1024)) MiB"
+python3 -c 'import sys; print(f"SIGTERM to exit: {float(sys.argv[2]) - float(sys.argv[1]):.2f} s")' "$stop_start" "$stop_end"
 echo "registry requests: $(grep -c '"HEAD ' <<<"$reqs") HEAD, $(grep -c '"GET .*/manifests/' <<<"$reqs") manifest GET, $(grep -c '"GET .*/blobs/' <<<"$reqs") blob GET"

@@ -22,6 +22,8 @@ pub struct Memory {
     pub failures: u32,
     pub retry_after: Option<Duration>,
     pub last_check: Option<Instant>,
+    /// The generation the last check was for (the cached object's status may lag behind).
+    pub checked_generation: Option<i64>,
     /// A referenced Secret changed since the last check.
     pub secret_changed: bool,
     /// The revision being served and the one before it (kept for rollback by GC).

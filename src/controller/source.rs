@@ -130,7 +130,8 @@ async fn reconcile_inner(source: &ArtifactSource, ctx: &Context) -> Result<Outco
     .min();
     let state = CheckState {
         since_last_check: last_check,
-        spec_changed: generation != prev.observed_generation,
+        spec_changed: generation != prev.observed_generation
+            && generation != memory.checked_generation,
         requested: requested_at.is_some() && requested_at != prev.last_handled_requested_at,
         content_missing,
         failures: memory.failures,
@@ -149,6 +150,7 @@ async fn reconcile_inner(source: &ArtifactSource, ctx: &Context) -> Result<Outco
     }
     ctx.remember(&uid, |m| {
         m.last_check = Some(Instant::now());
+        m.checked_generation = generation;
         m.secret_changed = false;
     });
 
