@@ -286,7 +286,8 @@ async fn pull_layer(
     let name = title.unwrap_or_else(|| layer.digest.replace(':', "-"));
     let dest = dest.to_path_buf();
 
-    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    // A few chunks in flight keep both sides busy; a bound keeps memory flat whatever the size.
+    let (tx, rx) = mpsc::channel::<Bytes>(8);
     let writer = tokio::task::spawn_blocking(move || {
         let mut budget = budget;
         let mut reader = ChannelReader {
@@ -295,7 +296,8 @@ async fn pull_layer(
         };
         let result = match form {
             LayerForm::Tar { gzip: true } => {
-                let gz = flate2::read::GzDecoder::new(&mut reader);
+                // bufread: inflate straight from the received chunks, no copy in between
+                let gz = flate2::bufread::GzDecoder::new(&mut reader);
                 unpack::unpack_tar(gz, &dest, expected_size, &mut budget)
             }
             LayerForm::Tar { gzip: false } => {
@@ -366,16 +368,27 @@ struct ChannelReader {
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let available = std::io::BufRead::fill_buf(self)?;
+        let n = buf.len().min(available.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        std::io::BufRead::consume(self, n);
+        Ok(n)
+    }
+}
+
+impl std::io::BufRead for ChannelReader {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
         while self.current.is_empty() {
             match self.rx.blocking_recv() {
                 Some(next) => self.current = next,
-                None => return Ok(0),
+                None => break,
             }
         }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        let _ = self.current.split_to(n);
-        Ok(n)
+        Ok(&self.current)
+    }
+
+    fn consume(&mut self, amt: usize) {
+        let _ = self.current.split_to(amt.min(self.current.len()));
     }
 }
 
