@@ -440,7 +440,11 @@ ensure_cluster_files() {
 	chmod 700 "$STATE/etcd-data"
 }
 
+# The API server makes its own serving certificate (and CA) in its --cert-dir on first
+# start; once it exists the kubeconfig trusts it, so clients verify TLS for real.
 write_kubeconfig() {
+	local crt=$STATE/apiserver-certs/apiserver.crt tls="insecure-skip-tls-verify: true"
+	[[ -s $crt ]] && tls="certificate-authority-data: $(base64 -w0 "$crt")"
 	(
 		umask 077
 		cat >"$STATE/kubeconfig.tmp" <<EOF
@@ -450,7 +454,7 @@ clusters:
 - name: ocisync-testenv
   cluster:
     server: https://127.0.0.1:$APISERVER_PORT
-    insecure-skip-tls-verify: true
+    $tls
 users:
 - name: admin
   user:
@@ -546,6 +550,7 @@ start_cluster() {
 		--service-cluster-ip-range 10.0.0.0/24 \
 		--allow-privileged=true
 	wait_for kube-apiserver "/readyz" apiserver_ready
+	write_kubeconfig
 
 	log "starting kube-controller-manager"
 	start_proc kube-controller-manager "$K8S_BIN/kube-controller-manager" \
