@@ -57,6 +57,19 @@ spec:
   interval: 5m
   insecure: true
 YAML
-kubectl get artifactsources -n ocisync-demo
+
+echo "== the controller (artifact server on 127.0.0.1:9090)"
+pkill -f "ocisync controller --namespace ocisync-demo" 2>/dev/null || true
+mkdir -p "$OCISYNC_TESTENV_DIR/demo-store"
+nohup "$BIN" controller --namespace ocisync-demo --listen 127.0.0.1:9090 \
+	--artifact-base-url http://127.0.0.1:9090 --store-dir "$OCISYNC_TESTENV_DIR/demo-store" \
+	>"$OCISYNC_TESTENV_DIR/logs/demo-controller.log" 2>&1 &
+echo "controller pid $! (log: $OCISYNC_TESTENV_DIR/logs/demo-controller.log)"
+kubectl wait -n ocisync-demo --for=condition=Ready --timeout=60s artifactsource/falco-rules
+kubectl get artifactsources -n ocisync-demo -o wide
+url=$(kubectl get artifactsource falco-rules -n ocisync-demo -o jsonpath='{.status.artifact.url}')
+echo "== served index: $url"
+curl -fsS "$url"
 echo
-echo "demo: environment is up; use it with:  eval \"\$(e2e/testenv.sh env)\""
+echo "demo: environment and controller are up; use them with:  eval \"\$(e2e/testenv.sh env)\""
+echo "stop the controller with: pkill -f 'ocisync controller --namespace ocisync-demo'"
