@@ -645,7 +645,7 @@ fn oversized_artifacts_are_refused_before_download() {
     let blob_gets = log
         .lines()
         .skip(before)
-        .filter(|l| l.contains("/blobs/sha256:") && l.contains("\"GET "))
+        .filter(|l| l.contains(&format!("/v2/{}/blobs/sha256:", repo.name)) && l.contains("\"GET "))
         .count();
     assert_eq!(
         blob_gets, 0,

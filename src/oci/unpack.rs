@@ -228,9 +228,32 @@ fn write_file(reader: &mut impl Read, dest: &Path, rel: &str, limit: u64) -> Res
             }
             _ => OciError::io(format!("create {rel}"), e),
         })?;
-    let mut out = BufWriter::with_capacity(256 * 1024, file);
+    let (digest, size) = if limit > PIPELINE_MIN_BYTES {
+        copy_pipelined(reader, file, rel, limit)?
+    } else {
+        copy_inline(reader, file, rel, limit)?
+    };
+    Ok(WrittenFile {
+        path: rel.to_string(),
+        digest,
+        size,
+    })
+}
+
+/// Files that may be larger than this are hashed and written on a second thread while the
+/// reader (usually the inflater) produces the next buffer.
+const PIPELINE_MIN_BYTES: u64 = 1024 * 1024;
+const CHUNK: usize = 256 * 1024;
+
+fn too_large(rel: &str) -> OciError {
+    OciError::TooLarge(format!("{rel:?} is over the size limit"))
+}
+
+/// Reads, hashes and writes on this thread (small files).
+fn copy_inline(reader: &mut impl Read, file: File, rel: &str, limit: u64) -> Result<(String, u64)> {
+    let mut out = BufWriter::with_capacity(CHUNK, file);
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
+    let mut buf = vec![0u8; CHUNK];
     let mut size = 0u64;
     loop {
         let n = reader.read(&mut buf).map_err(|e| read_error(rel, e))?;
@@ -239,22 +262,68 @@ fn write_file(reader: &mut impl Read, dest: &Path, rel: &str, limit: u64) -> Res
         }
         size += n as u64;
         if size > limit {
-            return Err(OciError::TooLarge(format!(
-                "{rel:?} is over the size limit"
-            )));
+            return Err(too_large(rel));
         }
         hasher.update(&buf[..n]);
         out.write_all(&buf[..n])
             .map_err(|e| OciError::io(format!("write {rel}"), e))?;
     }
-    let file: File = out
-        .into_inner()
-        .map_err(|e| OciError::io(format!("write {rel}"), e.into_error()))?;
-    drop(file);
-    Ok(WrittenFile {
-        path: rel.to_string(),
-        digest: format!("sha256:{}", hex::encode(hasher.finalize())),
-        size,
+    out.flush()
+        .map_err(|e| OciError::io(format!("write {rel}"), e))?;
+    Ok((format!("sha256:{}", hex::encode(hasher.finalize())), size))
+}
+
+/// Reads on this thread; hashes and writes on a scoped second thread. Buffers go round
+/// between the two (four in flight), so memory stays at about 1 MiB per file.
+fn copy_pipelined(
+    reader: &mut impl Read,
+    mut file: File,
+    rel: &str,
+    limit: u64,
+) -> Result<(String, u64)> {
+    use std::sync::mpsc::sync_channel;
+    let (full_tx, full_rx) = sync_channel::<(Vec<u8>, usize)>(4);
+    let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(4);
+    for _ in 0..4 {
+        let _ = empty_tx.send(vec![0u8; CHUNK]);
+    }
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> io::Result<String> {
+            let mut hasher = Sha256::new();
+            for (buf, n) in full_rx {
+                hasher.update(&buf[..n]);
+                file.write_all(&buf[..n])?;
+                // the reader may have stopped; a closed return channel is fine
+                let _ = empty_tx.send(buf);
+            }
+            Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+        });
+        let mut size = 0u64;
+        let read_result = (|| -> Result<()> {
+            loop {
+                let Ok(mut buf) = empty_rx.recv() else {
+                    return Ok(()); // the writer failed; its error is reported below
+                };
+                let n = reader.read(&mut buf).map_err(|e| read_error(rel, e))?;
+                if n == 0 {
+                    return Ok(());
+                }
+                size += n as u64;
+                if size > limit {
+                    return Err(too_large(rel));
+                }
+                if full_tx.send((buf, n)).is_err() {
+                    return Ok(());
+                }
+            }
+        })();
+        drop(full_tx);
+        let written = writer
+            .join()
+            .map_err(|_| OciError::UnsafeContent(format!("writing {rel} failed")))?
+            .map_err(|e| OciError::io(format!("write {rel}"), e));
+        read_result?;
+        Ok((written?, size))
     })
 }
 
