@@ -50,12 +50,16 @@ fn oras_py_and_ocisync_read_each_others_artifacts() {
         )
         .expect("write");
         let files = [input.join("rules.yaml"), input.join("profile.json")];
+        // oras-py pushes a directory as one titled tar+gzip layer
+        std::fs::create_dir_all(input.join("policies/nested")).expect("mkdir");
+        std::fs::write(input.join("policies/nested/p.yaml"), format!("# {salt}\n")).expect("write");
 
         // oras-py pushes, ocisync pulls
         let repo = env.repo(which, "from-oras");
         let target = format!("{repo}:v1");
         let mut args = vec!["push", target.as_str()];
-        let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        let mut names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        names.push(input.join("policies").display().to_string());
         args.extend(names.iter().map(String::as_str));
         oras(&env, which, &args);
         let out = work.path().join("ocisync-out");
@@ -69,6 +73,11 @@ fn oras_py_and_ocisync_read_each_others_artifacts() {
             result.status.success(),
             "{which:?}: {}",
             String::from_utf8_lossy(&result.stderr)
+        );
+        assert_eq!(
+            std::fs::read(out.join("policies/nested/p.yaml")).expect("directory unpacked"),
+            format!("# {salt}\n").as_bytes(),
+            "{which:?}"
         );
         for f in &files {
             let name = f.file_name().expect("name");

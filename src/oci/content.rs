@@ -120,14 +120,16 @@ pub enum LayerForm {
 
 /// Decides how a layer is materialised, from its media type and annotations.
 /// ORAS pushes single files with the tar media type and a title: those are plain files
-/// unless ORAS marked the layer for unpacking.
+/// unless ORAS marked the layer for unpacking. Gzipped tars are always unpacked: ORAS marks
+/// directories with `io.deis.oras.content.unpack`, oras-py pushes them as titled
+/// `tar+gzip` layers without it and extracts every such layer on pull.
 pub fn layer_form(media_type: &str, titled: bool, oras_unpack: bool) -> LayerForm {
     let gzip_tar = matches!(
         media_type,
         FALCO_RULES_LAYER | FALCO_PLUGIN_LAYER | FALCO_ASSET_LAYER | FLUX_LAYER | LAYER_TAR_GZIP
     ) || media_type.ends_with(".tar+gzip")
         || media_type.ends_with("+tar.gz");
-    if gzip_tar && (!titled || oras_unpack || media_type != LAYER_TAR_GZIP) {
+    if gzip_tar {
         return LayerForm::Tar { gzip: true };
     }
     if media_type == LAYER_TAR && (!titled || oras_unpack) {
@@ -239,7 +241,10 @@ mod tests {
             layer_form(LAYER_TAR_GZIP, true, true),
             LayerForm::Tar { gzip: true }
         );
-        assert_eq!(layer_form(LAYER_TAR_GZIP, true, false), LayerForm::File);
+        assert_eq!(
+            layer_form(LAYER_TAR_GZIP, true, false),
+            LayerForm::Tar { gzip: true }
+        );
         assert_eq!(
             layer_form(LAYER_TAR, false, false),
             LayerForm::Tar { gzip: false }
