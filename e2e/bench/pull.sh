@@ -36,32 +36,43 @@ make_input() { # dir MiB-of-random
 make_input "$work/in100" 100
 make_input "$work/in25" 25
 
+# oras-py pushes each input directory as one tar+gzip layer, which both oras-py and
+# ocisync download, verify and unpack: the same work for every contestant.
 push() { # dir name
-	"$BIN" push "$1" "$OCISYNC_REGISTRY_PLAIN/bench/$2:1" --type falco-rules --insecure -O json
+	ORAS_INSECURE=1 "$PY" e2e/python/oras_interop.py push "$OCISYNC_REGISTRY_PLAIN/bench/$2:1" "$1"
 }
-push "$work/in100" big >"$work/big.json"
-push "$work/in25" small >"$work/small.json"
-layer=$(python3 -c 'import json,sys; l=json.load(open(sys.argv[1]))["layers"][0]; print(l["digest"], l["size"])' "$work/big.json")
-digest=${layer% *}
-size=${layer#* }
-url="http://$OCISYNC_REGISTRY_PLAIN/v2/bench/big/blobs/$digest"
-echo "artifact: layer $digest, $((size / 1024 / 1024)) MiB compressed, $(du -sm "$work/in100" | cut -f1) MiB unpacked"
+layer_url() { # name
+	local d
+	d=$(curl -sf -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$OCISYNC_REGISTRY_PLAIN/v2/bench/$1/manifests/1" |
+		python3 -c 'import json,sys; print(json.load(sys.stdin)["layers"][0]["digest"])')
+	echo "http://$OCISYNC_REGISTRY_PLAIN/v2/bench/$1/blobs/$d"
+}
+make_input "$work/in1" 1
+push "$work/in100" big
+push "$work/in25" small
+push "$work/in1" tiny
 
-hyperfine --style basic --warmup 1 --runs "$RUNS" --export-json "$work/hyperfine.json" \
-	--prepare "rm -rf $work/out-*" \
-	-n ocisync "$BIN pull $OCISYNC_REGISTRY_PLAIN/bench/big:1 -o $work/out-ocisync --insecure -O json" \
-	-n "curl|tee sha256sum|tar xz" "bash -c 'mkdir -p $work/out-tar && curl -sf $url | tee >(sha256sum >$work/sum) | tar xz -C $work/out-tar'" \
-	-n oras-py "ORAS_INSECURE=1 $PY e2e/python/oras_interop.py pull $OCISYNC_REGISTRY_PLAIN/bench/big:1 $work/out-oras" \
-	-n "curl >/dev/null" "curl -sf -o /dev/null $url"
-
-python3 - "$work/hyperfine.json" <<'PY'
+bench() { # name
+	local url
+	url=$(layer_url "$1")
+	echo
+	echo "== $1: layer $(($(curl -sfI "$url" | awk 'tolower($1)=="content-length:" {print $2}' | tr -d '\r') / 1024)) KiB compressed"
+	hyperfine --style basic --warmup 1 --runs "$RUNS" --export-json "$work/$1.json" \
+		--prepare "rm -rf $work/out-*" \
+		-n ocisync "$BIN pull $OCISYNC_REGISTRY_PLAIN/bench/$1:1 -o $work/out-ocisync --insecure -O json" \
+		-n "curl|tee sha256sum|tar xz" "bash -c 'mkdir -p $work/out-tar && curl -sf $url | tee >(sha256sum >$work/sum) | tar xz -C $work/out-tar'" \
+		-n oras-py "ORAS_INSECURE=1 $PY e2e/python/oras_interop.py pull $OCISYNC_REGISTRY_PLAIN/bench/$1:1 $work/out-oras" \
+		-n "curl >/dev/null" "curl -sf -o /dev/null $url" >/dev/null
+	python3 - "$work/$1.json" <<'PY'
 import json, sys
 r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
-o = r["ocisync"]["mean"]
-print("\nmean seconds (stddev):")
+o = r["ocisync"]["median"]
 for name, x in r.items():
-    print(f"  {name:28s} {x['mean']:.3f} ({x['stddev']:.3f})  ocisync/this = {o / x['mean']:.2f}x")
+    print(f"  {name:28s} median {x['median']:.3f} s (mean {x['mean']:.3f} ± {x['stddev']:.3f})  ocisync/this = {o / x['median']:.2f}x")
 PY
+}
+bench tiny
+bench big
 
 rss() { # name
 	rm -rf "$work/out-rss"
