@@ -426,6 +426,20 @@ async fn credentials_from_secrets_fail_clearly_and_recover_when_fixed() {
         .await;
     let text = serde_json::to_string(&o.status).expect("json");
     assert!(!text.contains("wrong-password-1234") && !text.contains(&h.env.password));
+    // a Warning Event names the reason (published before the status that shows it)
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(h.client.clone(), &h.ns);
+    let list = events.list(&Default::default()).await.expect("list events");
+    let warning = list.items.iter().find(|e| {
+        e.reason.as_deref() == Some("Unauthorized")
+            && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("auth")
+    });
+    let warning = warning.unwrap_or_else(|| panic!("no Unauthorized event: {:#?}", list.items));
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    let note = warning.note.clone().unwrap_or_default();
+    assert!(
+        !note.contains("wrong-password-1234") && !note.contains(&h.env.password),
+        "{note}"
+    );
     // fixing the Secret alone recovers the source
     h.secret(
         "regcred",
