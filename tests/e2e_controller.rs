@@ -588,3 +588,60 @@ fn blob_file(root: &Path, digest: &str) -> PathBuf {
         .join(hex)
         .join("data")
 }
+
+#[tokio::test]
+async fn the_store_keeps_current_and_previous_revisions_only() {
+    let Some(h) = harness().await else { return };
+    let work = tempfile::tempdir().expect("tempdir");
+    let repo = h.env.repo(Which::Plain, "ctl-gc");
+    let mut digests = Vec::new();
+    for i in 0..3 {
+        let d = push_file(
+            &h.env,
+            Which::Plain,
+            work.path(),
+            &format!("{repo}:1"),
+            "r.yaml",
+            format!("# {} {i}\n", common::unique()).as_bytes(),
+            &[],
+        );
+        if i == 0 {
+            h.create("gc", serde_json::json!({"url": format!("oci://{repo}"), "ref": {"tag": "1"}, "interval": "1h", "insecure": true})).await;
+            h.wait("gc", "Ready", is_ready).await;
+        } else {
+            let o = h.request_check("gc", &format!("push-{i}")).await;
+            assert_eq!(digest(&o).as_deref(), Some(d.as_str()));
+        }
+        digests.push(d);
+    }
+    let status = |d: &str| {
+        let url = format!(
+            "{}/revisions/sha256/{}",
+            h.base_url,
+            d.trim_start_matches("sha256:")
+        );
+        async move {
+            reqwest::get(&url)
+                .await
+                .expect("GET revision")
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(
+        status(&digests[0]).await,
+        404,
+        "the oldest revision is collected"
+    );
+    assert_eq!(
+        status(&digests[1]).await,
+        200,
+        "the previous revision is kept for rollback"
+    );
+    assert_eq!(
+        status(&digests[2]).await,
+        200,
+        "the current revision is served"
+    );
+    h.cleanup().await;
+}
