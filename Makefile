@@ -17,10 +17,8 @@ test: deps lint ## everything CI runs: deps, fmt, clippy, unit and end-to-end te
 
 deps: $(PYENV)/.done ## install what the tests need besides cargo (apt packages come with testenv-up)
 
-$(PYENV)/.done: e2e/python/requirements.txt
-	python3 -m venv $(PYENV) || { echo 'make: python3 venv support is missing (apt-get install python3-venv)' >&2; exit 1; }
-	$(PYENV)/bin/pip install -q --disable-pip-version-check -r e2e/python/requirements.txt
-	touch $@
+$(PYENV)/.done: e2e/python/requirements.txt e2e/deps.sh
+	e2e/deps.sh $(PYENV)
 
 lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

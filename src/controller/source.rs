@@ -116,11 +116,6 @@ async fn reconcile_inner(source: &ArtifactSource, ctx: &Context) -> Result<Outco
 
     let memory = ctx.memory_of(&uid);
     let requested_at = source.annotations().get(REQUESTED_AT).cloned();
-    let current_digest = prev.artifact.as_ref().map(|a| a.digest.clone());
-    let content_missing = match &current_digest {
-        Some(d) => !has_revision(ctx, d).await,
-        None => false,
-    };
     let last_check = [
         memory.last_check.map(|t| t.elapsed()),
         prev.last_check_time.as_deref().and_then(since),
@@ -128,24 +123,26 @@ async fn reconcile_inner(source: &ArtifactSource, ctx: &Context) -> Result<Outco
     .into_iter()
     .flatten()
     .min();
-    let state = CheckState {
+    let mut state = CheckState {
         since_last_check: last_check,
         spec_changed: generation != prev.observed_generation
             && generation != memory.checked_generation,
-        requested: requested_at.is_some() && requested_at != prev.last_handled_requested_at,
-        content_missing,
+        requested: requested_at.is_some() && requested_at != prev.last_handled_requested_at
+            || memory.secret_changed,
+        content_missing: false,
         failures: memory.failures,
         retry_after: memory.retry_after,
     };
     let seed = schedule::seed_of(&uid);
-    if let Due::In(left) = schedule::due(
-        &CheckState {
-            requested: state.requested || memory.secret_changed,
-            ..state.clone()
-        },
-        valid.interval,
-        seed,
-    ) {
+    // The store is consulted only on the first reconcile since start (a fresh store) or
+    // when a check is due anyway, so status-only watch events never touch the disk.
+    if memory.last_check.is_none() || schedule::due(&state, valid.interval, seed) == Due::Now {
+        state.content_missing = match &prev.artifact {
+            Some(a) => !has_revision(ctx, &a.digest).await,
+            None => false,
+        };
+    }
+    if let Due::In(left) = schedule::due(&state, valid.interval, seed) {
         return Ok(Outcome::Waiting(left));
     }
     ctx.remember(&uid, |m| {
@@ -154,7 +151,7 @@ async fn reconcile_inner(source: &ArtifactSource, ctx: &Context) -> Result<Outco
         m.secret_changed = false;
     });
 
-    match check(source, ctx, &api, &valid, &prev, content_missing).await {
+    match check(source, ctx, &api, &valid, &prev, state.content_missing).await {
         Ok(artifact) => {
             let next = status::ready(&prev, generation, artifact, &now, requested_at.as_deref());
             ctx.remember(&uid, |m| {

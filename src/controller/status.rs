@@ -27,24 +27,18 @@ pub fn ready(
     now: &str,
     requested_at: Option<&str>,
 ) -> ArtifactSourceStatus {
-    let mut s = prev.clone();
     let message = format!("stored revision {}", artifact.revision);
+    let mut s = prev.clone();
     s.artifact = Some(artifact);
-    s.observed_generation = generation;
-    s.last_check_time = Some(now.to_string());
-    handled(&mut s, requested_at);
-    set_condition(
-        &mut s.conditions,
-        ConditionType::Ready,
+    checked(
+        s,
+        generation,
         Status::True,
         reason::SUCCEEDED,
         &message,
-        generation,
         now,
-    );
-    remove_condition(&mut s.conditions, ConditionType::Reconciling);
-    remove_condition(&mut s.conditions, ConditionType::Stalled);
-    s
+        requested_at,
+    )
 }
 
 /// A check that failed: the last good artifact stays; Ready=False with the reason.
@@ -56,20 +50,42 @@ pub fn failed(
     now: &str,
     requested_at: Option<&str>,
 ) -> ArtifactSourceStatus {
-    let mut s = prev.clone();
-    s.observed_generation = generation;
-    s.last_check_time = Some(now.to_string());
-    handled(&mut s, requested_at);
-    let message = match &s.artifact {
+    let message = match &prev.artifact {
         Some(a) => format!("{message} (still serving {})", a.revision),
         None => message.to_string(),
     };
-    set_condition(
-        &mut s.conditions,
-        ConditionType::Ready,
+    checked(
+        prev.clone(),
+        generation,
         Status::False,
         reason,
         &message,
+        now,
+        requested_at,
+    )
+}
+
+/// What every finished check records: when, for which generation and request, and Ready.
+fn checked(
+    mut s: ArtifactSourceStatus,
+    generation: Option<i64>,
+    ready: Status,
+    reason: &str,
+    message: &str,
+    now: &str,
+    requested_at: Option<&str>,
+) -> ArtifactSourceStatus {
+    s.observed_generation = generation;
+    s.last_check_time = Some(now.to_string());
+    if let Some(r) = requested_at {
+        s.last_handled_requested_at = Some(r.to_string());
+    }
+    set_condition(
+        &mut s.conditions,
+        ConditionType::Ready,
+        ready,
+        reason,
+        message,
         generation,
         now,
     );
@@ -141,12 +157,6 @@ pub fn reconciling(
         );
     }
     s
-}
-
-fn handled(s: &mut ArtifactSourceStatus, requested_at: Option<&str>) {
-    if let Some(r) = requested_at {
-        s.last_handled_requested_at = Some(r.to_string());
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what `make test` needs besides cargo and what e2e/testenv.sh installs itself:
+# Python 3 with venv support (Debian splits it into python3-venv), then oras-py into
+# target/pyenv. apt-get runs through sudo when not root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYENV=${1:-target/pyenv}
+
+as_root() { if ((EUID == 0)); then "$@"; else sudo "$@"; fi; }
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+	echo "deps: installing python3 and python3-venv" >&2
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3 python3-venv >/dev/null
+fi
+python3 -m venv "$PYENV"
+"$PYENV/bin/pip" install -q --disable-pip-version-check -r e2e/python/requirements.txt
+touch "$PYENV/.done"
