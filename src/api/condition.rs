@@ -96,6 +96,58 @@ pub fn set_condition(
     }
 }
 
+/// A finished reconcile: sets `Ready` and clears `Reconciling` and `Stalled`.
+pub fn settle(
+    conditions: &mut Vec<Condition>,
+    ready: Status,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: &str,
+) {
+    set_condition(
+        conditions,
+        ConditionType::Ready,
+        ready,
+        reason,
+        message,
+        generation,
+        now,
+    );
+    remove_condition(conditions, ConditionType::Reconciling);
+    remove_condition(conditions, ConditionType::Stalled);
+}
+
+/// A spec that cannot work as written: `Ready=False` and `Stalled=True` with one reason,
+/// until the object changes.
+pub fn stall(
+    conditions: &mut Vec<Condition>,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: &str,
+) {
+    set_condition(
+        conditions,
+        ConditionType::Ready,
+        Status::False,
+        reason,
+        message,
+        generation,
+        now,
+    );
+    set_condition(
+        conditions,
+        ConditionType::Stalled,
+        Status::True,
+        reason,
+        message,
+        generation,
+        now,
+    );
+    remove_condition(conditions, ConditionType::Reconciling);
+}
+
 /// Removes a condition type (for example `Reconciling` once done).
 pub fn remove_condition(conditions: &mut Vec<Condition>, type_: ConditionType) {
     conditions.retain(|c| c.type_ != type_.as_str());

@@ -1,7 +1,7 @@
 //! ArtifactSource status after each kind of outcome: pure functions of the previous status.
 
 use crate::api::artifact_source::{Artifact, ArtifactSourceStatus};
-use crate::api::condition::{ConditionType, Status, remove_condition, set_condition};
+use crate::api::condition::{ConditionType, Status, set_condition, settle, stall};
 
 /// Reasons set by the controller itself (OCI failures use `oci::Reason` strings).
 pub mod reason {
@@ -80,17 +80,7 @@ fn checked(
     if let Some(r) = requested_at {
         s.last_handled_requested_at = Some(r.to_string());
     }
-    set_condition(
-        &mut s.conditions,
-        ConditionType::Ready,
-        ready,
-        reason,
-        message,
-        generation,
-        now,
-    );
-    remove_condition(&mut s.conditions, ConditionType::Reconciling);
-    remove_condition(&mut s.conditions, ConditionType::Stalled);
+    settle(&mut s.conditions, ready, reason, message, generation, now);
     s
 }
 
@@ -103,25 +93,13 @@ pub fn stalled(
 ) -> ArtifactSourceStatus {
     let mut s = prev.clone();
     s.observed_generation = generation;
-    set_condition(
+    stall(
         &mut s.conditions,
-        ConditionType::Ready,
-        Status::False,
         reason::INVALID_SPEC,
         message,
         generation,
         now,
     );
-    set_condition(
-        &mut s.conditions,
-        ConditionType::Stalled,
-        Status::True,
-        reason::INVALID_SPEC,
-        message,
-        generation,
-        now,
-    );
-    remove_condition(&mut s.conditions, ConditionType::Reconciling);
     s
 }
 

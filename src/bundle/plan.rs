@@ -1,0 +1,238 @@
+//! The desired state of a bundle, computed from its spec and its sources' status alone.
+
+use std::collections::BTreeMap;
+
+use globset::{Glob, GlobMatcher};
+use sha2::{Digest, Sha256};
+
+use super::{Problem, keys, reason};
+use crate::api::ArtifactSource;
+use crate::api::artifact_source::Artifact;
+use crate::api::condition::{ConditionType, find};
+use crate::api::rule_bundle::{BundleFile, RuleBundleSpec, SourceRevision};
+use crate::oci::content::ContentKind;
+
+/// What the bundle sees of one of its sources.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SourceState<'a> {
+    Missing,
+    /// Exists but is not Ready for its current generation: the reason why.
+    NotReady(String),
+    Ready(&'a Artifact),
+}
+
+/// A source is usable when it has an artifact and `Ready=True` for its current generation.
+pub fn source_state(source: Option<&ArtifactSource>) -> SourceState<'_> {
+    let Some(source) = source else {
+        return SourceState::Missing;
+    };
+    let Some(status) = &source.status else {
+        return SourceState::NotReady("no status yet".into());
+    };
+    let ready = find(&status.conditions, ConditionType::Ready);
+    match (ready, &status.artifact) {
+        (Some(c), Some(a))
+            if c.status == "True" && c.observed_generation == source.metadata.generation =>
+        {
+            SourceState::Ready(a)
+        }
+        (Some(c), _) if c.status != "True" => {
+            SourceState::NotReady(format!("{}: {}", c.reason, c.message))
+        }
+        _ => SourceState::NotReady("its current spec is not reconciled yet".into()),
+    }
+}
+
+/// One file of the bundle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedFile {
+    /// Its name in the bundle (ConfigMap key, file name on nodes).
+    pub key: String,
+    /// Its path inside the artifact.
+    pub path: String,
+    /// The source's name.
+    pub source: String,
+    pub kind: ContentKind,
+    pub digest: String,
+    pub size: u64,
+}
+
+/// The desired content of a bundle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// `sha256:<hex>` over the ordered source revisions and the selection.
+    pub revision: String,
+    pub sources: Vec<SourceRevision>,
+    /// Sorted by key.
+    pub files: Vec<PlannedFile>,
+}
+
+impl Plan {
+    /// The files as the status lists them.
+    pub fn status_files(&self) -> Vec<BundleFile> {
+        self.files
+            .iter()
+            .map(|f| BundleFile {
+                path: f.key.clone(),
+                source: f.source.clone(),
+                digest: f.digest.clone(),
+                size: i64::try_from(f.size).unwrap_or(i64::MAX),
+            })
+            .collect()
+    }
+}
+
+/// Checks what the CRD schema cannot: every glob compiles. A failure stalls the bundle.
+pub fn validate(spec: &RuleBundleSpec) -> Result<(), Problem> {
+    for (i, s) in spec.sources.iter().enumerate() {
+        if s.source_ref.name.is_empty() {
+            return Err(Problem::new(
+                reason::INVALID_SPEC,
+                format!("spec.sources[{i}].sourceRef.name is empty"),
+            ));
+        }
+        for pattern in &s.include {
+            matcher(pattern).map_err(|e| {
+                Problem::new(
+                    reason::INVALID_SPEC,
+                    format!("spec.sources[{i}].include {pattern:?}: {e}"),
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// A glob: `*` and `?` stay inside one path segment, `**` crosses them. A pattern without
+/// `/` is matched against the file name only (as in `.gitignore`), one with `/` against the
+/// whole path.
+struct Include {
+    matcher: GlobMatcher,
+    whole_path: bool,
+}
+
+fn matcher(pattern: &str) -> Result<Include, globset::Error> {
+    let glob = globset::GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()?;
+    Ok(Include {
+        matcher: glob.compile_matcher(),
+        whole_path: pattern.contains('/'),
+    })
+}
+
+impl Include {
+    fn matches(&self, path: &str) -> bool {
+        let subject = if self.whole_path {
+            path
+        } else {
+            path.rsplit('/').next().unwrap_or(path)
+        };
+        self.matcher.is_match(subject)
+    }
+}
+
+/// Computes the bundle from its spec and the state of each source it names.
+pub fn plan<'a>(
+    spec: &RuleBundleSpec,
+    lookup: impl Fn(&str) -> SourceState<'a>,
+) -> Result<Plan, Problem> {
+    validate(spec)?;
+    let mut waiting = Vec::new();
+    let mut ready = Vec::new();
+    for s in &spec.sources {
+        let name = s.source_ref.name.as_str();
+        match lookup(name) {
+            SourceState::Missing => waiting.push(format!("ArtifactSource {name} not found")),
+            SourceState::NotReady(why) => {
+                waiting.push(format!("ArtifactSource {name} is not ready ({why})"))
+            }
+            SourceState::Ready(artifact) => ready.push((s, artifact)),
+        }
+    }
+    if !waiting.is_empty() {
+        return Err(Problem::new(reason::SOURCE_NOT_READY, waiting.join("; ")));
+    }
+
+    let mut by_key: BTreeMap<String, PlannedFile> = BTreeMap::new();
+    let mut hasher = Sha256::new();
+    let mut sources = Vec::new();
+    for (s, artifact) in ready {
+        let name = &s.source_ref.name;
+        let includes: Vec<Include> = s
+            .include
+            .iter()
+            .filter_map(|p| matcher(p).ok()) // validated above
+            .collect();
+        let mut selected = 0usize;
+        for f in &artifact.files {
+            if !includes.is_empty() && !includes.iter().any(|i| i.matches(&f.path)) {
+                continue;
+            }
+            selected += 1;
+            let key = keys::key_for(&f.path)
+                .map_err(|e| Problem::new(reason::INVALID_CONTENT, format!("{name}: {e}")))?;
+            let file = PlannedFile {
+                key: key.clone(),
+                path: f.path.clone(),
+                source: name.clone(),
+                kind: artifact.kind,
+                digest: f.digest.clone(),
+                size: u64::try_from(f.size).unwrap_or(0),
+            };
+            if let Some(other) = by_key.get(&key) {
+                return Err(Problem::new(
+                    reason::FILE_CONFLICT,
+                    format!(
+                        "{} from ArtifactSource {} and {} from ArtifactSource {} are both named {key}; narrow spec.sources[].include",
+                        other.path, other.source, file.path, file.source
+                    ),
+                ));
+            }
+            by_key.insert(key, file);
+        }
+        if selected == 0 {
+            let message = if s.include.is_empty() {
+                format!(
+                    "ArtifactSource {name} revision {} has no files",
+                    artifact.revision
+                )
+            } else {
+                format!(
+                    "include {:?} matches none of the {} files of ArtifactSource {name} revision {}",
+                    s.include,
+                    artifact.files.len(),
+                    artifact.revision
+                )
+            };
+            return Err(Problem::new(reason::NO_FILES_SELECTED, message));
+        }
+        for part in [name.as_str(), artifact.digest.as_str()]
+            .into_iter()
+            .chain(s.include.iter().map(String::as_str))
+        {
+            hasher.update(part.as_bytes());
+            hasher.update([0]);
+        }
+        hasher.update([1]);
+        sources.push(SourceRevision {
+            name: name.clone(),
+            revision: artifact.revision.clone(),
+        });
+    }
+    for f in by_key.values() {
+        hasher.update(f.key.as_bytes());
+        hasher.update([0]);
+        hasher.update(f.digest.as_bytes());
+        hasher.update([1]);
+    }
+    Ok(Plan {
+        revision: format!("sha256:{}", hex::encode(hasher.finalize())),
+        sources,
+        files: by_key.into_values().collect(),
+    })
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

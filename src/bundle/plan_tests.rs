@@ -1,0 +1,198 @@
+use super::*;
+use crate::api::artifact_source::LocalObjectReference;
+use crate::api::artifact_source::{ArtifactFile, ArtifactSourceSpec, ArtifactSourceStatus};
+use crate::api::condition::{Status, set_condition};
+use crate::api::rule_bundle::BundleSource;
+
+fn artifact(revision: &str, files: &[&str]) -> Artifact {
+    Artifact {
+        revision: revision.into(),
+        digest: format!("sha256:{}", hex::encode(Sha256::digest(revision))),
+        kind: ContentKind::FalcoRules,
+        files: files
+            .iter()
+            .map(|p| ArtifactFile {
+                path: (*p).into(),
+                digest: format!("sha256:{}", hex::encode(Sha256::digest(p))),
+                size: 10,
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn source(name: &str, include: &[&str]) -> BundleSource {
+    BundleSource {
+        source_ref: LocalObjectReference { name: name.into() },
+        include: include.iter().map(|s| (*s).into()).collect(),
+    }
+}
+
+fn spec(sources: Vec<BundleSource>) -> RuleBundleSpec {
+    RuleBundleSpec {
+        sources,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn selects_files_by_glob_and_names_them_flat() {
+    let a = artifact("1@x", &["falco_rules.yaml", "README.md", "extra/more.yaml"]);
+    let p = plan(&spec(vec![source("falco", &["*.yaml"])]), |_| {
+        SourceState::Ready(&a)
+    })
+    .unwrap();
+    let keys: Vec<&str> = p.files.iter().map(|f| f.key.as_str()).collect();
+    assert_eq!(keys, ["extra_more.yaml", "falco_rules.yaml"]);
+    assert_eq!(p.sources[0].revision, "1@x");
+    assert!(p.revision.starts_with("sha256:") && p.revision.len() == 71);
+
+    let whole = plan(&spec(vec![source("falco", &["extra/*"])]), |_| {
+        SourceState::Ready(&a)
+    })
+    .unwrap();
+    assert_eq!(whole.files.len(), 1);
+    assert_eq!(whole.files[0].path, "extra/more.yaml");
+}
+
+#[test]
+fn no_include_means_every_file() {
+    let a = artifact("1@x", &["a.yaml", "b.txt"]);
+    let p = plan(&spec(vec![source("s", &[])]), |_| SourceState::Ready(&a)).unwrap();
+    assert_eq!(p.files.len(), 2);
+}
+
+#[test]
+fn revision_follows_sources_and_selection() {
+    let a1 = artifact("1@x", &["a.yaml", "b.yaml"]);
+    let a2 = artifact("2@y", &["a.yaml", "b.yaml"]);
+    let base = plan(&spec(vec![source("s", &[])]), |_| SourceState::Ready(&a1)).unwrap();
+    let again = plan(&spec(vec![source("s", &[])]), |_| SourceState::Ready(&a1)).unwrap();
+    assert_eq!(base.revision, again.revision, "deterministic");
+    let newer = plan(&spec(vec![source("s", &[])]), |_| SourceState::Ready(&a2)).unwrap();
+    assert_ne!(base.revision, newer.revision);
+    let narrower = plan(&spec(vec![source("s", &["a.*"])]), |_| {
+        SourceState::Ready(&a1)
+    })
+    .unwrap();
+    assert_ne!(base.revision, narrower.revision);
+}
+
+#[test]
+fn two_sources_with_one_file_name_conflict() {
+    let a = artifact("1@x", &["falco_rules.yaml"]);
+    let b = artifact("2@y", &["falco_rules.yaml", "k8s.yaml"]);
+    let err = plan(&spec(vec![source("a", &[]), source("b", &[])]), |n| {
+        SourceState::Ready(if n == "a" { &a } else { &b })
+    })
+    .unwrap_err();
+    assert_eq!(err.reason, reason::FILE_CONFLICT);
+    assert!(err.message.contains("ArtifactSource a") && err.message.contains("ArtifactSource b"));
+    // narrowing one side resolves it
+    let ok = plan(
+        &spec(vec![source("a", &[]), source("b", &["k8s.yaml"])]),
+        |n| SourceState::Ready(if n == "a" { &a } else { &b }),
+    )
+    .unwrap();
+    assert_eq!(ok.files.len(), 2);
+}
+
+#[test]
+fn two_paths_with_one_key_conflict() {
+    let a = artifact("1@x", &["a/b.yaml", "a_b.yaml"]);
+    let err = plan(&spec(vec![source("s", &[])]), |_| SourceState::Ready(&a)).unwrap_err();
+    assert_eq!(err.reason, reason::FILE_CONFLICT);
+    assert!(err.message.contains("a/b.yaml") && err.message.contains("a_b.yaml"));
+}
+
+#[test]
+fn a_source_not_ready_or_missing_holds_the_bundle() {
+    let a = artifact("1@x", &["a.yaml"]);
+    let err = plan(
+        &spec(vec![
+            source("ok", &[]),
+            source("gone", &[]),
+            source("bad", &[]),
+        ]),
+        |n| match n {
+            "ok" => SourceState::Ready(&a),
+            "gone" => SourceState::Missing,
+            _ => SourceState::NotReady("Unauthorized: 401".into()),
+        },
+    )
+    .unwrap_err();
+    assert_eq!(err.reason, reason::SOURCE_NOT_READY);
+    assert!(err.message.contains("gone not found"), "{}", err.message);
+    assert!(
+        err.message.contains("bad is not ready (Unauthorized: 401)"),
+        "{}",
+        err.message
+    );
+}
+
+#[test]
+fn a_glob_matching_nothing_is_reported() {
+    let a = artifact("1@x", &["a.yaml"]);
+    let err = plan(&spec(vec![source("s", &["*.json"])]), |_| {
+        SourceState::Ready(&a)
+    })
+    .unwrap_err();
+    assert_eq!(err.reason, reason::NO_FILES_SELECTED);
+    assert!(err.message.contains("*.json"));
+}
+
+#[test]
+fn a_bad_glob_is_an_invalid_spec() {
+    let err = plan(&spec(vec![source("s", &["[a-"])]), |_| SourceState::Missing).unwrap_err();
+    assert_eq!(err.reason, reason::INVALID_SPEC);
+    assert!(err.message.contains("spec.sources[0].include"));
+}
+
+fn object(
+    generation: i64,
+    ready: Option<(Status, i64)>,
+    artifact: Option<Artifact>,
+) -> ArtifactSource {
+    let mut s = ArtifactSource::new("s", ArtifactSourceSpec::default());
+    s.metadata.generation = Some(generation);
+    let mut status = ArtifactSourceStatus {
+        artifact,
+        ..Default::default()
+    };
+    if let Some((st, g)) = ready {
+        set_condition(
+            &mut status.conditions,
+            ConditionType::Ready,
+            st,
+            "R",
+            "why",
+            Some(g),
+            "t",
+        );
+    }
+    s.status = Some(status);
+    s
+}
+
+#[test]
+fn source_state_needs_ready_for_the_current_generation() {
+    let a = artifact("1@x", &["a"]);
+    assert_eq!(source_state(None), SourceState::Missing);
+    let ready = object(2, Some((Status::True, 2)), Some(a.clone()));
+    assert_eq!(source_state(Some(&ready)), SourceState::Ready(&a));
+    let stale = object(3, Some((Status::True, 2)), Some(a.clone()));
+    assert!(matches!(
+        source_state(Some(&stale)),
+        SourceState::NotReady(_)
+    ));
+    let failed = object(2, Some((Status::False, 2)), Some(a.clone()));
+    assert_eq!(
+        source_state(Some(&failed)),
+        SourceState::NotReady("R: why".into())
+    );
+    let first = object(1, Some((Status::Unknown, 1)), None);
+    assert!(matches!(
+        source_state(Some(&first)),
+        SourceState::NotReady(_)
+    ));
+}

@@ -1,0 +1,143 @@
+//! RuleBundle status after each outcome: pure functions of the previous status.
+
+use super::plan::Plan;
+use super::{Problem, reason};
+use crate::api::condition::{Status, settle, stall};
+use crate::api::rule_bundle::{ConfigMapStatus, RuleBundleStatus};
+
+/// Every target holds `plan`'s revision.
+pub fn applied(
+    prev: &RuleBundleStatus,
+    generation: Option<i64>,
+    plan: &Plan,
+    config_map: Option<String>,
+    now: &str,
+) -> RuleBundleStatus {
+    let mut s = prev.clone();
+    s.observed_generation = generation;
+    s.revision = Some(plan.revision.clone());
+    s.sources = plan.sources.clone();
+    s.files = plan.status_files();
+    let message = match &config_map {
+        Some(name) => format!(
+            "{} files from {} sources in ConfigMap {name}",
+            plan.files.len(),
+            plan.sources.len()
+        ),
+        None => format!(
+            "{} files from {} sources",
+            plan.files.len(),
+            plan.sources.len()
+        ),
+    };
+    s.config_map = config_map.map(|name| ConfigMapStatus { name });
+    settle(
+        &mut s.conditions,
+        Status::True,
+        reason::SUCCEEDED,
+        &message,
+        generation,
+        now,
+    );
+    s
+}
+
+/// The bundle could not be brought up to date: what was applied stays, and says so.
+/// An invalid spec also sets `Stalled`.
+pub fn failed(
+    prev: &RuleBundleStatus,
+    generation: Option<i64>,
+    problem: &Problem,
+    now: &str,
+) -> RuleBundleStatus {
+    let mut s = prev.clone();
+    s.observed_generation = generation;
+    let message = match &prev.revision {
+        Some(r) => format!("{} (keeping revision {r})", problem.message),
+        None => problem.message.clone(),
+    };
+    if problem.reason == reason::INVALID_SPEC {
+        stall(&mut s.conditions, problem.reason, &message, generation, now);
+    } else {
+        settle(
+            &mut s.conditions,
+            Status::False,
+            problem.reason,
+            &message,
+            generation,
+            now,
+        );
+    }
+    s
+}
+
+/// The ConfigMap target was removed from the spec and its ConfigMap deleted.
+pub fn without_config_map(prev: &RuleBundleStatus) -> RuleBundleStatus {
+    RuleBundleStatus {
+        config_map: None,
+        ..prev.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::condition::{ConditionType, find};
+
+    fn plan(rev: &str) -> Plan {
+        Plan {
+            revision: rev.into(),
+            sources: vec![],
+            files: vec![],
+        }
+    }
+
+    #[test]
+    fn failure_keeps_the_applied_revision() {
+        let ok = applied(
+            &RuleBundleStatus::default(),
+            Some(1),
+            &plan("sha256:a"),
+            Some("cm".into()),
+            "t1",
+        );
+        let bad = failed(
+            &ok,
+            Some(2),
+            &Problem::new(reason::INVALID_CONTENT, "r.yaml: not valid YAML"),
+            "t2",
+        );
+        assert_eq!(bad.revision.as_deref(), Some("sha256:a"));
+        assert_eq!(bad.config_map, ok.config_map);
+        let r = find(&bad.conditions, ConditionType::Ready).unwrap();
+        assert_eq!(
+            (r.status.as_str(), r.reason.as_str()),
+            ("False", "InvalidContent")
+        );
+        assert!(r.message.contains("keeping revision sha256:a"));
+        assert!(find(&bad.conditions, ConditionType::Stalled).is_none());
+    }
+
+    #[test]
+    fn invalid_spec_stalls_until_fixed() {
+        let s = failed(
+            &RuleBundleStatus::default(),
+            Some(1),
+            &Problem::new(reason::INVALID_SPEC, "bad glob"),
+            "t1",
+        );
+        assert_eq!(
+            find(&s.conditions, ConditionType::Stalled).unwrap().status,
+            "True"
+        );
+        let fixed = applied(&s, Some(2), &plan("sha256:b"), None, "t2");
+        assert!(find(&fixed.conditions, ConditionType::Stalled).is_none());
+        assert_eq!(
+            find(&fixed.conditions, ConditionType::Ready)
+                .unwrap()
+                .status,
+            "True"
+        );
+        assert_eq!(fixed.observed_generation, Some(2));
+    }
+}
