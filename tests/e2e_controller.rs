@@ -4,195 +4,16 @@
 
 mod common;
 
+use common::controller::{harness, push_file};
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
-use common::{Env, Which};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::wait::await_condition;
+use common::Which;
+use kube::api::Api;
 use ocisync::api::ArtifactSource;
 use tokio::net::{TcpListener, TcpStream};
-
-const DEADLINE: Duration = Duration::from_secs(60);
-
-struct Harness {
-    env: Env,
-    client: kube::Client,
-    ns: String,
-    api: Api<ArtifactSource>,
-    base_url: String,
-    controller: Child,
-    _store: tempfile::TempDir,
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        let _ = self.controller.kill();
-        let _ = self.controller.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-async fn harness() -> Option<Harness> {
-    let env = common::env()?;
-    ocisync::tls::install_crypto_provider();
-    let kubeconfig = kube::config::Kubeconfig::read_from(&env.kubeconfig).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("config");
-    let client = kube::Client::try_from(config).expect("client");
-    // CRDs (idempotent) and a namespace of our own
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
-        Api::all(client.clone());
-    for crd in ocisync::api::crds() {
-        let name = crd.metadata.name.clone().expect("name");
-        crds.patch(
-            &name,
-            &PatchParams::apply("ocisync-e2e").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .expect("apply CRD");
-        tokio::time::timeout(
-            DEADLINE,
-            await_condition(
-                crds.clone(),
-                &name,
-                kube::runtime::conditions::is_crd_established(),
-            ),
-        )
-        .await
-        .expect("CRD established in time")
-        .expect("watch CRD");
-    }
-    let ns = format!("e2e-{}", common::unique());
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let object: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).expect("ns");
-    namespaces
-        .create(&PostParams::default(), &object)
-        .await
-        .expect("namespace");
-
-    let store = tempfile::tempdir().expect("store dir");
-    let port = free_port();
-    let base_url = format!("http://127.0.0.1:{port}");
-    let log =
-        std::fs::File::create(std::env::temp_dir().join(format!("ocisync-controller-{ns}.log")))
-            .expect("log file");
-    let controller = common::ocisync()
-        .args([
-            "controller",
-            "--namespace",
-            &ns,
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .args(["--artifact-base-url", &base_url, "--store-dir"])
-        .arg(store.path())
-        .arg("--kubeconfig")
-        .arg(&env.kubeconfig)
-        .env("RUST_LOG", "info,ocisync=debug")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start controller");
-    let api = Api::namespaced(client.clone(), &ns);
-    Some(Harness {
-        env,
-        client,
-        ns,
-        api,
-        base_url,
-        controller,
-        _store: store,
-    })
-}
-
-impl Harness {
-    async fn create(&self, name: &str, spec: serde_json::Value) {
-        let obj: ArtifactSource = serde_json::from_value(serde_json::json!({
-            "apiVersion": "ocisync.dev/v1alpha1", "kind": "ArtifactSource",
-            "metadata": {"name": name}, "spec": spec,
-        }))
-        .expect("source");
-        self.api
-            .create(&PostParams::default(), &obj)
-            .await
-            .expect("create source");
-    }
-
-    /// Waits until `cond` holds for the source, or fails with its last status.
-    async fn wait(
-        &self,
-        name: &str,
-        what: &str,
-        cond: impl Fn(&ArtifactSource) -> bool,
-    ) -> ArtifactSource {
-        let c = move |o: Option<&ArtifactSource>| o.is_some_and(&cond);
-        match tokio::time::timeout(DEADLINE, await_condition(self.api.clone(), name, c)).await {
-            Ok(Ok(Some(o))) => o,
-            _ => {
-                let last = self.api.get(name).await.ok().and_then(|o| o.status);
-                panic!("{name}: not {what} within {DEADLINE:?}; status: {last:#?}");
-            }
-        }
-    }
-
-    async fn request_check(&self, name: &str, value: &str) -> ArtifactSource {
-        let patch =
-            serde_json::json!({"metadata": {"annotations": {"ocisync.dev/requested-at": value}}});
-        self.api
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .expect("annotate");
-        let v = value.to_string();
-        self.wait(name, "checked", move |o| {
-            o.status
-                .as_ref()
-                .and_then(|s| s.last_handled_requested_at.as_deref())
-                == Some(v.as_str())
-        })
-        .await
-    }
-
-    async fn secret(&self, name: &str, data: &[(&str, Vec<u8>)], type_: &str) {
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.ns);
-        let data: serde_json::Map<String, serde_json::Value> = data
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    serde_json::Value::String(common::base64_encode_bytes(v)),
-                )
-            })
-            .collect();
-        let body = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "type": type_, "data": data});
-        secrets
-            .patch(
-                name,
-                &PatchParams::apply("ocisync-e2e").force(),
-                &Patch::Apply(&body),
-            )
-            .await
-            .expect("apply secret");
-    }
-
-    async fn cleanup(self) {
-        let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        let _ = namespaces.delete(&self.ns, &DeleteParams::default()).await;
-    }
-}
 
 fn ready(o: &ArtifactSource) -> Option<(&str, &str)> {
     let c = o
@@ -211,37 +32,6 @@ fn is_ready(o: &ArtifactSource) -> bool {
 
 fn digest(o: &ArtifactSource) -> Option<String> {
     Some(o.status.as_ref()?.artifact.as_ref()?.digest.clone())
-}
-
-/// `ocisync push` of one file, returning the pushed digest.
-fn push_file(
-    env: &Env,
-    which: Which,
-    dir: &Path,
-    target: &str,
-    name: &str,
-    content: &[u8],
-    extra: &[&str],
-) -> String {
-    let file = dir.join(common::unique()).join(name);
-    std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
-    std::fs::write(&file, content).expect("write");
-    let out = common::ocisync()
-        .arg("push")
-        .arg(&file)
-        .arg(target)
-        .args(["--type", "falco-rules", "-O", "json"])
-        .args(extra)
-        .args(env.cli_flags(which, dir))
-        .output()
-        .expect("push");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    v["digest"].as_str().expect("digest").to_string()
 }
 
 async fn http_get(url: &str) -> Vec<u8> {

@@ -13,15 +13,23 @@ pub const FALCO_ITEM_KEYS: [&str; 5] = [
     "required_plugin_versions",
 ];
 
+/// Whether [`check`] looks at this file at all.
+pub fn is_checked(kind: ContentKind, path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    match kind {
+        ContentKind::FalcoRules => lower.ends_with(".yaml") || lower.ends_with(".yml"),
+        ContentKind::Seccomp => lower.ends_with(".json"),
+        _ => false,
+    }
+}
+
 /// Checks one file of a source of `kind`. The error says what is wrong, without the path
 /// (the caller names the file).
 pub fn check(kind: ContentKind, path: &str, bytes: &[u8]) -> Result<(), String> {
-    let lower = path.to_ascii_lowercase();
     match kind {
-        ContentKind::FalcoRules if lower.ends_with(".yaml") || lower.ends_with(".yml") => {
-            falco_rules(bytes)
-        }
-        ContentKind::Seccomp if lower.ends_with(".json") => seccomp_profile(bytes),
+        _ if !is_checked(kind, path) => Ok(()),
+        ContentKind::FalcoRules => falco_rules(bytes),
+        ContentKind::Seccomp => seccomp_profile(bytes),
         _ => Ok(()),
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use globset::{Glob, GlobMatcher};
+use globset::GlobMatcher;
 use sha2::{Digest, Sha256};
 
 use super::{Problem, keys, reason};

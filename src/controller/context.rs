@@ -5,14 +5,18 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
+use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
-use kube::runtime::events::Recorder;
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
-use crate::api::ArtifactSource;
+use super::Error;
 use crate::api::artifact_source::Artifact;
+use crate::api::{ArtifactSource, FIELD_MANAGER, RuleBundle};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -39,6 +43,12 @@ pub struct Context {
     /// `http://host:port` agents use to reach the artifact server.
     pub base_url: String,
     pub sources: reflector::Store<ArtifactSource>,
+    pub bundles: reflector::Store<RuleBundle>,
+    /// The ConfigMaps ocisync manages (metadata only, by label).
+    pub config_maps: reflector::Store<PartialObjectMeta<ConfigMap>>,
+    /// Per bundle uid: the ConfigMap resourceVersion this controller last wrote, so an edit
+    /// by anyone else is put back.
+    pub written: Mutex<HashMap<String, String>>,
     pub memory: Mutex<HashMap<String, Memory>>,
     /// Stored artifacts by manifest digest, so sources sharing a revision reuse one pull.
     pub artifacts: Mutex<HashMap<String, Artifact>>,
@@ -111,6 +121,40 @@ impl Context {
             .collect()
     }
 
+    /// The bundles that take files from a source.
+    pub fn bundles_using(&self, source: &ArtifactSource) -> Vec<ObjectRef<RuleBundle>> {
+        let name = source.name_any();
+        let namespace = source.namespace();
+        self.bundles
+            .state()
+            .iter()
+            .filter(|b| b.namespace() == namespace)
+            .filter(|b| b.spec.sources.iter().any(|s| s.source_ref.name == name))
+            .map(|b| ObjectRef::from_obj(b.as_ref()))
+            .collect()
+    }
+
+    /// Records an Event on an object; a failure to record is logged, never fatal.
+    pub async fn publish(
+        &self,
+        object: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: &str,
+        action: &str,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(note.chars().take(1000).collect()),
+            action: action.to_string(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, object).await {
+            tracing::debug!(error = %super::api_error_summary(&e), "event not recorded");
+        }
+    }
+
     /// Every revision some source still needs: each status's and each remembered current
     /// and previous revision of sources that still exist.
     pub fn revisions_in_use(&self) -> HashSet<String> {
@@ -147,4 +191,24 @@ impl Context {
         }
         keep
     }
+}
+
+/// Writes an object's status with server-side apply under ocisync's field manager.
+pub async fn patch_status<K>(api: &Api<K>, name: &str, status: &impl Serialize) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .map_err(Error::Kube)?;
+    Ok(())
 }

@@ -1,6 +1,8 @@
-//! `ocisync controller`: reconciles ArtifactSources into the content store and serves the
-//! store in-cluster (artifact server, metrics, health).
+//! `ocisync controller`: reconciles ArtifactSources into the content store, serves the
+//! store in-cluster (artifact server, metrics, health), and reconciles RuleBundles into
+//! ConfigMaps.
 
+pub mod bundle;
 pub mod context;
 pub mod schedule;
 pub mod secrets;
@@ -15,15 +17,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::ArtifactSource;
+use crate::api::{ArtifactSource, RuleBundle};
+use crate::bundle::configmap::MANAGED_BY;
 use crate::metrics::Metrics;
 use crate::server::{self, ServerState};
 use crate::store::Store;
@@ -80,16 +83,60 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
-    let (sources, secrets): (Api<ArtifactSource>, Api<PartialObjectMeta<Secret>>) =
-        match &options.namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (Api::all(client.clone()), Api::all(client.clone())),
-        };
-    let controller = Controller::new(sources, watcher::Config::default().any_semantic())
+    #[allow(clippy::type_complexity)]
+    let (sources, secrets, bundles, config_maps): (
+        Api<ArtifactSource>,
+        Api<PartialObjectMeta<Secret>>,
+        Api<RuleBundle>,
+        Api<PartialObjectMeta<ConfigMap>>,
+    ) = match &options.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
+    };
+    // One watch of ArtifactSources feeds both controllers: their own, and the bundles'
+    // (a new source revision reaches the bundles that use it at once).
+    let (source_reader, source_writer) = reflector::store_shared::<ArtifactSource>(1024);
+    let subscribe = || {
+        source_writer
+            .subscribe()
+            .ok_or_else(|| anyhow::anyhow!("the ArtifactSource store is not shared"))
+    };
+    let (source_events, source_events_for_bundles) = (subscribe()?, subscribe()?);
+    let source_watch = watcher(sources, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect_shared(source_writer)
+        .for_each(|event| async move {
+            if let Err(e) = event {
+                tracing::warn!(error = %e, "ArtifactSource watch");
+            }
+        });
+    let source_watch = tokio::spawn(source_watch);
+    let source_controller = Controller::for_shared_stream(source_events, source_reader.clone())
         .with_config(controller::Config::default().concurrency(options.concurrency));
+    let bundle_controller: Controller<RuleBundle> =
+        Controller::new(bundles, watcher::Config::default().any_semantic())
+            .with_config(controller::Config::default().concurrency(options.concurrency));
+    // The ConfigMaps ocisync wrote, by label and metadata only: an edit or a deletion wakes
+    // the owning bundle, which puts it back.
+    let (cm_reader, cm_writer) = reflector::store();
+    let managed = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+    let cm_events = watcher(
+        config_maps,
+        watcher::Config::default().labels(&managed).any_semantic(),
+    )
+    .default_backoff()
+    .reflect(cm_writer)
+    .touched_objects();
     let reporter = Reporter {
         controller: "ocisync-controller".into(),
         instance: std::env::var("POD_NAME").ok(),
@@ -100,7 +147,10 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
         metrics,
         recorder: Recorder::new(client.clone(), reporter),
         base_url: options.base_url.trim_end_matches('/').to_string(),
-        sources: controller.store(),
+        sources: source_reader,
+        bundles: bundle_controller.store(),
+        config_maps: cm_reader,
+        written: Default::default(),
         memory: Default::default(),
         artifacts: Default::default(),
         pull_locks: Default::default(),
@@ -114,6 +164,7 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
             Default::default(),
         );
     let mapper_ctx = ctx.clone();
+    let bundle_mapper_ctx = ctx.clone();
     let gc_ctx = ctx.clone();
     let gc_stop = shutdown.clone();
     let gc = tokio::spawn(async move {
@@ -127,16 +178,21 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
         }
     });
     ready.store(true, Ordering::Relaxed);
-    controller
+    let sources_done = source_controller
         .watches_stream(secret_changes, move |s| mapper_ctx.sources_using(&s))
         .shutdown_on_signal()
-        .run(source::reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "reconcile");
-            }
+        .run(source::reconcile, error_policy, ctx.clone())
+        .for_each(|r| log_error("ArtifactSource", r));
+    let bundles_done = bundle_controller
+        .owns_stream(cm_events)
+        .watches_shared_stream(source_events_for_bundles, move |s| {
+            bundle_mapper_ctx.bundles_using(&s)
         })
-        .await;
+        .shutdown_on_signal()
+        .run(bundle::reconcile, error_policy, ctx)
+        .for_each(|r| log_error("RuleBundle", r));
+    tokio::join!(sources_done, bundles_done);
+    source_watch.abort();
     tracing::info!("shutting down");
     ready.store(false, Ordering::Relaxed);
     shutdown.cancel();
@@ -149,7 +205,13 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn error_policy(_source: Arc<ArtifactSource>, error: &Error, _ctx: Arc<Context>) -> Action {
+async fn log_error<T, E: std::fmt::Display>(kind: &'static str, result: Result<T, E>) {
+    if let Err(e) = result {
+        tracing::debug!(kind, error = %e, "reconcile");
+    }
+}
+
+fn error_policy<K>(_object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
     tracing::warn!(error = %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
 }

@@ -5,20 +5,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
+use crate::api::ArtifactSource;
 use crate::api::artifact_source::{Artifact, ArtifactFile, ArtifactSourceStatus};
 use crate::api::condition::{ConditionType, find};
-use crate::api::{ArtifactSource, FIELD_MANAGER};
 use crate::oci::OciError;
 use crate::oci::pull::{self, PullOptions, Pulled, Resolved};
 use crate::oci::registry::{Registry, RegistryOptions};
 use crate::store::IndexFile;
 
-use super::context::Context;
+use super::context::{Context, patch_status};
 use super::schedule::{self, CheckState, Due};
 use super::secrets::{self, SecretProblem};
 use super::spec::{self, ValidSpec};
@@ -108,7 +108,7 @@ async fn reconcile_inner(source: &ArtifactSource, ctx: &Context) -> Result<Outco
                     &message,
                 )
                 .await;
-                patch_status(&api, source, &next).await?;
+                patch_status(&api, &source.name_any(), &next).await?;
             }
             return Ok(Outcome::Stalled);
         }
@@ -158,7 +158,7 @@ async fn reconcile_inner(source: &ArtifactSource, ctx: &Context) -> Result<Outco
                 m.failures = 0;
                 m.retry_after = None;
             });
-            patch_status(&api, source, &next).await?;
+            patch_status(&api, &source.name_any(), &next).await?;
             Ok(Outcome::Checked {
                 failed: false,
                 next: schedule::next_delay(valid.interval, 0, None, seed),
@@ -183,8 +183,8 @@ async fn reconcile_inner(source: &ArtifactSource, ctx: &Context) -> Result<Outco
                 m.failures = failures;
                 m.retry_after = f.retry_after;
             });
-            tracing::warn!(source = %format!("{namespace}/{}", source.name_any()), reason = f.reason, message = %f.message, "check failed");
-            patch_status(&api, source, &next).await?;
+            tracing::warn!(source = %format!("{namespace}/{}", source.name_any()), reason = f.reason, detail = %f.message, "check failed");
+            patch_status(&api, &source.name_any(), &next).await?;
             Ok(Outcome::Checked {
                 failed: true,
                 next: schedule::next_delay(valid.interval, failures, f.retry_after, seed),
@@ -234,7 +234,7 @@ async fn check(
             );
             if &progress != prev {
                 // best effort: progress is informational
-                let _ = patch_status(api, source, &progress).await;
+                let _ = patch_status(api, &source.name_any(), &progress).await;
             }
             let (pulled, stored_at) =
                 pull_and_store(source, ctx, &registry, valid, &resolved).await?;
@@ -404,26 +404,6 @@ fn outcome<T>(r: &Result<T, OciError>) -> &'static str {
     }
 }
 
-async fn patch_status(
-    api: &Api<ArtifactSource>,
-    source: &ArtifactSource,
-    status: &ArtifactSourceStatus,
-) -> Result<(), Error> {
-    let body = serde_json::json!({
-        "apiVersion": "ocisync.dev/v1alpha1",
-        "kind": "ArtifactSource",
-        "status": status,
-    });
-    api.patch_status(
-        &source.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(body),
-    )
-    .await
-    .map_err(Error::Kube)?;
-    Ok(())
-}
-
 async fn publish(
     ctx: &Context,
     source: &ArtifactSource,
@@ -431,14 +411,6 @@ async fn publish(
     reason: &str,
     note: &str,
 ) {
-    let event = Event {
-        type_,
-        reason: reason.to_string(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Check".to_string(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &source.object_ref(&())).await {
-        tracing::debug!(error = %super::api_error_summary(&e), "event not recorded");
-    }
+    ctx.publish(&source.object_ref(&()), type_, reason, note, "Check")
+        .await;
 }

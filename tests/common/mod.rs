@@ -4,6 +4,8 @@
 //! (set by `make test` and CI), where a missing environment is a failure.
 #![allow(dead_code)]
 
+pub mod controller;
+
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

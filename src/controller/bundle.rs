@@ -1,0 +1,329 @@
+//! Reconciling one RuleBundle: plan it from its sources' status (pure), read and check the
+//! selected files from the content store, write the ConfigMap with server-side apply, and
+//! record the outcome. Nothing is written unless every check passed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+
+use crate::api::condition::{ConditionType, find};
+use crate::api::rule_bundle::ConfigMapTarget;
+use crate::api::{ArtifactSource, FIELD_MANAGER, RuleBundle};
+use crate::bundle::plan::{self, Plan, PlannedFile};
+use crate::bundle::{Problem, configmap, content, reason, status};
+
+use super::context::{Context, patch_status};
+use super::{Error, api_error_summary, now_rfc3339};
+
+/// How often a bundle is looked at again with nothing changed (drift repair).
+const RESYNC: Duration = Duration::from_secs(600);
+
+pub async fn reconcile(bundle: Arc<RuleBundle>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&bundle, &ctx).await;
+    let outcome = match &result {
+        Ok(Some(p)) if p.reason == reason::INVALID_SPEC => "stalled",
+        Ok(Some(_)) => "failure",
+        Ok(None) if bundle.spec.suspend => "skipped",
+        Ok(None) => "success",
+        Err(_) => "error",
+    };
+    ctx.metrics
+        .reconcile("RuleBundle", outcome, started.elapsed().as_secs_f64());
+    Ok(match result? {
+        None if bundle.spec.suspend => Action::await_change(),
+        None => Action::requeue(RESYNC),
+        Some(p) => retry(&p),
+    })
+}
+
+/// When to look again after a problem. Source changes and ConfigMap edits wake the bundle
+/// anyway; these are the fallbacks.
+fn retry(problem: &Problem) -> Action {
+    match problem.reason {
+        reason::INVALID_SPEC => Action::await_change(),
+        reason::SOURCE_NOT_READY => Action::requeue(Duration::from_secs(10)),
+        reason::CONFIG_MAP_FAILED => Action::requeue(Duration::from_secs(15)),
+        _ => Action::requeue(RESYNC),
+    }
+}
+
+/// Brings the bundle up to date; `Some(problem)` when it could not (already in status).
+async fn reconcile_inner(bundle: &RuleBundle, ctx: &Context) -> Result<Option<Problem>, Error> {
+    if bundle.spec.suspend {
+        return Ok(None);
+    }
+    let namespace = bundle.namespace().unwrap_or_default();
+    let name = bundle.name_any();
+    let api: Api<RuleBundle> = Api::namespaced(ctx.client.clone(), &namespace);
+    let prev = bundle.status.clone().unwrap_or_default();
+    let generation = bundle.meta().generation;
+    let now = now_rfc3339();
+
+    let result = async {
+        let plan = plan_of(bundle, ctx, &namespace)?;
+        let cm_name = bundle
+            .spec
+            .config_map
+            .as_ref()
+            .map(|t| configmap::name(t, &name));
+        let ready_now = find(&prev.conditions, ConditionType::Ready)
+            .is_some_and(|c| c.status == "True" && c.observed_generation == generation);
+        let in_sync = ready_now
+            && prev.revision.as_deref() == Some(plan.revision.as_str())
+            && cm_name
+                .as_deref()
+                .is_none_or(|n| config_map_in_sync(ctx, bundle, n, &plan.revision));
+        if !in_sync {
+            let files = read_and_check(ctx, &plan, cm_name.is_some()).await?;
+            if let Some(target) = &bundle.spec.config_map {
+                apply_config_map(ctx, bundle, target, &plan, files).await?;
+            }
+        }
+        if let Some(old) = &prev.config_map
+            && cm_name.as_deref() != Some(old.name.as_str())
+        {
+            delete_config_map(ctx, bundle, &old.name).await?;
+        }
+        Ok::<_, Problem>((plan, cm_name))
+    }
+    .await;
+
+    let (next, problem) = match result {
+        Ok((plan, cm_name)) => {
+            let next = status::applied(&prev, generation, &plan, cm_name, &now);
+            if prev.revision.as_deref() != Some(plan.revision.as_str()) {
+                let note = format!("applied revision {}", plan.revision);
+                ctx.publish(
+                    &bundle.object_ref(&()),
+                    EventType::Normal,
+                    "Applied",
+                    &note,
+                    "Apply",
+                )
+                .await;
+            }
+            (next, None)
+        }
+        Err(problem) => {
+            let was = find(&prev.conditions, ConditionType::Ready)
+                .map(|c| (c.status.as_str(), c.reason.as_str()));
+            if was != Some(("False", problem.reason)) {
+                ctx.publish(
+                    &bundle.object_ref(&()),
+                    EventType::Warning,
+                    problem.reason,
+                    &problem.message,
+                    "Apply",
+                )
+                .await;
+                tracing::warn!(bundle = %format!("{namespace}/{name}"), reason = problem.reason, detail = %problem.message, "bundle not applied");
+            }
+            (
+                status::failed(&prev, generation, &problem, &now),
+                Some(problem),
+            )
+        }
+    };
+    if next != prev {
+        patch_status(&api, &name, &next).await?;
+    }
+    Ok(problem)
+}
+
+/// The plan from the sources as the controller's cache sees them.
+fn plan_of(bundle: &RuleBundle, ctx: &Context, namespace: &str) -> Result<Plan, Problem> {
+    let sources: HashMap<&str, Option<Arc<ArtifactSource>>> = bundle
+        .spec
+        .sources
+        .iter()
+        .map(|s| {
+            let name = s.source_ref.name.as_str();
+            (
+                name,
+                ctx.sources.get(&ObjectRef::new(name).within(namespace)),
+            )
+        })
+        .collect();
+    plan::plan(&bundle.spec, |name| {
+        plan::source_state(sources.get(name).and_then(|s| s.as_deref()))
+    })
+}
+
+/// The ConfigMap exists, is this bundle's, carries `revision`, and nobody changed it since
+/// this controller wrote it.
+fn config_map_in_sync(ctx: &Context, bundle: &RuleBundle, name: &str, revision: &str) -> bool {
+    let uid = bundle.uid().unwrap_or_default();
+    let Some(cm) = ctx
+        .config_maps
+        .get(&ObjectRef::new(name).within(&bundle.namespace().unwrap_or_default()))
+    else {
+        return false;
+    };
+    let written = ctx.written.lock().ok().and_then(|w| w.get(&uid).cloned());
+    configmap::controlled_by(cm.metadata.owner_references.as_deref(), &uid)
+        && cm
+            .annotations()
+            .get(configmap::REVISION_ANNOTATION)
+            .map(String::as_str)
+            == Some(revision)
+        && written.is_some()
+        && written == cm.metadata.resource_version
+}
+
+/// Reads each file the targets need from the store and checks it by kind. Bytes are kept
+/// only when a ConfigMap will hold them.
+async fn read_and_check(
+    ctx: &Context,
+    plan: &Plan,
+    keep_bytes: bool,
+) -> Result<Vec<(String, Vec<u8>)>, Problem> {
+    let store = ctx.store.clone();
+    let files: Vec<PlannedFile> = plan.files.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for f in files {
+            if !keep_bytes && !content::is_checked(f.kind, &f.path) {
+                continue;
+            }
+            let bytes = store
+                .blob_location(&f.digest)
+                .and_then(|p| std::fs::read(p).ok())
+                .ok_or_else(|| {
+                    Problem::new(
+                        reason::SOURCE_NOT_READY,
+                        format!(
+                            "{} of ArtifactSource {} is not in the content store yet",
+                            f.path, f.source
+                        ),
+                    )
+                })?;
+            content::check(f.kind, &f.path, &bytes).map_err(|e| {
+                Problem::new(
+                    reason::INVALID_CONTENT,
+                    format!("{} from ArtifactSource {}: {e}", f.path, f.source),
+                )
+            })?;
+            if keep_bytes {
+                out.push((f.key, bytes));
+            }
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| Problem::new(reason::SOURCE_NOT_READY, format!("reading the store: {e}")))?
+}
+
+/// Writes the ConfigMap, unless one of that name exists and belongs to someone else.
+async fn apply_config_map(
+    ctx: &Context,
+    bundle: &RuleBundle,
+    target: &ConfigMapTarget,
+    plan: &Plan,
+    files: Vec<(String, Vec<u8>)>,
+) -> Result<(), Problem> {
+    let namespace = bundle.namespace().unwrap_or_default();
+    let bundle_name = bundle.name_any();
+    let uid = bundle.uid().unwrap_or_default();
+    let owner = bundle
+        .controller_owner_ref(&())
+        .ok_or_else(|| Problem::new(reason::CONFIG_MAP_FAILED, "the bundle has no uid yet"))?;
+    let cm = configmap::build(
+        target,
+        &bundle_name,
+        &namespace,
+        owner,
+        &plan.revision,
+        files,
+    )?;
+    let name = configmap::name(target, &bundle_name);
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
+    let failed = |e: kube::Error| {
+        Problem::new(
+            reason::CONFIG_MAP_FAILED,
+            format!("ConfigMap {name}: {}", api_error_summary(&e)),
+        )
+    };
+    if !owned_or_absent(ctx, &api, &namespace, &name, &uid)
+        .await
+        .map_err(failed)?
+    {
+        return Err(Problem::new(
+            reason::CONFIG_MAP_NOT_OWNED,
+            format!(
+                "ConfigMap {name} exists and is not managed by this RuleBundle; delete it or set spec.configMap.name"
+            ),
+        ));
+    }
+    let written = api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&cm),
+        )
+        .await
+        .map_err(failed)?;
+    if let (Ok(mut w), Some(rv)) = (ctx.written.lock(), written.metadata.resource_version) {
+        w.insert(uid, rv);
+    }
+    Ok(())
+}
+
+/// True when no ConfigMap `name` exists, or it is controlled by the bundle `uid`. The cache
+/// holds only ocisync's ConfigMaps; any other is looked up.
+async fn owned_or_absent(
+    ctx: &Context,
+    api: &Api<ConfigMap>,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+) -> Result<bool, kube::Error> {
+    if let Some(cm) = ctx.config_maps.get(&ObjectRef::new(name).within(namespace)) {
+        return Ok(configmap::controlled_by(
+            cm.metadata.owner_references.as_deref(),
+            uid,
+        ));
+    }
+    Ok(match api.get_metadata_opt(name).await? {
+        Some(cm) => configmap::controlled_by(cm.metadata.owner_references.as_deref(), uid),
+        None => true,
+    })
+}
+
+/// Deletes a ConfigMap this bundle wrote and no longer wants (target removed or renamed).
+async fn delete_config_map(ctx: &Context, bundle: &RuleBundle, name: &str) -> Result<(), Problem> {
+    let namespace = bundle.namespace().unwrap_or_default();
+    let uid = bundle.uid().unwrap_or_default();
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
+    let failed = |e: kube::Error| {
+        Problem::new(
+            reason::CONFIG_MAP_FAILED,
+            format!("deleting ConfigMap {name}: {}", api_error_summary(&e)),
+        )
+    };
+    let Some(cm) = api.get_metadata_opt(name).await.map_err(failed)? else {
+        return Ok(());
+    };
+    if !configmap::controlled_by(cm.metadata.owner_references.as_deref(), &uid) {
+        return Ok(()); // someone else's now: leave it
+    }
+    let params = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: cm.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(failed(e)),
+    }
+}

@@ -1,0 +1,306 @@
+//! A controller process of its own per test: its namespace, port and content store, the
+//! CRDs applied, and waits on status with a deadline.
+
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::await_condition;
+use ocisync::api::ArtifactSource;
+use serde::de::DeserializeOwned;
+
+use super::{Env, Which};
+
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub struct Harness {
+    pub env: Env,
+    pub client: kube::Client,
+    pub ns: String,
+    pub api: Api<ArtifactSource>,
+    pub base_url: String,
+    pub controller: Child,
+    _store: tempfile::TempDir,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = self.controller.kill();
+        let _ = self.controller.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub async fn harness() -> Option<Harness> {
+    let env = super::env()?;
+    ocisync::tls::install_crypto_provider();
+    let kubeconfig = kube::config::Kubeconfig::read_from(&env.kubeconfig).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config");
+    let client = kube::Client::try_from(config).expect("client");
+    // CRDs (idempotent) and a namespace of our own
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    for crd in ocisync::api::crds() {
+        let name = crd.metadata.name.clone().expect("name");
+        crds.patch(
+            &name,
+            &PatchParams::apply("ocisync-e2e").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .expect("apply CRD");
+        tokio::time::timeout(
+            DEADLINE,
+            await_condition(
+                crds.clone(),
+                &name,
+                kube::runtime::conditions::is_crd_established(),
+            ),
+        )
+        .await
+        .expect("CRD established in time")
+        .expect("watch CRD");
+    }
+    let ns = format!("e2e-{}", super::unique());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let object: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).expect("ns");
+    namespaces
+        .create(&PostParams::default(), &object)
+        .await
+        .expect("namespace");
+
+    let store = tempfile::tempdir().expect("store dir");
+    let port = free_port();
+    let base_url = format!("http://127.0.0.1:{port}");
+    let log =
+        std::fs::File::create(std::env::temp_dir().join(format!("ocisync-controller-{ns}.log")))
+            .expect("log file");
+    let controller = super::ocisync()
+        .args([
+            "controller",
+            "--namespace",
+            &ns,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["--artifact-base-url", &base_url, "--store-dir"])
+        .arg(store.path())
+        .arg("--kubeconfig")
+        .arg(&env.kubeconfig)
+        .env("RUST_LOG", "info,ocisync=debug")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start controller");
+    let api = Api::namespaced(client.clone(), &ns);
+    Some(Harness {
+        env,
+        client,
+        ns,
+        api,
+        base_url,
+        controller,
+        _store: store,
+    })
+}
+
+impl Harness {
+    pub async fn create(&self, name: &str, spec: serde_json::Value) {
+        let obj: ArtifactSource = serde_json::from_value(serde_json::json!({
+            "apiVersion": "ocisync.dev/v1alpha1", "kind": "ArtifactSource",
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .expect("source");
+        self.api
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect("create source");
+    }
+
+    /// Waits until `cond` holds for the source, or fails with its last status.
+    pub async fn wait(
+        &self,
+        name: &str,
+        what: &str,
+        cond: impl Fn(&ArtifactSource) -> bool,
+    ) -> ArtifactSource {
+        let c = move |o: Option<&ArtifactSource>| o.is_some_and(&cond);
+        match tokio::time::timeout(DEADLINE, await_condition(self.api.clone(), name, c)).await {
+            Ok(Ok(Some(o))) => o,
+            _ => {
+                let last = self.api.get(name).await.ok().and_then(|o| o.status);
+                panic!("{name}: not {what} within {DEADLINE:?}; status: {last:#?}");
+            }
+        }
+    }
+
+    pub async fn request_check(&self, name: &str, value: &str) -> ArtifactSource {
+        let patch =
+            serde_json::json!({"metadata": {"annotations": {"ocisync.dev/requested-at": value}}});
+        self.api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("annotate");
+        let v = value.to_string();
+        self.wait(name, "checked", move |o| {
+            o.status
+                .as_ref()
+                .and_then(|s| s.last_handled_requested_at.as_deref())
+                == Some(v.as_str())
+        })
+        .await
+    }
+
+    pub async fn secret(&self, name: &str, data: &[(&str, Vec<u8>)], type_: &str) {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.ns);
+        let data: serde_json::Map<String, serde_json::Value> = data
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    serde_json::Value::String(super::base64_encode_bytes(v)),
+                )
+            })
+            .collect();
+        let body = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "type": type_, "data": data});
+        secrets
+            .patch(
+                name,
+                &PatchParams::apply("ocisync-e2e").force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .expect("apply secret");
+    }
+
+    pub async fn cleanup(self) {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let _ = namespaces.delete(&self.ns, &DeleteParams::default()).await;
+    }
+}
+
+impl Harness {
+    /// Applies any namespaced object of ours (server-side apply, test field manager).
+    pub async fn apply<K>(&self, name: &str, body: serde_json::Value) -> K
+    where
+        K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), &self.ns);
+        let mut body = body;
+        body["apiVersion"] = K::api_version(&()).into();
+        body["kind"] = K::kind(&()).into();
+        body["metadata"]["name"] = name.into();
+        api.patch(
+            name,
+            &PatchParams::apply("ocisync-e2e").force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply {} {name}: {e}", K::kind(&())))
+    }
+
+    /// Waits until `cond` holds for a namespaced object (`None`: absent), or fails with
+    /// what `describe` says of its last state.
+    pub async fn wait_for<K>(
+        &self,
+        name: &str,
+        what: &str,
+        cond: impl Fn(Option<&K>) -> bool + Send + 'static,
+    ) -> Option<K>
+    where
+        K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug
+            + Send
+            + 'static,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), &self.ns);
+        match tokio::time::timeout(DEADLINE, await_condition(api.clone(), name, cond)).await {
+            Ok(Ok(o)) => o,
+            _ => {
+                let last = api.get_opt(name).await.ok().flatten();
+                let last = last
+                    .map(|o| serde_json::to_string_pretty(&o).unwrap_or_default())
+                    .unwrap_or_else(|| "absent".into());
+                panic!(
+                    "{} {name}: not {what} within {DEADLINE:?}; last: {last}",
+                    K::kind(&())
+                );
+            }
+        }
+    }
+}
+
+/// `ocisync push` of one Falco rules file, returning the pushed digest.
+pub fn push_file(
+    env: &Env,
+    which: Which,
+    dir: &Path,
+    target: &str,
+    name: &str,
+    content: &[u8],
+    extra: &[&str],
+) -> String {
+    push_files(
+        env,
+        which,
+        dir,
+        target,
+        "falco-rules",
+        &[(name, content)],
+        extra,
+    )
+}
+
+/// `ocisync push --type <type>` of files written fresh under `dir`; the pushed digest.
+pub fn push_files(
+    env: &Env,
+    which: Which,
+    dir: &Path,
+    target: &str,
+    type_: &str,
+    files: &[(&str, &[u8])],
+    extra: &[&str],
+) -> String {
+    let root = dir.join(super::unique());
+    let mut paths = Vec::new();
+    for (name, content) in files {
+        let file = root.join(name);
+        std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&file, content).expect("write");
+        paths.push(file);
+    }
+    let out = super::ocisync()
+        .arg("push")
+        .args(&paths)
+        .arg(target)
+        .args(["--type", type_, "-O", "json"])
+        .args(extra)
+        .args(env.cli_flags(which, dir))
+        .output()
+        .expect("push");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    v["digest"].as_str().expect("digest").to_string()
+}
