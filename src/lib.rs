@@ -1,6 +1,7 @@
 //! ocisync: ship configuration from OCI registries into Kubernetes clusters and onto nodes.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod api;
 pub mod bundle;
 pub mod cli;

@@ -3,6 +3,7 @@
 pub mod artifact_source;
 pub mod condition;
 pub mod duration;
+pub mod node_report;
 pub mod rule_bundle;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
@@ -11,6 +12,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 use kube::CustomResourceExt;
 
 pub use artifact_source::{ArtifactSource, ArtifactSourceSpec, ArtifactSourceStatus};
+pub use node_report::{NodeReport, NodeReportSpec};
 pub use rule_bundle::{RuleBundle, RuleBundleSpec, RuleBundleStatus};
 
 /// The API group of every ocisync kind.
@@ -20,7 +22,7 @@ pub const FIELD_MANAGER: &str = "ocisync";
 
 /// Every CustomResourceDefinition, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    let mut crds = vec![ArtifactSource::crd(), RuleBundle::crd()];
+    let mut crds = vec![ArtifactSource::crd(), RuleBundle::crd(), NodeReport::crd()];
     for crd in &mut crds {
         for version in &mut crd.spec.versions {
             if let Some(schema) = version

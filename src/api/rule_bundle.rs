@@ -104,6 +104,34 @@ pub struct LabelSelectorRequirement {
     pub values: Vec<String>,
 }
 
+impl LabelSelector {
+    /// Whether a set of labels satisfies every requirement (an empty selector selects all).
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|r| {
+                let value = labels.get(&r.key);
+                match r.operator.as_str() {
+                    "In" => value.is_some_and(|v| r.values.contains(v)),
+                    "NotIn" => !value.is_some_and(|v| r.values.contains(v)),
+                    "Exists" => value.is_some(),
+                    "DoesNotExist" => value.is_none(),
+                    _ => false, // the schema allows no other operator
+                }
+            })
+    }
+}
+
+impl NodeFilesTarget {
+    /// Whether a node with these labels is selected.
+    pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.node_selector
+            .as_ref()
+            .is_none_or(|s| s.matches(labels))
+    }
+}
+
 /// Observed state of a RuleBundle.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -169,4 +197,54 @@ pub struct NodeCounts {
     pub updated: i32,
     /// Nodes that report a failure.
     pub failed: i32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn req(key: &str, operator: &str, values: &[&str]) -> LabelSelectorRequirement {
+        LabelSelectorRequirement {
+            key: key.into(),
+            operator: operator.into(),
+            values: values.iter().map(|v| v.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn selectors_match_like_kubernetes() {
+        let node = labels(&[("role", "worker"), ("zone", "a")]);
+        assert!(LabelSelector::default().matches(&node));
+        let by_label = LabelSelector {
+            match_labels: labels(&[("role", "worker")]),
+            ..Default::default()
+        };
+        assert!(by_label.matches(&node));
+        assert!(!by_label.matches(&labels(&[("role", "infra")])));
+        for (r, want) in [
+            (req("zone", "In", &["a", "b"]), true),
+            (req("zone", "In", &["c"]), false),
+            (req("zone", "NotIn", &["c"]), true),
+            (req("gpu", "NotIn", &["x"]), true),
+            (req("zone", "Exists", &[]), true),
+            (req("gpu", "Exists", &[]), false),
+            (req("gpu", "DoesNotExist", &[]), true),
+            (req("zone", "Bogus", &[]), false),
+        ] {
+            let s = LabelSelector {
+                match_expressions: vec![r.clone()],
+                ..Default::default()
+            };
+            assert_eq!(s.matches(&node), want, "{r:?}");
+        }
+        let none = NodeFilesTarget::default();
+        assert!(none.selects(&node), "no selector: every node");
+    }
 }

@@ -1,0 +1,3 @@
+//! `ocisync agent`: writes RuleBundles' `nodeFiles` onto this node.
+
+pub mod disk;
