@@ -1,3 +1,4 @@
 //! `ocisync agent`: writes RuleBundles' `nodeFiles` onto this node.
 
+pub mod desired;
 pub mod disk;
