@@ -50,11 +50,34 @@ fn bad_flags_are_usage_errors() {
     );
 }
 
+/// `--node-name=n1` for the agent, a harmless repeat of a flag for the controller.
+const NODE: [&str; 2] = ["--concurrency=8", "--node-name=n1"];
+
+#[test]
+fn agent_flags_are_checked_before_connecting() {
+    assert_one_line_error(
+        &["agent", "--node-name=n1", "--allowed-dir=etc/falco"],
+        1,
+        "--allowed-dir",
+    );
+    assert_one_line_error(
+        &["agent", "--node-name=n1", "--allowed-dir=/etc/../root"],
+        1,
+        "--allowed-dir",
+    );
+    assert_one_line_error(&["agent", "--node-name=n1", "--resync=0s"], 2, "--resync");
+}
+
 #[test]
 fn an_unreadable_kubeconfig_is_named() {
     for sub in ["controller", "agent"] {
         assert_one_line_error(
-            &[sub, "--kubeconfig", "/nonexistent/kubeconfig"],
+            &[
+                sub,
+                "--kubeconfig",
+                "/nonexistent/kubeconfig",
+                NODE[usize::from(sub == "agent")],
+            ],
             1,
             "/nonexistent/kubeconfig",
         );
@@ -84,7 +107,12 @@ fn an_unreachable_server_is_named() {
     .expect("write");
     for sub in ["controller", "agent"] {
         assert_one_line_error(
-            &[sub, "--kubeconfig", kubeconfig.to_str().expect("utf8")],
+            &[
+                sub,
+                "--kubeconfig",
+                kubeconfig.to_str().expect("utf8"),
+                NODE[usize::from(sub == "agent")],
+            ],
             1,
             "127.0.0.1:1",
         );

@@ -113,20 +113,3 @@ async fn crds_become_established_and_validate_objects() {
     let nsapi: Api<Namespace> = Api::all(client.clone());
     let _ = nsapi.delete(&ns, &DeleteParams::default()).await;
 }
-
-#[test]
-fn the_agent_stub_exits_non_zero_against_a_live_cluster() {
-    let Some(env) = common::env() else { return };
-    let out = common::ocisync()
-        .args(["agent", "--kubeconfig"])
-        .arg(&env.kubeconfig)
-        .output()
-        .expect("run ocisync");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("not implemented yet"),
-        "update this test when the agent lands: {stderr}"
-    );
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-}

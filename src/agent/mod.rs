@@ -1,4 +1,168 @@
-//! `ocisync agent`: writes RuleBundles' `nodeFiles` onto this node.
+//! `ocisync agent`: writes RuleBundles' `nodeFiles` onto this node, atomically, and reports
+//! per bundle in this node's `NodeReport`. It reads RuleBundles and its own Node, fetches
+//! file contents from the controller's artifact server by digest, and needs neither
+//! registry credentials nor Secrets.
 
 pub mod desired;
 pub mod disk;
+pub mod fetch;
+pub mod records;
+pub mod report;
+pub mod sync;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::Notify;
+
+use crate::api::{NodeReport, RuleBundle};
+use desired::AllowList;
+
+/// How the agent runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub node_name: String,
+    /// Where the node's directories are mounted (`/host`).
+    pub host_root: PathBuf,
+    pub allow: AllowList,
+    /// `http://host:port` of the controller's artifact server.
+    pub controller_url: String,
+    /// Where the agent remembers what it wrote (on the node, so it survives restarts).
+    pub state_dir: PathBuf,
+    /// How often every applied bundle is re-verified on disk (drift repair).
+    pub resync: Duration,
+    /// Read timeout for fetches.
+    pub timeout: Duration,
+}
+
+/// After a failed pass, the next one comes this soon (doubling up to `resync`).
+const RETRY: Duration = Duration::from_secs(5);
+
+/// Runs until SIGTERM/SIGINT.
+pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
+    let wake = Arc::new(Notify::new());
+    let (bundles, bundle_writer) = reflector::store::<RuleBundle>();
+    let bundle_wake = wake.clone();
+    let bundle_watch = watcher(
+        Api::<RuleBundle>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .reflect(bundle_writer)
+    .for_each(move |event| {
+        if let Err(e) = &event {
+            tracing::warn!(error = %e, "RuleBundle watch");
+        }
+        bundle_wake.notify_one();
+        async {}
+    });
+    let (nodes, node_writer) = reflector::store::<PartialObjectMeta<Node>>();
+    let node_wake = wake.clone();
+    // Only label changes matter; the Node's heartbeats do not wake the agent.
+    let node_watch = watcher(
+        Api::<PartialObjectMeta<Node>>::all(client.clone()),
+        watcher::Config::default()
+            .fields(&format!("metadata.name={}", options.node_name))
+            .any_semantic(),
+    )
+    .default_backoff()
+    .reflect(node_writer)
+    .applied_objects()
+    .predicate_filter(predicates::labels, Default::default())
+    .for_each(move |event| {
+        if let Err(e) = &event {
+            tracing::warn!(error = %e, "Node watch");
+        }
+        node_wake.notify_one();
+        async {}
+    });
+    let watches = tokio::spawn(async move {
+        tokio::join!(bundle_watch, node_watch);
+    });
+
+    let reports: Api<NodeReport> = Api::all(client.clone());
+    let http = fetch::client(options.timeout);
+    let env = sync::Env {
+        host_root: &options.host_root,
+        state_dir: &options.state_dir,
+        allow: &options.allow,
+        controller_url: options.controller_url.trim_end_matches('/'),
+        http: &http,
+    };
+    let mut memory = sync::Memory::default();
+    let mut last_report = None;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    tracing::info!(node = %options.node_name, host_root = %options.host_root.display(), controller = %options.controller_url, "agent started");
+    // Nothing is removed before both caches hold the full picture.
+    tokio::select! {
+        _ = &mut shutdown => { watches.abort(); return Ok(()); }
+        _ = async { let _ = tokio::join!(bundles.wait_until_ready(), nodes.wait_until_ready()); } => {}
+    }
+    let mut next_full = tokio::time::Instant::now();
+    let mut retry: Option<Duration> = None;
+    loop {
+        let full = tokio::time::Instant::now() >= next_full;
+        if full {
+            next_full = tokio::time::Instant::now() + options.resync;
+        }
+        let node = nodes.get(&ObjectRef::new(&options.node_name));
+        let failed = match node {
+            None => {
+                tracing::warn!(node = %options.node_name, "this node's Node object is not found; waiting");
+                true
+            }
+            Some(node) => {
+                let outcome =
+                    sync::pass(&env, &mut memory, &bundles.state(), node.labels(), full).await;
+                let spec = report::spec(outcome);
+                let failed = spec.failed > 0;
+                if full || last_report.as_ref() != Some(&spec) {
+                    let uid = node.uid().unwrap_or_default();
+                    match report::write(&reports, &options.node_name, &uid, &spec).await {
+                        Ok(()) => last_report = Some(spec),
+                        Err(e) => {
+                            tracing::warn!(error = %crate::controller::api_error_summary(&e), "cannot write the NodeReport");
+                            last_report = None;
+                        }
+                    }
+                }
+                failed || last_report.is_none()
+            }
+        };
+        retry = failed.then(|| retry.map_or(RETRY, |d| d * 2).min(options.resync));
+        let wait = retry
+            .unwrap_or(options.resync)
+            .min(next_full.saturating_duration_since(tokio::time::Instant::now()));
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    tracing::info!("shutting down");
+    watches.abort();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

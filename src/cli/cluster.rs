@@ -1,6 +1,5 @@
 //! Connecting to the Kubernetes API, with one clear line when that fails.
 
-use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
@@ -51,10 +50,4 @@ fn flatten(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     last.replace('\n', " ")
-}
-
-/// For subcommands whose issue has not landed: check the cluster connection, then say so.
-pub async fn not_yet(name: &str, args: &ClusterArgs) -> anyhow::Result<ExitCode> {
-    connect(args).await?;
-    Err(anyhow!("`ocisync {name}` is not implemented yet"))
 }

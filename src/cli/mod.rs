@@ -21,7 +21,7 @@ pub enum Command {
     /// Run the controller: reconcile ArtifactSources and RuleBundles.
     Controller(ControllerArgs),
     /// Run the node agent: write RuleBundles' files on this node.
-    Agent(ClusterArgs),
+    Agent(AgentArgs),
     /// Print the CustomResourceDefinitions generated from the API types.
     Crd(CrdArgs),
     /// Package files as an OCI artifact and push it.
@@ -66,6 +66,39 @@ pub struct ControllerArgs {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// This node's name (the chart sets NODE_NAME from the downward API).
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    pub node_name: String,
+    /// Where the node's directories are mounted in the agent's container.
+    #[arg(long, value_name = "DIR", default_value = "/host")]
+    pub host_root: PathBuf,
+    /// A node directory bundles may write into (repeatable); nothing outside is written.
+    #[arg(long = "allowed-dir", value_name = "DIR")]
+    pub allowed_dirs: Vec<String>,
+    /// The controller's artifact server; default:
+    /// http://ocisync-controller.<POD_NAMESPACE>.svc:9090.
+    #[arg(long, value_name = "URL", env = "OCISYNC_CONTROLLER_URL")]
+    pub controller_url: Option<String>,
+    /// Where the agent remembers what it wrote; default: <host-root>/var/lib/ocisync/agent.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// How often every applied bundle is re-checked on disk, as a Go duration.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub resync: std::time::Duration,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    match crate::api::duration::parse(s) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("must be more than 0s".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[derive(clap::Args, Debug)]
 pub struct CrdArgs {
     /// Write one file per CRD into this directory instead of printing them.
     #[arg(long, value_name = "DIR")]
@@ -87,7 +120,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Crd(args) => crd(args),
         Command::Controller(args) => controller(args).await,
-        Command::Agent(args) => cluster::not_yet("agent", &args).await,
+        Command::Agent(args) => agent(args).await,
         Command::Push(args) => artifact::push(args).await,
         Command::Pull(args) => artifact::pull(args).await,
     }
@@ -110,6 +143,37 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             base_url,
             namespace: args.namespace,
             concurrency: args.concurrency,
+        },
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    let allow =
+        crate::agent::desired::AllowList::new(&args.allowed_dirs).map_err(anyhow::Error::msg)?;
+    if args.node_name.trim().is_empty() {
+        anyhow::bail!("--node-name (or NODE_NAME) must not be empty");
+    }
+    let client = cluster::connect(&args.cluster).await?;
+    let controller_url = args.controller_url.clone().unwrap_or_else(|| {
+        let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "ocisync-system".into());
+        format!("http://ocisync-controller.{namespace}.svc:9090")
+    });
+    let state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| args.host_root.join("var/lib/ocisync/agent"));
+    crate::agent::run(
+        client,
+        crate::agent::Options {
+            node_name: args.node_name,
+            host_root: args.host_root,
+            allow,
+            controller_url,
+            state_dir,
+            resync: args.resync,
+            timeout: std::time::Duration::from_secs(60),
         },
     )
     .await?;

@@ -1,0 +1,97 @@
+//! What the agent has written, remembered on the node (one small JSON file per bundle), so
+//! a bundle deleted while the agent was down is still cleaned up, and only its files.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// One bundle this agent has written files for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// The directory on the node (not under the host root).
+    pub directory: PathBuf,
+}
+
+impl Record {
+    /// The bundle's id in directory entries: `<namespace>.<name>` (a namespace has no dot).
+    pub fn id(&self) -> String {
+        format!("{}.{}", self.namespace, self.name)
+    }
+}
+
+fn path_of(dir: &Path, uid: &str) -> Option<PathBuf> {
+    let safe = !uid.is_empty() && uid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    safe.then(|| dir.join(format!("{uid}.json")))
+}
+
+/// Every record in `dir` (unreadable ones are skipped with a warning).
+pub fn load_all(dir: &Path) -> Vec<Record> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| {
+            let parsed = fs::read(e.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Record>(&b).ok());
+            if parsed.is_none() {
+                tracing::warn!(path = %e.path().display(), "unreadable agent record skipped");
+            }
+            parsed
+        })
+        .collect()
+}
+
+/// Writes a record atomically (temporary file, fsync, rename).
+pub fn save(dir: &Path, record: &Record) -> io::Result<()> {
+    let path = path_of(dir, &record.uid)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "invalid uid"))?;
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{}.tmp", record.uid));
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec(record).map_err(io::Error::other)?)?;
+    f.sync_all()?;
+    fs::rename(&tmp, &path)?;
+    fs::File::open(dir)?.sync_all()
+}
+
+pub fn delete(dir: &Path, uid: &str) -> io::Result<()> {
+    match path_of(dir, uid).map(fs::remove_file) {
+        Some(Err(e)) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_refuse_odd_uids() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Record {
+            namespace: "ns".into(),
+            name: "b".into(),
+            uid: "1234-abcd".into(),
+            directory: "/etc/falco/rules.d".into(),
+        };
+        save(dir.path(), &r).unwrap();
+        assert_eq!(load_all(dir.path()), vec![r.clone()]);
+        assert_eq!(r.id(), "ns.b");
+        let evil = Record {
+            uid: "../../x".into(),
+            ..r.clone()
+        };
+        assert!(save(dir.path(), &evil).is_err());
+        delete(dir.path(), &r.uid).unwrap();
+        delete(dir.path(), &r.uid).unwrap();
+        assert!(load_all(dir.path()).is_empty());
+    }
+}

@@ -1,0 +1,180 @@
+//! One pass over every bundle: apply what this node should have, repair drift, remove what
+//! it should no longer have, and build the node report.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+
+use kube::ResourceExt;
+
+use super::desired::{self, AllowList, Decision, reason};
+use super::disk::{Target, WantedFile};
+use super::fetch;
+use super::records::{self, Record};
+use crate::api::RuleBundle;
+use crate::api::node_report::BundleReport;
+
+/// What the agent needs for a pass.
+pub struct Env<'a> {
+    pub host_root: &'a std::path::Path,
+    pub state_dir: &'a std::path::Path,
+    pub allow: &'a AllowList,
+    pub controller_url: &'a str,
+    pub http: &'a reqwest::Client,
+}
+
+/// What stays between passes: per bundle uid, the revision and directory applied and
+/// verified, so an unchanged bundle costs nothing until the next full check.
+#[derive(Default)]
+pub struct Memory {
+    pub applied: HashMap<String, (String, PathBuf)>,
+}
+
+/// Runs one pass. With `full`, every applied bundle is re-verified on disk (drift repair).
+pub async fn pass(
+    env: &Env<'_>,
+    memory: &mut Memory,
+    bundles: &[std::sync::Arc<RuleBundle>],
+    labels: &BTreeMap<String, String>,
+    full: bool,
+) -> Vec<BundleReport> {
+    let records: HashMap<String, Record> = records::load_all(env.state_dir)
+        .into_iter()
+        .map(|r| (r.uid.clone(), r))
+        .collect();
+    let mut reports = Vec::new();
+    let mut keep = HashSet::new();
+    for bundle in bundles {
+        let uid = bundle.uid().unwrap_or_default();
+        let decision = desired::decide(bundle, labels, env.allow);
+        if decision == Decision::NotHere || uid.is_empty() {
+            continue;
+        }
+        keep.insert(uid.clone());
+        let record = Record {
+            namespace: bundle.namespace().unwrap_or_default(),
+            name: bundle.name_any(),
+            uid: uid.clone(),
+            directory: PathBuf::new(),
+        };
+        let on_disk = records.get(&uid);
+        let current = on_disk.and_then(|r| target_of(env, r).current_revision());
+        let report = |reason: &str, message: String, revision: Option<String>| BundleReport {
+            namespace: record.namespace.clone(),
+            name: record.name.clone(),
+            uid: uid.clone(),
+            revision,
+            reason: reason.to_string(),
+            message,
+        };
+        let entry = match decision {
+            Decision::NotHere => continue,
+            Decision::Wait => report(reason::WAITING, String::new(), current),
+            Decision::Refuse { reason, message } => report(reason, message, current),
+            Decision::Apply {
+                directory,
+                allowed,
+                revision,
+                files,
+            } => {
+                let record = Record {
+                    directory: directory.clone(),
+                    ..record.clone()
+                };
+                match apply(
+                    env, memory, &record, on_disk, &allowed, &revision, &files, full,
+                )
+                .await
+                {
+                    Ok(()) => report(reason::APPLIED, String::new(), Some(revision)),
+                    Err((r, message)) => {
+                        tracing::warn!(bundle = %record.id(), reason = r, detail = %message, "bundle not applied on this node");
+                        let now = target_of(env, &record).current_revision().or(current);
+                        report(r, message, now)
+                    }
+                }
+            }
+        };
+        reports.push(entry);
+    }
+    // Bundles gone, or no longer selecting this node: remove their files, only theirs.
+    for (uid, record) in records {
+        if keep.contains(&uid) {
+            continue;
+        }
+        match target_of(env, &record).remove() {
+            Ok(()) => {
+                tracing::info!(bundle = %record.id(), directory = %record.directory.display(), "files removed");
+                memory.applied.remove(&uid);
+                if let Err(e) = records::delete(env.state_dir, &uid) {
+                    tracing::warn!(error = %e, "cannot delete the agent record");
+                }
+            }
+            Err(e) => tracing::warn!(bundle = %record.id(), error = %e, "cannot remove files"),
+        }
+    }
+    reports.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    reports
+}
+
+fn target_of(env: &Env<'_>, record: &Record) -> Target {
+    Target {
+        dir: desired::on_host(env.host_root, &record.directory),
+        id: record.id(),
+    }
+}
+
+/// Brings one bundle's directory to `revision`; the error is (reason, message).
+#[allow(clippy::too_many_arguments)]
+async fn apply(
+    env: &Env<'_>,
+    memory: &mut Memory,
+    record: &Record,
+    previous: Option<&Record>,
+    allowed: &std::path::Path,
+    revision: &str,
+    files: &[WantedFile],
+    full: bool,
+) -> Result<(), (&'static str, String)> {
+    let key = (revision.to_string(), record.directory.clone());
+    if !full && memory.applied.get(&record.uid) == Some(&key) {
+        return Ok(());
+    }
+    if !desired::stays_inside(env.host_root, &record.directory, allowed) {
+        return Err((
+            reason::INVALID_PATH,
+            format!(
+                "{} leads outside {} through a symbolic link, or {} is not mounted",
+                record.directory.display(),
+                allowed.display(),
+                allowed.display()
+            ),
+        ));
+    }
+    let target = target_of(env, record);
+    if previous != Some(record) {
+        records::save(env.state_dir, record)
+            .map_err(|e| (reason::WRITE_FAILED, format!("agent state: {e}")))?;
+    }
+    if !target.verify(revision, files) {
+        let staging = target.stage().map_err(|e| (e.reason(), e.to_string()))?;
+        for f in files {
+            if !target.reuse(&staging, f) {
+                fetch::fetch(env.http, env.controller_url, f, &staging.path_of(&f.key))
+                    .await
+                    .map_err(|e| (e.reason(), e.to_string()))?;
+            }
+        }
+        target
+            .commit(staging, revision, files)
+            .map_err(|e| (e.reason(), e.to_string()))?;
+        tracing::info!(bundle = %record.id(), revision, directory = %record.directory.display(), files = files.len(), "applied");
+    }
+    // A bundle that moved to another directory: the old one is cleaned once the new one holds.
+    if let Some(old) = previous.filter(|p| p.directory != record.directory)
+        && let Err(e) = target_of(env, old).remove()
+    {
+        tracing::warn!(bundle = %old.id(), error = %e, "cannot remove files from the old directory");
+    }
+    memory.applied.insert(record.uid.clone(), key);
+    Ok(())
+}
