@@ -6,6 +6,7 @@
 pub mod configmap;
 pub mod content;
 pub mod keys;
+pub mod nodes;
 pub mod plan;
 pub mod status;
 
@@ -44,6 +45,10 @@ pub mod reason {
     pub const TOO_LARGE_FOR_CONFIG_MAP: &str = "TooLargeForConfigMap";
     /// A ConfigMap of that name exists and is not this bundle's.
     pub const CONFIG_MAP_NOT_OWNED: &str = "ConfigMapNotOwned";
+    /// Some selected nodes do not have the current revision yet.
+    pub const NODES_PENDING: &str = "NodesPending";
+    /// A selected node's agent could not apply the current revision.
+    pub const NODE_FAILED: &str = "NodeFailed";
     /// The API server refused the ConfigMap.
     pub const CONFIG_MAP_FAILED: &str = "ConfigMapFailed";
 }

@@ -1,16 +1,21 @@
 //! RuleBundle status after each outcome: pure functions of the previous status.
 
+use super::nodes::Rollout;
 use super::plan::Plan;
 use super::{Problem, reason};
-use crate::api::condition::{Status, settle, stall};
+use crate::api::condition::{
+    ConditionType, Status, remove_condition, set_condition, settle, stall,
+};
 use crate::api::rule_bundle::{ConfigMapStatus, RuleBundleStatus};
 
-/// Every target holds `plan`'s revision.
+/// The ConfigMap (if any) holds `plan`'s revision; `Ready` also waits for the nodes when
+/// there is a `nodeFiles` target (`rollout`).
 pub fn applied(
     prev: &RuleBundleStatus,
     generation: Option<i64>,
     plan: &Plan,
     config_map: Option<String>,
+    rollout: Option<&Rollout>,
     now: &str,
 ) -> RuleBundleStatus {
     let mut s = prev.clone();
@@ -31,14 +36,64 @@ pub fn applied(
         ),
     };
     s.config_map = config_map.map(|name| ConfigMapStatus { name });
-    settle(
-        &mut s.conditions,
-        Status::True,
-        reason::SUCCEEDED,
-        &message,
-        generation,
-        now,
-    );
+    s.nodes = rollout.map(|r| r.counts.clone());
+    match rollout {
+        Some(r) if r.counts.failed > 0 => settle(
+            &mut s.conditions,
+            Status::False,
+            reason::NODE_FAILED,
+            &format!(
+                "{} of {} nodes failed: {}",
+                r.counts.failed,
+                r.counts.desired,
+                r.failures.join("; ")
+            ),
+            generation,
+            now,
+        ),
+        Some(r) if r.counts.updated < r.counts.desired => {
+            let progress = format!(
+                "{} of {} nodes have revision {}",
+                r.counts.updated, r.counts.desired, plan.revision
+            );
+            set_condition(
+                &mut s.conditions,
+                ConditionType::Ready,
+                Status::False,
+                reason::NODES_PENDING,
+                &progress,
+                generation,
+                now,
+            );
+            set_condition(
+                &mut s.conditions,
+                ConditionType::Reconciling,
+                Status::True,
+                reason::NODES_PENDING,
+                &progress,
+                generation,
+                now,
+            );
+            remove_condition(&mut s.conditions, ConditionType::Stalled);
+        }
+        _ => {
+            let message = match rollout {
+                Some(r) => format!(
+                    "{message}, on {} of {} nodes",
+                    r.counts.updated, r.counts.desired
+                ),
+                None => message,
+            };
+            settle(
+                &mut s.conditions,
+                Status::True,
+                reason::SUCCEEDED,
+                &message,
+                generation,
+                now,
+            )
+        }
+    }
     s
 }
 
@@ -82,7 +137,52 @@ pub fn without_config_map(prev: &RuleBundleStatus) -> RuleBundleStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::condition::{ConditionType, find};
+    use crate::api::condition::find;
+    use crate::api::rule_bundle::NodeCounts;
+
+    #[test]
+    fn ready_waits_for_every_selected_node() {
+        let rollout = |desired, updated, failed| Rollout {
+            counts: NodeCounts {
+                desired,
+                updated,
+                failed,
+            },
+            failures: if failed > 0 {
+                vec!["n1: DirectoryNotAllowed: /etc".into()]
+            } else {
+                vec![]
+            },
+        };
+        let p = plan("sha256:a");
+        let base = RuleBundleStatus::default();
+        let pending = applied(&base, Some(1), &p, None, Some(&rollout(2, 1, 0)), "t");
+        let r = find(&pending.conditions, ConditionType::Ready).unwrap();
+        assert_eq!(
+            (r.status.as_str(), r.reason.as_str()),
+            ("False", "NodesPending")
+        );
+        assert!(r.message.contains("1 of 2 nodes"));
+        assert!(find(&pending.conditions, ConditionType::Reconciling).is_some());
+        let failed = applied(&base, Some(1), &p, None, Some(&rollout(2, 1, 1)), "t");
+        let r = find(&failed.conditions, ConditionType::Ready).unwrap();
+        assert_eq!(r.reason, "NodeFailed");
+        assert!(r.message.contains("n1: DirectoryNotAllowed"));
+        let done = applied(&pending, Some(1), &p, None, Some(&rollout(2, 2, 0)), "t");
+        assert_eq!(
+            find(&done.conditions, ConditionType::Ready).unwrap().status,
+            "True"
+        );
+        assert!(find(&done.conditions, ConditionType::Reconciling).is_none());
+        assert_eq!(done.nodes.as_ref().map(|n| n.updated), Some(2));
+        let none_selected = applied(&base, Some(1), &p, None, Some(&rollout(0, 0, 0)), "t");
+        assert_eq!(
+            find(&none_selected.conditions, ConditionType::Ready)
+                .unwrap()
+                .status,
+            "True"
+        );
+    }
 
     fn plan(rev: &str) -> Plan {
         Plan {
@@ -99,6 +199,7 @@ mod tests {
             Some(1),
             &plan("sha256:a"),
             Some("cm".into()),
+            None,
             "t1",
         );
         let bad = failed(
@@ -130,7 +231,7 @@ mod tests {
             find(&s.conditions, ConditionType::Stalled).unwrap().status,
             "True"
         );
-        let fixed = applied(&s, Some(2), &plan("sha256:b"), None, "t2");
+        let fixed = applied(&s, Some(2), &plan("sha256:b"), None, None, "t2");
         assert!(find(&fixed.conditions, ConditionType::Stalled).is_none());
         assert_eq!(
             find(&fixed.conditions, ConditionType::Ready)

@@ -74,9 +74,9 @@ async fn reconcile_inner(bundle: &RuleBundle, ctx: &Context) -> Result<Option<Pr
             .config_map
             .as_ref()
             .map(|t| configmap::name(t, &name));
-        let ready_now = find(&prev.conditions, ConditionType::Ready)
-            .is_some_and(|c| c.status == "True" && c.observed_generation == generation);
-        let in_sync = ready_now
+        // What was applied for this generation is still what the plan says: nothing to
+        // read, check or write (status-only wake-ups, node reports).
+        let in_sync = prev.observed_generation == generation
             && prev.revision.as_deref() == Some(plan.revision.as_str())
             && cm_name
                 .as_deref()
@@ -98,7 +98,12 @@ async fn reconcile_inner(bundle: &RuleBundle, ctx: &Context) -> Result<Option<Pr
 
     let (next, problem) = match result {
         Ok((plan, cm_name)) => {
-            let next = status::applied(&prev, generation, &plan, cm_name, &now);
+            let rollout = bundle
+                .spec
+                .node_files
+                .as_ref()
+                .map(|t| ctx.rollout(t, &bundle.uid().unwrap_or_default(), &plan.revision));
+            let next = status::applied(&prev, generation, &plan, cm_name, rollout.as_ref(), &now);
             if prev.revision.as_deref() != Some(plan.revision.as_str()) {
                 let note = format!("applied revision {}", plan.revision);
                 ctx.publish(

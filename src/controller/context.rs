@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, ObjectReference, Secret};
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -16,7 +16,9 @@ use serde::de::DeserializeOwned;
 
 use super::Error;
 use crate::api::artifact_source::Artifact;
-use crate::api::{ArtifactSource, FIELD_MANAGER, RuleBundle};
+use crate::api::rule_bundle::NodeFilesTarget;
+use crate::api::{ArtifactSource, FIELD_MANAGER, NodeReport, RuleBundle};
+use crate::bundle::nodes::{self, Rollout};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -46,6 +48,9 @@ pub struct Context {
     pub bundles: reflector::Store<RuleBundle>,
     /// The ConfigMaps ocisync manages (metadata only, by label).
     pub config_maps: reflector::Store<PartialObjectMeta<ConfigMap>>,
+    /// Nodes by metadata, and the agents' reports (for `RuleBundle.status.nodes`).
+    pub nodes: reflector::Store<PartialObjectMeta<Node>>,
+    pub reports: reflector::Store<NodeReport>,
     /// Per bundle uid: the ConfigMap resourceVersion this controller last wrote, so an edit
     /// by anyone else is put back.
     pub written: Mutex<HashMap<String, String>>,
@@ -132,6 +137,46 @@ impl Context {
             .filter(|b| b.spec.sources.iter().any(|s| s.source_ref.name == name))
             .map(|b| ObjectRef::from_obj(b.as_ref()))
             .collect()
+    }
+
+    /// The bundles with a `nodeFiles` target (a Node's labels changed, or it came or went).
+    pub fn bundles_on_nodes(&self) -> Vec<ObjectRef<RuleBundle>> {
+        self.bundles
+            .state()
+            .iter()
+            .filter(|b| b.spec.node_files.is_some())
+            .map(|b| ObjectRef::from_obj(b.as_ref()))
+            .collect()
+    }
+
+    /// The bundles a node's report speaks of.
+    pub fn bundles_in_report(&self, report: &NodeReport) -> Vec<ObjectRef<RuleBundle>> {
+        report
+            .spec
+            .bundles
+            .iter()
+            .map(|b| ObjectRef::new(&b.name).within(&b.namespace))
+            .collect()
+    }
+
+    /// The rollout of `revision` of the bundle `uid` over the nodes `target` selects.
+    pub fn rollout(&self, target: &NodeFilesTarget, uid: &str, revision: &str) -> Rollout {
+        let nodes = self.nodes.state();
+        let reports: std::collections::BTreeMap<String, Arc<NodeReport>> = self
+            .reports
+            .state()
+            .into_iter()
+            .map(|r| (r.name_any(), r))
+            .collect();
+        let named: Vec<(String, &std::collections::BTreeMap<String, String>)> =
+            nodes.iter().map(|n| (n.name_any(), n.labels())).collect();
+        nodes::rollout(
+            target,
+            uid,
+            Some(revision),
+            named.iter().map(|(n, l)| (n.as_str(), *l)),
+            &reports,
+        )
     }
 
     /// Records an Event on an object; a failure to record is logged, never fatal.

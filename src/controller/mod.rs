@@ -17,15 +17,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
-use kube::{Api, Client};
+use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
+use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{ArtifactSource, RuleBundle};
+use crate::api::{ArtifactSource, NodeReport, RuleBundle};
 use crate::bundle::configmap::MANAGED_BY;
 use crate::metrics::Metrics;
 use crate::server::{self, ServerState};
@@ -137,6 +137,24 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
     .default_backoff()
     .reflect(cm_writer)
     .touched_objects();
+    // Nodes (labels only matter) and the agents' reports: they move `status.nodes`.
+    let (node_reader, node_writer) = reflector::store();
+    let node_events = watcher(
+        Api::<PartialObjectMeta<Node>>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .reflect(node_writer)
+    .touched_objects()
+    .predicate_filter(predicates::labels, Default::default());
+    let (report_reader, report_writer) = reflector::store();
+    let report_events = watcher(
+        Api::<NodeReport>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .reflect(report_writer)
+    .touched_objects();
     let reporter = Reporter {
         controller: "ocisync-controller".into(),
         instance: std::env::var("POD_NAME").ok(),
@@ -150,6 +168,8 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
         sources: source_reader,
         bundles: bundle_controller.store(),
         config_maps: cm_reader,
+        nodes: node_reader,
+        reports: report_reader,
         written: Default::default(),
         memory: Default::default(),
         artifacts: Default::default(),
@@ -165,15 +185,25 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
         );
     let mapper_ctx = ctx.clone();
     let bundle_mapper_ctx = ctx.clone();
+    let node_mapper_ctx = ctx.clone();
+    let report_mapper_ctx = ctx.clone();
     let gc_ctx = ctx.clone();
     let gc_stop = shutdown.clone();
+    // Every minute: reports of deleted nodes; every fifth minute: the store's garbage.
     let gc = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(300));
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
         tick.tick().await;
+        let mut n = 0u32;
         loop {
             tokio::select! {
                 _ = gc_stop.cancelled() => break,
-                _ = tick.tick() => collect_garbage(&gc_ctx).await,
+                _ = tick.tick() => {
+                    n = n.wrapping_add(1);
+                    prune_reports(&gc_ctx).await;
+                    if n % 5 == 0 {
+                        collect_garbage(&gc_ctx).await;
+                    }
+                }
             }
         }
     });
@@ -187,6 +217,10 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
         .owns_stream(cm_events)
         .watches_shared_stream(source_events_for_bundles, move |s| {
             bundle_mapper_ctx.bundles_using(&s)
+        })
+        .watches_stream(node_events, move |_| node_mapper_ctx.bundles_on_nodes())
+        .watches_stream(report_events, move |r| {
+            report_mapper_ctx.bundles_in_report(&r)
         })
         .shutdown_on_signal()
         .run(bundle::reconcile, error_policy, ctx)
@@ -238,6 +272,31 @@ pub async fn collect_garbage(ctx: &Context) {
         }
         Ok((Err(e), _)) => tracing::warn!(error = %e, "store garbage collection failed"),
         Err(e) => tracing::warn!(error = %e, "store garbage collection task failed"),
+    }
+}
+
+/// Deletes the NodeReports of Nodes that no longer exist (the garbage collector does it too,
+/// through their owner reference, where it runs).
+pub async fn prune_reports(ctx: &Context) {
+    let ready =
+        async { tokio::join!(ctx.nodes.wait_until_ready(), ctx.reports.wait_until_ready()) };
+    if tokio::time::timeout(Duration::from_secs(5), ready)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let api: Api<NodeReport> = Api::all(ctx.client.clone());
+    for report in ctx.reports.state() {
+        let name = report.name_any();
+        if ctx.nodes.get(&reflector::ObjectRef::new(&name)).is_none() {
+            match api.delete(&name, &Default::default()).await {
+                Ok(_) => tracing::info!(node = %name, "removed the report of a deleted node"),
+                Err(e) => {
+                    tracing::debug!(node = %name, error = %api_error_summary(&e), "report not removed")
+                }
+            }
+        }
     }
 }
 
