@@ -200,7 +200,7 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
                 _ = tick.tick() => {
                     n = n.wrapping_add(1);
                     prune_reports(&gc_ctx).await;
-                    if n % 5 == 0 {
+                    if n.is_multiple_of(5) {
                         collect_garbage(&gc_ctx).await;
                     }
                 }
