@@ -214,8 +214,7 @@ impl Harness {
         .unwrap_or_else(|e| panic!("apply {} {name}: {e}", K::kind(&())))
     }
 
-    /// Waits until `cond` holds for a namespaced object (`None`: absent), or fails with
-    /// what `describe` says of its last state.
+    /// Waits until `cond` holds for a namespaced object (`None`: absent).
     pub async fn wait_for<K>(
         &self,
         name: &str,
@@ -231,19 +230,44 @@ impl Harness {
             + Send
             + 'static,
     {
-        let api: Api<K> = Api::namespaced(self.client.clone(), &self.ns);
-        match tokio::time::timeout(DEADLINE, await_condition(api.clone(), name, cond)).await {
-            Ok(Ok(o)) => o,
-            _ => {
-                let last = api.get_opt(name).await.ok().flatten();
-                let last = last
-                    .map(|o| serde_json::to_string_pretty(&o).unwrap_or_default())
-                    .unwrap_or_else(|| "absent".into());
-                panic!(
-                    "{} {name}: not {what} within {DEADLINE:?}; last: {last}",
-                    K::kind(&())
-                );
-            }
+        wait_on(
+            Api::namespaced(self.client.clone(), &self.ns),
+            name,
+            what,
+            cond,
+        )
+        .await
+    }
+}
+
+/// Waits until `cond` holds for an object of `api` (`None`: absent), or fails with its last
+/// state.
+pub async fn wait_on<K>(
+    api: Api<K>,
+    name: &str,
+    what: &str,
+    cond: impl Fn(Option<&K>) -> bool + Send + 'static,
+) -> Option<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    match tokio::time::timeout(DEADLINE, await_condition(api.clone(), name, cond)).await {
+        Ok(Ok(o)) => o,
+        _ => {
+            let last = api.get_opt(name).await.ok().flatten();
+            let last = last
+                .map(|o| serde_json::to_string_pretty(&o).unwrap_or_default())
+                .unwrap_or_else(|| "absent".into());
+            panic!(
+                "{} {name}: not {what} within {DEADLINE:?}; last: {last}",
+                K::kind(&())
+            );
         }
     }
 }

@@ -1,0 +1,384 @@
+//! End-to-end: node agents as local processes, one per fake Node (a `Node` object with
+//! labels and a host-root directory of its own), against the real API server and a
+//! controller process. Waits are on status with a deadline; the file system is polled with
+//! a deadline where no status says more.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Which;
+use common::controller::{DEADLINE, Harness, harness, push_files, wait_on};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use ocisync::api::{ArtifactSource, NodeReport, RuleBundle};
+
+const RULES_DIR: &str = "etc/falco/rules.d";
+
+/// One fake node: its Node object and its agent process.
+struct Agent {
+    root: tempfile::TempDir,
+    child: Option<Child>,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(h: &Harness, node: &str, controller_url: &str) -> Agent {
+        let root = tempfile::tempdir().expect("host root");
+        std::fs::create_dir_all(root.path().join("etc/falco")).expect("allowed dir");
+        let args = vec![
+            "agent".to_string(),
+            format!("--node-name={node}"),
+            format!("--host-root={}", root.path().display()),
+            "--allowed-dir=/etc/falco".into(),
+            format!("--controller-url={controller_url}"),
+            "--resync=2s".into(),
+            format!("--kubeconfig={}", h.env.kubeconfig.display()),
+        ];
+        let log = std::env::temp_dir().join(format!("ocisync-agent-{node}.log"));
+        let mut a = Agent {
+            root,
+            child: None,
+            args,
+            log,
+        };
+        a.spawn();
+        a
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("agent log");
+        let child = common::ocisync()
+            .args(&self.args)
+            .env("RUST_LOG", "info,ocisync=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start agent");
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.root.path().join(RULES_DIR)
+    }
+
+    /// The visible files (following links) and their bytes; dangling links are absent.
+    fn files(&self) -> BTreeMap<String, Vec<u8>> {
+        visible_files(&self.dir())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn visible_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return BTreeMap::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_string();
+            if name.starts_with("..") {
+                return None;
+            }
+            Some((name, std::fs::read(e.path()).ok()?))
+        })
+        .collect()
+}
+
+async fn node(h: &Harness, name: &str, labels: serde_json::Value) {
+    let nodes: Api<Node> = Api::all(h.client.clone());
+    let body: Node = serde_json::from_value(
+        serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}}),
+    )
+    .expect("node");
+    nodes
+        .create(&PostParams::default(), &body)
+        .await
+        .expect("create node");
+}
+
+async fn relabel(h: &Harness, name: &str, labels: serde_json::Value) {
+    let nodes: Api<Node> = Api::all(h.client.clone());
+    let patch = serde_json::json!({"metadata": {"labels": labels}});
+    nodes
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("relabel");
+}
+
+async fn delete_nodes(h: &Harness, names: &[&str]) {
+    let nodes: Api<Node> = Api::all(h.client.clone());
+    for n in names {
+        let _ = nodes.delete(n, &DeleteParams::default()).await;
+    }
+}
+
+/// Polls `check` until it holds or the deadline passes, then fails with `what`.
+async fn eventually(what: &str, mut check: impl FnMut() -> Result<(), String>) {
+    let start = Instant::now();
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(e) if start.elapsed() > DEADLINE => panic!("{what}: not within {DEADLINE:?}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+fn nodes_of(b: &RuleBundle) -> Option<(i32, i32, i32)> {
+    let n = b.status.as_ref()?.nodes.as_ref()?;
+    Some((n.desired, n.updated, n.failed))
+}
+
+fn bundle_ready(b: &RuleBundle) -> bool {
+    b.status.as_ref().is_some_and(|s| {
+        s.observed_generation == b.metadata.generation
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+}
+
+fn revision_of(b: &RuleBundle) -> Option<String> {
+    b.status.as_ref()?.revision.clone()
+}
+
+async fn source(h: &Harness, name: &str, repo: &impl std::fmt::Display) {
+    h.create(name, serde_json::json!({"url": format!("oci://{repo}"), "ref": {"tag": "1"}, "interval": "10s", "insecure": true}))
+        .await;
+    h.wait_for::<ArtifactSource>(name, "Ready", |s| {
+        s.and_then(|s| s.status.as_ref()).is_some_and(|st| {
+            st.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+    })
+    .await;
+}
+
+fn report_entry(r: Option<&NodeReport>, bundle: &str) -> Option<(String, Option<String>)> {
+    let e = r?.spec.bundles.iter().find(|b| b.name == bundle)?;
+    Some((e.reason.clone(), e.revision.clone()))
+}
+
+#[tokio::test]
+async fn files_follow_selectors_revisions_and_deletion_on_exactly_the_selected_nodes() {
+    let Some(h) = harness().await else { return };
+    let work = tempfile::tempdir().expect("tempdir");
+    let run = common::unique();
+    let names: Vec<String> = (1..=3).map(|i| format!("e2e-node-{run}-{i}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        let role = if i < 2 { "worker" } else { "infra" };
+        node(&h, n, serde_json::json!({"e2e-run": run, "role": role})).await;
+    }
+    let mut agents: Vec<Agent> = names
+        .iter()
+        .map(|n| Agent::start(&h, n, &h.base_url))
+        .collect();
+
+    let repo = h.env.repo(Which::Plain, "agent-rules");
+    let a1 = format!("- rule: a {run}\r\n  ünï: x\n");
+    let b1 = "- macro: b\n".to_string();
+    push_files(
+        &h.env,
+        Which::Plain,
+        work.path(),
+        &format!("{repo}:1"),
+        "falco-rules",
+        &[("a.yaml", a1.as_bytes()), ("b.yaml", b1.as_bytes())],
+        &[],
+    );
+    source(&h, "rules", &repo).await;
+    let selector = serde_json::json!({"matchLabels": {"e2e-run": run, "role": "worker"}});
+    h.apply::<RuleBundle>(
+        "falco",
+        serde_json::json!({"spec": {
+            "sources": [{"sourceRef": {"name": "rules"}}],
+            "nodeFiles": {"directory": "/etc/falco/rules.d", "nodeSelector": selector},
+        }}),
+    )
+    .await;
+    let b = h
+        .wait_for::<RuleBundle>("falco", "Ready on 2 of 2 nodes", |b| {
+            b.is_some_and(|b| bundle_ready(b) && nodes_of(b) == Some((2, 2, 0)))
+        })
+        .await
+        .expect("bundle");
+    let r1 = revision_of(&b).expect("revision");
+    let want: BTreeMap<String, Vec<u8>> = [
+        ("a.yaml".to_string(), a1.clone().into_bytes()),
+        ("b.yaml".to_string(), b1.clone().into_bytes()),
+    ]
+    .into();
+    assert_eq!(agents[0].files(), want, "byte for byte on node 1");
+    assert_eq!(agents[1].files(), want, "byte for byte on node 2");
+    assert!(
+        agents[2].files().is_empty(),
+        "nothing on the unselected node"
+    );
+
+    // relabel: node 2 leaves the selector, node 3 joins; the files follow
+    relabel(&h, &names[1], serde_json::json!({"role": "infra"})).await;
+    relabel(&h, &names[2], serde_json::json!({"role": "worker"})).await;
+    let reports: Api<NodeReport> = Api::all(h.client.clone());
+    wait_on(reports.clone(), &names[1], "without the bundle", |r| {
+        report_entry(r, "falco").is_none()
+    })
+    .await;
+    assert!(
+        agents[1].files().is_empty(),
+        "removed from the node that left"
+    );
+    let rr = r1.clone();
+    wait_on(reports.clone(), &names[2], "applied", move |r| {
+        report_entry(r, "falco") == Some(("Applied".into(), Some(rr.clone())))
+    })
+    .await;
+    assert_eq!(agents[2].files(), want);
+    h.wait_for::<RuleBundle>("falco", "Ready on 2 of 2 nodes after relabelling", |b| {
+        b.is_some_and(|b| bundle_ready(b) && nodes_of(b) == Some((2, 2, 0)))
+    })
+    .await;
+
+    // a new revision: a.yaml changes, b.yaml leaves, c.yaml arrives
+    let a2 = format!("- rule: a2 {run}\n");
+    push_files(
+        &h.env,
+        Which::Plain,
+        work.path(),
+        &format!("{repo}:1"),
+        "falco-rules",
+        &[
+            ("a.yaml", a2.as_bytes()),
+            ("c.yaml", b"- list: c\n  items: []\n"),
+        ],
+        &[],
+    );
+    let b = h
+        .wait_for::<RuleBundle>("falco", "at the new revision on 2 nodes", move |b| {
+            b.is_some_and(|b| {
+                revision_of(b).as_ref() != Some(&r1)
+                    && bundle_ready(b)
+                    && nodes_of(b) == Some((2, 2, 0))
+            })
+        })
+        .await
+        .expect("bundle");
+    let r2 = revision_of(&b).expect("revision");
+    let want2: BTreeMap<String, Vec<u8>> = [
+        ("a.yaml".to_string(), a2.clone().into_bytes()),
+        ("c.yaml".to_string(), b"- list: c\n  items: []\n".to_vec()),
+    ]
+    .into();
+    assert_eq!(agents[0].files(), want2, "b.yaml gone, c.yaml there");
+    assert_eq!(agents[2].files(), want2);
+
+    // drift: a deleted file and an edited file are put back at the next resync
+    let dir = agents[0].dir();
+    std::fs::remove_file(dir.join("a.yaml")).expect("delete");
+    std::fs::write(dir.join("c.yaml"), b"tampered").expect("edit");
+    std::fs::write(dir.join("local.yaml"), b"the admin's own").expect("foreign file");
+    let mut want_local = want2.clone();
+    want_local.insert("local.yaml".into(), b"the admin's own".to_vec());
+    eventually("drift repaired", || {
+        let now = agents[0].files();
+        (now == want_local)
+            .then_some(())
+            .ok_or(format!("{:?}", now.keys()))
+    })
+    .await;
+
+    // a directory outside the allow-list is refused on every selected node
+    h.apply::<RuleBundle>(
+        "passwd",
+        serde_json::json!({"spec": {
+            "sources": [{"sourceRef": {"name": "rules"}}],
+            "nodeFiles": {"directory": "/etc", "nodeSelector": selector},
+        }}),
+    )
+    .await;
+    let b = h
+        .wait_for::<RuleBundle>("passwd", "NodeFailed", |b| {
+            b.is_some_and(|b| nodes_of(b) == Some((2, 0, 2)))
+        })
+        .await
+        .expect("bundle");
+    let ready = b
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .expect("Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "NodeFailed")
+    );
+    assert!(
+        ready.message.contains("DirectoryNotAllowed"),
+        "{}",
+        ready.message
+    );
+    for a in &agents {
+        assert!(
+            !a.root.path().join("etc/a.yaml").exists(),
+            "nothing written outside"
+        );
+    }
+
+    // deleting the bundle removes the files it wrote, and only those
+    let bundles: Api<RuleBundle> = Api::namespaced(h.client.clone(), &h.ns);
+    bundles
+        .delete("falco", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_on(reports.clone(), &names[0], "without the bundle", |r| {
+        report_entry(r, "falco").is_none()
+    })
+    .await;
+    assert_eq!(
+        agents[0].files().into_keys().collect::<Vec<_>>(),
+        ["local.yaml"],
+        "only the bundle's files removed"
+    );
+    let leftovers: Vec<String> = std::fs::read_dir(agents[0].dir())
+        .expect("dir")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| n.starts_with("..ocisync"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let _ = r2;
+
+    // a deleted Node's report goes with it
+    agents[2].kill();
+    delete_nodes(&h, &[names[2].as_str()]).await;
+    wait_on(reports.clone(), &names[2], "removed with its Node", |r| {
+        r.is_none()
+    })
+    .await;
+
+    for a in &mut agents {
+        a.kill();
+    }
+    delete_nodes(&h, &names.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    h.cleanup().await;
+}
