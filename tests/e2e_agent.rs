@@ -382,3 +382,187 @@ async fn files_follow_selectors_revisions_and_deletion_on_exactly_the_selected_n
     delete_nodes(&h, &names.iter().map(String::as_str).collect::<Vec<_>>()).await;
     h.cleanup().await;
 }
+
+/// Pseudo-random numbers for kill timing, seeded from the clock (no dependency needed).
+struct Jitter(u64);
+
+impl Jitter {
+    fn new() -> Self {
+        Jitter(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(7)
+                | 1,
+        )
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// The file sets the updates cycle through; consecutive ones differ.
+const SETS: [[usize; 4]; 4] = [[0, 1, 2, 3], [4, 5, 6, 7], [0, 2, 4, 6], [1, 3, 5, 7]];
+
+fn content_of(i: usize) -> Vec<u8> {
+    let mut v = format!("- list: f{i}\n  items: [").into_bytes();
+    v.extend(std::iter::repeat_n(b'x', 256 * 1024));
+    v.extend_from_slice(b"]\n# END\n");
+    v
+}
+
+/// What a reader sees through the data link at one instant: `None` when a swap removed
+/// the directory mid-read (the observation is retried), else the file names and whether
+/// every file was complete.
+fn observe(dir: &Path, link: &str) -> Option<Result<Vec<usize>, String>> {
+    let target = std::fs::read_link(dir.join(link)).ok()?;
+    let data = dir.join(target);
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(&data).ok()?.flatten() {
+        let name = e.file_name().to_str()?.to_string();
+        if name.starts_with("..") {
+            continue;
+        }
+        let bytes = std::fs::read(e.path()).ok()?;
+        let Some(i) = name
+            .strip_prefix('f')
+            .and_then(|n| n.strip_suffix(".yaml"))
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            return Some(Err(format!("unexpected file {name}")));
+        };
+        if bytes != content_of(i) {
+            return Some(Err(format!(
+                "{name} is incomplete or wrong ({} bytes)",
+                bytes.len()
+            )));
+        }
+        names.push(i);
+    }
+    names.sort();
+    Some(Ok(names))
+}
+
+#[tokio::test]
+async fn sigkill_during_200_rapid_updates_never_shows_a_mixed_or_partial_revision() {
+    let Some(h) = harness().await else { return };
+    let work = tempfile::tempdir().expect("tempdir");
+    let run = common::unique();
+    let name = format!("e2e-node-{run}-k");
+    node(&h, &name, serde_json::json!({"e2e-run": run})).await;
+    let mut agent = Agent::start(&h, &name, &h.base_url);
+    let repo = h.env.repo(Which::Plain, "agent-kill");
+    let contents: Vec<(String, Vec<u8>)> = (0..8)
+        .map(|i| (format!("f{i}.yaml"), content_of(i)))
+        .collect();
+    let files: Vec<(&str, &[u8])> = contents
+        .iter()
+        .map(|(n, c)| (n.as_str(), c.as_slice()))
+        .collect();
+    push_files(
+        &h.env,
+        Which::Plain,
+        work.path(),
+        &format!("{repo}:1"),
+        "falco-rules",
+        &files,
+        &[],
+    );
+    source(&h, "rules", &repo).await;
+    let spec = |set: usize| {
+        let include: Vec<String> = SETS[set].iter().map(|i| format!("f{i}.yaml")).collect();
+        serde_json::json!({"spec": {
+            "sources": [{"sourceRef": {"name": "rules"}, "include": include}],
+            "nodeFiles": {"directory": "/etc/falco/rules.d", "nodeSelector": {"matchLabels": {"e2e-run": run}}},
+        }})
+    };
+    h.apply::<RuleBundle>("kill", spec(0)).await;
+    h.wait_for::<RuleBundle>("kill", "Ready on its node", |b| {
+        b.is_some_and(|b| bundle_ready(b) && nodes_of(b) == Some((1, 1, 0)))
+    })
+    .await;
+
+    // a reader checks every state it can see until told to stop
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (dir, link, stop_r) = (
+        agent.dir(),
+        format!("..ocisync.{}.kill", h.ns),
+        stop.clone(),
+    );
+    let reader = std::thread::spawn(move || {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut observations = 0u64;
+        while !stop_r.load(std::sync::atomic::Ordering::Relaxed) {
+            match observe(&dir, &link) {
+                None => continue,
+                Some(Err(e)) => return Err(e),
+                Some(Ok(names)) => {
+                    if !SETS.iter().any(|s| s.as_slice() == names.as_slice()) {
+                        return Err(format!("a mixed state: files {names:?}"));
+                    }
+                    observations += 1;
+                    seen.insert(names);
+                }
+            }
+        }
+        Ok((observations, seen.len()))
+    });
+
+    let mut jitter = Jitter::new();
+    let mut kills = 0;
+    for i in 1..=200usize {
+        h.apply::<RuleBundle>("kill", spec(i % SETS.len())).await;
+        // pace the updates so revisions land between kills, and kill at random instants
+        tokio::time::sleep(Duration::from_millis(jitter.below(40))).await;
+        if jitter.below(6) == 0 {
+            agent.kill();
+            kills += 1;
+            agent.spawn();
+        }
+    }
+    // the final state: converged, exactly the last set, no leftovers
+    let last = SETS[200 % SETS.len()];
+    let b = h
+        .wait_for::<RuleBundle>("kill", "converged after the updates", |b| {
+            b.is_some_and(|b| bundle_ready(b) && nodes_of(b) == Some((1, 1, 0)))
+        })
+        .await
+        .expect("bundle");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (observations, distinct) = reader
+        .join()
+        .expect("reader")
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "200 updates, {kills} SIGKILLs, {observations} reader observations of {distinct} distinct revisions, all complete"
+    );
+    assert!(
+        kills > 10 && observations > 100,
+        "kills {kills}, observations {observations}"
+    );
+    let want: Vec<String> = last.iter().map(|i| format!("f{i}.yaml")).collect();
+    assert_eq!(agent.files().into_keys().collect::<Vec<_>>(), want);
+    let reports: Api<NodeReport> = Api::all(h.client.clone());
+    let r = reports.get(&name).await.expect("report");
+    assert_eq!(
+        report_entry(Some(&r), "kill").and_then(|e| e.1),
+        revision_of(&b)
+    );
+    let data_dirs = std::fs::read_dir(agent.dir())
+        .expect("dir")
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with("..ocisync"))
+        })
+        .count();
+    assert_eq!(data_dirs, 2, "one data link and one data directory left");
+    agent.kill();
+    delete_nodes(&h, &[name.as_str()]).await;
+    h.cleanup().await;
+}
