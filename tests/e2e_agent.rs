@@ -566,3 +566,162 @@ async fn sigkill_during_200_rapid_updates_never_shows_a_mixed_or_partial_revisio
     delete_nodes(&h, &[name.as_str()]).await;
     h.cleanup().await;
 }
+
+/// An artifact server that answers every request with the wrong bytes.
+async fn lying_server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let _ = conn
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nlies!\n",
+                    )
+                    .await;
+            });
+        }
+    });
+    url
+}
+
+/// A small tmpfs over `dir` (needs root); `None` where mounting is not possible here.
+fn small_disk(dir: &Path) -> Option<()> {
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(dir)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some(())
+}
+
+fn unmount(dir: &Path) {
+    let _ = std::process::Command::new("umount").arg(dir).status();
+}
+
+#[tokio::test]
+async fn bad_servers_and_full_disks_are_reported_and_the_last_good_files_stay() {
+    let Some(h) = harness().await else { return };
+    let work = tempfile::tempdir().expect("tempdir");
+    let run = common::unique();
+    let names: Vec<String> = ["unreachable", "liar", "full"]
+        .iter()
+        .map(|k| format!("e2e-node-{run}-{k}"))
+        .collect();
+    for n in &names {
+        node(&h, n, serde_json::json!({"e2e-run": run})).await;
+    }
+    let mut unreachable = Agent::start(&h, &names[0], "http://127.0.0.1:1");
+    let mut liar = Agent::start(&h, &names[1], &h.base_url);
+    let mut full = Agent::start(&h, &names[2], &h.base_url);
+    full.kill();
+    let allowed = full.root.path().join("etc/falco");
+    let mounted = small_disk(&allowed).is_some();
+    if !mounted {
+        eprintln!("skipped the full-disk case: cannot mount a tmpfs here (not root)");
+    }
+    full.spawn();
+
+    let repo = h.env.repo(Which::Plain, "agent-bad");
+    let small = format!("- rule: small {run}\n");
+    push_files(
+        &h.env,
+        Which::Plain,
+        work.path(),
+        &format!("{repo}:1"),
+        "falco-rules",
+        &[("a.yaml", small.as_bytes())],
+        &[],
+    );
+    source(&h, "rules", &repo).await;
+    h.apply::<RuleBundle>("bad", serde_json::json!({"spec": {
+        "sources": [{"sourceRef": {"name": "rules"}}],
+        "nodeFiles": {"directory": "/etc/falco/rules.d", "nodeSelector": {"matchLabels": {"e2e-run": run}}},
+    }}))
+    .await;
+    let b = h
+        .wait_for::<RuleBundle>("bad", "on 2 of 3 nodes, 1 failed", |b| {
+            b.is_some_and(|b| nodes_of(b) == Some((3, 2, 1)))
+        })
+        .await
+        .expect("bundle");
+    let r1 = revision_of(&b);
+    let reports: Api<NodeReport> = Api::all(h.client.clone());
+    let r = reports.get(&names[0]).await.expect("report");
+    let e = &r.spec.bundles[0];
+    assert_eq!(e.reason, "FetchFailed", "{e:?}");
+    assert!(e.message.contains("127.0.0.1:1"), "{}", e.message);
+    let want: BTreeMap<String, Vec<u8>> =
+        [("a.yaml".to_string(), small.clone().into_bytes())].into();
+    assert_eq!(liar.files(), want);
+    assert_eq!(full.files(), want);
+
+    // the liar's agent now fetches from a server that sends wrong bytes; the full node's
+    // disk cannot take the next revision
+    liar.kill();
+    let lies = lying_server().await;
+    liar.args.retain(|a| !a.starts_with("--controller-url"));
+    liar.args.push(format!("--controller-url={lies}"));
+    liar.spawn();
+    let big = format!("- list: big\n  items: [{}]\n", "y,".repeat(300_000));
+    push_files(
+        &h.env,
+        Which::Plain,
+        work.path(),
+        &format!("{repo}:1"),
+        "falco-rules",
+        &[("a.yaml", big.as_bytes())],
+        &[],
+    );
+    h.request_check("rules", "bad-1").await;
+    let expected_failed = if mounted { 3 } else { 2 };
+    h.wait_for::<RuleBundle>("bad", "failing on the bad nodes", move |b| {
+        b.is_some_and(|b| revision_of(b) != r1 && nodes_of(b).map(|n| n.2) == Some(expected_failed))
+    })
+    .await;
+    let r1c = revision_of(&b);
+    let r = wait_on(reports.clone(), &names[1], "DigestMismatch", |r| {
+        report_entry(r, "bad").is_some_and(|e| e.0 == "DigestMismatch")
+    })
+    .await
+    .expect("report");
+    assert_eq!(
+        report_entry(Some(&r), "bad").and_then(|e| e.1),
+        r1c,
+        "still reports the revision on disk"
+    );
+    assert_eq!(
+        liar.files(),
+        want,
+        "last good files kept after a lying server"
+    );
+    if mounted {
+        let r = wait_on(reports.clone(), &names[2], "WriteFailed", |r| {
+            report_entry(r, "bad").is_some_and(|e| e.0 == "WriteFailed")
+        })
+        .await
+        .expect("report");
+        let msg = &r.spec.bundles[0].message;
+        assert!(msg.contains("No space left"), "{msg}");
+        assert_eq!(full.files(), want, "last good files kept on a full disk");
+    }
+    for a in [&mut unreachable, &mut liar, &mut full] {
+        let alive = a
+            .child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none());
+        assert!(alive, "the agent keeps running");
+        a.kill();
+    }
+    if mounted {
+        unmount(&allowed);
+    }
+    delete_nodes(&h, &names.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    h.cleanup().await;
+}

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
 
@@ -27,7 +28,25 @@ pub struct Env<'a> {
 #[derive(Default)]
 pub struct Memory {
     pub applied: HashMap<String, (String, PathBuf)>,
+    /// Per bundle uid, the last failure for a revision and directory: not retried before
+    /// its time, however often other changes wake the agent.
+    pub failed: HashMap<String, Failure>,
 }
+
+/// A failed apply, remembered for backoff.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    key: (String, PathBuf),
+    reason: &'static str,
+    message: String,
+    attempts: u32,
+    retry_at: Instant,
+}
+
+/// The first retry of a failed bundle comes after this; each further failure doubles it,
+/// up to five minutes.
+const RETRY: Duration = Duration::from_secs(5);
+const MAX_RETRY: Duration = Duration::from_secs(300);
 
 /// Runs one pass. With `full`, every applied bundle is re-verified on disk (drift repair).
 pub async fn pass(
@@ -87,7 +106,6 @@ pub async fn pass(
                 {
                     Ok(()) => report(reason::APPLIED, String::new(), Some(revision)),
                     Err((r, message)) => {
-                        tracing::warn!(bundle = %record.id(), reason = r, detail = %message, "bundle not applied on this node");
                         let now = target_of(env, &record).current_revision().or(current);
                         report(r, message, now)
                     }
@@ -105,6 +123,7 @@ pub async fn pass(
             Ok(()) => {
                 tracing::info!(bundle = %record.id(), directory = %record.directory.display(), "files removed");
                 memory.applied.remove(&uid);
+                memory.failed.remove(&uid);
                 if let Err(e) = records::delete(env.state_dir, &uid) {
                     tracing::warn!(error = %e, "cannot delete the agent record");
                 }
@@ -139,6 +158,54 @@ async fn apply(
     if !full && memory.applied.get(&record.uid) == Some(&key) {
         return Ok(());
     }
+    if let Some(f) = memory.failed.get(&record.uid)
+        && f.key == key
+        && Instant::now() < f.retry_at
+    {
+        return Err((f.reason, f.message.clone()));
+    }
+    let result = write(env, record, previous, allowed, revision, files).await;
+    match &result {
+        Ok(()) => {
+            memory.failed.remove(&record.uid);
+            memory.applied.insert(record.uid.clone(), key);
+        }
+        Err((reason, message)) => {
+            let attempts = match memory.failed.get(&record.uid) {
+                Some(f) if f.key == key => f.attempts.saturating_add(1),
+                _ => 1,
+            };
+            let delay = RETRY
+                .saturating_mul(2u32.saturating_pow(attempts.saturating_sub(1).min(10)))
+                .min(MAX_RETRY);
+            if attempts == 1 {
+                tracing::warn!(bundle = %record.id(), reason = *reason, detail = %message, "bundle not applied on this node");
+            }
+            memory.applied.remove(&record.uid);
+            memory.failed.insert(
+                record.uid.clone(),
+                Failure {
+                    key,
+                    reason,
+                    message: message.clone(),
+                    attempts,
+                    retry_at: Instant::now() + delay,
+                },
+            );
+        }
+    }
+    result
+}
+
+/// Verifies the bundle's directory and, when it differs, writes the revision.
+async fn write(
+    env: &Env<'_>,
+    record: &Record,
+    previous: Option<&Record>,
+    allowed: &std::path::Path,
+    revision: &str,
+    files: &[WantedFile],
+) -> Result<(), (&'static str, String)> {
     if !desired::stays_inside(env.host_root, &record.directory, allowed) {
         return Err((
             reason::INVALID_PATH,
@@ -175,6 +242,5 @@ async fn apply(
     {
         tracing::warn!(bundle = %old.id(), error = %e, "cannot remove files from the old directory");
     }
-    memory.applied.insert(record.uid.clone(), key);
     Ok(())
 }
