@@ -31,17 +31,24 @@ fn committed_crds_match_the_rust_types() {
 }
 
 #[test]
-fn crds_are_v1_namespaced_with_status_and_descriptions() {
+fn crds_are_v1_with_scope_status_and_descriptions() {
     for crd in ocisync::api::crds() {
         assert_eq!(crd.spec.group, "ocisync.dev");
-        assert_eq!(crd.spec.scope, "Namespaced");
+        // a NodeReport belongs to a Node, the rest to a namespace; only the agent writes
+        // a NodeReport, so it has no status of its own
+        let per_node = crd.spec.names.kind == "NodeReport";
+        assert_eq!(
+            crd.spec.scope,
+            if per_node { "Cluster" } else { "Namespaced" }
+        );
         let v = &crd.spec.versions[0];
         assert_eq!(v.name, "v1alpha1");
-        assert!(
+        assert_eq!(
             v.subresources
                 .as_ref()
                 .and_then(|s| s.status.as_ref())
-                .is_some()
+                .is_some(),
+            !per_node
         );
         assert!(
             v.additional_printer_columns

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
     group = "ocisync.dev",
     version = "v1alpha1",
     kind = "NodeReport",
+    shortname = "nrep",
     category = "ocisync",
     printcolumn = r#"{"name":"Bundles","type":"integer","jsonPath":".spec.applied"}"#,
     printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".spec.failed"}"#,
