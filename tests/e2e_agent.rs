@@ -37,6 +37,7 @@ impl Agent {
             "--allowed-dir=/etc/falco".into(),
             format!("--controller-url={controller_url}"),
             "--resync=2s".into(),
+            "--listen=127.0.0.1:0".into(),
             format!("--kubeconfig={}", h.env.kubeconfig.display()),
         ];
         let log = std::env::temp_dir().join(format!("ocisync-agent-{node}.log"));

@@ -42,7 +42,7 @@ mkdir -p "$work/host/etc/falco"
 ctl=$!
 start=$(date +%s.%N)
 "$BIN" agent --node-name "$node" --host-root "$work/host" --allowed-dir /etc/falco \
-	--controller-url "http://127.0.0.1:$port" --resync 5m 2>"$work/agent.log" &
+	--controller-url "http://127.0.0.1:$port" --resync 5m --listen 127.0.0.1:0 2>"$work/agent.log" &
 agent=$!
 python3 - "$ns" "$BUNDLES" <<'PY'
 import json, subprocess, sys, time

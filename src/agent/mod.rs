@@ -12,6 +12,7 @@ pub mod sync;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -21,8 +22,11 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::{NodeReport, RuleBundle};
+use crate::metrics::Metrics;
+use crate::server::ServerState;
 use desired::AllowList;
 
 /// How the agent runs.
@@ -40,6 +44,8 @@ pub struct Options {
     pub resync: Duration,
     /// Read timeout for fetches.
     pub timeout: Duration,
+    /// Address of `/healthz`, `/readyz` (ready after the first pass) and `/metrics`.
+    pub listen: std::net::SocketAddr,
 }
 
 /// After a failed pass, the next one comes this soon (doubling up to `resync`).
@@ -47,6 +53,22 @@ const RETRY: Duration = Duration::from_secs(5);
 
 /// Runs until SIGTERM/SIGINT.
 pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let metrics = Arc::new(Metrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let stop_server = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", options.listen))?;
+    let server = tokio::spawn(crate::server::serve(
+        listener,
+        Arc::new(ServerState {
+            store: None,
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        }),
+        stop_server.clone(),
+    ));
     let wake = Arc::new(Notify::new());
     let (bundles, bundle_writer) = reflector::store::<RuleBundle>();
     let bundle_wake = wake.clone();
@@ -103,7 +125,7 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
     tracing::info!(node = %options.node_name, host_root = %options.host_root.display(), controller = %options.controller_url, "agent started");
     // Nothing is removed before both caches hold the full picture.
     tokio::select! {
-        _ = &mut shutdown => { watches.abort(); return Ok(()); }
+        _ = &mut shutdown => { watches.abort(); stop_server.cancel(); return Ok(()); }
         _ = async { let _ = tokio::join!(bundles.wait_until_ready(), nodes.wait_until_ready()); } => {}
     }
     let mut next_full = tokio::time::Instant::now();
@@ -120,10 +142,17 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
                 true
             }
             Some(node) => {
+                let started = std::time::Instant::now();
                 let outcome =
                     sync::pass(&env, &mut memory, &bundles.state(), node.labels(), full).await;
                 let spec = report::spec(outcome);
                 let failed = spec.failed > 0;
+                metrics.reconcile(
+                    "NodeFiles",
+                    if failed { "failure" } else { "success" },
+                    started.elapsed().as_secs_f64(),
+                );
+                ready.store(true, Ordering::Relaxed);
                 if full || last_report.as_ref() != Some(&spec) {
                     let uid = node.uid().unwrap_or_default();
                     match report::write(&reports, &options.node_name, &uid, &spec).await {
@@ -149,6 +178,8 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     watches.abort();
+    stop_server.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     Ok(())
 }
 

@@ -85,6 +85,9 @@ pub struct AgentArgs {
     /// Where the agent remembers what it wrote; default: <host-root>/var/lib/ocisync/agent.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9091")]
+    pub listen: std::net::SocketAddr,
     /// How often every applied bundle is re-checked on disk, as a Go duration.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub resync: std::time::Duration,
@@ -174,6 +177,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
             state_dir,
             resync: args.resync,
             timeout: std::time::Duration::from_secs(60),
+            listen: args.listen,
         },
     )
     .await?;

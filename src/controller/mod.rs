@@ -76,7 +76,7 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
     let server = tokio::spawn(server::serve(
         listener,
         Arc::new(ServerState {
-            store: store.clone(),
+            store: Some(store.clone()),
             metrics: metrics.clone(),
             ready: ready.clone(),
         }),

@@ -54,7 +54,8 @@ const X_CONTENT_DIGEST: &str = "x-content-digest";
 /// What the server needs; shared by every connection.
 #[derive(Debug)]
 pub struct ServerState {
-    pub store: Arc<Store>,
+    /// The content store; `None` on the agent, which serves only metrics and health.
+    pub store: Option<Arc<Store>>,
     pub metrics: Arc<Metrics>,
     /// `/readyz` answers 200 once this is true.
     pub ready: Arc<AtomicBool>,
@@ -240,7 +241,7 @@ async fn handle(state: &Arc<ServerState>, request: Request<Incoming>) -> Respons
 /// `GET /blobs/sha256/<hex>`: the file, streamed.
 async fn blob(state: &ServerState, hex: &str, request: &HeaderMap) -> Response<Body> {
     let digest = format!("sha256:{hex}");
-    let Some(path) = state.store.blob_location(&digest) else {
+    let Some(path) = state.store.as_ref().and_then(|s| s.blob_location(&digest)) else {
         return not_found();
     };
     let file = match tokio::fs::File::open(&path).await {
@@ -275,7 +276,9 @@ async fn blob(state: &ServerState, hex: &str, request: &HeaderMap) -> Response<B
 async fn revision(state: &ServerState, hex: &str, request: &HeaderMap) -> Response<Body> {
     let digest = format!("sha256:{hex}");
     let etag = format!("\"{digest}\"");
-    let store = state.store.clone();
+    let Some(store) = state.store.clone() else {
+        return not_found();
+    };
     let lookup = digest.clone();
     let index = match tokio::task::spawn_blocking(move || store.index(&lookup)).await {
         Ok(Some(index)) => index,

@@ -60,7 +60,7 @@ async fn start() -> TestServer {
     store.commit(&manifest, staging.path(), &files).unwrap();
 
     let state = Arc::new(ServerState {
-        store: Arc::new(store),
+        store: Some(Arc::new(store)),
         metrics: Arc::new(Metrics::new()),
         ready: Arc::new(AtomicBool::new(false)),
     });
@@ -203,7 +203,14 @@ async fn revision_index_is_json() {
         Some(format!("\"{}\"", server.manifest).as_str())
     );
     let index: crate::store::RevisionIndex = serde_json::from_slice(&reply.body).unwrap();
-    assert_eq!(Some(index), server.state.store.index(&server.manifest));
+    assert_eq!(
+        Some(index),
+        server
+            .state
+            .store
+            .as_ref()
+            .and_then(|s| s.index(&server.manifest))
+    );
     let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
     assert_eq!(json["files"][0]["path"], "big.bin");
     assert_eq!(json["files"][1]["size"], 10);
