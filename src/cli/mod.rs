@@ -63,6 +63,10 @@ pub struct ControllerArgs {
     /// How many sources are reconciled at once.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
+    /// Watch Secrets so a changed pull secret or CA re-checks its sources at once; needs
+    /// list and watch on Secrets. Without it, Secrets are read (get) at each check.
+    #[arg(long)]
+    pub watch_secrets: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -146,6 +150,7 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             base_url,
             namespace: args.namespace,
             concurrency: args.concurrency,
+            watch_secrets: args.watch_secrets,
         },
     )
     .await?;

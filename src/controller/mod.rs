@@ -51,6 +51,8 @@ pub struct Options {
     /// Watch only this namespace (default: all).
     pub namespace: Option<String>,
     pub concurrency: u16,
+    /// Watch Secrets (needs list/watch on Secrets) so a changed Secret re-checks at once.
+    pub watch_secrets: bool,
 }
 
 /// Runs until SIGTERM/SIGINT: the artifact server and the ArtifactSource controller.
@@ -175,15 +177,21 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
         artifacts: Default::default(),
         pull_locks: Default::default(),
     });
-    // Secrets by metadata only: a change re-reconciles the sources that use the Secret,
-    // and the controller never holds every Secret's data in memory.
-    let secret_changes = watcher(secrets, watcher::Config::default().any_semantic())
-        .touched_objects()
-        .predicate_filter(
-            kube::runtime::predicates::resource_version,
-            Default::default(),
-        );
-    let mapper_ctx = ctx.clone();
+    // With --watch-secrets, Secrets by metadata only: a change re-reconciles the sources
+    // that use the Secret. Without it (the chart's default) the controller needs only `get`
+    // on Secrets, reads the ones sources name at each check, and cannot list any.
+    let source_controller = if options.watch_secrets {
+        let secret_changes = watcher(secrets, watcher::Config::default().any_semantic())
+            .touched_objects()
+            .predicate_filter(
+                kube::runtime::predicates::resource_version,
+                Default::default(),
+            );
+        let mapper_ctx = ctx.clone();
+        source_controller.watches_stream(secret_changes, move |s| mapper_ctx.sources_using(&s))
+    } else {
+        source_controller
+    };
     let bundle_mapper_ctx = ctx.clone();
     let node_mapper_ctx = ctx.clone();
     let report_mapper_ctx = ctx.clone();
@@ -209,7 +217,6 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
     });
     ready.store(true, Ordering::Relaxed);
     let sources_done = source_controller
-        .watches_stream(secret_changes, move |s| mapper_ctx.sources_using(&s))
         .shutdown_on_signal()
         .run(source::reconcile, error_policy, ctx.clone())
         .for_each(|r| log_error("ArtifactSource", r));

@@ -94,7 +94,12 @@ pub async fn harness() -> Option<Harness> {
             "--listen",
             &format!("127.0.0.1:{port}"),
         ])
-        .args(["--artifact-base-url", &base_url, "--store-dir"])
+        .args([
+            "--watch-secrets",
+            "--artifact-base-url",
+            &base_url,
+            "--store-dir",
+        ])
         .arg(store.path())
         .arg("--kubeconfig")
         .arg(&env.kubeconfig)
