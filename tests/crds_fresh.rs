@@ -1,10 +1,20 @@
-//! `crds/` must hold exactly what `ocisync crd` generates from the Rust types.
+//! `crds/` and the chart's `crds/` must hold exactly what `ocisync crd` generates from the
+//! Rust types.
 
 use std::path::Path;
 
 #[test]
 fn committed_crds_match_the_rust_types() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    check_dir("crds");
+}
+
+#[test]
+fn the_charts_crds_are_the_same() {
+    check_dir("charts/ocisync/crds");
+}
+
+fn check_dir(rel: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
     let mut expected_files = Vec::new();
     for crd in ocisync::api::crds() {
         let name = ocisync::api::crd_file_name(&crd);
@@ -12,12 +22,12 @@ fn committed_crds_match_the_rust_types() {
         let have = std::fs::read_to_string(dir.join(&name)).unwrap_or_default();
         assert!(
             have == want,
-            "crds/{name} is stale or missing: run `make crds` and commit the result"
+            "{rel}/{name} is stale or missing: run `make crds` and commit the result"
         );
         expected_files.push(name);
     }
     let mut present: Vec<String> = std::fs::read_dir(&dir)
-        .expect("crds/ exists")
+        .expect("the CRD directory exists")
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".yaml"))
@@ -26,7 +36,7 @@ fn committed_crds_match_the_rust_types() {
     expected_files.sort();
     assert_eq!(
         present, expected_files,
-        "crds/ holds files no type generates"
+        "{rel} holds files no type generates"
     );
 }
 
