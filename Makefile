@@ -36,9 +36,10 @@ testenv-up: ## start the local cluster and registries; prints export lines
 testenv-down: ## stop what testenv-up started
 	$(TESTENV) down
 
-crds: ## regenerate crds/ (and the chart's copy) from the Rust types
+crds: ## regenerate crds/ (and the chart's and kustomize's copies) from the Rust types
 	$(CARGO) run --quiet -- crd --output-dir crds
 	$(CARGO) run --quiet -- crd --output-dir charts/ocisync/crds
+	$(CARGO) run --quiet -- crd --output-dir config/crd/bases
 
 build: ## debug build
 	$(CARGO) build --locked

@@ -9,8 +9,9 @@ fn committed_crds_match_the_rust_types() {
 }
 
 #[test]
-fn the_charts_crds_are_the_same() {
+fn the_charts_and_kustomize_crds_are_the_same() {
     check_dir("charts/ocisync/crds");
+    check_dir("config/crd/bases");
 }
 
 fn check_dir(rel: &str) {
