@@ -13,6 +13,11 @@ node=$ns-node
 work=$(mktemp -d /tmp/ocisync-bench-agent.XXXXXX)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cleanup() {
+	status=$?
+	if ((status != 0)) && [[ -d $work ]]; then
+		echo "--- controller log (tail)" >&2; tail -n 20 "$work/controller.log" >&2 || true
+		echo "--- agent log (tail)" >&2; tail -n 20 "$work/agent.log" >&2 || true
+	fi
 	[[ -n ${agent:-} ]] && kill "$agent" 2>/dev/null || true
 	[[ -n ${ctl:-} ]] && kill "$ctl" 2>/dev/null || true
 	kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1 || true
