@@ -51,4 +51,4 @@ demo: release ## environment up, a sample Falco rules artifact pushed, CRDs appl
 	e2e/demo.sh
 
 bench: deps release ## pull benchmark against curl|tar and oras-py (figures to stdout)
-	eval "$$($(TESTENV) up)"; e2e/bench/pull.sh; e2e/bench/sources.sh
+	eval "$$($(TESTENV) up)"; e2e/bench/pull.sh; e2e/bench/sources.sh; e2e/bench/agent.sh

@@ -73,7 +73,7 @@ sleep "$IDLE" # measuring idle: nothing to wait for
 after=$(served)
 rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$agent/status")
 hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$agent/status")
-files=$(find "$work/host/etc/falco" -name 'rules_*.yaml' | wc -l)
+files=$(find "$work/host/etc/falco" -type l -name 'rules_*.yaml' | wc -l)
 python3 -c 'import sys; print(f"{sys.argv[3]} bundles on the node after {float(sys.argv[2]) - float(sys.argv[1]):.1f} s ({sys.argv[4]} files)")' "$start" "$end" "$BUNDLES" "$files"
 echo "agent idle RSS: $((rss / 1024)) MiB (peak $((hwm / 1024)) MiB) with $BUNDLES bundles"
 echo "artifact-server blob requests in ${IDLE} s idle: $((after - before)) (blob requests in total: $after)"
