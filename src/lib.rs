@@ -6,6 +6,7 @@ pub mod api;
 pub mod bundle;
 pub mod cli;
 pub mod controller;
+pub mod errors;
 pub mod metrics;
 pub mod oci;
 pub mod server;

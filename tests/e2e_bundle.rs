@@ -261,12 +261,6 @@ async fn two_sources_conflict_until_an_include_glob_separates_them() {
     );
     source(&h, "a", &ra, "1").await;
     source(&h, "b", &rb, "1").await;
-    bundle(
-        &h,
-        "both",
-        serde_json::json!({"sources": [{"sourceRef": {"name": "a"}}, {"sourceRef": {"name": "b"}}]}),
-    )
-    .await;
     h.apply::<RuleBundle>("both", serde_json::json!({"spec": {"sources": [{"sourceRef": {"name": "a"}}, {"sourceRef": {"name": "b"}}], "configMap": {"name": "rules"}}})).await;
     let b = h
         .wait_for::<RuleBundle>("both", "FileConflict", failed_with("FileConflict"))
@@ -448,5 +442,30 @@ async fn a_bundle_waits_for_its_sources() {
     h.wait_for::<RuleBundle>("early", "Ready", is_ready).await;
     let cm = cms.get("early").await.expect("configmap");
     assert_eq!(cm.data.unwrap_or_default()["falco_rules.yaml"], rules);
+
+    // a ConfigMap of that name that is not the bundle's is never taken over
+    let foreign = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "taken"}, "data": {"mine": "yes"}});
+    cms.patch(
+        "taken",
+        &PatchParams::apply("someone-else"),
+        &Patch::Apply(&foreign),
+    )
+    .await
+    .expect("foreign ConfigMap");
+    bundle(&h, "grabby", serde_json::json!({"sources": [{"sourceRef": {"name": "later"}}], "configMap": {"name": "taken"}})).await;
+    let b = h
+        .wait_for::<RuleBundle>(
+            "grabby",
+            "ConfigMapNotOwned",
+            failed_with("ConfigMapNotOwned"),
+        )
+        .await
+        .expect("bundle");
+    assert!(message(&b).contains("taken"), "{}", message(&b));
+    let cm = cms.get("taken").await.expect("configmap");
+    assert_eq!(
+        cm.data.unwrap_or_default().into_keys().collect::<Vec<_>>(),
+        ["mine"]
+    );
     h.cleanup().await;
 }

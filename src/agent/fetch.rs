@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::desired::reason;
 use super::disk::WantedFile;
+use crate::errors::one_line;
 
 /// A failed fetch, with the reason the node report carries.
 #[derive(Debug, thiserror::Error)]
@@ -106,17 +107,4 @@ pub async fn fetch(
         });
     }
     out.sync_all().map_err(write_err)
-}
-
-fn one_line(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text = format!("{text}: {more}");
-        }
-        source = s.source();
-    }
-    text.replace('\n', " ")
 }

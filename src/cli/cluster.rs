@@ -6,6 +6,7 @@ use anyhow::{Context, anyhow};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use super::ClusterArgs;
+use crate::errors::one_line;
 
 /// Builds a client from `--kubeconfig` (or the usual inference) and checks that the API
 /// server answers.
@@ -14,15 +15,19 @@ pub async fn connect(args: &ClusterArgs) -> anyhow::Result<kube::Client> {
     let config = match &args.kubeconfig {
         Some(path) => {
             let kubeconfig = Kubeconfig::read_from(path).map_err(|e| {
-                anyhow!("cannot read kubeconfig {}: {}", path.display(), flatten(&e))
+                anyhow!(
+                    "cannot read kubeconfig {}: {}",
+                    path.display(),
+                    one_line(&e)
+                )
             })?;
             kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
                 .await
-                .map_err(|e| anyhow!("invalid kubeconfig {}: {}", path.display(), flatten(&e)))?
+                .map_err(|e| anyhow!("invalid kubeconfig {}: {}", path.display(), one_line(&e)))?
         }
         None => kube::Config::infer()
             .await
-            .map_err(|e| anyhow!("no usable Kubernetes configuration: {}", flatten(&e)))?,
+            .map_err(|e| anyhow!("no usable Kubernetes configuration: {}", one_line(&e)))?,
     };
     let server = config.cluster_url.to_string();
     let client = kube::Client::try_from(config).context("cannot build a Kubernetes client")?;
@@ -30,24 +35,10 @@ pub async fn connect(args: &ClusterArgs) -> anyhow::Result<kube::Client> {
         Ok(Ok(_)) => Ok(client),
         Ok(Err(e)) => Err(anyhow!(
             "cannot reach the Kubernetes API server at {server}: {}",
-            flatten(&e)
+            one_line(&e)
         )),
         Err(_) => Err(anyhow!(
             "cannot reach the Kubernetes API server at {server}: timed out after 15s"
         )),
     }
-}
-
-/// The innermost cause of an error, on one line.
-fn flatten(e: &dyn std::error::Error) -> String {
-    let mut last = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !last.contains(&text) {
-            last = format!("{last}: {text}");
-        }
-        source = s.source();
-    }
-    last.replace('\n', " ")
 }
