@@ -50,5 +50,5 @@ release: ## optimised build
 demo: release ## environment up, a sample Falco rules artifact pushed, CRDs applied, results shown
 	e2e/demo.sh
 
-bench: deps release ## pull benchmark against curl|tar and oras-py (figures to stdout)
-	eval "$$($(TESTENV) up)"; e2e/bench/pull.sh; e2e/bench/sources.sh; e2e/bench/agent.sh
+bench: deps release ## every benchmark against its peers; table to stdout and bench/RESULTS.md
+	e2e/bench/run.sh

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${OCISYNC_REGISTRY_PLAIN:?run: eval \"\$(e2e/testenv.sh up)\"}"
-BIN=${OCISYNC_BIN:-target/release/ocisync}
+source e2e/bench/lib.sh
 BUNDLES=${BENCH_BUNDLES:-10}
 IDLE=${BENCH_IDLE_SECONDS:-60}
 ns=bench-agent-$(date +%s)
@@ -77,3 +77,5 @@ files=$(find "$work/host/etc/falco" -type l -name 'rules_*.yaml' | wc -l)
 python3 -c 'import sys; print(f"{sys.argv[3]} bundles on the node after {float(sys.argv[2]) - float(sys.argv[1]):.1f} s ({sys.argv[4]} files)")' "$start" "$end" "$BUNDLES" "$files"
 echo "agent idle RSS: $((rss / 1024)) MiB (peak $((hwm / 1024)) MiB) with $BUNDLES bundles"
 echo "artifact-server blob requests in ${IDLE} s idle: $((after - before)) (blob requests in total: $after)"
+row Footprint "agent RSS, idle, $BUNDLES bundles (goal: under 20 MiB)" "$((rss / 1024)) MiB" "—" "—"
+row "Change detection" "agent: artifact-server requests in ${IDLE} s with $BUNDLES unchanged bundles (goal: 0)" "$((after - before))" "—" "—"

@@ -9,8 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${OCISYNC_REGISTRY_PLAIN:?run: eval \"\$(e2e/testenv.sh up)\"}"
-BIN=${OCISYNC_BIN:-target/release/ocisync}
-PY=${OCISYNC_PYTHON:-target/pyenv/bin/python}
+source e2e/bench/lib.sh
 RUNS=${BENCH_RUNS:-5}
 
 need=()
@@ -52,7 +51,7 @@ push "$work/in100" big
 push "$work/in25" small
 push "$work/in1" tiny
 
-bench() { # name
+bench() { # name label
 	local url
 	url=$(layer_url "$1")
 	echo
@@ -63,22 +62,36 @@ bench() { # name
 		-n "curl|tee sha256sum|tar xz" "bash -c 'mkdir -p $work/out-tar && curl -sf $url | tee >(sha256sum >$work/sum) | tar xz -C $work/out-tar'" \
 		-n oras-py "ORAS_INSECURE=1 $PY e2e/python/oras_interop.py pull $OCISYNC_REGISTRY_PLAIN/bench/$1:1 $work/out-oras" \
 		-n "curl >/dev/null" "curl -sf -o /dev/null $url" >/dev/null
-	python3 - "$work/$1.json" <<'PY'
+	python3 - "$work/$1.json" "$2" "${BENCH_RESULTS:-}" <<'PY'
 import json, sys
 r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
 o = r["ocisync"]["median"]
+rows = []
 for name, x in r.items():
     print(f"  {name:28s} median {x['median']:.3f} s (mean {x['mean']:.3f} ± {x['stddev']:.3f})  ocisync/this = {o / x['median']:.2f}x")
+    if name != "ocisync":
+        peer = name.replace("|", "\\|")
+        rows.append(f"| Pull | {sys.argv[2]}, verified and unpacked, median of 5 | {o:.3f} s | {peer} {x['median']:.3f} s | {o / x['median']:.2f}x |\n")
+if sys.argv[3]:
+    open(sys.argv[3], "a").writelines(rows)
 PY
 }
-bench tiny
-bench big
+bench tiny "1 MiB"
+bench big "100 MiB"
 
-rss() { # name
-	rm -rf "$work/out-rss"
-	/usr/bin/time -f '%M' -o "$work/rss" "$BIN" pull "$OCISYNC_REGISTRY_PLAIN/bench/$1:1" -o "$work/out-rss" --insecure -O json >/dev/null
-	echo "  $1: $(($(cat "$work/rss") / 1024)) MiB peak RSS"
+peak() { # command... -> MiB
+	rm -rf "$work"/out-rss*
+	/usr/bin/time -f '%M' -o "$work/rss" "$@" >/dev/null 2>&1
+	echo $(($(cat "$work/rss") / 1024))
 }
-echo "ocisync pull peak RSS:"
-rss small
-rss big
+echo "peak RSS:"
+for name in small big; do
+	o=$(peak "$BIN" pull "$OCISYNC_REGISTRY_PLAIN/bench/$name:1" -o "$work/out-rss" --insecure -O json)
+	p=$(peak env ORAS_INSECURE=1 "$PY" e2e/python/oras_interop.py pull "$OCISYNC_REGISTRY_PLAIN/bench/$name:1" "$work/out-rss-oras")
+	url=$(layer_url "$name")
+	t=$(peak bash -c "mkdir -p $work/out-rss-tar && curl -sf $url | tee >(sha256sum >$work/sum) | tar xz -C $work/out-rss-tar")
+	echo "  $name: ocisync $o MiB, oras-py $p MiB, curl|tee|tar (largest process) $t MiB"
+	label=$([[ $name == big ]] && echo "100 MiB" || echo "25 MiB")
+	row Pull "peak RSS, $label artifact" "$o MiB" "oras-py $p MiB" "$(ratio "$o" "$p")"
+	row Pull "peak RSS, $label artifact" "$o MiB" "curl\|tee\|tar $t MiB" "$(ratio "$o" "$t")"
+done

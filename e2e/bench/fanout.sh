@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Fan-out: 200 agents (one process per fake Node, each with its own host root) receive a
+# 5 MiB bundle. Reports the time from creating the bundle until every node reports the
+# revision, the registry blob GETs (goal: exactly one per blob), the artifact-server blob
+# responses, and the agents' RSS.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+: "${OCISYNC_REGISTRY_PLAIN:?run: eval \"\$(e2e/testenv.sh up)\"}"
+source e2e/bench/lib.sh
+AGENTS=${BENCH_AGENTS:-200}
+ns=bench-fanout-$(date +%s)
+work=$(mktemp -d /tmp/ocisync-bench-fanout.XXXXXX)
+port=$(free_port)
+agents=()
+cleanup() {
+	((${#agents[@]})) && kill "${agents[@]}" 2>/dev/null || true
+	[[ -n ${ctl:-} ]] && kill "$ctl" 2>/dev/null || true
+	kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1 || true
+	kubectl delete nodes -l "bench=$ns" --wait=false >/dev/null 2>&1 || true
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+kubectl apply --server-side --field-manager=ocisync -f crds/ >/dev/null
+kubectl create namespace "$ns" >/dev/null
+for i in $(seq 1 "$AGENTS"); do
+	printf -- '---\napiVersion: v1\nkind: Node\nmetadata: {name: %s-n%s, labels: {bench: "%s"}}\n' "$ns" "$i" "$ns"
+done | kubectl apply -f - >/dev/null
+mkdir -p "$work/in"
+head -c $((5 * 1024 * 1024 * 3 / 4)) /dev/urandom | base64 -w 76 | sed 's/^/# /' | head -c $((5 * 1024 * 1024)) >"$work/in/big_rules.yaml"
+"$BIN" push "$work/in/big_rules.yaml" "$OCISYNC_REGISTRY_PLAIN/$ns/rules:1" --type falco-rules --insecure -O json >/dev/null
+printf 'apiVersion: ocisync.dev/v1alpha1\nkind: ArtifactSource\nmetadata: {name: rules}\nspec: {url: "oci://%s/%s/rules", ref: {tag: "1"}, interval: 1h, insecure: true}\n' \
+	"$OCISYNC_REGISTRY_PLAIN" "$ns" | kubectl apply -n "$ns" -f - >/dev/null
+log=$OCISYNC_REGISTRY_PLAIN_LOG
+before=$(wc -l <"$log")
+"$BIN" controller --namespace "$ns" --listen "127.0.0.1:$port" --artifact-base-url "http://127.0.0.1:$port" \
+	--store-dir "$work/store" 2>"$work/controller.log" &
+ctl=$!
+kubectl wait -n "$ns" --for=condition=Ready artsrc/rules --timeout=120s >/dev/null
+for i in $(seq 1 "$AGENTS"); do
+	mkdir -p "$work/h$i/etc/falco"
+	RUST_LOG=warn "$BIN" agent --node-name "$ns-n$i" --host-root "$work/h$i" --allowed-dir /etc/falco \
+		--controller-url "http://127.0.0.1:$port" --listen 127.0.0.1:0 2>>"$work/agents.log" &
+	agents+=($!)
+done
+# every agent has listed the (still empty) bundles: its NodeReport exists
+wait_for 300 "all agents up" 'import json, subprocess, sys
+out = subprocess.run(["kubectl", "get", "nodereports", "-o", "json"], capture_output=True, check=True).stdout
+n = sum(1 for i in json.loads(out)["items"] if i["metadata"]["name"].startswith(sys.argv[1]))
+sys.exit(0 if n >= int(sys.argv[2]) else 1)' "$ns-n" "$AGENTS"
+start=$(now)
+printf 'apiVersion: ocisync.dev/v1alpha1\nkind: RuleBundle\nmetadata: {name: big}\nspec: {sources: [{sourceRef: {name: rules}}], nodeFiles: {directory: /etc/falco/rules.d, nodeSelector: {matchLabels: {bench: "%s"}}}}\n' \
+	"$ns" | kubectl apply -n "$ns" -f - >/dev/null
+wait_for 600 "every node updated" 'import json, subprocess, sys
+o = json.loads(subprocess.run(["kubectl", "get", "rulebundle", "big", "-n", sys.argv[1], "-o", "json"], capture_output=True, check=True).stdout)
+n = (o.get("status") or {}).get("nodes") or {}
+sys.exit(0 if n.get("updated") == int(sys.argv[2]) == n.get("desired") else 1)' "$ns" "$AGENTS"
+end=$(now)
+bgets=$(tail -n +"$((before + 1))" "$log" | grep -cE '"GET /v2/'"$ns"'/rules/blobs/' || true)
+blobs=$(curl -fsS "http://127.0.0.1:$port/metrics" | awk '/^ocisync_artifact_server_requests_total\{.*route="blob"/ {s += $2} END {print s + 0}')
+rss_total=0
+for p in "${agents[@]}"; do rss_total=$((rss_total + $(rss_mib "$p"))); done
+files=$(find "$work" -path '*/etc/falco/rules.d/big_rules.yaml' -type l | wc -l)
+echo "$AGENTS nodes have the 5 MiB bundle $(elapsed "$start" "$end") s after it was created ($files files checked present)"
+echo "registry blob GETs: $bgets (config + layer, once); artifact-server blob responses: $blobs; agents' mean RSS $((rss_total / AGENTS)) MiB"
+row Fan-out "$AGENTS agents receive a 5 MiB bundle: until every node reports it" "$(elapsed "$start" "$end") s" "—" "—"
+row Fan-out "registry blob GETs for it (goal: one per blob: config + layer)" "$bgets" "falcoctl: one per node per blob ($((AGENTS * 2)))" "$(ratio "$bgets" "$((AGENTS * 2))")"
+row Fan-out "artifact-server blob responses (in-cluster)" "$blobs" "—" "—"
+row Footprint "agent RSS, mean over $AGENTS agents holding the bundle" "$((rss_total / AGENTS)) MiB" "—" "—"
