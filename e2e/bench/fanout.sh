@@ -27,7 +27,14 @@ for i in $(seq 1 "$AGENTS"); do
 	printf -- '---\napiVersion: v1\nkind: Node\nmetadata: {name: %s-n%s, labels: {bench: "%s"}}\n' "$ns" "$i" "$ns"
 done | kubectl apply -f - >/dev/null
 mkdir -p "$work/in"
-head -c $((5 * 1024 * 1024 * 3 / 4)) /dev/urandom | base64 -w 76 | sed 's/^/# /' | head -c $((5 * 1024 * 1024)) >"$work/in/big_rules.yaml"
+# 5 MiB of comment lines (valid Falco rules YAML: an empty document)
+python3 -c 'import base64, os, sys
+out = open(sys.argv[1], "w")
+size = 0
+while size < 5 * 1024 * 1024:
+    line = "# " + base64.b64encode(os.urandom(54)).decode() + "\n"
+    out.write(line)
+    size += len(line)' "$work/in/big_rules.yaml"
 "$BIN" push "$work/in/big_rules.yaml" "$OCISYNC_REGISTRY_PLAIN/$ns/rules:1" --type falco-rules --insecure -O json >/dev/null
 printf 'apiVersion: ocisync.dev/v1alpha1\nkind: ArtifactSource\nmetadata: {name: rules}\nspec: {url: "oci://%s/%s/rules", ref: {tag: "1"}, interval: 1h, insecure: true}\n' \
 	"$OCISYNC_REGISTRY_PLAIN" "$ns" | kubectl apply -n "$ns" -f - >/dev/null

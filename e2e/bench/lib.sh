@@ -11,7 +11,12 @@ row() {
 }
 
 # Prints "a/b" as a ratio with two decimals.
-ratio() { python3 -c 'import sys; a, b = map(float, sys.argv[1:]); print(f"{a / b:.2f}x" if b else "n/a")' "$1" "$2"; }
+ratio() {
+	python3 -c 'import sys
+a, b = map(float, sys.argv[1:])
+r = a / b if b else None
+print("n/a" if r is None else f"{r:.2f}x" if r >= 0.1 or r == 0 else f"{r:.3g}x (1/{1 / r:.0f})")' "$1" "$2"
+}
 
 # Seconds since the epoch, with nanoseconds.
 now() { date +%s.%N; }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Propagation: 20 pushes of a new version to a tag followed by an ArtifactSource with a
 # 10 s interval; for each, the time from the push until the ConfigMap holds it and until
-# the file on the node (one agent, one fake Node) holds it. Reports p50 and p99.
+# the file on the node (one agent, one fake Node) holds it. Pushes come at random points
+# of the check cycle. Reports p50 and p99.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${OCISYNC_REGISTRY_PLAIN:?run: eval \"\$(e2e/testenv.sh up)\"}"
@@ -48,11 +49,13 @@ ctl=$!
 agent=$!
 kubectl wait -n "$ns" --for=condition=Ready rulebundle/rules --timeout=120s >/dev/null
 python3 - "$BIN" "$ref" "$ns" "$work" "$PUSHES" "${BENCH_RESULTS:-}" <<'PY'
-import json, subprocess, sys, time
+import json, random, subprocess, sys, time
 bin_, ref, ns, work, pushes, results = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6]
 node_file = f"{work}/host/etc/falco/rules.d/falco_rules.yaml"
 cm_times, node_times = [], []
 for i in range(1, pushes + 1):
+    # push at a random point of the source's 10 s check cycle
+    time.sleep(random.uniform(0, 10))
     marker = f"v{i}_{time.time_ns()}"
     with open(f"{work}/in/falco_rules.yaml", "w") as f:
         f.write(f"- macro: {marker}\n  condition: proc.name = sh\n")
