@@ -7,7 +7,7 @@ TESTENV := e2e/testenv.sh
 PYENV := $(CURDIR)/target/pyenv
 export OCISYNC_PYTHON := $(PYENV)/bin/python
 
-.PHONY: help test deps lint unit e2e demo crds crds-check testenv-up testenv-down bench build release
+.PHONY: help test deps lint unit e2e demo crds crds-check testenv-up testenv-down bench build release image
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -49,6 +49,10 @@ release: ## optimised build
 
 demo: release ## environment up, a sample Falco rules artifact pushed, CRDs applied, results shown
 	e2e/demo.sh
+
+image: release ## the image without Docker, pushed to IMAGE=host:port/repo:tag (plain HTTP)
+	@test -n "$(IMAGE)" || { echo "usage: make image IMAGE=127.0.0.1:5000/ocisync:dev" >&2; exit 2; }
+	e2e/image.sh $(IMAGE)
 
 bench: deps release ## every benchmark against its peers; table to stdout and bench/RESULTS.md
 	e2e/bench/run.sh

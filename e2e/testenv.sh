@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # ocisync end-to-end test environment.
 #
-#   e2e/testenv.sh up            start (or reuse) the environment, print export lines
+#   e2e/testenv.sh up [--node]   start (or reuse) the environment, print export lines;
+#                                --node adds a real node (e2e/node.sh: containerd, kubelet,
+#                                kube-scheduler, kube-proxy) so pods run
 #   e2e/testenv.sh env           print the export lines of the running environment
 #   e2e/testenv.sh status        say which recorded processes are alive
 #   e2e/testenv.sh down [--purge]  stop the recorded processes (--purge: remove the state dir)
@@ -42,6 +44,8 @@ readonly STOP_TIMEOUT=15
 readonly CLUSTER_NAMES=(kube-controller-manager kube-apiserver etcd)
 readonly REGISTRY_NAMES=(registry-plain registry-tls)
 
+E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+readonly E2E_DIR
 STARTED=()        # processes started by this invocation (stopped again if `up` fails)
 UP_RUNNING=0
 APT_UPDATED=0
@@ -55,7 +59,8 @@ die() {
 usage() {
 	cat >&2 <<'EOF'
 usage: e2e/testenv.sh up|env|status|down [--purge]
-  up              start (or reuse) the test environment and print its export lines
+  up [--node]     start (or reuse) the test environment and print its export lines;
+                  --node adds a real node (containerd, kubelet, scheduler, proxy)
   env             print the export lines of the running environment
   status          show which recorded processes are alive
   down [--purge]  stop the recorded processes; --purge also removes the state dir
@@ -219,8 +224,10 @@ new_port() {
 	fi
 }
 
-readonly PORT_VARS=(ETCD_PORT ETCD_PEER_PORT APISERVER_PORT KCM_PORT REG_PLAIN_PORT REG_TLS_PORT)
+readonly PORT_VARS=(ETCD_PORT ETCD_PEER_PORT APISERVER_PORT KCM_PORT REG_PLAIN_PORT REG_TLS_PORT
+	KUBELET_PORT KUBELET_HEALTHZ_PORT SCHED_PORT PROXY_HEALTHZ_PORT PROXY_METRICS_PORT)
 ETCD_PORT='' ETCD_PEER_PORT='' APISERVER_PORT='' KCM_PORT='' REG_PLAIN_PORT='' REG_TLS_PORT=''
+KUBELET_PORT='' KUBELET_HEALTHZ_PORT='' SCHED_PORT='' PROXY_HEALTHZ_PORT='' PROXY_METRICS_PORT=''
 
 load_ports() {
 	local key val
@@ -257,9 +264,16 @@ choose_port() {
 
 # Bumped when the build changes, so cached binaries from an older recipe are rebuilt.
 readonly K8S_BUILD_REV=2
+NODE=0 # `up --node`: also kubelet, kube-scheduler, kube-proxy and containerd
+k8s_targets() {
+	echo kube-apiserver kube-controller-manager
+	((NODE)) && echo kubelet kube-scheduler kube-proxy
+	return 0
+}
 have_k8s_bins() {
-	[[ -x $K8S_BIN/kube-apiserver && -x $K8S_BIN/kube-controller-manager ]] &&
-		[[ $(cat "$K8S_BIN/.build-rev" 2>/dev/null) == "$K8S_BUILD_REV" ]]
+	local b
+	for b in $(k8s_targets); do [[ -x $K8S_BIN/$b ]] || return 1; done
+	[[ $(cat "$K8S_BIN/.build-rev" 2>/dev/null) == "$K8S_BUILD_REV" ]]
 }
 
 # Kubernetes 1.20 vendors github.com/modern-go/reflect2 v1.0.1, which calls the runtime's
@@ -366,14 +380,15 @@ EOF
 	cd "$K8S_WORK/gopath/src/k8s.io/kubernetes"
 	patch_reflect2 "$tree"
 	rm -rf _output # a failed build leaves broken generator binaries behind
-	echo "== make WHAT='cmd/kube-apiserver cmd/kube-controller-manager' ($(go version))"
+	local b what=""
+	for b in $(k8s_targets); do what+=" cmd/$b"; done
+	echo "== make WHAT='${what# }' ($(go version))"
 	env -u GOFLAGS -u GOBIN -u GOOS -u GOARCH \
 		GOPATH="$K8S_WORK/gopath" GOCACHE="$K8S_WORK/gocache" GOPROXY=off GOTOOLCHAIN=local \
 		CGO_ENABLED=0 KUBE_GIT_VERSION_FILE="$K8S_WORK/version.env" \
-		make WHAT="cmd/kube-apiserver cmd/kube-controller-manager"
-	local b
+		make WHAT="${what# }"
 	mkdir -p "$K8S_BIN"
-	for b in kube-apiserver kube-controller-manager; do
+	for b in $(k8s_targets); do
 		[[ -x _output/bin/$b ]] || die "_output/bin/$b was not built"
 		"_output/bin/$b" --version
 		install -m 0755 "_output/bin/$b" "$K8S_BIN/.$b.tmp"
@@ -391,7 +406,7 @@ build_k8s() {
 	if have_k8s_bins; then exec 8>&-; return 0; fi
 	local buildlog=$K8S_WORK/build.log t0=$SECONDS
 	: >"$buildlog"
-	log "building Kubernetes $K8S_VERSION kube-apiserver + kube-controller-manager (about 5 min on 2 cores; log: $buildlog)"
+	log "building Kubernetes $K8S_VERSION $(k8s_targets | tr '\n' ' ')(about 5 min on 2 cores from scratch; log: $buildlog)"
 	# A background subshell keeps `set -e` in force inside the build steps.
 	(k8s_build_steps) >>"$buildlog" 2>&1 &
 	if ! wait "$!"; then
@@ -535,10 +550,15 @@ start_cluster() {
 
 	write_kubeconfig
 	log "starting kube-apiserver on https://127.0.0.1:$APISERVER_PORT"
+	# With a real node, pods reach the API server through the `kubernetes` Service, whose
+	# endpoint is the advertised address: the pod bridge's gateway, not loopback.
+	local bind=127.0.0.1 advertise=127.0.0.1
+	((NODE)) && bind=0.0.0.0 advertise=$NODE_GW
+	echo "$NODE" >"$STATE/cluster-node-mode"
 	start_proc kube-apiserver "$K8S_BIN/kube-apiserver" \
 		--etcd-servers "http://127.0.0.1:$ETCD_PORT" \
-		--bind-address 127.0.0.1 \
-		--advertise-address 127.0.0.1 \
+		--bind-address "$bind" \
+		--advertise-address "$advertise" \
 		--secure-port "$APISERVER_PORT" \
 		--insecure-port 0 \
 		--cert-dir "$STATE/apiserver-certs" \
@@ -576,6 +596,9 @@ registry_tls_ready() {
 		[[ $(http_code --cacert "$ca" -u "$REG_USER:$REG_PASSWORD" "$url") == 200 ]]
 }
 
+# The plain registry also serves pods (on the bridge gateway) when there is a real node.
+registry_bind() { if ((NODE)) && [[ $1 == registry-plain ]]; then echo 0.0.0.0; else echo 127.0.0.1; fi; }
+
 # write_registry_config NAME PORT (TLS settings when NAME is registry-tls)
 write_registry_config() {
 	local name=$1 port=$2 cfg=$STATE/$1.yml
@@ -598,7 +621,7 @@ storage:
     uploadpurging:
       enabled: false
 http:
-  addr: 127.0.0.1:$port
+  addr: $(registry_bind "$name"):$port
   secret: $REG_HTTP_SECRET
   headers:
     X-Content-Type-Options: [nosniff]
@@ -624,7 +647,8 @@ ensure_registry() {
 	registry-plain) var=REG_PLAIN_PORT check=registry_plain_ready ;;
 	registry-tls) var=REG_TLS_PORT check=registry_tls_ready ;;
 	esac
-	if is_alive "$name" && [[ -n ${!var} ]] && "$check"; then
+	if is_alive "$name" && [[ -n ${!var} ]] && "$check" &&
+		grep -q "addr: $(registry_bind "$name"):" "$STATE/$name.yml" 2>/dev/null; then
 		log "$name already running on 127.0.0.1:${!var}"
 		return 0
 	fi
@@ -665,6 +689,13 @@ write_env() {
 		emit OCISYNC_REGISTRY_USER "$REG_USER"
 		emit OCISYNC_REGISTRY_PASSWORD "$REG_PASSWORD"
 		emit OCISYNC_K8S_BIN "$K8S_BIN"
+		if ((NODE)); then
+			emit OCISYNC_NODE "$NODE_HOSTNAME"
+			emit OCISYNC_NODE_REGISTRY "$NODE_GW:$REG_PLAIN_PORT"
+			emit OCISYNC_NODE_STATE "$NODE_STATE"
+		else
+			emit OCISYNC_NODE ""
+		fi
 	} >"$STATE/env.tmp"
 	chmod 600 "$STATE/env.tmp"
 	mv -f "$STATE/env.tmp" "$STATE/env"
@@ -675,6 +706,7 @@ env_external() { sed -n "s/^export OCISYNC_TESTENV_EXTERNAL_CLUSTER=//p" "$STATE
 expected_names() {
 	[[ $(env_external) == 1 ]] || printf '%s\n' "${CLUSTER_NAMES[@]}"
 	printf '%s\n' "${REGISTRY_NAMES[@]}"
+	[[ -z $(sed -n "s/^export OCISYNC_NODE=//p" "$STATE/env" 2>/dev/null) ]] || printf '%s\n' "${NODE_PROC_NAMES[@]}"
 }
 
 # --------------------------------------------------------------- commands
@@ -715,6 +747,11 @@ cmd_up() {
 			log "KUBECONFIG=$KUBECONFIG does not answer /readyz: starting the local cluster instead"
 		fi
 	fi
+	if ((NODE)); then
+		((!external)) || die "--node needs the local cluster (unset KUBECONFIG)"
+		read -ra more <<<"$(node_packages)"
+		cmds+=("${more[@]}")
+	fi
 	if ((!external)); then
 		cmds+=(etcd:etcd-server)
 		have_k8s_bins || cmds+=(go:golang-go rsync:rsync make:make gcc:build-essential)
@@ -722,13 +759,14 @@ cmd_up() {
 	ensure_commands "${cmds[@]}"
 
 	load_ports
+	((NODE)) && ensure_bridge
 	ensure_secrets
 	if ((external)); then
 		log "KUBECONFIG=$KUBECONFIG reaches a running cluster: using it, not starting etcd/kube-apiserver/kube-controller-manager"
 		stop_names "${CLUSTER_NAMES[@]}"
 	else
 		build_k8s
-		if cluster_healthy; then
+		if cluster_healthy && [[ $(cat "$STATE/cluster-node-mode" 2>/dev/null || echo 0) == "$NODE" ]]; then
 			log "cluster already running on https://127.0.0.1:$APISERVER_PORT"
 		else
 			start_cluster
@@ -738,6 +776,13 @@ cmd_up() {
 	ensure_registry_files
 	ensure_registry registry-plain
 	ensure_registry registry-tls
+	if ((NODE)); then
+		if node_healthy; then
+			log "node $NODE_HOSTNAME already Ready"
+		else
+			start_node
+		fi
+	fi
 
 	write_env "$external" "$kubeconfig"
 	log "environment up in $((SECONDS - t0)) s (state: $STATE; stop with: e2e/testenv.sh down)"
@@ -790,6 +835,7 @@ cmd_down() {
 	fi
 	[[ -f $MARKER ]] || die "$STATE is not an ocisync test environment (no $(basename "$MARKER")): refusing to touch it"
 	lock_state
+	[[ -d $NODE_STATE ]] && stop_node --all
 	local -a names=()
 	local f
 	if [[ -d $PIDS ]]; then
@@ -813,11 +859,21 @@ cmd_down() {
 	fi
 }
 
+# shellcheck source=e2e/node.sh
+source "$E2E_DIR/node.sh"
+
 main() {
 	local cmd=${1:-}
 	[[ $# -gt 0 ]] && shift
 	case $cmd in
-	up) (($# == 0)) || { usage; die "up takes no arguments"; }; cmd_up ;;
+	up)
+		case ${1:-} in
+		"") ;;
+		--node) NODE=1 ;;
+		*) usage; die "unknown option for up: $1" ;;
+		esac
+		cmd_up
+		;;
 	env) cmd_env ;;
 	status) cmd_status ;;
 	down) cmd_down "$@" ;;
