@@ -1,0 +1,403 @@
+//! End-to-end on a real node (`e2e/testenv.sh up --node`): the image built without Docker,
+//! `helm install` of the chart, the controller and agent as pods Ready through their own
+//! probes, a consumer pod mounting the ConfigMap, files written on the host by the agent
+//! pod, new versions, the controller pod deleted mid-way, and `helm uninstall`.
+//! Skipped unless the environment has a node (OCISYNC_NODE); `make test` brings one up.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::controller::wait_on;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use ocisync::api::RuleBundle;
+
+struct Node {
+    registry: String,
+    state: PathBuf,
+}
+
+fn node() -> Option<Node> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    match (
+        var("OCISYNC_NODE"),
+        var("OCISYNC_NODE_REGISTRY"),
+        var("OCISYNC_NODE_STATE"),
+    ) {
+        (Some(_name), Some(registry), Some(state)) => Some(Node {
+            registry,
+            state: state.into(),
+        }),
+        _ => {
+            if var("OCISYNC_NODE_REQUIRED").as_deref() == Some("1") {
+                panic!(
+                    "OCISYNC_NODE_REQUIRED=1 but there is no node: run `eval \"$(e2e/testenv.sh up --node)\"`"
+                );
+            }
+            eprintln!("skipped: no real node (eval \"$(e2e/testenv.sh up --node)\")");
+            None
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run_ok(c: &mut Command) -> String {
+    let out = c.output().expect("run");
+    assert!(
+        out.status.success(),
+        "{c:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Pod phases, container states and the last log lines of every pod in `ns`, read from the
+/// node's log directory: what a failing wait prints.
+async fn diagnose(client: &kube::Client, ns: &str) -> String {
+    let mut out = String::new();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    for p in pods
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        let name = p.metadata.name.clone().unwrap_or_default();
+        let status = p.status.clone().unwrap_or_default();
+        out += &format!("\npod {name}: phase {:?}", status.phase);
+        for c in status.container_statuses.unwrap_or_default() {
+            out += &format!("\n  {}: ready {} state {:?}", c.name, c.ready, c.state);
+        }
+        let logs = Path::new("/var/log/pods");
+        if let Ok(entries) = std::fs::read_dir(logs) {
+            for e in entries.flatten() {
+                if e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{ns}_{name}_"))
+                {
+                    for c in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
+                        for f in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
+                            let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+                            let tail: Vec<&str> = text.lines().rev().take(8).collect();
+                            out += &format!(
+                                "\n  log {}:\n    {}",
+                                f.path().display(),
+                                tail.into_iter().rev().collect::<Vec<_>>().join("\n    ")
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Waits with a deadline; on failure prints the pods' states and logs.
+async fn wait_or_diagnose<K>(
+    client: &kube::Client,
+    ns: &str,
+    api: Api<K>,
+    name: &str,
+    what: &str,
+    cond: impl Fn(Option<&K>) -> bool + Send + 'static,
+) -> Option<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    let deadline = Duration::from_secs(120);
+    match tokio::time::timeout(
+        deadline,
+        kube::runtime::wait::await_condition(api, name, cond),
+    )
+    .await
+    {
+        Ok(Ok(o)) => o,
+        _ => panic!(
+            "{name}: not {what} within {deadline:?}; pods:{}",
+            diagnose(client, ns).await
+        ),
+    }
+}
+
+fn push(env: &common::Env, dir: &Path, repo: &str, rules: &str) {
+    let file = dir.join(common::unique()).join("falco_rules.yaml");
+    std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&file, rules).expect("write");
+    run_ok(
+        common::ocisync()
+            .arg("push")
+            .arg(&file)
+            .arg(format!("{}/{repo}:1", env.plain))
+            .args(["--type", "falco-rules", "--insecure", "-O", "json"]),
+    );
+}
+
+fn bundle_at(rev_not: Option<String>) -> impl Fn(Option<&RuleBundle>) -> bool + Send + 'static {
+    move |b| {
+        b.and_then(|b| b.status.as_ref()).is_some_and(|s| {
+            s.revision.is_some()
+                && s.revision != rev_not
+                && s.nodes
+                    .as_ref()
+                    .is_some_and(|n| n.desired == 1 && n.updated == 1)
+                && s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+    }
+}
+
+#[tokio::test]
+async fn helm_installed_pods_deliver_rules_to_a_configmap_consumer_and_the_host() {
+    let Some(env) = common::env() else { return };
+    let Some(node) = node() else { return };
+    ocisync::tls::install_crypto_provider();
+    let kubeconfig = kube::config::Kubeconfig::read_from(&env.kubeconfig).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config");
+    let client = kube::Client::try_from(config).expect("client");
+    let u = common::unique();
+    let ns = format!("e2e-node-{u}");
+    let host = PathBuf::from(format!("/tmp/ocisync-node-e2e-{u}"));
+    let work = tempfile::tempdir().expect("tempdir");
+
+    // 1. the image without Docker, then helm install with it
+    let image = format!("{}/e2e/ocisync", env.plain);
+    run_ok(
+        Command::new(root().join("e2e/image.sh"))
+            .arg(format!("{image}:{u}"))
+            .env("OCISYNC_BIN", env!("CARGO_BIN_EXE_ocisync")),
+    );
+    let helm = std::env::var("OCISYNC_HELM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join("target/tools/helm"));
+    run_ok(
+        Command::new(&helm)
+            .current_dir(root())
+            .args(["install", "ocisync", "charts/ocisync", "--namespace", &ns, "--create-namespace", "--kubeconfig"])
+            .arg(&env.kubeconfig)
+            .args(["--set", &format!("image.repository={image}"), "--set", &format!("image.tag={u}")])
+            .args(["--set", &format!("agent.allowedDirs={{{}/rules}}", host.display())])
+            .args(["--set", &format!("agent.stateDir={}/state", host.display())])
+            // no cluster DNS here: the Service's environment variables instead
+            .args(["--set", "agent.controllerURL=http://$(OCISYNC_CONTROLLER_SERVICE_HOST):$(OCISYNC_CONTROLLER_SERVICE_PORT)"]),
+    );
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), &ns);
+    wait_or_diagnose(
+        &client,
+        &ns,
+        deployments.clone(),
+        "ocisync-controller",
+        "available",
+        |d| {
+            d.and_then(|d| d.status.as_ref())
+                .is_some_and(|s| s.available_replicas == Some(1))
+        },
+    )
+    .await;
+    wait_or_diagnose(
+        &client,
+        &ns,
+        daemonsets.clone(),
+        "ocisync-agent",
+        "ready on the node",
+        |d| {
+            d.and_then(|d| d.status.as_ref())
+                .is_some_and(|s| s.number_ready == 1 && s.desired_number_scheduled == 1)
+        },
+    )
+    .await;
+
+    // 2. an artifact, a source (reached from the pod on the bridge gateway), a bundle
+    let repo = format!("e2e/node-rules-{u}");
+    let v1 = format!("- rule: node v1 {u}\n  condition: evt.type = open\n");
+    push(&env, work.path(), &repo, &v1);
+    let dir = format!("{}/rules/falco", host.display());
+    let sources: Api<ocisync::api::ArtifactSource> = Api::namespaced(client.clone(), &ns);
+    let bundles: Api<RuleBundle> = Api::namespaced(client.clone(), &ns);
+    let source = serde_json::json!({"apiVersion": "ocisync.dev/v1alpha1", "kind": "ArtifactSource", "metadata": {"name": "rules"},
+        "spec": {"url": format!("oci://{}/{repo}", node.registry), "ref": {"tag": "1"}, "interval": "10s", "insecure": true}});
+    sources
+        .patch(
+            "rules",
+            &PatchParams::apply("ocisync-e2e").force(),
+            &Patch::Apply(&source),
+        )
+        .await
+        .expect("source");
+    let bundle = serde_json::json!({"apiVersion": "ocisync.dev/v1alpha1", "kind": "RuleBundle", "metadata": {"name": "falco"},
+        "spec": {"sources": [{"sourceRef": {"name": "rules"}}], "configMap": {"name": "falco-rules"}, "nodeFiles": {"directory": dir}}});
+    bundles
+        .patch(
+            "falco",
+            &PatchParams::apply("ocisync-e2e").force(),
+            &Patch::Apply(&bundle),
+        )
+        .await
+        .expect("bundle");
+    let b = wait_or_diagnose(
+        &client,
+        &ns,
+        bundles.clone(),
+        "falco",
+        "on the node",
+        bundle_at(None),
+    )
+    .await
+    .expect("bundle");
+    let r1 = b.status.and_then(|s| s.revision);
+    let host_file = PathBuf::from(&dir).join("falco_rules.yaml");
+    assert_eq!(
+        std::fs::read_to_string(&host_file).ok().as_deref(),
+        Some(v1.as_str()),
+        "host file written by the agent pod"
+    );
+
+    // 3. a consumer pod mounting the ConfigMap
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let consumer: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": "consumer"}, "spec": {
+        "containers": [{"name": "c", "image": format!("{}/e2e/busybox:1", env.plain), "command": ["/bin/sleep", "3600"],
+            "volumeMounts": [{"name": "rules", "mountPath": "/etc/falco/rules.d"}]}],
+        "volumes": [{"name": "rules", "configMap": {"name": "falco-rules"}}], "terminationGracePeriodSeconds": 0}}))
+    .expect("pod");
+    pods.create(&PostParams::default(), &consumer)
+        .await
+        .expect("consumer pod");
+    let pod = wait_or_diagnose(&client, &ns, pods.clone(), "consumer", "running", |p| {
+        p.and_then(|p| p.status.as_ref())
+            .is_some_and(|s| s.phase.as_deref() == Some("Running"))
+    })
+    .await
+    .expect("pod");
+    let uid = pod.metadata.uid.clone().expect("uid");
+    let mounted = node.state.join(format!(
+        "kubelet/pods/{uid}/volumes/kubernetes.io~configmap/rules/falco_rules.yaml"
+    ));
+    assert_eq!(
+        std::fs::read_to_string(&mounted).ok().as_deref(),
+        Some(v1.as_str()),
+        "the consumer sees the rules"
+    );
+
+    // 4. a new version: the mounted file and the host file change; nodes 1/1
+    let v2 = format!("- rule: node v2 {u}\n  condition: evt.type = open\n");
+    push(&env, work.path(), &repo, &v2);
+    let b = wait_or_diagnose(
+        &client,
+        &ns,
+        bundles.clone(),
+        "falco",
+        "at the new version",
+        bundle_at(r1.clone()),
+    )
+    .await
+    .expect("bundle");
+    let r2 = b.status.and_then(|s| s.revision);
+    assert_eq!(
+        std::fs::read_to_string(&host_file).ok().as_deref(),
+        Some(v2.as_str())
+    );
+    eventually_file(&mounted, &v2).await;
+
+    // 5. the controller pod deleted mid-way: replaced, converges, nothing lost
+    let controller_pods = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=controller"))
+        .await
+        .expect("pods");
+    for p in controller_pods.items {
+        pods.delete(
+            &p.metadata.name.unwrap_or_default(),
+            &DeleteParams::default().grace_period(0),
+        )
+        .await
+        .expect("delete");
+    }
+    let v3 = format!("- rule: node v3 {u}\n  condition: evt.type = open\n");
+    push(&env, work.path(), &repo, &v3);
+    wait_or_diagnose(
+        &client,
+        &ns,
+        bundles.clone(),
+        "falco",
+        "converged after the controller restart",
+        bundle_at(r2),
+    )
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(&host_file).ok().as_deref(),
+        Some(v3.as_str())
+    );
+    eventually_file(&mounted, &v3).await;
+    wait_or_diagnose(
+        &client,
+        &ns,
+        deployments.clone(),
+        "ocisync-controller",
+        "available again",
+        |d| {
+            d.and_then(|d| d.status.as_ref())
+                .is_some_and(|s| s.available_replicas == Some(1))
+        },
+    )
+    .await;
+
+    // 6. helm uninstall: the agent goes, the files it wrote stay (Falco keeps its rules)
+    run_ok(
+        Command::new(&helm)
+            .args([
+                "uninstall",
+                "ocisync",
+                "--namespace",
+                &ns,
+                "--wait",
+                "--kubeconfig",
+            ])
+            .arg(&env.kubeconfig),
+    );
+    wait_on(daemonsets.clone(), "ocisync-agent", "deleted", |d| {
+        d.is_none()
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(&host_file).ok().as_deref(),
+        Some(v3.as_str()),
+        "files kept after uninstall"
+    );
+    let _ = Api::<Namespace>::all(client.clone())
+        .delete(&ns, &DeleteParams::default())
+        .await;
+    let _ = std::fs::remove_dir_all(&host);
+}
+
+/// Kubelet refreshes ConfigMap volumes on its sync period (10 s here): poll with a deadline.
+async fn eventually_file(path: &Path, want: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        if std::fs::read_to_string(path).ok().as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} did not get the new version in 90 s",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
