@@ -358,6 +358,128 @@ async fn helm_installed_pods_deliver_rules_to_a_configmap_consumer_and_the_host(
     )
     .await;
 
+    // 7. bad input, each a clear reason, never a hang:
+    // a node directory not mounted into the agent
+    let unmounted = serde_json::json!({"apiVersion": "ocisync.dev/v1alpha1", "kind": "RuleBundle", "metadata": {"name": "unmounted"},
+        "spec": {"sources": [{"sourceRef": {"name": "rules"}}], "nodeFiles": {"directory": format!("/tmp/ocisync-not-mounted-{u}")}}});
+    bundles
+        .patch(
+            "unmounted",
+            &PatchParams::apply("ocisync-e2e").force(),
+            &Patch::Apply(&unmounted),
+        )
+        .await
+        .expect("bundle");
+    let b = wait_or_diagnose(
+        &client,
+        &ns,
+        bundles.clone(),
+        "unmounted",
+        "NodeFailed",
+        |b| {
+            b.and_then(|b| b.status.as_ref())
+                .is_some_and(|s| s.conditions.iter().any(|c| c.reason == "NodeFailed"))
+        },
+    )
+    .await
+    .expect("bundle");
+    let message = b
+        .status
+        .map(|s| {
+            s.conditions
+                .iter()
+                .map(|c| c.message.clone())
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    assert!(message.contains("DirectoryNotAllowed"), "{message}");
+    // an image that cannot be pulled
+    let broken: Pod = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": "unpullable"}, "spec": {
+        "containers": [{"name": "c", "image": format!("{}/e2e/does-not-exist:1", env.plain)}]}}),
+    )
+    .expect("pod");
+    pods.create(&PostParams::default(), &broken)
+        .await
+        .expect("pod");
+    wait_or_diagnose(
+        &client,
+        &ns,
+        pods.clone(),
+        "unpullable",
+        "failing to pull",
+        |p| {
+            p.and_then(|p| p.status.as_ref())
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|c| c.first())
+                .and_then(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
+                .is_some_and(|r| r == "ErrImagePull" || r == "ImagePullBackOff")
+        },
+    )
+    .await;
+    // a controller Service that does not answer: the agent reports FetchFailed, the last
+    // good files stay
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), &ns);
+    let dead: k8s_openapi::api::core::v1::Service =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "dead"},
+        "spec": {"selector": {"app": "nothing"}, "ports": [{"port": 9090}]}}))
+        .expect("service");
+    services
+        .create(&PostParams::default(), &dead)
+        .await
+        .expect("service");
+    run_ok(
+        Command::new(&helm)
+            .current_dir(root())
+            .args([
+                "upgrade",
+                "ocisync",
+                "charts/ocisync",
+                "--namespace",
+                &ns,
+                "--reuse-values",
+                "--kubeconfig",
+            ])
+            .arg(&env.kubeconfig)
+            .args([
+                "--set",
+                "agent.controllerURL=http://$(DEAD_SERVICE_HOST):$(DEAD_SERVICE_PORT)",
+            ]),
+    );
+    let v4 = format!("- rule: node v4 {u}\n  condition: evt.type = open\n");
+    push(&env, work.path(), &repo, &v4);
+    let b = wait_or_diagnose(
+        &client,
+        &ns,
+        bundles.clone(),
+        "falco",
+        "NodeFailed with FetchFailed",
+        |b| {
+            b.and_then(|b| b.status.as_ref()).is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.reason == "NodeFailed" && c.message.contains("FetchFailed"))
+            })
+        },
+    )
+    .await
+    .expect("bundle");
+    let message = b
+        .status
+        .map(|s| {
+            s.conditions
+                .iter()
+                .map(|c| c.message.clone())
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    eprintln!("controller Service not answering: {message}");
+    assert_eq!(
+        std::fs::read_to_string(&host_file).ok().as_deref(),
+        Some(v3.as_str()),
+        "last good files kept"
+    );
+
     // 6. helm uninstall: the agent goes, the files it wrote stay (Falco keeps its rules)
     run_ok(
         Command::new(&helm)
