@@ -12,8 +12,8 @@ export OCISYNC_PYTHON := $(PYENV)/bin/python
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-test: deps lint ## everything CI runs: deps, fmt, clippy, unit and end-to-end tests
-	eval "$$($(TESTENV) up)"; OCISYNC_E2E_REQUIRED=1 $(CARGO) test --locked
+test: deps lint ## everything CI runs: deps, fmt, clippy, unit and end-to-end tests (real node included)
+	eval "$$($(TESTENV) up --node)"; OCISYNC_E2E_REQUIRED=1 OCISYNC_NODE_REQUIRED=$${OCISYNC_NODE:+1} $(CARGO) test --locked
 
 deps: $(PYENV)/.done ## install what the tests need besides cargo (apt packages come with testenv-up)
 
@@ -30,8 +30,8 @@ unit: ## unit tests only, no environment needed
 e2e: deps ## end-to-end tests against the local (or your KUBECONFIG's) environment
 	eval "$$($(TESTENV) up)"; OCISYNC_E2E_REQUIRED=1 $(CARGO) test --locked --test 'e2e_*'
 
-testenv-up: ## start the local cluster and registries; prints export lines
-	$(TESTENV) up
+testenv-up: ## start the local cluster (with a real node) and registries; prints export lines
+	$(TESTENV) up --node
 
 testenv-down: ## stop what testenv-up started
 	$(TESTENV) down
@@ -47,7 +47,7 @@ build: ## debug build
 release: ## optimised build
 	$(CARGO) build --locked --release
 
-demo: release ## environment up, a sample Falco rules artifact pushed, CRDs applied, results shown
+demo: deps release ## ocisync as pods on the local real node: image, helm install, a Falco rules bundle to a ConfigMap and the node
 	e2e/demo.sh
 
 image: release ## the image without Docker, pushed to IMAGE=host:port/repo:tag (plain HTTP)

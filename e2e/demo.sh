@@ -1,18 +1,32 @@
 #!/usr/bin/env bash
-# `make demo`: the main job on a fresh machine. Brings the local environment up, pushes a
-# sample Falco rules artifact (written here, not copied from upstream), applies the CRDs
-# and a sample ArtifactSource, and shows what is there. Grows as the controller and agent land.
+# `make demo`: ocisync running as pods on the local real node. Brings the environment up
+# (with a node), builds the image without Docker, installs the chart with Helm, pushes a
+# sample Falco rules artifact (written here, not copied from upstream), and applies an
+# ArtifactSource and a RuleBundle whose files land in a ConfigMap and on the node.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=${OCISYNC_BIN:-target/release/ocisync}
-[[ -x $BIN ]] || BIN=target/debug/ocisync
-[[ -x $BIN ]] || { echo "demo: build first (make release)" >&2; exit 1; }
-
-eval "$(e2e/testenv.sh up)"
+eval "$(e2e/testenv.sh up --node)"
+[[ -n ${OCISYNC_NODE:-} ]] || { echo "demo: needs the local real node (unset KUBECONFIG)" >&2; exit 1; }
+BIN=target/release/ocisync
+HELM=target/tools/helm
+ns=ocisync-demo
+hostdir=/tmp/ocisync-demo
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-echo "== a sample Falco rules file"
+echo "== the image, built without Docker, in the local registry"
+tag=demo-$(date +%s)
+e2e/image.sh "$OCISYNC_REGISTRY_PLAIN/ocisync:$tag"
+
+echo "== helm install (controller Deployment, agent DaemonSet)"
+"$HELM" upgrade --install ocisync charts/ocisync --namespace "$ns" --create-namespace \
+	--set image.repository="$OCISYNC_REGISTRY_PLAIN/ocisync" --set image.tag="$tag" \
+	--set "agent.allowedDirs={$hostdir}" --set agent.stateDir="$hostdir-state" \
+	--set 'agent.controllerURL=http://$(OCISYNC_CONTROLLER_SERVICE_HOST):$(OCISYNC_CONTROLLER_SERVICE_PORT)'
+kubectl -n "$ns" rollout status deploy/ocisync-controller --timeout=120s
+kubectl -n "$ns" rollout status ds/ocisync-agent --timeout=120s
+
+echo "== a sample Falco rules file, pushed as a falcoctl-style artifact"
 mkdir -p "$work/rules"
 cat >"$work/rules/ocisync_demo_rules.yaml" <<'RULES'
 # A small rule set written for the ocisync demo.
@@ -28,48 +42,34 @@ cat >"$work/rules/ocisync_demo_rules.yaml" <<'RULES'
   priority: NOTICE
   tags: [ocisync, demo]
 RULES
+"$BIN" push "$work/rules/ocisync_demo_rules.yaml" "$OCISYNC_REGISTRY_PLAIN/ocisync-demo/falco-rules" \
+	--type falco-rules --version 0.1.0 --floating-tags --insecure
 
-ref="$OCISYNC_REGISTRY_PLAIN/ocisync-demo/falco-rules"
-echo "== ocisync push $ref (version 0.1.0, floating tags)"
-"$BIN" push "$work/rules/ocisync_demo_rules.yaml" "$ref" --type falco-rules \
-	--version 0.1.0 --floating-tags --insecure
-
-echo "== ocisync pull $ref:0 (semver-style floating tag)"
-"$BIN" pull "$ref:0" -o "$work/pulled" --insecure
-ls -l "$work/pulled"
-
-echo "== CRDs applied to the cluster"
-kubectl apply --server-side --field-manager=ocisync -f crds/
-kubectl wait --for condition=Established --timeout=60s \
-	crd/artifactsources.ocisync.dev crd/rulebundles.ocisync.dev
-
-echo "== a sample ArtifactSource"
-kubectl create namespace ocisync-demo --dry-run=client -o yaml | kubectl apply -f -
-kubectl apply -n ocisync-demo -f - <<YAML
+echo "== an ArtifactSource and a RuleBundle (ConfigMap + files on the node)"
+kubectl apply -n "$ns" -f - <<YAML
 apiVersion: ocisync.dev/v1alpha1
 kind: ArtifactSource
-metadata:
-  name: falco-rules
+metadata: {name: falco-rules}
 spec:
-  url: oci://$ref
-  ref:
-    semver: ">=0.1.0 <1"
-  interval: 5m
+  url: oci://$OCISYNC_NODE_REGISTRY/ocisync-demo/falco-rules
+  ref: {semver: ">=0.1.0 <1"}
+  interval: 1m
   insecure: true
+---
+apiVersion: ocisync.dev/v1alpha1
+kind: RuleBundle
+metadata: {name: falco-rules}
+spec:
+  sources: [{sourceRef: {name: falco-rules}}]
+  configMap: {}
+  nodeFiles: {directory: $hostdir/rules.d}
 YAML
-
-echo "== the controller (artifact server on 127.0.0.1:9090)"
-pkill -f "ocisync controller --namespace ocisync-demo" 2>/dev/null || true
-mkdir -p "$OCISYNC_TESTENV_DIR/demo-store"
-nohup "$BIN" controller --namespace ocisync-demo --listen 127.0.0.1:9090 \
-	--artifact-base-url http://127.0.0.1:9090 --store-dir "$OCISYNC_TESTENV_DIR/demo-store" \
-	>"$OCISYNC_TESTENV_DIR/logs/demo-controller.log" 2>&1 &
-echo "controller pid $! (log: $OCISYNC_TESTENV_DIR/logs/demo-controller.log)"
-kubectl wait -n ocisync-demo --for=condition=Ready --timeout=60s artifactsource/falco-rules
-kubectl get artifactsources -n ocisync-demo -o wide
-url=$(kubectl get artifactsource falco-rules -n ocisync-demo -o jsonpath='{.status.artifact.url}')
-echo "== served index: $url"
-curl -fsS "$url"
+kubectl wait -n "$ns" --for=condition=Ready --timeout=120s rulebundle/falco-rules
+kubectl get pods,artifactsources,rulebundles,nodereports -n "$ns" -o wide
+echo "== the ConfigMap"
+kubectl get configmap falco-rules -n "$ns" -o jsonpath='{.metadata.annotations}{"\n"}'
+echo "== on the node: $hostdir/rules.d"
+ls -la "$hostdir/rules.d"
 echo
-echo "demo: environment and controller are up; use them with:  eval \"\$(e2e/testenv.sh env)\""
-echo "stop the controller with: pkill -f 'ocisync controller --namespace ocisync-demo'"
+echo "demo: ocisync runs as pods in namespace $ns; use the environment with: eval \"\$(e2e/testenv.sh env)\""
+echo "remove it with: $HELM uninstall ocisync -n $ns"

@@ -747,8 +747,11 @@ cmd_up() {
 			log "KUBECONFIG=$KUBECONFIG does not answer /readyz: starting the local cluster instead"
 		fi
 	fi
+	if ((NODE && external)); then
+		log "--node ignored: KUBECONFIG's cluster brings its own nodes"
+		NODE=0
+	fi
 	if ((NODE)); then
-		((!external)) || die "--node needs the local cluster (unset KUBECONFIG)"
 		read -ra more <<<"$(node_packages)"
 		cmds+=("${more[@]}")
 	fi
