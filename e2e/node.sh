@@ -2,6 +2,8 @@
 # The real node of `e2e/testenv.sh up --node`, sourced by testenv.sh: containerd (with
 # runc and Debian's CNI plugins), kubelet, kube-scheduler and kube-proxy, built or
 # installed from Debian like the control plane, started, recorded and stopped the same way.
+# One node environment per machine: the pod bridge and kube-proxy's iptables chains are
+# machine-wide.
 #
 # Pods reach the host on the pod bridge's gateway (NODE_GW): the API server advertises it
 # (the `kubernetes` Service), the plain registry listens there too, and the kubelet binds
@@ -160,8 +162,8 @@ stop_node() {
 	fi
 	# with --all (from `down`): kube-proxy's iptables rules and the pod bridge are ours too
 	if [[ ${1:-} == --all ]]; then
-		[[ -x $K8S_BIN/kube-proxy ]] && as_root "$K8S_BIN/kube-proxy" --cleanup >/dev/null 2>&1
-		ip link show "$NODE_BRIDGE" >/dev/null 2>&1 && as_root ip link del "$NODE_BRIDGE" 2>/dev/null
+		[[ ! -x $K8S_BIN/kube-proxy ]] || as_root "$K8S_BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
+		! ip link show "$NODE_BRIDGE" >/dev/null 2>&1 || as_root ip link del "$NODE_BRIDGE" 2>/dev/null || true
 	fi
 	return 0
 }
