@@ -13,7 +13,7 @@ help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 test: deps lint ## everything CI runs: deps, fmt, clippy, unit and end-to-end tests (real node included)
-	eval "$$($(TESTENV) up --node)"; OCISYNC_E2E_REQUIRED=1 OCISYNC_NODE_REQUIRED=$${OCISYNC_NODE:+1} $(CARGO) test --locked
+	env=$$($(TESTENV) up --node); eval "$$env"; OCISYNC_E2E_REQUIRED=1 OCISYNC_NODE_REQUIRED=$${OCISYNC_NODE:+1} $(CARGO) test --locked
 
 deps: $(PYENV)/.done ## install what the tests need besides cargo (apt packages come with testenv-up)
 
@@ -28,7 +28,7 @@ unit: ## unit tests only, no environment needed
 	$(CARGO) test --locked --lib --bins
 
 e2e: deps ## end-to-end tests against the local (or your KUBECONFIG's) environment
-	eval "$$($(TESTENV) up)"; OCISYNC_E2E_REQUIRED=1 $(CARGO) test --locked --test 'e2e_*'
+	env=$$($(TESTENV) up --node); eval "$$env"; OCISYNC_E2E_REQUIRED=1 $(CARGO) test --locked --test 'e2e_*'
 
 testenv-up: ## start the local cluster (with a real node) and registries; prints export lines
 	$(TESTENV) up --node

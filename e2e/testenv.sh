@@ -453,6 +453,34 @@ ensure_cluster_files() {
 	)
 	mkdir -p "$STATE/apiserver-certs" "$STATE/etcd-data" "$STATE/kcm-certs"
 	chmod 700 "$STATE/etcd-data"
+	ensure_apiserver_cert
+}
+
+# The API server's serving certificate, made here rather than by the API server: a CA and a
+# leaf valid for loopback, the pod bridge's gateway (a real node's pods) and the
+# `kubernetes` Service, written as leaf + CA the way kube-apiserver writes its own.
+ensure_apiserver_cert() {
+	local d=$STATE/apiserver-certs
+	if [[ -s $d/apiserver.crt && -s $d/apiserver.key ]] &&
+		openssl x509 -in "$d/apiserver.crt" -noout -ext subjectAltName 2>/dev/null | grep -q "IP Address:10.88.0.1"; then
+		return 0
+	fi
+	(
+		umask 077
+		openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 3650 -keyout "$d/ca.key" -out "$d/ca.crt" \
+			-subj "/CN=ocisync testenv apiserver CA" -addext "basicConstraints=critical,CA:TRUE" \
+			-addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+		openssl req -new -newkey rsa:2048 -nodes -sha256 -keyout "$d/apiserver.key" -out "$d/apiserver.csr" \
+			-subj "/CN=kube-apiserver" 2>/dev/null
+		printf '%s\n' \
+			"subjectAltName=IP:127.0.0.1,IP:10.88.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local" \
+			"basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
+			"extendedKeyUsage=serverAuth" >"$d/apiserver.ext"
+		openssl x509 -req -sha256 -days 825 -in "$d/apiserver.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" \
+			-set_serial "0x$(rand_hex 12)" -extfile "$d/apiserver.ext" -out "$d/leaf.crt" 2>/dev/null
+		cat "$d/leaf.crt" "$d/ca.crt" >"$d/apiserver.crt"
+		rm -f "$d/apiserver.csr" "$d/leaf.crt"
+	) || die "openssl could not make the API server certificate"
 }
 
 # The API server makes its own serving certificate (and CA) in its --cert-dir on first

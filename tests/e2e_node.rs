@@ -11,12 +11,14 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::controller::wait_on;
+use common::{helm, root, run_ok};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use ocisync::api::RuleBundle;
 
 struct Node {
+    name: String,
     registry: String,
     state: PathBuf,
 }
@@ -28,7 +30,8 @@ fn node() -> Option<Node> {
         var("OCISYNC_NODE_REGISTRY"),
         var("OCISYNC_NODE_STATE"),
     ) {
-        (Some(_name), Some(registry), Some(state)) => Some(Node {
+        (Some(name), Some(registry), Some(state)) => Some(Node {
+            name,
             registry,
             state: state.into(),
         }),
@@ -42,21 +45,6 @@ fn node() -> Option<Node> {
             None
         }
     }
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn run_ok(c: &mut Command) -> String {
-    let out = c.output().expect("run");
-    assert!(
-        out.status.success(),
-        "{c:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Pod phases, container states and the last log lines of every pod in `ns`, read from the
@@ -184,12 +172,8 @@ async fn helm_installed_pods_deliver_rules_to_a_configmap_consumer_and_the_host(
             .arg(format!("{image}:{u}"))
             .env("OCISYNC_BIN", env!("CARGO_BIN_EXE_ocisync")),
     );
-    let helm = std::env::var("OCISYNC_HELM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root().join("target/tools/helm"));
     run_ok(
-        Command::new(&helm)
-            .current_dir(root())
+        helm()
             .args(["install", "ocisync", "charts/ocisync", "--namespace", &ns, "--create-namespace", "--kubeconfig"])
             .arg(&env.kubeconfig)
             .args(["--set", &format!("image.repository={image}"), "--set", &format!("image.tag={u}")])
@@ -230,6 +214,8 @@ async fn helm_installed_pods_deliver_rules_to_a_configmap_consumer_and_the_host(
     let v1 = format!("- rule: node v1 {u}\n  condition: evt.type = open\n");
     push(&env, work.path(), &repo, &v1);
     let dir = format!("{}/rules/falco", host.display());
+    // the real node only, whatever fake Nodes other tests leave behind
+    let selector = serde_json::json!({"matchLabels": {"kubernetes.io/hostname": node.name}});
     let sources: Api<ocisync::api::ArtifactSource> = Api::namespaced(client.clone(), &ns);
     let bundles: Api<RuleBundle> = Api::namespaced(client.clone(), &ns);
     let source = serde_json::json!({"apiVersion": "ocisync.dev/v1alpha1", "kind": "ArtifactSource", "metadata": {"name": "rules"},
@@ -243,7 +229,7 @@ async fn helm_installed_pods_deliver_rules_to_a_configmap_consumer_and_the_host(
         .await
         .expect("source");
     let bundle = serde_json::json!({"apiVersion": "ocisync.dev/v1alpha1", "kind": "RuleBundle", "metadata": {"name": "falco"},
-        "spec": {"sources": [{"sourceRef": {"name": "rules"}}], "configMap": {"name": "falco-rules"}, "nodeFiles": {"directory": dir}}});
+        "spec": {"sources": [{"sourceRef": {"name": "rules"}}], "configMap": {"name": "falco-rules"}, "nodeFiles": {"directory": dir, "nodeSelector": selector}}});
     bundles
         .patch(
             "falco",
@@ -361,7 +347,7 @@ async fn helm_installed_pods_deliver_rules_to_a_configmap_consumer_and_the_host(
     // 7. bad input, each a clear reason, never a hang:
     // a node directory not mounted into the agent
     let unmounted = serde_json::json!({"apiVersion": "ocisync.dev/v1alpha1", "kind": "RuleBundle", "metadata": {"name": "unmounted"},
-        "spec": {"sources": [{"sourceRef": {"name": "rules"}}], "nodeFiles": {"directory": format!("/tmp/ocisync-not-mounted-{u}")}}});
+        "spec": {"sources": [{"sourceRef": {"name": "rules"}}], "nodeFiles": {"directory": format!("/tmp/ocisync-not-mounted-{u}"), "nodeSelector": selector}}});
     bundles
         .patch(
             "unmounted",
@@ -429,8 +415,7 @@ async fn helm_installed_pods_deliver_rules_to_a_configmap_consumer_and_the_host(
         .await
         .expect("service");
     run_ok(
-        Command::new(&helm)
-            .current_dir(root())
+        helm()
             .args([
                 "upgrade",
                 "ocisync",
@@ -482,7 +467,7 @@ async fn helm_installed_pods_deliver_rules_to_a_configmap_consumer_and_the_host(
 
     // 6. helm uninstall: the agent goes, the files it wrote stay (Falco keeps its rules)
     run_ok(
-        Command::new(&helm)
+        helm()
             .args([
                 "uninstall",
                 "ocisync",

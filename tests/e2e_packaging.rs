@@ -5,6 +5,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+
+use common::{helm, root, run_ok};
 use std::process::Command;
 
 use k8s_openapi::api::authentication::v1::TokenRequest;
@@ -16,36 +18,6 @@ use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::discovery::ApiResource;
 use ocisync::api::{ArtifactSource, NodeReport, RuleBundle};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The Helm binary `make deps` installs (or OCISYNC_HELM).
-fn helm() -> Command {
-    let path = std::env::var("OCISYNC_HELM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root().join("target/tools/helm"));
-    assert!(
-        path.exists(),
-        "no Helm at {}: run `make deps`",
-        path.display()
-    );
-    let mut c = Command::new(path);
-    c.current_dir(root());
-    c
-}
-
-fn run_ok(mut c: Command) -> String {
-    let out = c.output().expect("run");
-    assert!(
-        out.status.success(),
-        "{c:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn documents(yaml: &str) -> Vec<serde_json::Value> {
     use serde::Deserialize;
@@ -68,11 +40,7 @@ fn find<'a>(docs: &'a [serde_json::Value], kind: &str, name_suffix: &str) -> &'a
 
 #[test]
 fn the_chart_lints_and_renders_least_privilege_and_hardened_pods() {
-    run_ok({
-        let mut c = helm();
-        c.args(["lint", "--strict", "charts/ocisync"]);
-        c
-    });
+    run_ok(helm().args(["lint", "--strict", "charts/ocisync"]));
     let mut c = helm();
     c.args([
         "template",
@@ -81,7 +49,7 @@ fn the_chart_lints_and_renders_least_privilege_and_hardened_pods() {
         "--namespace",
         "ocisync-system",
     ]);
-    let docs = documents(&run_ok(c));
+    let docs = documents(&run_ok(&mut c));
     for (kind, name) in [("Deployment", "-controller"), ("DaemonSet", "-agent")] {
         let pod = &find(&docs, kind, name)["spec"]["template"]["spec"];
         let c = &pod["containers"][0];
@@ -155,7 +123,7 @@ fn the_chart_lints_and_renders_least_privilege_and_hardened_pods() {
         "--set",
         "agent.enabled=false",
     ]);
-    let docs = documents(&run_ok(c));
+    let docs = documents(&run_ok(&mut c));
     assert_eq!(
         secrets_verbs(&docs),
         Some(serde_json::json!(["get", "list", "watch"]))
@@ -300,7 +268,7 @@ async fn helm_install_creates_everything_and_its_rbac_holds_for_real() {
         "--set",
         "image.tag=e2e",
     ]);
-    run_ok(c);
+    run_ok(&mut c);
     // every object accepted, CRDs established
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(admin.clone());
@@ -458,7 +426,7 @@ async fn helm_install_creates_everything_and_its_rbac_holds_for_real() {
     let mut c = helm();
     c.args(["uninstall", &release, "--namespace", &ns, "--kubeconfig"])
         .arg(&env.kubeconfig);
-    run_ok(c);
+    run_ok(&mut c);
     let roles: Api<ClusterRole> = Api::all(admin.clone());
     assert!(
         roles

@@ -192,3 +192,35 @@ pub fn base64_encode_bytes(b: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(b)
 }
+
+/// The repository's root directory.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Helm binary `make deps` installs (or OCISYNC_HELM), run from the repository root.
+pub fn helm() -> std::process::Command {
+    let path = var("OCISYNC_HELM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/tools/helm"));
+    assert!(
+        path.exists(),
+        "no Helm at {}: run `make deps`",
+        path.display()
+    );
+    let mut c = std::process::Command::new(path);
+    c.current_dir(root());
+    c
+}
+
+/// Runs a command that must succeed; its stdout.
+pub fn run_ok(c: &mut std::process::Command) -> String {
+    let out = c.output().expect("run");
+    assert!(
+        out.status.success(),
+        "{c:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
