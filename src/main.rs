@@ -33,9 +33,16 @@ fn main() -> ExitCode {
 
 /// Structured logs on stderr: JSON when not on a terminal, `RUST_LOG` filters (default info).
 /// kube's client logs each failed request at error level; ocisync reports those failures
-/// itself (once, with context), so that logger is off unless `RUST_LOG` asks for it.
+/// itself (once, with context), so that logger is off unless `RUST_LOG` names kube_client
+/// (the chart's `RUST_LOG=info` keeps it off too).
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    let spec = if spec.contains("kube_client") {
+        spec
+    } else {
+        format!("{spec},kube_client::client::builder=off")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&spec).unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,kube_client::client::builder=off")
     });
     let builder = tracing_subscriber::fmt()

@@ -8,6 +8,7 @@ use std::process::Output;
 fn run(args: &[&str]) -> Output {
     common::ocisync()
         .env("RUST_BACKTRACE", "1") // a backtrace, if one slipped through, would show
+        .env("RUST_LOG", "info") // as the chart sets it
         .env_remove("KUBECONFIG")
         .args(args)
         .output()
