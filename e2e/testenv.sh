@@ -790,6 +790,10 @@ cmd_up() {
 	ensure_commands "${cmds[@]}"
 
 	load_ports
+	# `up` after `up --node`: the running node environment is reused as it is
+	if ((!NODE && !external)) && [[ $(cat "$STATE/cluster-node-mode" 2>/dev/null) == 1 ]] && node_healthy; then
+		NODE=1
+	fi
 	((NODE)) && ensure_bridge
 	ensure_secrets
 	if ((external)); then

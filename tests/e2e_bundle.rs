@@ -469,3 +469,106 @@ async fn a_bundle_waits_for_its_sources() {
     );
     h.cleanup().await;
 }
+
+/// `ocisync_reconciles_total{kind="RuleBundle",result="skipped"}` from the controller.
+async fn skipped(h: &Harness) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", h.base_url))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    text.lines()
+        .filter(|l| {
+            l.starts_with("ocisync_reconciles_total{")
+                && l.contains("kind=\"RuleBundle\"")
+                && l.contains("result=\"skipped\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Waits (with the deadline) until the skipped-reconcile count exceeds `than`.
+async fn wait_skipped(h: &Harness, than: u64) {
+    let deadline = std::time::Instant::now() + common::controller::DEADLINE;
+    while skipped(h).await <= than {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the suspended bundle was never woken"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_suspended_bundle_keeps_its_configmap_until_resumed() {
+    let Some(h) = harness().await else { return };
+    let work = tempfile::tempdir().expect("tempdir");
+    let repo = h.env.repo(Which::Plain, "bundle-suspend");
+    let v1 = format!("- rule: v1 {}\n", common::unique());
+    push_file(
+        &h.env,
+        Which::Plain,
+        work.path(),
+        &format!("{repo}:1"),
+        "falco_rules.yaml",
+        v1.as_bytes(),
+        &[],
+    );
+    source(&h, "rules", &repo, "1").await;
+    let spec = |suspend: bool| serde_json::json!({"sources": [{"sourceRef": {"name": "rules"}}], "configMap": {}, "suspend": suspend});
+    bundle(&h, "held", spec(false)).await;
+    h.wait_for::<RuleBundle>("held", "Ready", is_ready).await;
+    let initial = skipped(&h).await;
+    bundle(&h, "held", spec(true)).await;
+    wait_skipped(&h, initial).await; // the suspension is seen
+
+    // a new revision arrives while suspended: the bundle is woken, skips, and writes nothing
+    let before = skipped(&h).await;
+    let v2 = format!("- rule: v2 {}\n", common::unique());
+    push_file(
+        &h.env,
+        Which::Plain,
+        work.path(),
+        &format!("{repo}:1"),
+        "falco_rules.yaml",
+        v2.as_bytes(),
+        &[],
+    );
+    let moved = h.request_check("rules", "after-suspend").await;
+    assert!(
+        moved
+            .status
+            .and_then(|s| s.artifact)
+            .is_some_and(|a| a.revision.starts_with("1@"))
+    );
+    let deadline = std::time::Instant::now() + common::controller::DEADLINE;
+    while skipped(&h).await <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the suspended bundle was never woken"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let cms: Api<ConfigMap> = Api::namespaced(h.client.clone(), &h.ns);
+    assert_eq!(
+        cms.get("held")
+            .await
+            .expect("configmap")
+            .data
+            .unwrap_or_default()["falco_rules.yaml"],
+        v1,
+        "unchanged while suspended"
+    );
+
+    // resumed: the new revision is written
+    bundle(&h, "held", spec(false)).await;
+    let expect = v2.clone();
+    h.wait_for::<ConfigMap>("held", "updated after resuming", move |cm| {
+        cm.and_then(|c| c.data.as_ref())
+            .and_then(|d| d.get("falco_rules.yaml"))
+            == Some(&expect)
+    })
+    .await;
+    h.cleanup().await;
+}
