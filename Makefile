@@ -6,6 +6,8 @@ TESTENV := e2e/testenv.sh
 # oras-py, the independent client the interop tests and the benchmark compare against.
 PYENV := $(CURDIR)/target/pyenv
 export OCISYNC_PYTHON := $(PYENV)/bin/python
+# Helm and kubectl from `make deps` come first (Debian's kubectl 1.20 is too old for `-k`).
+export PATH := $(CURDIR)/target/tools:$(PATH)
 
 .PHONY: help test deps lint unit e2e demo crds crds-check testenv-up testenv-down bench build release image
 

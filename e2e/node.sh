@@ -18,7 +18,9 @@ NODE_STATE=$STATE/node
 CTRD_SOCK=$NODE_STATE/containerd/containerd.sock
 
 node_packages() {
-	echo containerd:containerd runc:runc iptables:iptables gcc:gcc busybox:busybox-static ip:iproute2
+	# build-essential, not gcc alone: `gcc -static` needs libc6-dev, only recommended by gcc
+	echo containerd:containerd runc:runc iptables:iptables gcc:build-essential busybox:busybox-static \
+		ip:iproute2 sysctl:procps pgrep:procps
 }
 
 node_ready() {
