@@ -139,6 +139,15 @@ impl Target {
             .all(|f| file_digest(&data.join(&f.key)).ok().as_deref() == Some(f.digest.as_str()))
     }
 
+    /// Removes what an interrupted write left behind (staging directories, a half-made
+    /// link), keeping the current revision.
+    pub fn tidy(&self) -> Result<(), DiskError> {
+        let current = self
+            .current_data()
+            .and_then(|d| d.file_name().and_then(|n| n.to_str()).map(str::to_string));
+        self.remove_data_dirs(current.as_deref())
+    }
+
     /// Creates a fresh data directory for a new revision.
     pub fn stage(&self) -> Result<Staging, DiskError> {
         fs::create_dir_all(&self.dir).map_err(io_at(&self.dir))?;

@@ -162,3 +162,18 @@ fn a_failed_staging_leaves_the_last_good_revision() {
         .count();
     assert_eq!(leftovers, 1);
 }
+
+#[test]
+fn tidy_clears_what_a_killed_write_left() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = target(tmp.path());
+    apply(&t, "r1", &[("a.yaml", b"a1")]).unwrap();
+    // a staging directory that a SIGKILL kept from being dropped
+    let stray = t.dir.join("..ocisync.ns.b.deadbeef");
+    fs::create_dir(&stray).unwrap();
+    fs::write(stray.join("a.yaml"), b"half").unwrap();
+    t.tidy().unwrap();
+    assert!(!stray.exists());
+    assert_eq!(t.current_revision().as_deref(), Some("r1"));
+    assert_eq!(visible(&t.dir), [("a.yaml".into(), "a1".into())]);
+}

@@ -31,6 +31,9 @@ pub struct Memory {
     /// Per bundle uid, the last failure for a revision and directory: not retried before
     /// its time, however often other changes wake the agent.
     pub failed: HashMap<String, Failure>,
+    /// The on-node records (what was written where), read from disk once and then kept in
+    /// step with every save and delete.
+    pub records: Option<HashMap<String, Record>>,
 }
 
 /// A failed apply, remembered for backoff.
@@ -56,10 +59,15 @@ pub async fn pass(
     labels: &BTreeMap<String, String>,
     full: bool,
 ) -> Vec<BundleReport> {
-    let records: HashMap<String, Record> = records::load_all(env.state_dir)
-        .into_iter()
-        .map(|r| (r.uid.clone(), r))
-        .collect();
+    let records: HashMap<String, Record> = memory
+        .records
+        .get_or_insert_with(|| {
+            records::load_all(env.state_dir)
+                .into_iter()
+                .map(|r| (r.uid.clone(), r))
+                .collect()
+        })
+        .clone();
     let mut reports = Vec::new();
     let mut keep = HashSet::new();
     for bundle in bundles {
@@ -124,8 +132,13 @@ pub async fn pass(
                 tracing::info!(bundle = %record.id(), directory = %record.directory.display(), "files removed");
                 memory.applied.remove(&uid);
                 memory.failed.remove(&uid);
-                if let Err(e) = records::delete(env.state_dir, &uid) {
-                    tracing::warn!(error = %e, "cannot delete the agent record");
+                match records::delete(env.state_dir, &uid) {
+                    Ok(()) => {
+                        if let Some(r) = memory.records.as_mut() {
+                            r.remove(&uid);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot delete the agent record"),
                 }
             }
             Err(e) => tracing::warn!(bundle = %record.id(), error = %e, "cannot remove files"),
@@ -164,7 +177,10 @@ async fn apply(
     {
         return Err((f.reason, f.message.clone()));
     }
-    let result = write(env, record, previous, allowed, revision, files).await;
+    let result = match check_and_record(env, memory, record, previous, allowed) {
+        Ok(()) => write(env, record, previous, revision, files).await,
+        Err(e) => Err(e),
+    };
     match &result {
         Ok(()) => {
             memory.failed.remove(&record.uid);
@@ -197,14 +213,14 @@ async fn apply(
     result
 }
 
-/// Verifies the bundle's directory and, when it differs, writes the revision.
-async fn write(
+/// Checks that the directory stays inside its allowed directory, then records the bundle on
+/// the node (before any file, so a crash mid-write is still cleaned up later).
+fn check_and_record(
     env: &Env<'_>,
+    memory: &mut Memory,
     record: &Record,
     previous: Option<&Record>,
     allowed: &std::path::Path,
-    revision: &str,
-    files: &[WantedFile],
 ) -> Result<(), (&'static str, String)> {
     if !desired::stays_inside(env.host_root, &record.directory, allowed) {
         return Err((
@@ -217,12 +233,29 @@ async fn write(
             ),
         ));
     }
-    let target = target_of(env, record);
     if previous != Some(record) {
         records::save(env.state_dir, record)
             .map_err(|e| (reason::WRITE_FAILED, format!("agent state: {e}")))?;
+        if let Some(r) = memory.records.as_mut() {
+            r.insert(record.uid.clone(), record.clone());
+        }
     }
-    if !target.verify(revision, files) {
+    Ok(())
+}
+
+/// Verifies the bundle's directory and, when it differs, writes the revision.
+async fn write(
+    env: &Env<'_>,
+    record: &Record,
+    previous: Option<&Record>,
+    revision: &str,
+    files: &[WantedFile],
+) -> Result<(), (&'static str, String)> {
+    let target = target_of(env, record);
+    if target.verify(revision, files) {
+        // killed mid-write after this revision landed: clear the leftovers
+        target.tidy().map_err(|e| (e.reason(), e.to_string()))?;
+    } else {
         let staging = target.stage().map_err(|e| (e.reason(), e.to_string()))?;
         for f in files {
             if !target.reuse(&staging, f) {
