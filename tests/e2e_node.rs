@@ -108,14 +108,9 @@ where
         + 'static,
 {
     let deadline = Duration::from_secs(120);
-    match tokio::time::timeout(
-        deadline,
-        kube::runtime::wait::await_condition(api, name, cond),
-    )
-    .await
-    {
-        Ok(Ok(o)) => o,
-        _ => panic!(
+    match common::controller::wait_within(api, name, deadline, cond).await {
+        Some(o) => o,
+        None => panic!(
             "{name}: not {what} within {deadline:?}; pods:{}",
             diagnose(client, ns).await
         ),
@@ -179,6 +174,8 @@ async fn helm_installed_pods_deliver_rules_to_a_configmap_consumer_and_the_host(
             .args(["--set", &format!("image.repository={image}"), "--set", &format!("image.tag={u}")])
             .args(["--set", &format!("agent.allowedDirs={{{}/rules}}", host.display())])
             .args(["--set", &format!("agent.stateDir={}/state", host.display())])
+            // the real node only, whatever fake Nodes other tests leave behind
+            .args(["--set", &format!("agent.nodeSelector.kubernetes\\.io/hostname={}", node.name)])
             // no cluster DNS here: the Service's environment variables instead
             .args(["--set", "agent.controllerURL=http://$(OCISYNC_CONTROLLER_SERVICE_HOST):$(OCISYNC_CONTROLLER_SERVICE_PORT)"]),
     );

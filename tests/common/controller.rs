@@ -262,9 +262,9 @@ where
         + Send
         + 'static,
 {
-    match tokio::time::timeout(DEADLINE, await_condition(api.clone(), name, cond)).await {
-        Ok(Ok(o)) => o,
-        _ => {
+    match wait_within(api.clone(), name, DEADLINE, cond).await {
+        Some(o) => o,
+        None => {
             let last = api.get_opt(name).await.ok().flatten();
             let last = last
                 .map(|o| serde_json::to_string_pretty(&o).unwrap_or_default())
@@ -274,6 +274,28 @@ where
                 K::kind(&())
             );
         }
+    }
+}
+
+/// The object once `cond` holds for it (`Some(None)`: it is absent), or `None` when the
+/// deadline passed first.
+pub async fn wait_within<K>(
+    api: Api<K>,
+    name: &str,
+    deadline: Duration,
+    cond: impl Fn(Option<&K>) -> bool + Send + 'static,
+) -> Option<Option<K>>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    match tokio::time::timeout(deadline, await_condition(api, name, cond)).await {
+        Ok(Ok(o)) => Some(o),
+        _ => None,
     }
 }
 
