@@ -23,6 +23,8 @@
 #   OCISYNC_CACHE            cache root (default ${XDG_CACHE_HOME:-$HOME/.cache}/ocisync)
 #   OCISYNC_TESTENV_TIMEOUT  seconds to wait for each component (default 60)
 set -euo pipefail
+# iptables, sysctl, ip live in sbin, which a user's PATH may lack
+export PATH=$PATH:/usr/sbin:/sbin
 
 readonly K8S_VERSION=v1.20.2
 readonly REG_USER=ocisync
