@@ -13,6 +13,13 @@ pub mod reason {
     pub const APPLIED: &str = "Applied";
     /// The bundle has no revision yet (its controller has not planned it).
     pub const WAITING: &str = "Waiting";
+    /// A new revision is being swapped in (written before the swap, so no report ever
+    /// claims a revision that a crash mid-write replaced).
+    pub const APPLYING: &str = "Applying";
+    /// The bundle's files are being removed from this node (written before the removal).
+    pub const REMOVING: &str = "Removing";
+    /// The report could not be marked `Applying`, so the files were left as they are.
+    pub const REPORT_FAILED: &str = "ReportFailed";
     pub const DIRECTORY_NOT_ALLOWED: &str = "DirectoryNotAllowed";
     /// A directory, file name or digest that could escape the directory or is malformed.
     pub const INVALID_PATH: &str = "InvalidPath";

@@ -109,7 +109,10 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
         tokio::join!(bundle_watch, node_watch);
     });
 
-    let reports: Api<NodeReport> = Api::all(client.clone());
+    let reporter = report::Reporter {
+        api: Api::<NodeReport>::all(client.clone()),
+        node: options.node_name.clone(),
+    };
     let http = fetch::client(options.timeout);
     let env = sync::Env {
         host_root: &options.host_root,
@@ -117,9 +120,9 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
         allow: &options.allow,
         controller_url: options.controller_url.trim_end_matches('/'),
         http: &http,
+        reporter: Some(&reporter),
     };
     let mut memory = sync::Memory::default();
-    let mut last_report = None;
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     tracing::info!(node = %options.node_name, host_root = %options.host_root.display(), controller = %options.controller_url, "agent started");
@@ -128,6 +131,8 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
         _ = &mut shutdown => { watches.abort(); stop_server.cancel(); return Ok(()); }
         _ = async { let _ = tokio::join!(bundles.wait_until_ready(), nodes.wait_until_ready()); } => {}
     }
+    // What the report says now, so claims that a write would falsify are withdrawn first.
+    memory.reported = reporter.read().await;
     let mut next_full = tokio::time::Instant::now();
     let mut retry: Option<Duration> = None;
     loop {
@@ -143,6 +148,7 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
             }
             Some(node) => {
                 let started = std::time::Instant::now();
+                memory.node_uid = node.uid().unwrap_or_default();
                 let outcome =
                     sync::pass(&env, &mut memory, &bundles.state(), node.labels(), full).await;
                 let spec = report::spec(outcome);
@@ -153,17 +159,16 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
                     started.elapsed().as_secs_f64(),
                 );
                 ready.store(true, Ordering::Relaxed);
-                if full || last_report.as_ref() != Some(&spec) {
-                    let uid = node.uid().unwrap_or_default();
-                    match report::write(&reports, &options.node_name, &uid, &spec).await {
-                        Ok(()) => last_report = Some(spec),
+                if full || memory.reported.as_ref() != Some(&spec) {
+                    match reporter.write(&memory.node_uid, &spec).await {
+                        Ok(()) => memory.reported = Some(spec),
                         Err(e) => {
                             tracing::warn!(error = %crate::controller::api_error_summary(&e), "cannot write the NodeReport");
-                            last_report = None;
+                            memory.reported = None;
                         }
                     }
                 }
-                failed || last_report.is_none()
+                failed || memory.reported.is_none()
             }
         };
         retry = failed.then(|| retry.map_or(RETRY, |d| d * 2).min(options.resync));

@@ -11,8 +11,9 @@ use super::desired::{self, AllowList, Decision, reason};
 use super::disk::{Target, WantedFile};
 use super::fetch;
 use super::records::{self, Record};
+use super::report::{self, Reporter};
 use crate::api::RuleBundle;
-use crate::api::node_report::BundleReport;
+use crate::api::node_report::{BundleReport, NodeReportSpec};
 
 /// What the agent needs for a pass.
 pub struct Env<'a> {
@@ -21,6 +22,8 @@ pub struct Env<'a> {
     pub allow: &'a AllowList,
     pub controller_url: &'a str,
     pub http: &'a reqwest::Client,
+    /// Where claims are withdrawn before files change (`None` in tests without a cluster).
+    pub reporter: Option<&'a Reporter>,
 }
 
 /// What stays between passes: per bundle uid, the revision and directory applied and
@@ -34,6 +37,10 @@ pub struct Memory {
     /// The on-node records (what was written where), read from disk once and then kept in
     /// step with every save and delete.
     pub records: Option<HashMap<String, Record>>,
+    /// The node's report as last read or written (`None`: unknown, it may claim anything).
+    pub reported: Option<NodeReportSpec>,
+    /// The Node's uid, the report's owner.
+    pub node_uid: String,
 }
 
 /// A failed apply, remembered for backoff.
@@ -127,6 +134,18 @@ pub async fn pass(
         if keep.contains(&uid) {
             continue;
         }
+        let removing = BundleReport {
+            namespace: record.namespace.clone(),
+            name: record.name.clone(),
+            uid: uid.clone(),
+            revision: None,
+            reason: reason::REMOVING.into(),
+            message: format!("removing files from {}", record.directory.display()),
+        };
+        if let Err(e) = withdraw(env, memory, &uid, None, Some(removing)).await {
+            tracing::warn!(bundle = %record.id(), error = %e, "cannot update the NodeReport; files kept for now");
+            continue;
+        }
         match target_of(env, &record).remove() {
             Ok(()) => {
                 tracing::info!(bundle = %record.id(), directory = %record.directory.display(), "files removed");
@@ -178,7 +197,7 @@ async fn apply(
         return Err((f.reason, f.message.clone()));
     }
     let result = match check_and_record(env, memory, record, previous, allowed) {
-        Ok(()) => write(env, record, previous, revision, files).await,
+        Ok(()) => write(env, memory, record, previous, revision, files).await,
         Err(e) => Err(e),
     };
     match &result {
@@ -246,6 +265,7 @@ fn check_and_record(
 /// Verifies the bundle's directory and, when it differs, writes the revision.
 async fn write(
     env: &Env<'_>,
+    memory: &mut Memory,
     record: &Record,
     previous: Option<&Record>,
     revision: &str,
@@ -264,6 +284,20 @@ async fn write(
                     .map_err(|e| (e.reason(), e.to_string()))?;
             }
         }
+        let applying = BundleReport {
+            namespace: record.namespace.clone(),
+            name: record.name.clone(),
+            uid: record.uid.clone(),
+            revision: None,
+            reason: reason::APPLYING.into(),
+            message: format!("writing revision {revision}"),
+        };
+        withdraw(env, memory, &record.uid, Some(revision), Some(applying))
+            .await
+            .map_err(|e| {
+                let m = format!("cannot mark the NodeReport Applying before the write: {e}");
+                (reason::REPORT_FAILED, m)
+            })?;
         target
             .commit(staging, revision, files)
             .map_err(|e| (e.reason(), e.to_string()))?;
@@ -276,4 +310,31 @@ async fn write(
         tracing::warn!(bundle = %old.id(), error = %e, "cannot remove files from the old directory");
     }
     Ok(())
+}
+
+/// Before bundle `uid`'s files change, rewrites the node's report if it says a revision
+/// other than `keeps` is applied (see [`report::withdraw`]); the error is the API's reason.
+async fn withdraw(
+    env: &Env<'_>,
+    memory: &mut Memory,
+    uid: &str,
+    keeps: Option<&str>,
+    replacement: Option<BundleReport>,
+) -> Result<(), String> {
+    let Some(reporter) = env.reporter else {
+        return Ok(());
+    };
+    let Some(spec) = report::withdraw(memory.reported.as_ref(), uid, keeps, replacement) else {
+        return Ok(());
+    };
+    match reporter.write(&memory.node_uid, &spec).await {
+        Ok(()) => {
+            memory.reported = Some(spec);
+            Ok(())
+        }
+        Err(e) => {
+            memory.reported = None;
+            Err(crate::controller::api_error_summary(&e))
+        }
+    }
 }

@@ -46,10 +46,23 @@ pub struct BundleReport {
     /// The bundle revision whose files are on disk now, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
-    /// `Applied`, or why the current revision is not on disk (`DirectoryNotAllowed`,
-    /// `FetchFailed`, `DigestMismatch`, `WriteFailed`, `FileConflict`, `InvalidPath`).
+    /// `Applied`; `Waiting` (no revision planned yet), `Applying` or `Removing` (files are
+    /// changing; written before they do); or why the current revision is not on disk
+    /// (`DirectoryNotAllowed`, `FetchFailed`, `DigestMismatch`, `WriteFailed`,
+    /// `FileConflict`, `InvalidPath`, `ReportFailed`).
     pub reason: String,
     /// Details for a failure.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+}
+
+impl BundleReport {
+    /// True for a failure: neither applied nor in progress (`Waiting`, `Applying`,
+    /// `Removing`).
+    pub fn is_failure(&self) -> bool {
+        !matches!(
+            self.reason.as_str(),
+            "Applied" | "Waiting" | "Applying" | "Removing"
+        )
+    }
 }

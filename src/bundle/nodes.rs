@@ -37,7 +37,7 @@ pub fn rollout<'a>(
             Some(e) if e.reason == "Applied" && e.revision.as_deref() == revision => {
                 r.counts.updated += 1
             }
-            Some(e) if e.reason != "Applied" && e.reason != "Waiting" => {
+            Some(e) if e.is_failure() => {
                 r.counts.failed += 1;
                 r.failures
                     .push(format!("{name}: {}: {}", e.reason, e.message));
@@ -96,6 +96,7 @@ mod tests {
             ("n2", &worker),
             ("n3", &worker),
             ("n4", &infra),
+            ("n5", &worker),
         ];
         let reports: BTreeMap<_, _> = [
             report("n1", &[("u", "Applied", Some("r2"))]),
@@ -108,13 +109,14 @@ mod tests {
             ),
             report("n3", &[("u", "DirectoryNotAllowed", None)]),
             report("n4", &[("u", "Applied", Some("r2"))]),
+            report("n5", &[("u", "Applying", None)]),
         ]
         .into();
         let r = rollout(&target, "u", Some("r2"), nodes, &reports);
         assert_eq!(
             r.counts,
             NodeCounts {
-                desired: 3,
+                desired: 4,
                 updated: 1,
                 failed: 1
             }
