@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use clap::error::ErrorKind;
+use ocisync::cli::Command;
 
 fn main() -> ExitCode {
     let cli = match ocisync::cli::Cli::try_parse() {
@@ -10,10 +11,13 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The long-running commands use every core; a one-shot push or pull is faster on one
+    // thread (its file writes still run beside it on the blocking pool).
+    let mut builder = match cli.command {
+        Command::Controller(_) | Command::Agent(_) => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -51,6 +51,7 @@ pub fn client(timeout: Duration) -> reqwest::Client {
         .connect_timeout(Duration::from_secs(5))
         .read_timeout(timeout)
         .user_agent(concat!("ocisync-agent/", env!("CARGO_PKG_VERSION")))
+        .tls_backend_preconfigured(crate::tls::client_config(Vec::new()))
         .build()
         .unwrap_or_default()
 }

@@ -88,25 +88,16 @@ impl Registry {
     /// Builds a client for `registry` (`host[:port]`).
     pub fn new(registry: &str, options: RegistryOptions) -> Result<Self> {
         crate::tls::install_crypto_provider();
-        let mut builder = reqwest::Client::builder()
+        let extra_roots = match &options.ca_pem {
+            Some(pem) => crate::tls::parse_pem_bundle(pem).map_err(OciError::InvalidReference)?,
+            None => Vec::new(),
+        };
+        let http = reqwest::Client::builder()
             .user_agent(concat!("ocisync/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(options.timeout.min(Duration::from_secs(10)))
             .read_timeout(options.timeout)
-            .redirect(reqwest::redirect::Policy::limited(5));
-        if let Some(pem) = &options.ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|_| {
-                OciError::InvalidReference("CA bundle is not valid PEM".to_string())
-            })?;
-            if certs.is_empty() {
-                return Err(OciError::InvalidReference(
-                    "CA bundle holds no certificate".into(),
-                ));
-            }
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        let http = builder
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .tls_backend_preconfigured(crate::tls::client_config(extra_roots))
             .build()
             .map_err(|e| OciError::RegistryUnavailable(format!("HTTP client setup failed: {e}")))?;
         let scheme = if options.insecure { "http" } else { "https" };
