@@ -410,6 +410,23 @@ async fn a_tampered_blob_is_a_digest_mismatch_and_nothing_is_written() {
         .await
         .expect_err("tampered");
         assert_eq!(e.reason().as_str(), "DigestMismatch", "{e}");
+
+        // A manifest changed in storage: the registry still announces the old digest, and
+        // a pull by tag (one GET, no HEAD) checks the bytes against it.
+        let manifest = pushed["manifestDigest"].as_str().expect("manifest digest");
+        let path = blob_file(env.storage_root(which), manifest);
+        let text = std::fs::read_to_string(&path).expect("manifest");
+        assert!(text.contains(".tar.gz\""), "{text}");
+        std::fs::write(&path, text.replace(".tar.gz\"", ".tar.gx\"")).expect("tamper");
+        let result = pull(&env, which, work.path(), &format!("{repo}:1"), &out, &[]);
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(1), "{which:?}: {stderr}");
+        assert!(stderr.contains("digest mismatch"), "{which:?}: {stderr}");
+        assert!(
+            stderr.contains(manifest),
+            "names the announced digest: {stderr}"
+        );
+        assert_nothing_written(&out);
     }
 }
 

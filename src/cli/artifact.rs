@@ -234,7 +234,7 @@ pub async fn pull(args: PullArgs) -> anyhow::Result<ExitCode> {
         reference.selector = RefSelector::Semver(reference::parse_semver_range(range)?);
     }
     let registry = registry_for(&reference, &args.registry)?;
-    let resolved = pull::resolve(&registry, &reference).await?;
+    let (resolved, manifest) = pull::resolve_with_manifest(&registry, &reference).await?;
     let mut limits = Limits::default();
     if let Some(max) = args.max_size {
         limits.max_artifact_bytes = max;
@@ -264,10 +264,10 @@ pub async fn pull(args: PullArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    let pulled = pull::pull_into(
+    let pulled = pull::pull_manifest_into(
         &registry,
         &reference.repository,
-        &resolved.head.digest,
+        manifest,
         staging.path(),
         &options,
         &progress,

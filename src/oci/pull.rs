@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use super::content::{self, ContentKind, FalcoConfig, LayerForm};
 use super::error::{OciError, Result};
 use super::reference::{self, RefSelector, Reference, Repository};
-use super::registry::{ManifestHead, Registry};
+use super::registry::{ManifestHead, RawManifest, Registry};
 use super::unpack::{self, Budget, Limits, WrittenFile};
 
 /// What to take from an artifact.
@@ -92,6 +92,35 @@ pub async fn resolve(registry: &Registry, reference: &Reference) -> Result<Resol
     }
 }
 
+/// Resolves a reference and fetches its manifest in one GET (no HEAD first), for one-shot
+/// pulls; a semver range lists the tags first. The manifest is checked against the
+/// reference's digest, or the registry's `Docker-Content-Digest`.
+pub async fn resolve_with_manifest(
+    registry: &Registry,
+    reference: &Reference,
+) -> Result<(Resolved, RawManifest)> {
+    let repo = &reference.repository;
+    let (label, by) = match &reference.selector {
+        RefSelector::Tag(tag) => (tag.clone(), tag.clone()),
+        RefSelector::Digest(digest) => (digest.clone(), digest.clone()),
+        RefSelector::Semver(range) => {
+            let tags = registry.list_tags(repo, 100_000).await?;
+            let (tag, version) =
+                reference::highest_matching(range, tags.iter().map(String::as_str)).ok_or_else(
+                    || OciError::NotFound(format!("no tag of {repo} matches {range}")),
+                )?;
+            (version.to_string(), tag.to_string())
+        }
+    };
+    let raw = registry.fetch_manifest(repo, &by, None).await?;
+    let head = ManifestHead {
+        digest: raw.digest.clone(),
+        media_type: raw.media_type.clone(),
+        size: Some(raw.bytes.len() as u64),
+    };
+    Ok((Resolved { label, head }, raw))
+}
+
 /// Pulls the manifest `digest` of `repo` into the empty directory `dest`. On error the
 /// caller discards `dest`: files may have been written there before a late check failed.
 pub async fn pull_into(
@@ -102,8 +131,21 @@ pub async fn pull_into(
     options: &PullOptions,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Pulled> {
-    let manifest = fetch_image_manifest(registry, repo, digest, options).await?;
-    let (manifest_digest, manifest) = manifest;
+    let raw = registry.fetch_manifest(repo, digest, Some(digest)).await?;
+    pull_manifest_into(registry, repo, raw, dest, options, progress).await
+}
+
+/// Pulls what the fetched manifest (or image index) `raw` names into `dest`, as
+/// [`pull_into`].
+pub async fn pull_manifest_into(
+    registry: &Registry,
+    repo: &Repository,
+    raw: RawManifest,
+    dest: &Path,
+    options: &PullOptions,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Pulled> {
+    let (manifest_digest, manifest) = image_manifest(registry, repo, raw, options).await?;
     let layers: Vec<&OciDescriptor> = manifest
         .layers
         .iter()
@@ -173,13 +215,13 @@ pub struct Progress {
     pub total: u64,
 }
 
-async fn fetch_image_manifest(
+/// The image manifest `raw` is, or the one its image index has for the wanted platform.
+async fn image_manifest(
     registry: &Registry,
     repo: &Repository,
-    digest: &str,
+    raw: RawManifest,
     options: &PullOptions,
 ) -> Result<(String, OciImageManifest)> {
-    let raw = registry.fetch_manifest(repo, digest, Some(digest)).await?;
     match raw.media_type.as_str() {
         content::INDEX_V1 | content::DOCKER_MANIFEST_LIST_V2 => {
             let index: OciImageIndex = serde_json::from_slice(&raw.bytes)

@@ -284,7 +284,8 @@ impl Registry {
     }
 
     /// GETs a manifest, enforcing the size limit and checking its digest: against
-    /// `expected` when given, against the reference when it is a digest.
+    /// `expected` when given, against the reference when it is a digest, else against the
+    /// registry's `Docker-Content-Digest` when it sends a sha256 one.
     pub async fn fetch_manifest(
         &self,
         repo: &Repository,
@@ -301,13 +302,18 @@ impl Registry {
         let response = check_status(response, &what).await?;
         let media_type =
             header_str(response.headers(), header::CONTENT_TYPE.as_str()).unwrap_or_default();
+        let announced = header_str(response.headers(), "docker-content-digest")
+            .filter(|d| d.starts_with("sha256:"));
         let bytes = read_limited(response, self.options.max_manifest_bytes, &what).await?;
         let digest = sha256_digest(&bytes);
-        let want = expected.map(str::to_string).or_else(|| {
-            reference
-                .starts_with("sha256:")
-                .then(|| reference.to_string())
-        });
+        let want = expected
+            .map(str::to_string)
+            .or_else(|| {
+                reference
+                    .starts_with("sha256:")
+                    .then(|| reference.to_string())
+            })
+            .or(announced);
         if let Some(want) = want
             && want != digest
         {
