@@ -68,28 +68,11 @@ impl Pulled {
 /// Resolves a reference: one HEAD for a tag or digest; a tag listing plus one HEAD for a
 /// semver range.
 pub async fn resolve(registry: &Registry, reference: &Reference) -> Result<Resolved> {
-    let repo = &reference.repository;
-    match &reference.selector {
-        RefSelector::Tag(tag) => Ok(Resolved {
-            label: tag.clone(),
-            head: registry.resolve(repo, tag).await?,
-        }),
-        RefSelector::Digest(digest) => Ok(Resolved {
-            label: digest.clone(),
-            head: registry.resolve(repo, digest).await?,
-        }),
-        RefSelector::Semver(range) => {
-            let tags = registry.list_tags(repo, 100_000).await?;
-            let (tag, version) =
-                reference::highest_matching(range, tags.iter().map(String::as_str)).ok_or_else(
-                    || OciError::NotFound(format!("no tag of {repo} matches {range}")),
-                )?;
-            Ok(Resolved {
-                label: version.to_string(),
-                head: registry.resolve(repo, tag).await?,
-            })
-        }
-    }
+    let (label, by) = choose(registry, reference).await?;
+    Ok(Resolved {
+        label,
+        head: registry.resolve(&reference.repository, &by).await?,
+    })
 }
 
 /// Resolves a reference and fetches its manifest in one GET (no HEAD first), for one-shot
@@ -99,26 +82,34 @@ pub async fn resolve_with_manifest(
     registry: &Registry,
     reference: &Reference,
 ) -> Result<(Resolved, RawManifest)> {
-    let repo = &reference.repository;
-    let (label, by) = match &reference.selector {
-        RefSelector::Tag(tag) => (tag.clone(), tag.clone()),
-        RefSelector::Digest(digest) => (digest.clone(), digest.clone()),
-        RefSelector::Semver(range) => {
-            let tags = registry.list_tags(repo, 100_000).await?;
-            let (tag, version) =
-                reference::highest_matching(range, tags.iter().map(String::as_str)).ok_or_else(
-                    || OciError::NotFound(format!("no tag of {repo} matches {range}")),
-                )?;
-            (version.to_string(), tag.to_string())
-        }
-    };
-    let raw = registry.fetch_manifest(repo, &by, None).await?;
+    let (label, by) = choose(registry, reference).await?;
+    let raw = registry
+        .fetch_manifest(&reference.repository, &by, None)
+        .await?;
     let head = ManifestHead {
         digest: raw.digest.clone(),
         media_type: raw.media_type.clone(),
         size: Some(raw.bytes.len() as u64),
     };
     Ok((Resolved { label, head }, raw))
+}
+
+/// The label of what the selector chooses and the tag or digest to ask the registry for;
+/// only a semver range needs a request (the tag listing).
+async fn choose(registry: &Registry, reference: &Reference) -> Result<(String, String)> {
+    let repo = &reference.repository;
+    match &reference.selector {
+        RefSelector::Tag(tag) => Ok((tag.clone(), tag.clone())),
+        RefSelector::Digest(digest) => Ok((digest.clone(), digest.clone())),
+        RefSelector::Semver(range) => {
+            let tags = registry.list_tags(repo, 100_000).await?;
+            let (tag, version) =
+                reference::highest_matching(range, tags.iter().map(String::as_str)).ok_or_else(
+                    || OciError::NotFound(format!("no tag of {repo} matches {range}")),
+                )?;
+            Ok((version.to_string(), tag.to_string()))
+        }
+    }
 }
 
 /// Pulls the manifest `digest` of `repo` into the empty directory `dest`. On error the
