@@ -120,7 +120,7 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
         allow: &options.allow,
         controller_url: options.controller_url.trim_end_matches('/'),
         http: &http,
-        reporter: Some(&reporter),
+        reporter: &reporter,
     };
     let mut memory = sync::Memory::default();
     let shutdown = shutdown_signal();

@@ -22,8 +22,8 @@ pub struct Env<'a> {
     pub allow: &'a AllowList,
     pub controller_url: &'a str,
     pub http: &'a reqwest::Client,
-    /// Where claims are withdrawn before files change (`None` in tests without a cluster).
-    pub reporter: Option<&'a Reporter>,
+    /// The node's report, where claims are withdrawn before files change.
+    pub reporter: &'a Reporter,
 }
 
 /// What stays between passes: per bundle uid, the revision and directory applied and
@@ -134,14 +134,11 @@ pub async fn pass(
         if keep.contains(&uid) {
             continue;
         }
-        let removing = BundleReport {
-            namespace: record.namespace.clone(),
-            name: record.name.clone(),
-            uid: uid.clone(),
-            revision: None,
-            reason: reason::REMOVING.into(),
-            message: format!("removing files from {}", record.directory.display()),
-        };
+        let removing = changing(
+            &record,
+            reason::REMOVING,
+            format!("removing files from {}", record.directory.display()),
+        );
         if let Err(e) = withdraw(env, memory, &uid, None, Some(removing)).await {
             tracing::warn!(bundle = %record.id(), error = %e, "cannot update the NodeReport; files kept for now");
             continue;
@@ -284,14 +281,11 @@ async fn write(
                     .map_err(|e| (e.reason(), e.to_string()))?;
             }
         }
-        let applying = BundleReport {
-            namespace: record.namespace.clone(),
-            name: record.name.clone(),
-            uid: record.uid.clone(),
-            revision: None,
-            reason: reason::APPLYING.into(),
-            message: format!("writing revision {revision}"),
-        };
+        let applying = changing(
+            record,
+            reason::APPLYING,
+            format!("writing revision {revision}"),
+        );
         withdraw(env, memory, &record.uid, Some(revision), Some(applying))
             .await
             .map_err(|e| {
@@ -321,13 +315,10 @@ async fn withdraw(
     keeps: Option<&str>,
     replacement: Option<BundleReport>,
 ) -> Result<(), String> {
-    let Some(reporter) = env.reporter else {
-        return Ok(());
-    };
     let Some(spec) = report::withdraw(memory.reported.as_ref(), uid, keeps, replacement) else {
         return Ok(());
     };
-    match reporter.write(&memory.node_uid, &spec).await {
+    match env.reporter.write(&memory.node_uid, &spec).await {
         Ok(()) => {
             memory.reported = Some(spec);
             Ok(())
@@ -336,5 +327,17 @@ async fn withdraw(
             memory.reported = None;
             Err(crate::controller::api_error_summary(&e))
         }
+    }
+}
+
+/// The report entry of a bundle whose files are changing: it claims no revision.
+fn changing(record: &Record, reason: &str, message: String) -> BundleReport {
+    BundleReport {
+        namespace: record.namespace.clone(),
+        name: record.name.clone(),
+        uid: record.uid.clone(),
+        revision: None,
+        reason: reason.into(),
+        message,
     }
 }
