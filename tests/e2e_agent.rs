@@ -78,6 +78,19 @@ impl Agent {
         self.root.path().join(RULES_DIR)
     }
 
+    /// Restarts the agent with the credentials of `kubeconfig`.
+    fn restart_as(&mut self, kubeconfig: &Path) {
+        self.kill();
+        self.args.retain(|a| !a.starts_with("--kubeconfig="));
+        self.args
+            .push(format!("--kubeconfig={}", kubeconfig.display()));
+        self.spawn();
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The visible files (following links) and their bytes; dangling links are absent.
     fn files(&self) -> BTreeMap<String, Vec<u8>> {
         visible_files(&self.dir())
@@ -736,5 +749,169 @@ async fn bad_servers_and_full_disks_are_reported_and_the_last_good_files_stay() 
         unmount(&allowed);
     }
     delete_nodes(&h, &names.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    h.cleanup().await;
+}
+
+/// A kubeconfig for the ServiceAccount `sa`, with a token from the TokenRequest API.
+async fn kubeconfig_as(h: &Harness, sa: &str, path: &Path) {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let sas: Api<ServiceAccount> = Api::namespaced(h.client.clone(), &h.ns);
+    let body: ServiceAccount =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": sa}})).expect("sa");
+    sas.create(&PostParams::default(), &body)
+        .await
+        .expect("create service account");
+    let request: TokenRequest = serde_json::from_value(
+        serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 600}}),
+    )
+    .expect("token request");
+    let token = sas
+        .create_token_request(sa, &PostParams::default(), &request)
+        .await
+        .expect("token")
+        .status
+        .expect("token status")
+        .token;
+    let mut config = kube::config::Kubeconfig::read_from(&h.env.kubeconfig).expect("kubeconfig");
+    for named in &mut config.auth_infos {
+        named.auth_info = Some(kube::config::AuthInfo {
+            token: Some(token.clone().into()),
+            ..Default::default()
+        });
+    }
+    let yaml = serde_yaml_ng::to_string(&config).expect("kubeconfig yaml");
+    std::fs::write(path, yaml).expect("write kubeconfig");
+}
+
+/// What the agent may do: read bundles, Nodes and reports; with `write`, also write reports.
+async fn agent_role(h: &Harness, name: &str, write: bool) {
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+    let report_verbs = if write {
+        serde_json::json!(["get", "list", "watch", "create", "patch"])
+    } else {
+        serde_json::json!(["get", "list", "watch"])
+    };
+    let role = serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": name},
+        "rules": [
+            {"apiGroups": ["ocisync.dev"], "resources": ["rulebundles"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["ocisync.dev"], "resources": ["nodereports"], "verbs": report_verbs},
+        ],
+    });
+    Api::<ClusterRole>::all(h.client.clone())
+        .patch(
+            name,
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(role),
+        )
+        .await
+        .expect("cluster role");
+}
+
+#[tokio::test]
+async fn files_stay_while_the_report_cannot_be_marked_before_a_write() {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    let Some(h) = harness().await else { return };
+    let work = tempfile::tempdir().expect("tempdir");
+    let run = common::unique();
+    let name = format!("e2e-node-{run}-r");
+    node(&h, &name, serde_json::json!({"e2e-run": run})).await;
+    let mut agent = Agent::start(&h, &name, &h.base_url);
+    let repo = h.env.repo(Which::Plain, "agent-report");
+    push_files(
+        &h.env,
+        Which::Plain,
+        work.path(),
+        &format!("{repo}:1"),
+        "falco-rules",
+        &[("a.yaml", b"- list: a\n"), ("b.yaml", b"- list: b\n")],
+        &[],
+    );
+    source(&h, "rules", &repo).await;
+    let spec = |include: &[&str]| {
+        serde_json::json!({"spec": {
+            "sources": [{"sourceRef": {"name": "rules"}, "include": include}],
+            "nodeFiles": {"directory": "/etc/falco/rules.d", "nodeSelector": {"matchLabels": {"e2e-run": run}}},
+        }})
+    };
+    h.apply::<RuleBundle>("r", spec(&["a.yaml", "b.yaml"]))
+        .await;
+    h.wait_for::<RuleBundle>("r", "Ready on its node", |b| {
+        b.is_some_and(|b| bundle_ready(b) && nodes_of(b) == Some((1, 1, 0)))
+    })
+    .await;
+    let both: Vec<String> = vec!["a.yaml".into(), "b.yaml".into()];
+    assert_eq!(agent.files().into_keys().collect::<Vec<_>>(), both);
+
+    // The same agent, now allowed to read its report but not to write it.
+    let role = format!("e2e-agent-{run}");
+    agent_role(&h, &role, false).await;
+    let binding = serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": role},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": h.ns}],
+    });
+    Api::<ClusterRoleBinding>::all(h.client.clone())
+        .patch(
+            &role,
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(binding),
+        )
+        .await
+        .expect("binding");
+    let kubeconfig = work.path().join("agent.kubeconfig");
+    kubeconfig_as(&h, "agent", &kubeconfig).await;
+    agent.restart_as(&kubeconfig);
+
+    // A new revision: its report still claims the old one, and cannot be marked, so the
+    // files must not change.
+    h.apply::<RuleBundle>("r", spec(&["a.yaml"])).await;
+    eventually("the agent refuses to write", || {
+        let log = agent.log_text();
+        log.contains("ReportFailed")
+            .then_some(())
+            .ok_or_else(|| "no ReportFailed in the agent's log yet".to_string())
+    })
+    .await;
+    assert_eq!(
+        agent.files().into_keys().collect::<Vec<_>>(),
+        both,
+        "files changed while the report still claimed the old revision"
+    );
+    let b = h
+        .wait_for::<RuleBundle>("r", "pending on its node", |b| {
+            b.is_some_and(|b| bundle_ready(b) || nodes_of(b) == Some((1, 0, 0)))
+        })
+        .await
+        .expect("bundle");
+    assert_eq!(nodes_of(&b), Some((1, 0, 0)), "not counted as updated");
+
+    // Allowed to write again: the agent marks, writes and reports the new revision.
+    agent_role(&h, &role, true).await;
+    let b = h
+        .wait_for::<RuleBundle>("r", "Ready on its node with the new revision", |b| {
+            b.is_some_and(|b| bundle_ready(b) && nodes_of(b) == Some((1, 1, 0)))
+        })
+        .await
+        .expect("bundle");
+    assert_eq!(agent.files().into_keys().collect::<Vec<_>>(), ["a.yaml"]);
+    let reports: Api<NodeReport> = Api::all(h.client.clone());
+    let r = reports.get(&name).await.expect("report");
+    assert_eq!(
+        report_entry(Some(&r), "r"),
+        Some(("Applied".into(), revision_of(&b)))
+    );
+    agent.kill();
+    let _ = Api::<ClusterRoleBinding>::all(h.client.clone())
+        .delete(&role, &DeleteParams::default())
+        .await;
+    let _ = Api::<ClusterRole>::all(h.client.clone())
+        .delete(&role, &DeleteParams::default())
+        .await;
+    delete_nodes(&h, &[name.as_str()]).await;
     h.cleanup().await;
 }
