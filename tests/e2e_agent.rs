@@ -754,7 +754,6 @@ async fn bad_servers_and_full_disks_are_reported_and_the_last_good_files_stay() 
 
 /// A kubeconfig for the ServiceAccount `sa`, with a token from the TokenRequest API.
 async fn kubeconfig_as(h: &Harness, sa: &str, path: &Path) {
-    use k8s_openapi::api::authentication::v1::TokenRequest;
     use k8s_openapi::api::core::v1::ServiceAccount;
     let sas: Api<ServiceAccount> = Api::namespaced(h.client.clone(), &h.ns);
     let body: ServiceAccount =
@@ -762,17 +761,7 @@ async fn kubeconfig_as(h: &Harness, sa: &str, path: &Path) {
     sas.create(&PostParams::default(), &body)
         .await
         .expect("create service account");
-    let request: TokenRequest = serde_json::from_value(
-        serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 600}}),
-    )
-    .expect("token request");
-    let token = sas
-        .create_token_request(sa, &PostParams::default(), &request)
-        .await
-        .expect("token")
-        .status
-        .expect("token status")
-        .token;
+    let token = common::service_account_token(&h.client, &h.ns, sa).await;
     let mut config = kube::config::Kubeconfig::read_from(&h.env.kubeconfig).expect("kubeconfig");
     for named in &mut config.auth_infos {
         named.auth_info = Some(kube::config::AuthInfo {

@@ -9,11 +9,10 @@ use std::path::{Path, PathBuf};
 use common::{helm, root, run_ok};
 use std::process::Command;
 
-use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Secret};
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::discovery::ApiResource;
@@ -186,18 +185,7 @@ async fn client(env: &common::Env) -> kube::Client {
 
 /// A client that authenticates as a ServiceAccount, with a token from the TokenRequest API.
 async fn client_as(env: &common::Env, admin: &kube::Client, ns: &str, sa: &str) -> kube::Client {
-    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), ns);
-    let request: TokenRequest = serde_json::from_value(
-        serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 600}}),
-    )
-    .expect("token request");
-    let token = sas
-        .create_token_request(sa, &PostParams::default(), &request)
-        .await
-        .unwrap_or_else(|e| panic!("token for {sa}: {e}"))
-        .status
-        .expect("token status")
-        .token;
+    let token = common::service_account_token(admin, ns, sa).await;
     let kubeconfig = kube::config::Kubeconfig::read_from(&env.kubeconfig).expect("kubeconfig");
     let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await

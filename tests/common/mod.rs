@@ -224,3 +224,20 @@ pub fn run_ok(c: &mut std::process::Command) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A 10-minute token for the ServiceAccount `sa` of `ns`, from the TokenRequest API.
+pub async fn service_account_token(client: &kube::Client, ns: &str, sa: &str) -> String {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let sas: kube::Api<ServiceAccount> = kube::Api::namespaced(client.clone(), ns);
+    let request: TokenRequest = serde_json::from_value(
+        serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 600}}),
+    )
+    .expect("token request");
+    sas.create_token_request(sa, &kube::api::PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("token for {sa}: {e}"))
+        .status
+        .expect("token status")
+        .token
+}
