@@ -177,6 +177,33 @@ fn revision_of(b: &RuleBundle) -> Option<String> {
     b.status.as_ref()?.revision.clone()
 }
 
+/// A bundle spec: the files of source `rules` (only `include`, unless empty) into
+/// `directory` on the nodes `selector` selects.
+fn node_bundle(
+    include: &[&str],
+    directory: &str,
+    selector: serde_json::Value,
+) -> serde_json::Value {
+    let mut source = serde_json::json!({"sourceRef": {"name": "rules"}});
+    if !include.is_empty() {
+        source["include"] = serde_json::json!(include);
+    }
+    serde_json::json!({"spec": {
+        "sources": [source],
+        "nodeFiles": {"directory": directory, "nodeSelector": selector},
+    }})
+}
+
+/// Waits until bundle `name` is Ready at its generation with node counts `counts`
+/// (desired, updated, failed).
+async fn rolled_out(h: &Harness, name: &str, what: &str, counts: (i32, i32, i32)) -> RuleBundle {
+    h.wait_for::<RuleBundle>(name, what, move |b| {
+        b.is_some_and(|b| bundle_ready(b) && nodes_of(b) == Some(counts))
+    })
+    .await
+    .expect("bundle")
+}
+
 async fn source(h: &Harness, name: &str, repo: &impl std::fmt::Display) {
     h.create(name, serde_json::json!({"url": format!("oci://{repo}"), "ref": {"tag": "1"}, "interval": "10s", "insecure": true}))
         .await;
@@ -226,18 +253,10 @@ async fn files_follow_selectors_revisions_and_deletion_on_exactly_the_selected_n
     let selector = serde_json::json!({"matchLabels": {"e2e-run": run, "role": "worker"}});
     h.apply::<RuleBundle>(
         "falco",
-        serde_json::json!({"spec": {
-            "sources": [{"sourceRef": {"name": "rules"}}],
-            "nodeFiles": {"directory": "/etc/falco/rules.d", "nodeSelector": selector},
-        }}),
+        node_bundle(&[], "/etc/falco/rules.d", selector.clone()),
     )
     .await;
-    let b = h
-        .wait_for::<RuleBundle>("falco", "Ready on 2 of 2 nodes", |b| {
-            b.is_some_and(|b| bundle_ready(b) && nodes_of(b) == Some((2, 2, 0)))
-        })
-        .await
-        .expect("bundle");
+    let b = rolled_out(&h, "falco", "Ready on 2 of 2 nodes", (2, 2, 0)).await;
     let r1 = revision_of(&b).expect("revision");
     let want: BTreeMap<String, Vec<u8>> = [
         ("a.yaml".to_string(), a1.clone().into_bytes()),
@@ -269,9 +288,12 @@ async fn files_follow_selectors_revisions_and_deletion_on_exactly_the_selected_n
     })
     .await;
     assert_eq!(agents[2].files(), want);
-    h.wait_for::<RuleBundle>("falco", "Ready on 2 of 2 nodes after relabelling", |b| {
-        b.is_some_and(|b| bundle_ready(b) && nodes_of(b) == Some((2, 2, 0)))
-    })
+    rolled_out(
+        &h,
+        "falco",
+        "Ready on 2 of 2 nodes after relabelling",
+        (2, 2, 0),
+    )
     .await;
 
     // a new revision: a.yaml changes, b.yaml leaves, c.yaml arrives
@@ -323,14 +345,8 @@ async fn files_follow_selectors_revisions_and_deletion_on_exactly_the_selected_n
     .await;
 
     // a directory outside the allow-list is refused on every selected node
-    h.apply::<RuleBundle>(
-        "passwd",
-        serde_json::json!({"spec": {
-            "sources": [{"sourceRef": {"name": "rules"}}],
-            "nodeFiles": {"directory": "/etc", "nodeSelector": selector},
-        }}),
-    )
-    .await;
+    h.apply::<RuleBundle>("passwd", node_bundle(&[], "/etc", selector.clone()))
+        .await;
     let b = h
         .wait_for::<RuleBundle>("passwd", "NodeFailed", |b| {
             b.is_some_and(|b| nodes_of(b) == Some((2, 0, 2)))
@@ -434,7 +450,7 @@ fn content_of(i: usize) -> Vec<u8> {
 /// every file was complete.
 fn observe(dir: &Path, link: &str) -> Option<Result<Vec<usize>, String>> {
     let target = std::fs::read_link(dir.join(link)).ok()?;
-    let data = dir.join(target);
+    let data = dir.join(&target);
     let mut names = Vec::new();
     for e in std::fs::read_dir(&data).ok()?.flatten() {
         let name = e.file_name().to_str()?.to_string();
@@ -456,6 +472,10 @@ fn observe(dir: &Path, link: &str) -> Option<Result<Vec<usize>, String>> {
             )));
         }
         names.push(i);
+    }
+    // A directory the link left while it was read is being removed: not an observation.
+    if std::fs::read_link(dir.join(link)).ok()? != target {
+        return None;
     }
     names.sort();
     Some(Ok(names))
@@ -489,16 +509,12 @@ async fn sigkill_during_200_rapid_updates_never_shows_a_mixed_or_partial_revisio
     source(&h, "rules", &repo).await;
     let spec = |set: usize| {
         let include: Vec<String> = SETS[set].iter().map(|i| format!("f{i}.yaml")).collect();
-        serde_json::json!({"spec": {
-            "sources": [{"sourceRef": {"name": "rules"}, "include": include}],
-            "nodeFiles": {"directory": "/etc/falco/rules.d", "nodeSelector": {"matchLabels": {"e2e-run": run}}},
-        }})
+        let include: Vec<&str> = include.iter().map(String::as_str).collect();
+        let selector = serde_json::json!({"matchLabels": {"e2e-run": run}});
+        node_bundle(&include, "/etc/falco/rules.d", selector)
     };
     h.apply::<RuleBundle>("kill", spec(0)).await;
-    h.wait_for::<RuleBundle>("kill", "Ready on its node", |b| {
-        b.is_some_and(|b| bundle_ready(b) && nodes_of(b) == Some((1, 1, 0)))
-    })
-    .await;
+    rolled_out(&h, "kill", "Ready on its node", (1, 1, 0)).await;
 
     // a reader checks every state it can see until told to stop
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -540,12 +556,7 @@ async fn sigkill_during_200_rapid_updates_never_shows_a_mixed_or_partial_revisio
     }
     // the final state: converged, exactly the last set, no leftovers
     let last = SETS[200 % SETS.len()];
-    let b = h
-        .wait_for::<RuleBundle>("kill", "converged after the updates", |b| {
-            b.is_some_and(|b| bundle_ready(b) && nodes_of(b) == Some((1, 1, 0)))
-        })
-        .await
-        .expect("bundle");
+    let b = rolled_out(&h, "kill", "converged after the updates", (1, 1, 0)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (observations, distinct) = reader
         .join()
@@ -666,11 +677,9 @@ async fn bad_servers_and_full_disks_are_reported_and_the_last_good_files_stay() 
         &[],
     );
     source(&h, "rules", &repo).await;
-    h.apply::<RuleBundle>("bad", serde_json::json!({"spec": {
-        "sources": [{"sourceRef": {"name": "rules"}}],
-        "nodeFiles": {"directory": "/etc/falco/rules.d", "nodeSelector": {"matchLabels": {"e2e-run": run}}},
-    }}))
-    .await;
+    let selector = serde_json::json!({"matchLabels": {"e2e-run": run}});
+    h.apply::<RuleBundle>("bad", node_bundle(&[], "/etc/falco/rules.d", selector))
+        .await;
     let b = h
         .wait_for::<RuleBundle>("bad", "on 2 of 3 nodes, 1 failed", |b| {
             b.is_some_and(|b| nodes_of(b) == Some((3, 2, 1)))
@@ -821,18 +830,16 @@ async fn files_stay_while_the_report_cannot_be_marked_before_a_write() {
     );
     source(&h, "rules", &repo).await;
     let spec = |include: &[&str]| {
-        serde_json::json!({"spec": {
-            "sources": [{"sourceRef": {"name": "rules"}, "include": include}],
-            "nodeFiles": {"directory": "/etc/falco/rules.d", "nodeSelector": {"matchLabels": {"e2e-run": run}}},
-        }})
+        let selector = serde_json::json!({"matchLabels": {"e2e-run": run}});
+        node_bundle(include, "/etc/falco/rules.d", selector)
     };
     h.apply::<RuleBundle>("r", spec(&["a.yaml", "b.yaml"]))
         .await;
-    h.wait_for::<RuleBundle>("r", "Ready on its node", |b| {
-        b.is_some_and(|b| bundle_ready(b) && nodes_of(b) == Some((1, 1, 0)))
-    })
-    .await;
+    rolled_out(&h, "r", "Ready on its node", (1, 1, 0)).await;
     let both: Vec<String> = vec!["a.yaml".into(), "b.yaml".into()];
+    // the report as the first agent process left it
+    let reports: Api<NodeReport> = Api::all(h.client.clone());
+    let before = reports.get(&name).await.expect("report");
     assert_eq!(agent.files().into_keys().collect::<Vec<_>>(), both);
 
     // The same agent, now allowed to read its report but not to write it.
@@ -881,19 +888,42 @@ async fn files_stay_while_the_report_cannot_be_marked_before_a_write() {
 
     // Allowed to write again: the agent marks, writes and reports the new revision.
     agent_role(&h, &role, true).await;
-    let b = h
-        .wait_for::<RuleBundle>("r", "Ready on its node with the new revision", |b| {
-            b.is_some_and(|b| bundle_ready(b) && nodes_of(b) == Some((1, 1, 0)))
-        })
-        .await
-        .expect("bundle");
+    let b = rolled_out(
+        &h,
+        "r",
+        "Ready on its node with the new revision",
+        (1, 1, 0),
+    )
+    .await;
     assert_eq!(agent.files().into_keys().collect::<Vec<_>>(), ["a.yaml"]);
-    let reports: Api<NodeReport> = Api::all(h.client.clone());
     let r = reports.get(&name).await.expect("report");
     assert_eq!(
         report_entry(Some(&r), "r"),
         Some(("Applied".into(), revision_of(&b)))
     );
+    // The new process has written under its own instance, so a write the first process
+    // might still have had in flight (conditional on the version it knew) cannot land.
+    let instance = |r: &NodeReport| {
+        r.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("ocisync.dev/agent-instance").cloned())
+    };
+    assert!(instance(&r).is_some() && instance(&r) != instance(&before));
+    let stale = serde_json::json!({
+        "apiVersion": "ocisync.dev/v1alpha1", "kind": "NodeReport",
+        "metadata": {"name": name, "resourceVersion": before.metadata.resource_version},
+        "spec": before.spec,
+    });
+    let e = reports
+        .patch(
+            &name,
+            &PatchParams::apply("ocisync").force(),
+            &Patch::Apply(stale),
+        )
+        .await
+        .expect_err("a write at the predecessor's version");
+    assert!(matches!(&e, kube::Error::Api(s) if s.code == 409), "{e}");
     agent.kill();
     let _ = Api::<ClusterRoleBinding>::all(h.client.clone())
         .delete(&role, &DeleteParams::default())

@@ -10,15 +10,6 @@ use kube::runtime::wait::{await_condition, conditions};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-async fn client(env: &common::Env) -> kube::Client {
-    ocisync::tls::install_crypto_provider();
-    let kubeconfig = kube::config::Kubeconfig::read_from(&env.kubeconfig).expect("read kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("kubeconfig");
-    kube::Client::try_from(config).expect("client")
-}
-
 async fn install_crds(client: &kube::Client) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let pp = PatchParams::apply(ocisync::api::FIELD_MANAGER).force();
@@ -60,7 +51,7 @@ async fn namespace(client: &kube::Client) -> String {
 #[tokio::test]
 async fn crds_become_established_and_validate_objects() {
     let Some(env) = common::env() else { return };
-    let client = client(&env).await;
+    let client = env.client().await;
     install_crds(&client).await;
     let ns = namespace(&client).await;
 

@@ -149,12 +149,7 @@ fn bundle_at(rev_not: Option<String>) -> impl Fn(Option<&RuleBundle>) -> bool + 
 async fn helm_installed_pods_deliver_rules_to_a_configmap_consumer_and_the_host() {
     let Some(env) = common::env() else { return };
     let Some(node) = node() else { return };
-    ocisync::tls::install_crypto_provider();
-    let kubeconfig = kube::config::Kubeconfig::read_from(&env.kubeconfig).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("config");
-    let client = kube::Client::try_from(config).expect("client");
+    let client = env.client().await;
     let u = common::unique();
     let ns = format!("e2e-node-{u}");
     let host = PathBuf::from(format!("/tmp/ocisync-node-e2e-{u}"));

@@ -174,15 +174,6 @@ fn every_value_is_in_the_chart_readme() {
     );
 }
 
-async fn client(env: &common::Env) -> kube::Client {
-    ocisync::tls::install_crypto_provider();
-    let kubeconfig = kube::config::Kubeconfig::read_from(&env.kubeconfig).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("config");
-    kube::Client::try_from(config).expect("client")
-}
-
 /// A client that authenticates as a ServiceAccount, with a token from the TokenRequest API.
 async fn client_as(env: &common::Env, admin: &kube::Client, ns: &str, sa: &str) -> kube::Client {
     let token = common::service_account_token(admin, ns, sa).await;
@@ -236,7 +227,7 @@ fn forbidden<T: std::fmt::Debug>(r: Result<T, kube::Error>, what: &str) {
 #[tokio::test]
 async fn helm_install_creates_everything_and_its_rbac_holds_for_real() {
     let Some(env) = common::env() else { return };
-    let admin = client(&env).await;
+    let admin = env.client().await;
     let ns = format!("e2e-helm-{}", common::unique());
     let release = format!("r{}", common::unique());
     let mut c = helm();
@@ -466,7 +457,7 @@ async fn dry_run_file(client: &kube::Client, ns: &str, path: &Path) -> usize {
 #[tokio::test]
 async fn kustomize_bases_and_every_sample_validate_against_the_server() {
     let Some(env) = common::env() else { return };
-    let admin = client(&env).await;
+    let admin = env.client().await;
     // CRDs first (idempotent), so the samples have schemas to meet
     let out = Command::new("kubectl")
         .args([

@@ -109,10 +109,10 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
         tokio::join!(bundle_watch, node_watch);
     });
 
-    let reporter = report::Reporter {
-        api: Api::<NodeReport>::all(client.clone()),
-        node: options.node_name.clone(),
-    };
+    let reporter = report::Reporter::new(
+        Api::<NodeReport>::all(client.clone()),
+        options.node_name.clone(),
+    );
     let http = fetch::client(options.timeout);
     let env = sync::Env {
         host_root: &options.host_root,
@@ -131,8 +131,6 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
         _ = &mut shutdown => { watches.abort(); stop_server.cancel(); return Ok(()); }
         _ = async { let _ = tokio::join!(bundles.wait_until_ready(), nodes.wait_until_ready()); } => {}
     }
-    // What the report says now, so claims that a write would falsify are withdrawn first.
-    memory.reported = reporter.read().await;
     let mut next_full = tokio::time::Instant::now();
     let mut retry: Option<Duration> = None;
     loop {
@@ -159,16 +157,16 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
                     started.elapsed().as_secs_f64(),
                 );
                 ready.store(true, Ordering::Relaxed);
-                if full || memory.reported.as_ref() != Some(&spec) {
-                    match reporter.write(&memory.node_uid, &spec).await {
-                        Ok(()) => memory.reported = Some(spec),
-                        Err(e) => {
-                            tracing::warn!(error = %crate::controller::api_error_summary(&e), "cannot write the NodeReport");
-                            memory.reported = None;
-                        }
-                    }
+                let written = sync::publish(&env, &mut memory, |known| {
+                    let stale =
+                        known.spec != spec || known.instance.as_deref() != Some(&reporter.instance);
+                    (full || stale).then_some(spec)
+                })
+                .await;
+                if let Err(e) = &written {
+                    tracing::warn!(error = %e, "cannot write the NodeReport");
                 }
-                failed || memory.reported.is_none()
+                failed || written.is_err()
             }
         };
         retry = failed.then(|| retry.map_or(RETRY, |d| d * 2).min(options.resync));

@@ -1,4 +1,10 @@
 //! The node's report: one `NodeReport` named after the node, written only by its agent.
+//!
+//! Every write is conditional on the report's `resourceVersion` as last read or written, and
+//! carries this agent process's instance in an annotation, so its first write changes the
+//! report. From then on no write of a predecessor (a request still in flight when that
+//! agent was killed) can land: its version is stale. What the agent knows of its report is
+//! therefore exactly what the report says.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, Patch, PatchParams};
@@ -25,10 +31,9 @@ pub fn spec(bundles: Vec<BundleReport>) -> NodeReportSpec {
 /// when no write is needed: a report that says a revision other than `keeps` is applied
 /// would turn false at the swap, and stay false if the agent died before its next report
 /// (then a bundle going back to that revision would count this node as updated while the
-/// node holds another). The claim is replaced by `replacement`, or dropped. An unknown
-/// report (`known` is `None`) may claim anything.
+/// node holds another). The claim is replaced by `replacement`, or dropped.
 pub fn withdraw(
-    known: Option<&NodeReportSpec>,
+    known: &NodeReportSpec,
     uid: &str,
     keeps: Option<&str>,
     replacement: Option<BundleReport>,
@@ -36,36 +41,86 @@ pub fn withdraw(
     let claims_other = |b: &BundleReport| {
         b.uid == uid && b.reason == reason::APPLIED && b.revision.as_deref() != keeps
     };
-    let mut bundles = match known {
-        None => Vec::new(),
-        Some(k) if !k.bundles.iter().any(claims_other) => return None,
-        Some(k) => k.bundles.iter().filter(|b| b.uid != uid).cloned().collect(),
-    };
+    if !known.bundles.iter().any(claims_other) {
+        return None;
+    }
+    let mut bundles: Vec<BundleReport> = known
+        .bundles
+        .iter()
+        .filter(|b| b.uid != uid)
+        .cloned()
+        .collect();
     bundles.extend(replacement);
     bundles.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     Some(spec(bundles))
+}
+
+/// The annotation naming the agent process that last wrote the report.
+pub const INSTANCE_ANNOTATION: &str = "ocisync.dev/agent-instance";
+
+/// The report as this agent last read or wrote it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Known {
+    pub spec: NodeReportSpec,
+    /// `None` when there is no report yet.
+    pub version: Option<String>,
+    /// The instance that wrote it.
+    pub instance: Option<String>,
+}
+
+impl Known {
+    fn of(report: NodeReport) -> Known {
+        Known {
+            instance: report
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(INSTANCE_ANNOTATION).cloned()),
+            version: report.metadata.resource_version,
+            spec: report.spec,
+        }
+    }
 }
 
 /// Reads and writes this node's report.
 pub struct Reporter {
     pub api: Api<NodeReport>,
     pub node: String,
+    /// This agent process, unique per start.
+    pub instance: String,
 }
 
 impl Reporter {
-    /// The report as stored now (empty when there is none), or `None` when it cannot be read.
-    pub async fn read(&self) -> Option<NodeReportSpec> {
-        match self.api.get_opt(&self.node).await {
-            Ok(r) => Some(r.map(|r| r.spec).unwrap_or_default()),
-            Err(e) => {
-                tracing::warn!(error = %crate::controller::api_error_summary(&e), "cannot read the NodeReport");
-                None
-            }
+    pub fn new(api: Api<NodeReport>, node: String) -> Reporter {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        Reporter {
+            api,
+            node,
+            instance: format!("{}-{nanos:x}", std::process::id()),
         }
     }
 
-    /// Writes the report with server-side apply, owned by the Node so it goes with it.
-    pub async fn write(&self, node_uid: &str, spec: &NodeReportSpec) -> Result<(), kube::Error> {
+    /// The report as stored now (empty, with no version, when there is none).
+    pub async fn read(&self) -> Result<Known, kube::Error> {
+        Ok(self
+            .api
+            .get_opt(&self.node)
+            .await?
+            .map(Known::of)
+            .unwrap_or_default())
+    }
+
+    /// Writes the report with server-side apply, owned by the Node so it goes with it, on the
+    /// condition that it is still at `version` (none: it may be created).
+    pub async fn write(
+        &self,
+        node_uid: &str,
+        spec: &NodeReportSpec,
+        version: Option<&str>,
+    ) -> Result<Known, kube::Error> {
         let owner = OwnerReference {
             api_version: "v1".into(),
             kind: "Node".into(),
@@ -73,20 +128,28 @@ impl Reporter {
             uid: node_uid.into(),
             ..OwnerReference::default()
         };
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "apiVersion": "ocisync.dev/v1alpha1",
             "kind": "NodeReport",
-            "metadata": {"name": self.node, "ownerReferences": [owner]},
+            "metadata": {
+                "name": self.node,
+                "ownerReferences": [owner],
+                "annotations": {INSTANCE_ANNOTATION: self.instance},
+            },
             "spec": spec,
         });
-        self.api
+        if let Some(v) = version {
+            body["metadata"]["resourceVersion"] = v.into();
+        }
+        let written = self
+            .api
             .patch(
                 &self.node,
                 &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(body),
             )
             .await?;
-        Ok(())
+        Ok(Known::of(written))
     }
 }
 
@@ -118,11 +181,11 @@ mod tests {
             claim("b", "Applied", Some("r1")),
         ]);
         let applying = claim("a", "Applying", None);
-        let w = withdraw(Some(&known), "a", Some("r2"), Some(applying.clone())).unwrap();
+        let w = withdraw(&known, "a", Some("r2"), Some(applying.clone())).unwrap();
         assert_eq!(w.bundles, vec![applying, claim("b", "Applied", Some("r1"))]);
         assert_eq!((w.applied, w.failed), (1, 0));
         // a removal drops the entry
-        let w = withdraw(Some(&known), "a", None, None).unwrap();
+        let w = withdraw(&known, "a", None, None).unwrap();
         assert_eq!(w.bundles, vec![claim("b", "Applied", Some("r1"))]);
     }
 
@@ -134,18 +197,10 @@ mod tests {
             claim("c", "Applying", None),
         ]);
         // repairing drift of the claimed revision keeps the claim true
-        assert_eq!(withdraw(Some(&known), "a", Some("r2"), None), None);
-        assert_eq!(withdraw(Some(&known), "b", Some("r2"), None), None);
-        assert_eq!(withdraw(Some(&known), "c", Some("r2"), None), None);
-        assert_eq!(withdraw(Some(&known), "new", Some("r2"), None), None);
-    }
-
-    #[test]
-    fn an_unknown_report_is_replaced_by_the_withdrawal_alone() {
-        let applying = claim("a", "Applying", None);
-        let w = withdraw(None, "a", Some("r2"), Some(applying.clone())).unwrap();
-        assert_eq!(w.bundles, vec![applying]);
-        assert_eq!(withdraw(None, "a", None, None).unwrap().bundles, vec![]);
+        assert_eq!(withdraw(&known, "a", Some("r2"), None), None);
+        assert_eq!(withdraw(&known, "b", Some("r2"), None), None);
+        assert_eq!(withdraw(&known, "c", Some("r2"), None), None);
+        assert_eq!(withdraw(&known, "new", Some("r2"), None), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use super::desired::{self, AllowList, Decision, reason};
 use super::disk::{Target, WantedFile};
 use super::fetch;
 use super::records::{self, Record};
-use super::report::{self, Reporter};
+use super::report::{self, Known, Reporter};
 use crate::api::RuleBundle;
 use crate::api::node_report::{BundleReport, NodeReportSpec};
 
@@ -37,8 +37,10 @@ pub struct Memory {
     /// The on-node records (what was written where), read from disk once and then kept in
     /// step with every save and delete.
     pub records: Option<HashMap<String, Record>>,
-    /// The node's report as last read or written (`None`: unknown, it may claim anything).
-    pub reported: Option<NodeReportSpec>,
+    /// The node's report as last read or written (`None`: unknown, read before a write).
+    pub reported: Option<Known>,
+    /// True once this process has written the report: no predecessor's write can land since.
+    pub fenced: bool,
     /// The Node's uid, the report's owner.
     pub node_uid: String,
 }
@@ -139,7 +141,7 @@ pub async fn pass(
             reason::REMOVING,
             format!("removing files from {}", record.directory.display()),
         );
-        if let Err(e) = withdraw(env, memory, &uid, None, Some(removing)).await {
+        if let Err(e) = before_swap(env, memory, &uid, None, Some(removing)).await {
             tracing::warn!(bundle = %record.id(), error = %e, "cannot update the NodeReport; files kept for now");
             continue;
         }
@@ -286,7 +288,7 @@ async fn write(
             reason::APPLYING,
             format!("writing revision {revision}"),
         );
-        withdraw(env, memory, &record.uid, Some(revision), Some(applying))
+        before_swap(env, memory, &record.uid, Some(revision), Some(applying))
             .await
             .map_err(|e| {
                 let m = format!("cannot mark the NodeReport Applying before the write: {e}");
@@ -306,28 +308,48 @@ async fn write(
     Ok(())
 }
 
-/// Before bundle `uid`'s files change, rewrites the node's report if it says a revision
-/// other than `keeps` is applied (see [`report::withdraw`]); the error is the API's reason.
-async fn withdraw(
+/// Before bundle `uid`'s files change: this process's first write to the report (so no
+/// write of a killed predecessor can land after this point), and the withdrawal of a claim
+/// the change would falsify (see [`report::withdraw`]). The error is the API's reason.
+async fn before_swap(
     env: &Env<'_>,
     memory: &mut Memory,
     uid: &str,
     keeps: Option<&str>,
     replacement: Option<BundleReport>,
 ) -> Result<(), String> {
-    let Some(spec) = report::withdraw(memory.reported.as_ref(), uid, keeps, replacement) else {
+    let fenced = memory.fenced;
+    publish(env, memory, |known| {
+        report::withdraw(&known.spec, uid, keeps, replacement)
+            .or_else(|| (!fenced).then(|| known.spec.clone()))
+    })
+    .await
+}
+
+/// Writes the report when `next` asks for a change to what it holds now (read first when
+/// unknown), on the condition that it still holds that. The error is the API's reason.
+pub async fn publish(
+    env: &Env<'_>,
+    memory: &mut Memory,
+    next: impl FnOnce(&Known) -> Option<NodeReportSpec>,
+) -> Result<(), String> {
+    let summary = |e: kube::Error| crate::controller::api_error_summary(&e);
+    let known = match memory.reported.take() {
+        Some(k) => k,
+        None => env.reporter.read().await.map_err(summary)?,
+    };
+    let Some(spec) = next(&known) else {
+        memory.reported = Some(known);
         return Ok(());
     };
-    match env.reporter.write(&memory.node_uid, &spec).await {
-        Ok(()) => {
-            memory.reported = Some(spec);
-            Ok(())
-        }
-        Err(e) => {
-            memory.reported = None;
-            Err(crate::controller::api_error_summary(&e))
-        }
-    }
+    let written = env
+        .reporter
+        .write(&memory.node_uid, &spec, known.version.as_deref())
+        .await
+        .map_err(summary)?;
+    memory.reported = Some(written);
+    memory.fenced = true;
+    Ok(())
 }
 
 /// The report entry of a bundle whose files are changing: it claims no revision.

@@ -41,12 +41,7 @@ pub fn free_port() -> u16 {
 
 pub async fn harness() -> Option<Harness> {
     let env = super::env()?;
-    ocisync::tls::install_crypto_provider();
-    let kubeconfig = kube::config::Kubeconfig::read_from(&env.kubeconfig).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("config");
-    let client = kube::Client::try_from(config).expect("client");
+    let client = env.client().await;
     // CRDs (idempotent) and a namespace of our own
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(client.clone());

@@ -68,6 +68,16 @@ pub enum Which {
 pub const BOTH: [Which; 2] = [Which::Plain, Which::Tls];
 
 impl Env {
+    /// A client of the environment's cluster, as its kubeconfig's user.
+    pub async fn client(&self) -> kube::Client {
+        ocisync::tls::install_crypto_provider();
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("config");
+        kube::Client::try_from(config).expect("client")
+    }
+
     pub fn host(&self, which: Which) -> &str {
         match which {
             Which::Plain => &self.plain,
