@@ -43,6 +43,10 @@ pub struct BundleReport {
     pub name: String,
     /// The RuleBundle's uid, so a re-created bundle is not mistaken for the old one.
     pub uid: String,
+    /// The RuleBundle's `metadata.generation` this entry was written for (the controller
+    /// counts only entries of the current generation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
     /// The bundle revision whose files are on disk now, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,

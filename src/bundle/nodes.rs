@@ -15,11 +15,14 @@ pub struct Rollout {
 }
 
 /// Counts the nodes the target selects, those whose report says `revision` is applied for
-/// the bundle `uid`, and those that report a failure. Reports of unselected or unknown
-/// nodes do not count.
+/// the bundle `uid`, and those that report a failure. Only entries written for the bundle's
+/// current `generation` count, as with a workload's `observedGeneration`: an agent still
+/// acting on an older spec may be about to move its files away from `revision`. Reports of
+/// unselected or unknown nodes do not count.
 pub fn rollout<'a>(
     target: &NodeFilesTarget,
     uid: &str,
+    generation: Option<i64>,
     revision: Option<&str>,
     nodes: impl IntoIterator<Item = (&'a str, &'a BTreeMap<String, String>)>,
     reports: &BTreeMap<String, std::sync::Arc<NodeReport>>,
@@ -32,7 +35,8 @@ pub fn rollout<'a>(
         r.counts.desired += 1;
         let entry = reports
             .get(name)
-            .and_then(|rep| rep.spec.bundles.iter().find(|b| b.uid == uid));
+            .and_then(|rep| rep.spec.bundles.iter().find(|b| b.uid == uid))
+            .filter(|e| e.generation.is_some() && e.generation == generation);
         match entry {
             Some(e) if e.reason == "Applied" && e.revision.as_deref() == revision => {
                 r.counts.updated += 1
@@ -57,7 +61,9 @@ mod tests {
     use crate::api::node_report::BundleReport;
     use crate::api::rule_bundle::LabelSelector;
 
-    fn report(
+    /// A node's report whose entries were written for the bundle's generation `generation`.
+    fn report_at(
+        generation: i64,
         node: &str,
         entries: &[(&str, &str, Option<&str>)],
     ) -> (String, std::sync::Arc<NodeReport>) {
@@ -69,6 +75,7 @@ mod tests {
                     reason: reason.to_string(),
                     revision: rev.map(str::to_string),
                     message: "m".into(),
+                    generation: Some(generation),
                     ..Default::default()
                 })
                 .collect(),
@@ -78,6 +85,13 @@ mod tests {
             node.to_string(),
             std::sync::Arc::new(NodeReport::new(node, spec)),
         )
+    }
+
+    fn report(
+        node: &str,
+        entries: &[(&str, &str, Option<&str>)],
+    ) -> (String, std::sync::Arc<NodeReport>) {
+        report_at(7, node, entries)
     }
 
     #[test]
@@ -97,6 +111,8 @@ mod tests {
             ("n3", &worker),
             ("n4", &infra),
             ("n5", &worker),
+            ("n6", &worker),
+            ("n7", &worker),
         ];
         let reports: BTreeMap<_, _> = [
             report("n1", &[("u", "Applied", Some("r2"))]),
@@ -110,13 +126,16 @@ mod tests {
             report("n3", &[("u", "DirectoryNotAllowed", None)]),
             report("n4", &[("u", "Applied", Some("r2"))]),
             report("n5", &[("u", "Applying", None)]),
+            // written for an older spec: the agent may still move away from r2
+            report_at(6, "n6", &[("u", "Applied", Some("r2"))]),
+            report_at(6, "n7", &[("u", "FetchFailed", None)]),
         ]
         .into();
-        let r = rollout(&target, "u", Some("r2"), nodes, &reports);
+        let r = rollout(&target, "u", Some(7), Some("r2"), nodes, &reports);
         assert_eq!(
             r.counts,
             NodeCounts {
-                desired: 4,
+                desired: 6,
                 updated: 1,
                 failed: 1
             }

@@ -98,11 +98,10 @@ async fn reconcile_inner(bundle: &RuleBundle, ctx: &Context) -> Result<Option<Pr
 
     let (next, problem) = match result {
         Ok((plan, cm_name)) => {
-            let rollout = bundle
-                .spec
-                .node_files
-                .as_ref()
-                .map(|t| ctx.rollout(t, &bundle.uid().unwrap_or_default(), &plan.revision));
+            let rollout = bundle.spec.node_files.as_ref().map(|t| {
+                let uid = bundle.uid().unwrap_or_default();
+                ctx.rollout(t, &uid, generation, &plan.revision)
+            });
             let next = status::applied(&prev, generation, &plan, cm_name, rollout.as_ref(), &now);
             if prev.revision.as_deref() != Some(plan.revision.as_str()) {
                 let note = format!("applied revision {}", plan.revision);

@@ -159,8 +159,15 @@ impl Context {
             .collect()
     }
 
-    /// The rollout of `revision` of the bundle `uid` over the nodes `target` selects.
-    pub fn rollout(&self, target: &NodeFilesTarget, uid: &str, revision: &str) -> Rollout {
+    /// The rollout of `revision` of the bundle `uid` at `generation` over the nodes `target`
+    /// selects.
+    pub fn rollout(
+        &self,
+        target: &NodeFilesTarget,
+        uid: &str,
+        generation: Option<i64>,
+        revision: &str,
+    ) -> Rollout {
         let nodes = self.nodes.state();
         let reports: std::collections::BTreeMap<String, Arc<NodeReport>> = self
             .reports
@@ -173,6 +180,7 @@ impl Context {
         nodes::rollout(
             target,
             uid,
+            generation,
             Some(revision),
             named.iter().map(|(n, l)| (n.as_str(), *l)),
             &reports,
