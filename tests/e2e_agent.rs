@@ -6,221 +6,15 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
 
 use common::Which;
-use common::controller::{DEADLINE, Harness, harness, push_files, wait_on};
-use k8s_openapi::api::core::v1::Node;
+use common::agent::*;
+use common::controller::{Harness, harness, push_files, wait_on};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use ocisync::api::{ArtifactSource, NodeReport, RuleBundle};
-
-const RULES_DIR: &str = "etc/falco/rules.d";
-
-/// One fake node: its Node object and its agent process.
-struct Agent {
-    root: tempfile::TempDir,
-    child: Option<Child>,
-    args: Vec<String>,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(h: &Harness, node: &str, controller_url: &str) -> Agent {
-        let root = tempfile::tempdir().expect("host root");
-        std::fs::create_dir_all(root.path().join("etc/falco")).expect("allowed dir");
-        let args = vec![
-            "agent".to_string(),
-            format!("--node-name={node}"),
-            format!("--host-root={}", root.path().display()),
-            "--allowed-dir=/etc/falco".into(),
-            format!("--controller-url={controller_url}"),
-            "--resync=2s".into(),
-            "--listen=127.0.0.1:0".into(),
-            format!("--kubeconfig={}", h.env.kubeconfig.display()),
-        ];
-        let log = std::env::temp_dir().join(format!("ocisync-agent-{node}.log"));
-        let mut a = Agent {
-            root,
-            child: None,
-            args,
-            log,
-        };
-        a.spawn();
-        a
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("agent log");
-        let child = common::ocisync()
-            .args(&self.args)
-            .env("RUST_LOG", "info,ocisync=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start agent");
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill(); // SIGKILL
-            let _ = c.wait();
-        }
-    }
-
-    fn dir(&self) -> PathBuf {
-        self.root.path().join(RULES_DIR)
-    }
-
-    /// Restarts the agent with the credentials of `kubeconfig`.
-    fn restart_as(&mut self, kubeconfig: &Path) {
-        self.kill();
-        self.args.retain(|a| !a.starts_with("--kubeconfig="));
-        self.args
-            .push(format!("--kubeconfig={}", kubeconfig.display()));
-        self.spawn();
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The visible files (following links) and their bytes; dangling links are absent.
-    fn files(&self) -> BTreeMap<String, Vec<u8>> {
-        visible_files(&self.dir())
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn visible_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return BTreeMap::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_str()?.to_string();
-            if name.starts_with("..") {
-                return None;
-            }
-            Some((name, std::fs::read(e.path()).ok()?))
-        })
-        .collect()
-}
-
-async fn node(h: &Harness, name: &str, labels: serde_json::Value) {
-    let nodes: Api<Node> = Api::all(h.client.clone());
-    let body: Node = serde_json::from_value(
-        serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}}),
-    )
-    .expect("node");
-    nodes
-        .create(&PostParams::default(), &body)
-        .await
-        .expect("create node");
-}
-
-async fn relabel(h: &Harness, name: &str, labels: serde_json::Value) {
-    let nodes: Api<Node> = Api::all(h.client.clone());
-    let patch = serde_json::json!({"metadata": {"labels": labels}});
-    nodes
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .expect("relabel");
-}
-
-async fn delete_nodes(h: &Harness, names: &[&str]) {
-    let nodes: Api<Node> = Api::all(h.client.clone());
-    for n in names {
-        let _ = nodes.delete(n, &DeleteParams::default()).await;
-    }
-}
-
-/// Polls `check` until it holds or the deadline passes, then fails with `what`.
-async fn eventually(what: &str, mut check: impl FnMut() -> Result<(), String>) {
-    let start = Instant::now();
-    loop {
-        match check() {
-            Ok(()) => return,
-            Err(e) if start.elapsed() > DEADLINE => panic!("{what}: not within {DEADLINE:?}: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-}
-
-fn nodes_of(b: &RuleBundle) -> Option<(i32, i32, i32)> {
-    let n = b.status.as_ref()?.nodes.as_ref()?;
-    Some((n.desired, n.updated, n.failed))
-}
-
-fn bundle_ready(b: &RuleBundle) -> bool {
-    b.status.as_ref().is_some_and(|s| {
-        s.observed_generation == b.metadata.generation
-            && s.conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-    })
-}
-
-fn revision_of(b: &RuleBundle) -> Option<String> {
-    b.status.as_ref()?.revision.clone()
-}
-
-/// A bundle spec: the files of source `rules` (only `include`, unless empty) into
-/// `directory` on the nodes `selector` selects.
-fn node_bundle(
-    include: &[&str],
-    directory: &str,
-    selector: serde_json::Value,
-) -> serde_json::Value {
-    let mut source = serde_json::json!({"sourceRef": {"name": "rules"}});
-    if !include.is_empty() {
-        source["include"] = serde_json::json!(include);
-    }
-    serde_json::json!({"spec": {
-        "sources": [source],
-        "nodeFiles": {"directory": directory, "nodeSelector": selector},
-    }})
-}
-
-/// Waits until bundle `name` is Ready at its generation with node counts `counts`
-/// (desired, updated, failed).
-async fn rolled_out(h: &Harness, name: &str, what: &str, counts: (i32, i32, i32)) -> RuleBundle {
-    h.wait_for::<RuleBundle>(name, what, move |b| {
-        b.is_some_and(|b| bundle_ready(b) && nodes_of(b) == Some(counts))
-    })
-    .await
-    .expect("bundle")
-}
-
-async fn source(h: &Harness, name: &str, repo: &impl std::fmt::Display) {
-    h.create(name, serde_json::json!({"url": format!("oci://{repo}"), "ref": {"tag": "1"}, "interval": "10s", "insecure": true}))
-        .await;
-    h.wait_for::<ArtifactSource>(name, "Ready", |s| {
-        s.and_then(|s| s.status.as_ref()).is_some_and(|st| {
-            st.conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
-    })
-    .await;
-}
-
-fn report_entry(r: Option<&NodeReport>, bundle: &str) -> Option<(String, Option<String>)> {
-    let e = r?.spec.bundles.iter().find(|b| b.name == bundle)?;
-    Some((e.reason.clone(), e.revision.clone()))
-}
+use ocisync::api::{NodeReport, RuleBundle};
 
 #[tokio::test]
 async fn files_follow_selectors_revisions_and_deletion_on_exactly_the_selected_nodes() {
@@ -656,7 +450,13 @@ async fn bad_servers_and_full_disks_are_reported_and_the_last_good_files_stay() 
     }
     let mut unreachable = Agent::start(&h, &names[0], "http://127.0.0.1:1");
     let mut liar = Agent::start(&h, &names[1], &h.base_url);
-    let mut full = Agent::start(&h, &names[2], &h.base_url);
+    // no free-space reserve: the small tmpfs takes the first revision, not the second
+    let mut full = Agent::start_with(
+        &h,
+        &names[2],
+        &h.base_url,
+        &["--allowed-dir=/etc/falco", "--min-free-bytes=0"],
+    );
     full.kill();
     let allowed = full.root.path().join("etc/falco");
     let mounted = small_disk(&allowed).is_some();
@@ -737,13 +537,14 @@ async fn bad_servers_and_full_disks_are_reported_and_the_last_good_files_stay() 
         "last good files kept after a lying server"
     );
     if mounted {
-        let r = wait_on(reports.clone(), &names[2], "WriteFailed", |r| {
-            report_entry(r, "bad").is_some_and(|e| e.0 == "WriteFailed")
+        // refused before any fetch: the revision does not fit the free space
+        let r = wait_on(reports.clone(), &names[2], "InsufficientSpace", |r| {
+            report_entry(r, "bad").is_some_and(|e| e.0 == "InsufficientSpace")
         })
         .await
         .expect("report");
         let msg = &r.spec.bundles[0].message;
-        assert!(msg.contains("No space left"), "{msg}");
+        assert!(msg.contains("bytes are free"), "{msg}");
         assert_eq!(full.files(), want, "last good files kept on a full disk");
     }
     for a in [&mut unreachable, &mut liar, &mut full] {

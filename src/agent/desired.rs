@@ -1,7 +1,7 @@
 //! What the agent should do with one bundle on this node: pure decisions from the bundle,
 //! the node's labels and the agent's allow-list.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use super::disk::WantedFile;
@@ -27,40 +27,129 @@ pub mod reason {
     pub const DIGEST_MISMATCH: &str = "DigestMismatch";
     pub const WRITE_FAILED: &str = "WriteFailed";
     pub const FILE_CONFLICT: &str = "FileConflict";
+    /// Over the agent's per-bundle or per-directory byte budget (checked before any fetch).
+    pub const QUOTA_EXCEEDED: &str = "QuotaExceeded";
+    /// The directory's filesystem would have less than `--min-free-bytes` free.
+    pub const INSUFFICIENT_SPACE: &str = "InsufficientSpace";
 }
 
-/// The allowed host directories: absolute, normalised.
+/// One `--allowed-dir`: a host directory and the namespaces whose bundles may write in it
+/// (`None`: every namespace, for single-tenant clusters).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub path: PathBuf,
+    pub namespaces: Option<BTreeSet<String>>,
+}
+
+impl Grant {
+    fn admits(&self, namespace: &str) -> bool {
+        self.namespaces
+            .as_ref()
+            .is_none_or(|n| n.contains(namespace))
+    }
+}
+
+/// The cluster admin's grants of host directories: absolute, normalised.
 #[derive(Clone, Debug, Default)]
-pub struct AllowList(Vec<PathBuf>);
+pub struct AllowList(Vec<Grant>);
 
 impl AllowList {
-    /// Parses `--allowed-dir` values; each must be absolute and plain.
-    pub fn new(dirs: &[String]) -> Result<Self, String> {
-        dirs.iter()
-            .map(|d| {
-                plain_absolute(d).ok_or_else(|| {
-                    format!("--allowed-dir {d:?} must be an absolute path without . or .. parts")
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(AllowList)
+    /// Parses `--allowed-dir` values: `DIR` (every namespace) or `DIR=NS1,NS2`. Grants of
+    /// the same directory are merged.
+    pub fn new(values: &[String]) -> Result<Self, String> {
+        let mut grants: Vec<Grant> = Vec::new();
+        for value in values {
+            let grant = parse_grant(value)?;
+            match grants.iter_mut().find(|g| g.path == grant.path) {
+                Some(g) => {
+                    g.namespaces = match (g.namespaces.take(), grant.namespaces) {
+                        (Some(mut a), Some(b)) => {
+                            a.extend(b);
+                            Some(a)
+                        }
+                        _ => None,
+                    }
+                }
+                None => grants.push(grant),
+            }
+        }
+        Ok(AllowList(grants))
     }
 
-    /// The allowed directory `dir` is inside (or equal to).
-    pub fn containing(&self, dir: &Path) -> Option<&Path> {
+    /// The grant that decides for `dir`: the deepest granted directory containing it, so a
+    /// subdirectory granted to one namespace is carved out of a wider grant to another.
+    pub fn deciding(&self, dir: &Path) -> Option<&Grant> {
         self.0
             .iter()
-            .map(PathBuf::as_path)
-            .find(|a| dir.starts_with(a))
+            .filter(|g| dir.starts_with(&g.path))
+            .max_by_key(|g| g.path.components().count())
     }
 
-    pub fn dirs(&self) -> &[PathBuf] {
-        &self.0
+    /// The allowed directory that namespace `namespace` may write `dir` under, or why not.
+    pub fn granted(&self, dir: &Path, namespace: &str) -> Result<&Path, String> {
+        match self.deciding(dir) {
+            Some(g) if g.admits(namespace) => Ok(&g.path),
+            Some(g) => Err(format!(
+                "namespace {namespace} has no grant for {} (the agent's --allowed-dir {} names other namespaces)",
+                dir.display(),
+                g.path.display()
+            )),
+            None => Err(format!(
+                "{} is not inside an allowed directory ({})",
+                dir.display(),
+                if self.0.is_empty() {
+                    "none".to_string()
+                } else {
+                    self.dirs().join(", ")
+                }
+            )),
+        }
+    }
+
+    pub fn dirs(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .map(|g| g.path.display().to_string())
+            .collect()
     }
 }
 
-/// `/a/b/c` as a path when absolute with only plain parts (no `.`, `..` or empty parts; one
-/// trailing `/` is fine).
+fn parse_grant(value: &str) -> Result<Grant, String> {
+    let (dir, namespaces) = match value.split_once('=') {
+        Some((d, list)) => {
+            let names: BTreeSet<String> = list
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+                .collect();
+            if names.is_empty() || !names.iter().all(|n| valid_namespace(n)) {
+                return Err(format!(
+                    "--allowed-dir {value:?}: after = comes a comma-separated list of namespaces"
+                ));
+            }
+            (d, Some(names))
+        }
+        None => (value, None),
+    };
+    let path = plain_absolute(dir).ok_or_else(|| {
+        format!("--allowed-dir {dir:?} must be an absolute path without . or .. parts")
+    })?;
+    Ok(Grant { path, namespaces })
+}
+
+/// A Kubernetes namespace name (an RFC 1123 label).
+fn valid_namespace(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 63
+        && n.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !n.starts_with('-')
+        && !n.ends_with('-')
+}
+
+/// `/a/b/c` as a path when absolute with only plain parts (no empty parts, and none that
+/// starts with `..`, the prefix of the agent's own names; one trailing `/` is fine).
 fn plain_absolute(dir: &str) -> Option<PathBuf> {
     let rest = dir.strip_prefix('/')?;
     let rest = rest.strip_suffix('/').unwrap_or(rest);
@@ -68,7 +157,7 @@ fn plain_absolute(dir: &str) -> Option<PathBuf> {
         return Some(PathBuf::from("/"));
     }
     rest.split('/')
-        .all(|part| !part.is_empty() && part != "." && part != "..")
+        .all(|part| !part.is_empty() && part != "." && !part.starts_with(".."))
         .then(|| Path::new("/").join(rest))
 }
 
@@ -109,29 +198,20 @@ pub fn decide(
         return Decision::Refuse {
             reason: reason::INVALID_PATH,
             message: format!(
-                "nodeFiles.directory {:?} must be absolute without . or .. parts",
+                "nodeFiles.directory {:?} must be absolute, without . parts or parts starting with ..",
                 target.directory
             ),
         };
     };
-    let Some(allowed) = allow.containing(&directory) else {
-        let dirs: Vec<String> = allow
-            .dirs()
-            .iter()
-            .map(|d| d.display().to_string())
-            .collect();
-        return Decision::Refuse {
-            reason: reason::DIRECTORY_NOT_ALLOWED,
-            message: format!(
-                "{} is not inside an allowed directory ({})",
-                directory.display(),
-                if dirs.is_empty() {
-                    "none".to_string()
-                } else {
-                    dirs.join(", ")
-                }
-            ),
-        };
+    let namespace = bundle.metadata.namespace.as_deref().unwrap_or_default();
+    let allowed = match allow.granted(&directory, namespace) {
+        Ok(a) => a.to_path_buf(),
+        Err(message) => {
+            return Decision::Refuse {
+                reason: reason::DIRECTORY_NOT_ALLOWED,
+                message,
+            };
+        }
     };
     let Some(status) = &bundle.status else {
         return Decision::Wait;
@@ -139,6 +219,10 @@ pub fn decide(
     let Some(revision) = &status.revision else {
         return Decision::Wait;
     };
+    // The files in status are the plan for one spec: act only on the plan for this one.
+    if status.observed_generation != bundle.metadata.generation {
+        return Decision::Wait;
+    }
     let mut files = Vec::new();
     for f in &status.files {
         if !valid_key(&f.path) {
@@ -161,7 +245,7 @@ pub fn decide(
     }
     Decision::Apply {
         directory,
-        allowed: allowed.to_path_buf(),
+        allowed,
         revision: revision.clone(),
         files,
     }
@@ -181,36 +265,6 @@ pub fn valid_key(key: &str) -> bool {
 /// `dir` under the host root (`/etc/x` with root `/host` is `/host/etc/x`).
 pub fn on_host(host_root: &Path, dir: &Path) -> PathBuf {
     host_root.join(dir.strip_prefix("/").unwrap_or(dir))
-}
-
-/// After symbolic links on the host are resolved, is `dir` still inside `allowed`? The
-/// deepest existing ancestor is resolved; parts that do not exist yet are created plain.
-pub fn stays_inside(host_root: &Path, dir: &Path, allowed: &Path) -> bool {
-    let Ok(allowed_real) = on_host(host_root, allowed).canonicalize() else {
-        return false; // the allowed directory itself is not there (not mounted)
-    };
-    let mut probe = on_host(host_root, dir);
-    let mut rest = Vec::new();
-    loop {
-        match probe.canonicalize() {
-            Ok(real) => {
-                let full: PathBuf = rest
-                    .iter()
-                    .rev()
-                    .fold(real, |p, part: &std::ffi::OsString| p.join(part));
-                return full.starts_with(&allowed_real);
-            }
-            Err(_) => {
-                let Some(name) = probe.file_name().map(|n| n.to_os_string()) else {
-                    return false;
-                };
-                rest.push(name);
-                if !probe.pop() {
-                    return false;
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

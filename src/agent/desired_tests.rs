@@ -151,23 +151,95 @@ fn a_bundle_without_a_revision_waits() {
 }
 
 #[test]
-fn symlinks_on_the_host_cannot_lead_outside() {
-    let host = tempfile::tempdir().unwrap();
-    let root = host.path();
-    std::fs::create_dir_all(root.join("etc/falco")).unwrap();
-    std::fs::create_dir_all(root.join("etc/other")).unwrap();
-    std::os::unix::fs::symlink(root.join("etc/other"), root.join("etc/falco/escape")).unwrap();
-    let allowed = Path::new("/etc/falco");
-    assert!(stays_inside(root, Path::new("/etc/falco/rules.d"), allowed));
-    assert!(stays_inside(root, Path::new("/etc/falco"), allowed));
-    assert!(!stays_inside(root, Path::new("/etc/falco/escape"), allowed));
-    assert!(!stays_inside(
-        root,
-        Path::new("/etc/falco/escape/deeper"),
-        allowed
-    ));
+fn directory_parts_starting_with_two_dots_are_refused() {
+    // `..ocisync.<id>` is another bundle's data link: writing there would put this
+    // bundle's links inside that bundle's data directory
+    for dir in [
+        "/etc/falco/..ocisync.ns.other",
+        "/etc/falco/..data/x",
+        "/etc/falco/...",
+    ] {
+        let b = bundle(dir, &[], &[("r.yaml", D)]);
+        assert!(
+            matches!(
+                decide(&b, &labels(&[]), &allow()),
+                Decision::Refuse {
+                    reason: "InvalidPath",
+                    ..
+                }
+            ),
+            "{dir}"
+        );
+    }
+    assert!(AllowList::new(&["/etc/..x".into()]).is_err());
+}
+
+fn in_namespace(dir: &str, ns: &str) -> RuleBundle {
+    let mut b = bundle(dir, &[], &[("r.yaml", D)]);
+    b.metadata.namespace = Some(ns.into());
+    b
+}
+
+#[test]
+fn a_directory_is_written_only_by_the_namespaces_granted_it() {
+    let allow = AllowList::new(&[
+        "/etc/falco=falco,security".into(),
+        "/etc/falco/rules.d/team=team-a".into(),
+        "/var/lib/kubelet/seccomp".into(),
+        "/etc/falco=ops".into(),
+    ])
+    .unwrap();
+    let applied = |dir: &str, ns: &str| {
+        matches!(
+            decide(&in_namespace(dir, ns), &labels(&[]), &allow),
+            Decision::Apply { .. }
+        )
+    };
+    assert!(applied("/etc/falco/rules.d", "falco"));
     assert!(
-        !stays_inside(root, Path::new("/nope/x"), Path::new("/nope")),
-        "allowed dir not mounted"
+        applied("/etc/falco", "ops"),
+        "grants of one directory merge"
     );
+    assert!(
+        applied("/var/lib/kubelet/seccomp/x", "anyone"),
+        "a plain DIR is every namespace"
+    );
+    assert!(applied("/etc/falco/rules.d/team/x", "team-a"));
+    assert!(!applied("/etc/falco/rules.d", "team-a"));
+    // the deepest grant decides: a subdirectory granted to team-a is carved out
+    assert!(!applied("/etc/falco/rules.d/team", "falco"));
+    match decide(
+        &in_namespace("/etc/falco/x", "tenant"),
+        &labels(&[]),
+        &allow,
+    ) {
+        Decision::Refuse { reason, message } => {
+            assert_eq!(reason, "DirectoryNotAllowed");
+            assert!(
+                message.contains("tenant") && message.contains("/etc/falco/x"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    for bad in ["/etc/falco=", "/etc/falco=Bad_NS", "/etc/falco=a,-b"] {
+        assert!(AllowList::new(&[bad.into()]).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn a_status_planned_for_another_generation_is_not_acted_on() {
+    let mut b = bundle("/etc/falco", &[], &[("r.yaml", D)]);
+    b.metadata.generation = Some(3);
+    if let Some(s) = b.status.as_mut() {
+        s.observed_generation = Some(2);
+    }
+    assert_eq!(decide(&b, &labels(&[]), &allow()), Decision::Wait);
+    if let Some(s) = b.status.as_mut() {
+        s.observed_generation = Some(3);
+    }
+    assert!(matches!(
+        decide(&b, &labels(&[]), &allow()),
+        Decision::Apply { .. }
+    ));
 }

@@ -2,30 +2,42 @@
 //! revision, the way kubelet writes projected volumes:
 //!
 //! ```text
-//! dir/..ocisync.<id>            -> ..ocisync.<id>.<stamp>   (the data link, swapped by rename)
-//! dir/..ocisync.<id>.<stamp>/   the revision's files, plus `..revision`
+//! dir/..ocisync.<id>            -> ..ocisync.<id>..a        (the data link, swapped by rename)
+//! dir/..ocisync.<id>..a/        the revision's files, plus `..revision` (revision and keys)
+//! dir/..ocisync.<id>..b/        the next revision, staged
 //! dir/<key>                     -> ..ocisync.<id>/<key>     (stable visible links)
 //! ```
 //!
-//! A new revision is staged in a fresh data directory, fsynced, and made visible by one
-//! `rename` of a new data link over the old one. Files that left the bundle resolve to
-//! nothing from that instant (their links dangle until removed just after); new files'
-//! links are created before the swap and resolve from that instant. Killing the process at
-//! any point leaves either the old or the new revision visible, never a mix; leftovers are
-//! removed by the next apply. Only entries whose link points into this bundle's data link
-//! are ever touched: other files in the directory are never overwritten or removed.
+//! A new revision is staged in the data slot the link does not point at, fsynced, and made
+//! visible by one `rename` of a new data link over the old one. Files that left the bundle
+//! resolve to nothing from that instant (their links dangle until removed just after); new
+//! files' links are created before the swap and resolve from that instant. Killing the
+//! process at any point leaves either the old or the new revision visible, never a mix;
+//! leftovers are removed by the next apply.
+//!
+//! What a bundle owns is decided from names derived from its id and from its own records
+//! (the `..revision` file lists the keys it wrote), never from a directory listing: an id
+//! (`<namespace>.<name>`) never contains `..`, so `..ocisync.<id>..` is a prefix no other
+//! bundle's names can have, and a visible name is touched only when it is one of the keys
+//! the bundle wrote and still a link to exactly `..ocisync.<id>/<key>`. Every operation
+//! goes through [`SafeDir`]: nothing placed in the directory by someone else is followed.
 
 use std::collections::BTreeSet;
-use std::fs;
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{PermissionsExt, symlink};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// The name of the file inside a data directory that holds its revision (no key can start
-/// with `..`).
+use super::safedir::{Kind, SafeDir};
+
+/// The name of the file inside a data directory that holds its revision and keys (no key
+/// can start with `..`).
 const REVISION_FILE: &str = "..revision";
+/// The largest `..revision` file read back (a bundle's keys, as JSON).
+const MAX_REVISION_FILE: u64 = 8 << 20;
 
 /// One file a revision needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,25 +69,38 @@ impl DiskError {
     }
 }
 
-fn io_at(path: &Path) -> impl FnOnce(io::Error) -> DiskError + '_ {
-    move |source| DiskError::Io {
-        path: path.display().to_string(),
-        source,
-    }
+fn io_at(dir: &SafeDir, name: &str) -> impl FnOnce(io::Error) -> DiskError {
+    let path = dir.shown(name).display().to_string();
+    move |source| DiskError::Io { path, source }
 }
 
-/// One bundle's files in one directory.
-#[derive(Clone, Debug)]
+/// What the `..revision` file records.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Written {
+    revision: String,
+    keys: Vec<String>,
+}
+
+/// The revision visible now.
+struct Current {
+    /// The data directory's name.
+    data: String,
+    dir: SafeDir,
+    written: Written,
+}
+
+/// One bundle's files in one open directory.
+#[derive(Debug)]
 pub struct Target {
-    /// The directory, as this process sees it (under the host root).
-    pub dir: PathBuf,
-    /// Unique per bundle: `<namespace>.<name>`.
-    pub id: String,
+    dir: SafeDir,
+    /// Unique per bundle: `<namespace>.<name>` (never contains `..`).
+    id: String,
 }
 
 /// A revision being staged; dropped without [`Target::commit`] it is removed.
 pub struct Staging {
-    path: PathBuf,
+    parent: SafeDir,
+    dir: SafeDir,
     name: String,
     committed: bool,
 }
@@ -83,83 +108,118 @@ pub struct Staging {
 impl Drop for Staging {
     fn drop(&mut self) {
         if !self.committed {
-            let _ = fs::remove_dir_all(&self.path);
+            let _ = self.parent.remove_dir(&self.name);
         }
     }
 }
 
 impl Staging {
-    /// Where the file `key` goes.
-    pub fn path_of(&self, key: &str) -> PathBuf {
-        self.path.join(key)
+    /// A new file `key` in the staged revision.
+    pub fn create(&self, key: &str) -> io::Result<File> {
+        let f = self.dir.create_file(key)?;
+        f.set_permissions(fs::Permissions::from_mode(0o644))?;
+        Ok(f)
     }
 }
 
 impl Target {
+    /// Bundle `id`'s files in `dir`, an open directory.
+    pub fn new(dir: SafeDir, id: String) -> Target {
+        Target { dir, id }
+    }
+
     fn link_name(&self) -> String {
         format!("..ocisync.{}", self.id)
     }
 
-    fn link(&self) -> PathBuf {
-        self.dir.join(self.link_name())
+    /// A name only this bundle has: `..ocisync.<id>..<what>`.
+    fn own(&self, what: &str) -> String {
+        format!("..ocisync.{}..{what}", self.id)
     }
 
-    /// The data directory the link points at now.
-    fn current_data(&self) -> Option<PathBuf> {
-        let target = fs::read_link(self.link()).ok()?;
-        let name = target.file_name()?.to_str()?.to_string();
-        name.starts_with(&format!("{}.", self.link_name()))
-            .then(|| self.dir.join(name))
+    /// The link a visible key must be to count as this bundle's.
+    fn key_target(&self, key: &str) -> String {
+        format!("{}/{key}", self.link_name())
+    }
+
+    fn is_ours(&self, key: &str) -> bool {
+        self.dir.read_link(key) == Some(self.key_target(key))
+    }
+
+    /// The revision the data link points at now, with the keys it wrote.
+    fn current(&self) -> Option<Current> {
+        let data = self.dir.read_link(&self.link_name())?;
+        // Ours are the two slots; `..ocisync.<id>.<stamp>` is the layout before 0.2.
+        let legacy = format!("{}.", self.link_name());
+        if data.contains('/')
+            || !(data == self.own("a") || data == self.own("b") || data.starts_with(&legacy))
+        {
+            return None;
+        }
+        let dir = self.dir.subdir(&data).ok()?;
+        let written = read_written(&dir)?;
+        Some(Current { data, dir, written })
     }
 
     /// The revision visible now, if any.
     pub fn current_revision(&self) -> Option<String> {
-        let data = self.current_data()?;
-        fs::read_to_string(data.join(REVISION_FILE))
-            .ok()
-            .map(|s| s.trim().to_string())
+        self.current().map(|c| c.written.revision)
+    }
+
+    /// Bytes free on the directory's filesystem.
+    pub fn available_bytes(&self) -> io::Result<u64> {
+        self.dir.available_bytes()
     }
 
     /// True when `revision` is visible with exactly `files`, byte for byte (by digest), and
     /// every visible link is in place: nothing to repair.
     pub fn verify(&self, revision: &str, files: &[WantedFile]) -> bool {
-        if self.current_revision().as_deref() != Some(revision) {
-            return false;
-        }
-        let Some(data) = self.current_data() else {
+        let Some(current) = self.current() else {
             return false;
         };
-        let ours = self.visible_links();
         let wanted: BTreeSet<&str> = files.iter().map(|f| f.key.as_str()).collect();
-        if ours.iter().map(String::as_str).collect::<BTreeSet<_>>() != wanted {
-            return false;
-        }
-        files
-            .iter()
-            .all(|f| file_digest(&data.join(&f.key)).ok().as_deref() == Some(f.digest.as_str()))
+        let recorded: BTreeSet<&str> = current.written.keys.iter().map(String::as_str).collect();
+        current.written.revision == revision
+            && wanted == recorded
+            && files.iter().all(|f| {
+                self.is_ours(&f.key)
+                    && digest_of(current.dir.open_file(&f.key)).ok().as_deref()
+                        == Some(f.digest.as_str())
+            })
     }
 
-    /// Removes what an interrupted write left behind (staging directories, a half-made
-    /// link), keeping the current revision.
+    /// Removes what an interrupted write left behind (a staged slot, a half-made link),
+    /// keeping the current revision.
     pub fn tidy(&self) -> Result<(), DiskError> {
-        let current = self
-            .current_data()
-            .and_then(|d| d.file_name().and_then(|n| n.to_str()).map(str::to_string));
-        self.remove_data_dirs(current.as_deref())
+        let current = self.current().map(|c| c.data);
+        for slot in [self.own("a"), self.own("b")] {
+            if current.as_deref() != Some(slot.as_str()) {
+                self.dir
+                    .remove_dir(&slot)
+                    .map_err(io_at(&self.dir, &slot))?;
+            }
+        }
+        for tmp in [self.own("link"), self.own("file")] {
+            self.dir.unlink(&tmp).map_err(io_at(&self.dir, &tmp))?;
+        }
+        Ok(())
     }
 
-    /// Creates a fresh data directory for a new revision.
+    /// Creates a fresh data directory for a new revision, in the slot not visible now.
     pub fn stage(&self) -> Result<Staging, DiskError> {
-        fs::create_dir_all(&self.dir).map_err(io_at(&self.dir))?;
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        let name = format!("{}.{stamp:x}", self.link_name());
-        let path = self.dir.join(&name);
-        fs::create_dir(&path).map_err(io_at(&path))?;
+        let name = match self.current() {
+            Some(c) if c.data == self.own("a") => self.own("b"),
+            _ => self.own("a"),
+        };
+        self.dir
+            .remove_dir(&name)
+            .map_err(io_at(&self.dir, &name))?;
+        self.dir.mkdir(&name).map_err(io_at(&self.dir, &name))?;
+        let dir = self.dir.subdir(&name).map_err(io_at(&self.dir, &name))?;
+        let parent = self.dir.try_clone().map_err(io_at(&self.dir, "."))?;
         Ok(Staging {
-            path,
+            parent,
+            dir,
             name,
             committed: false,
         })
@@ -168,14 +228,12 @@ impl Target {
     /// Copies a file of the current revision into the staging directory when it still has
     /// `digest` (hashing it on the way); false when it cannot be reused.
     pub fn reuse(&self, staging: &Staging, file: &WantedFile) -> bool {
-        let Some(data) = self.current_data() else {
+        let Some(current) = self.current() else {
             return false;
         };
-        let from = data.join(&file.key);
-        let to = staging.path_of(&file.key);
         let copied = (|| -> io::Result<String> {
-            let mut input = fs::File::open(&from)?;
-            let mut output = fs::File::create(&to)?;
+            let mut input = current.dir.open_file(&file.key)?;
+            let mut output = staging.create(&file.key)?;
             let mut hasher = Sha256::new();
             let mut buf = vec![0u8; 64 * 1024];
             loop {
@@ -192,158 +250,155 @@ impl Target {
         match copied {
             Ok(d) if d == file.digest => true,
             _ => {
-                let _ = fs::remove_file(&to);
+                let _ = staging.dir.unlink(&file.key);
                 false
             }
         }
     }
 
     /// Makes the staged revision visible in one rename, then removes what the previous one
-    /// left: links of files no longer in the bundle and old data directories.
+    /// left: links of files no longer in the bundle and the previous data directory.
     pub fn commit(
         &self,
         mut staging: Staging,
         revision: &str,
         files: &[WantedFile],
     ) -> Result<(), DiskError> {
-        let rev_path = staging.path.join(REVISION_FILE);
-        write_synced(&rev_path, revision.as_bytes()).map_err(io_at(&rev_path))?;
-        for f in files {
-            let p = staging.path_of(&f.key);
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).map_err(io_at(&p))?;
-        }
-        sync_dir(&staging.path).map_err(io_at(&staging.path))?;
-        let previous = self.current_keys();
+        let written = Written {
+            revision: revision.to_string(),
+            keys: files.iter().map(|f| f.key.clone()).collect(),
+        };
+        let bytes = serde_json::to_vec(&written)
+            .map_err(|e| io_at(&staging.dir, REVISION_FILE)(io::Error::other(e)))?;
+        write_synced(&staging, REVISION_FILE, &bytes)
+            .map_err(io_at(&staging.dir, REVISION_FILE))?;
+        staging.dir.sync().map_err(io_at(&staging.dir, "."))?;
+        let previous = self.current();
+        let previous_keys: BTreeSet<&str> = previous
+            .iter()
+            .flat_map(|c| c.written.keys.iter().map(String::as_str))
+            .collect();
         // Links of new files: they resolve only once the data link is swapped.
         for f in files {
-            let visible = self.dir.join(&f.key);
-            let target = Path::new(&self.link_name()).join(&f.key);
-            match fs::symlink_metadata(&visible) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    symlink(&target, &visible).map_err(io_at(&visible))?;
-                }
-                Err(e) => return Err(io_at(&visible)(e)),
-                Ok(_) if fs::read_link(&visible).ok().as_deref() == Some(target.as_path()) => {}
-                // Ours before (the current revision has it), replaced by someone: put back.
-                Ok(m) if !m.is_dir() && previous.contains(&f.key) => {
-                    let tmp = self.dir.join(format!("{}.tmp-file", self.link_name()));
-                    let _ = fs::remove_file(&tmp);
-                    symlink(&target, &tmp).map_err(io_at(&tmp))?;
-                    fs::rename(&tmp, &visible).map_err(io_at(&visible))?;
-                }
-                Ok(_) => return Err(DiskError::Conflict(visible.display().to_string())),
-            }
+            self.link_key(&f.key, previous_keys.contains(f.key.as_str()))?;
         }
         // The swap.
-        let tmp_link = self.dir.join(format!("{}.tmp-link", self.link_name()));
-        let _ = fs::remove_file(&tmp_link);
-        symlink(&staging.name, &tmp_link).map_err(io_at(&tmp_link))?;
-        fs::rename(&tmp_link, self.link()).map_err(io_at(&self.link()))?;
+        let tmp_link = self.own("link");
+        self.dir
+            .unlink(&tmp_link)
+            .map_err(io_at(&self.dir, &tmp_link))?;
+        self.dir
+            .symlink(&staging.name, &tmp_link)
+            .map_err(io_at(&self.dir, &tmp_link))?;
+        self.dir
+            .rename(&tmp_link, &self.link_name())
+            .map_err(io_at(&self.dir, &self.link_name()))?;
         staging.committed = true;
-        sync_dir(&self.dir).map_err(io_at(&self.dir))?;
+        self.dir.sync().map_err(io_at(&self.dir, "."))?;
         // Clean-up of what no longer resolves.
         let keep: BTreeSet<&str> = files.iter().map(|f| f.key.as_str()).collect();
-        for key in self.visible_links() {
-            if !keep.contains(key.as_str()) {
-                let p = self.dir.join(&key);
-                fs::remove_file(&p).map_err(io_at(&p))?;
+        for key in previous_keys.difference(&keep) {
+            if self.is_ours(key) {
+                self.dir.unlink(key).map_err(io_at(&self.dir, key))?;
             }
         }
-        self.remove_data_dirs(Some(&staging.name))?;
-        sync_dir(&self.dir).map_err(io_at(&self.dir))
+        if let Some(old) = previous.filter(|c| c.data != staging.name) {
+            self.dir
+                .remove_dir(&old.data)
+                .map_err(io_at(&self.dir, &old.data))?;
+        }
+        self.dir.sync().map_err(io_at(&self.dir, "."))
+    }
+
+    /// Puts the visible link of `key` in place; `was_ours`: the bundle wrote `key` before,
+    /// so an entry someone put in its place is replaced (drift repair).
+    fn link_key(&self, key: &str, was_ours: bool) -> Result<(), DiskError> {
+        let target = self.key_target(key);
+        match self.dir.kind(key).map_err(io_at(&self.dir, key))? {
+            None => self
+                .dir
+                .symlink(&target, key)
+                .map_err(io_at(&self.dir, key)),
+            Some(Kind::Symlink) if self.is_ours(key) => Ok(()),
+            Some(Kind::File | Kind::Symlink) if was_ours => {
+                let tmp = self.own("file");
+                self.dir.unlink(&tmp).map_err(io_at(&self.dir, &tmp))?;
+                self.dir
+                    .symlink(&target, &tmp)
+                    .map_err(io_at(&self.dir, &tmp))?;
+                self.dir.rename(&tmp, key).map_err(io_at(&self.dir, key))
+            }
+            Some(_) => Err(DiskError::Conflict(
+                self.dir.shown(key).display().to_string(),
+            )),
+        }
     }
 
     /// Removes everything this bundle wrote in the directory, and only that.
     pub fn remove(&self) -> Result<(), DiskError> {
-        if !self.dir.exists() {
-            return Ok(());
-        }
-        for key in self.visible_links() {
-            let p = self.dir.join(&key);
-            fs::remove_file(&p).map_err(io_at(&p))?;
-        }
-        match fs::remove_file(self.link()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_at(&self.link())(e)),
-        }
-        self.remove_data_dirs(None)?;
-        sync_dir(&self.dir).map_err(io_at(&self.dir))
-    }
-
-    /// The keys of the revision visible now.
-    fn current_keys(&self) -> BTreeSet<String> {
-        let Some(data) = self.current_data() else {
-            return BTreeSet::new();
-        };
-        fs::read_dir(data)
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                    .filter(|n| n != REVISION_FILE)
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// Names in the directory that are links into this bundle's data link.
-    fn visible_links(&self) -> Vec<String> {
-        let prefix = Path::new(&self.link_name()).to_path_buf();
-        let Ok(entries) = fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        let mut keys: Vec<String> = entries
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_symlink()))
-            .filter(|e| fs::read_link(e.path()).is_ok_and(|t| t.parent() == Some(prefix.as_path())))
-            .filter_map(|e| e.file_name().to_str().map(str::to_string))
-            .collect();
-        keys.sort();
-        keys
-    }
-
-    /// Removes this bundle's data directories (and a half-made link), except `keep`.
-    fn remove_data_dirs(&self, keep: Option<&str>) -> Result<(), DiskError> {
-        let prefix = format!("{}.", self.link_name());
-        let Ok(entries) = fs::read_dir(&self.dir) else {
-            return Ok(());
-        };
-        for e in entries.flatten() {
-            let Some(name) = e.file_name().to_str().map(str::to_string) else {
-                continue;
-            };
-            if !name.starts_with(&prefix) || Some(name.as_str()) == keep {
-                continue;
+        let current = self.current();
+        if let Some(c) = &current {
+            for key in &c.written.keys {
+                if self.is_ours(key) {
+                    self.dir.unlink(key).map_err(io_at(&self.dir, key))?;
+                }
             }
-            let p = e.path();
-            let r = if e.file_type().is_ok_and(|t| t.is_dir()) {
-                fs::remove_dir_all(&p)
-            } else {
-                fs::remove_file(&p)
-            };
-            r.map_err(io_at(&p))?;
         }
-        Ok(())
+        let link = self.link_name();
+        if self.dir.read_link(&link).is_some() {
+            self.dir.unlink(&link).map_err(io_at(&self.dir, &link))?;
+        }
+        if let Some(c) = current {
+            self.dir
+                .remove_dir(&c.data)
+                .map_err(io_at(&self.dir, &c.data))?;
+        }
+        self.tidy()?;
+        self.dir.sync().map_err(io_at(&self.dir, "."))
     }
 }
 
+/// The data directory's record: JSON, or (before 0.2) the revision alone, whose keys are
+/// then the directory's files.
+fn read_written(dir: &SafeDir) -> Option<Written> {
+    let mut text = String::new();
+    dir.open_file(REVISION_FILE)
+        .ok()?
+        .take(MAX_REVISION_FILE)
+        .read_to_string(&mut text)
+        .ok()?;
+    if let Ok(w) = serde_json::from_str::<Written>(&text) {
+        return Some(w);
+    }
+    let keys = dir
+        .names()
+        .ok()?
+        .into_iter()
+        .filter(|n| n != REVISION_FILE)
+        .collect();
+    Some(Written {
+        revision: text.trim().to_string(),
+        keys,
+    })
+}
+
 /// `sha256:<hex>` of a file's bytes.
-pub fn file_digest(path: &Path) -> io::Result<String> {
-    let mut f = fs::File::open(path)?;
+pub fn digest_of(file: io::Result<File>) -> io::Result<String> {
+    let mut f = file?;
     let mut hasher = Sha256::new();
     io::copy(&mut f, &mut hasher)?;
     Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut f = fs::File::create(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
+/// `sha256:<hex>` of a file's bytes.
+pub fn file_digest(path: &Path) -> io::Result<String> {
+    digest_of(File::open(path))
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    fs::File::open(dir)?.sync_all()
+fn write_synced(staging: &Staging, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let mut f = staging.create(name)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 #[cfg(test)]

@@ -1,4 +1,6 @@
 use super::*;
+use std::os::unix::fs::symlink;
+use std::path::PathBuf;
 
 fn digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
@@ -17,7 +19,7 @@ fn apply(t: &Target, revision: &str, files: &[(&str, &[u8])]) -> Result<(), Disk
     let staging = t.stage()?;
     for (f, (_, bytes)) in wanted.iter().zip(files) {
         if !t.reuse(&staging, f) {
-            fs::write(staging.path_of(&f.key), bytes).unwrap();
+            staging.create(&f.key).unwrap().write_all(bytes).unwrap();
         }
     }
     t.commit(staging, revision, &wanted)
@@ -39,11 +41,20 @@ fn visible(dir: &Path) -> Vec<(String, String)> {
     out
 }
 
-fn target(dir: &Path) -> Target {
-    Target {
-        dir: dir.join("rules.d"),
-        id: "ns.b".into(),
-    }
+/// A bundle's target in `root/rules.d`, and that directory's path.
+fn target_in(root: &Path, id: &str) -> (Target, PathBuf) {
+    let dir = SafeDir::open(root, Path::new("rules.d"), true)
+        .unwrap()
+        .unwrap();
+    (Target::new(dir, id.into()), root.join("rules.d"))
+}
+
+fn target(root: &Path) -> Target {
+    target_in(root, "ns.b").0
+}
+
+fn dir_of(root: &Path) -> PathBuf {
+    root.join("rules.d")
 }
 
 #[test]
@@ -52,7 +63,7 @@ fn revisions_swap_whole_and_files_that_left_disappear() {
     let t = target(tmp.path());
     apply(&t, "r1", &[("a.yaml", b"a1"), ("b.yaml", b"b1")]).unwrap();
     assert_eq!(
-        visible(&t.dir),
+        visible(&dir_of(tmp.path())),
         [
             ("a.yaml".into(), "a1".into()),
             ("b.yaml".into(), "b1".into())
@@ -61,17 +72,17 @@ fn revisions_swap_whole_and_files_that_left_disappear() {
     assert_eq!(t.current_revision().as_deref(), Some("r1"));
     apply(&t, "r2", &[("a.yaml", b"a2"), ("c.yaml", b"c2")]).unwrap();
     assert_eq!(
-        visible(&t.dir),
+        visible(&dir_of(tmp.path())),
         [
             ("a.yaml".into(), "a2".into()),
             ("c.yaml".into(), "c2".into())
         ]
     );
     assert!(
-        fs::symlink_metadata(t.dir.join("b.yaml")).is_err(),
+        fs::symlink_metadata(dir_of(tmp.path()).join("b.yaml")).is_err(),
         "link removed"
     );
-    let data_dirs = fs::read_dir(&t.dir)
+    let data_dirs = fs::read_dir(dir_of(tmp.path()))
         .unwrap()
         .flatten()
         .filter(|e| e.file_type().unwrap().is_dir())
@@ -96,19 +107,19 @@ fn verify_sees_drift_and_apply_repairs_it() {
     assert!(t.verify("r1", &wanted));
     assert!(!t.verify("r2", &wanted));
     // a deleted link
-    fs::remove_file(t.dir.join("a.yaml")).unwrap();
+    fs::remove_file(dir_of(tmp.path()).join("a.yaml")).unwrap();
     assert!(!t.verify("r1", &wanted));
     apply(&t, "r1", &files).unwrap();
     assert!(t.verify("r1", &wanted));
     // content changed through the link, and a link replaced by a plain file
-    fs::write(t.dir.join("a.yaml"), b"tampered").unwrap();
-    fs::remove_file(t.dir.join("b.yaml")).unwrap();
-    fs::write(t.dir.join("b.yaml"), b"mine now").unwrap();
+    fs::write(dir_of(tmp.path()).join("a.yaml"), b"tampered").unwrap();
+    fs::remove_file(dir_of(tmp.path()).join("b.yaml")).unwrap();
+    fs::write(dir_of(tmp.path()).join("b.yaml"), b"mine now").unwrap();
     assert!(!t.verify("r1", &wanted));
     apply(&t, "r1", &files).unwrap();
     assert!(t.verify("r1", &wanted));
     assert_eq!(
-        visible(&t.dir),
+        visible(&dir_of(tmp.path())),
         [
             ("a.yaml".into(), "a1".into()),
             ("b.yaml".into(), "b1".into())
@@ -120,22 +131,21 @@ fn verify_sees_drift_and_apply_repairs_it() {
 fn foreign_files_are_never_touched() {
     let tmp = tempfile::tempdir().unwrap();
     let t = target(tmp.path());
-    fs::create_dir_all(&t.dir).unwrap();
-    fs::write(t.dir.join("local.yaml"), b"the admin's").unwrap();
+    fs::write(dir_of(tmp.path()).join("local.yaml"), b"the admin's").unwrap();
     let err = apply(&t, "r1", &[("local.yaml", b"ours")]).unwrap_err();
     assert_eq!(err.reason(), "FileConflict");
-    assert_eq!(fs::read(t.dir.join("local.yaml")).unwrap(), b"the admin's");
+    assert_eq!(
+        fs::read(dir_of(tmp.path()).join("local.yaml")).unwrap(),
+        b"the admin's"
+    );
     assert_eq!(t.current_revision(), None, "nothing swapped in");
     // another bundle in the same directory keeps its files when this one is removed
-    let other = Target {
-        dir: t.dir.clone(),
-        id: "ns.other".into(),
-    };
+    let other = target_in(tmp.path(), "ns.other").0;
     apply(&other, "o1", &[("o.yaml", b"o")]).unwrap();
     apply(&t, "r1", &[("x.yaml", b"x")]).unwrap();
     t.remove().unwrap();
     assert_eq!(
-        visible(&t.dir),
+        visible(&dir_of(tmp.path())),
         [
             ("local.yaml".into(), "the admin's".into()),
             ("o.yaml".into(), "o".into())
@@ -151,11 +161,18 @@ fn a_failed_staging_leaves_the_last_good_revision() {
     apply(&t, "r1", &[("a.yaml", b"a1")]).unwrap();
     {
         let staging = t.stage().unwrap();
-        fs::write(staging.path_of("a.yaml"), b"half").unwrap();
+        staging
+            .create("a.yaml")
+            .unwrap()
+            .write_all(b"half")
+            .unwrap();
         // dropped without commit, as when a fetch fails
     }
-    assert_eq!(visible(&t.dir), [("a.yaml".into(), "a1".into())]);
-    let leftovers = fs::read_dir(&t.dir)
+    assert_eq!(
+        visible(&dir_of(tmp.path())),
+        [("a.yaml".into(), "a1".into())]
+    );
+    let leftovers = fs::read_dir(dir_of(tmp.path()))
         .unwrap()
         .flatten()
         .filter(|e| e.file_type().unwrap().is_dir())
@@ -169,11 +186,91 @@ fn tidy_clears_what_a_killed_write_left() {
     let t = target(tmp.path());
     apply(&t, "r1", &[("a.yaml", b"a1")]).unwrap();
     // a staging directory that a SIGKILL kept from being dropped
-    let stray = t.dir.join("..ocisync.ns.b.deadbeef");
+    let stray = dir_of(tmp.path()).join("..ocisync.ns.b..b");
     fs::create_dir(&stray).unwrap();
     fs::write(stray.join("a.yaml"), b"half").unwrap();
     t.tidy().unwrap();
     assert!(!stray.exists());
     assert_eq!(t.current_revision().as_deref(), Some("r1"));
-    assert_eq!(visible(&t.dir), [("a.yaml".into(), "a1".into())]);
+    assert_eq!(
+        visible(&dir_of(tmp.path())),
+        [("a.yaml".into(), "a1".into())]
+    );
+}
+
+#[test]
+fn ids_that_are_prefixes_of_each_other_never_touch_each_others_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, dir) = target_in(tmp.path(), "ns.a");
+    let (ab, _) = target_in(tmp.path(), "ns.a.b");
+    let (a_link, _) = target_in(tmp.path(), "ns.a.link");
+    apply(&ab, "rab", &[("ab.yaml", b"ab")]).unwrap();
+    apply(&a_link, "rl", &[("l.yaml", b"l")]).unwrap();
+    apply(&a, "ra1", &[("a.yaml", b"a1")]).unwrap();
+    apply(&a, "ra2", &[("a.yaml", b"a2")]).unwrap();
+    a.tidy().unwrap();
+    assert_eq!(ab.current_revision().as_deref(), Some("rab"));
+    assert_eq!(a_link.current_revision().as_deref(), Some("rl"));
+    a.remove().unwrap();
+    assert_eq!(
+        visible(&dir),
+        [
+            ("ab.yaml".into(), "ab".into()),
+            ("l.yaml".into(), "l".into())
+        ]
+    );
+    assert_eq!(ab.current_revision().as_deref(), Some("rab"));
+    assert_eq!(a_link.current_revision().as_deref(), Some("rl"));
+}
+
+#[test]
+fn a_link_planted_in_the_data_directory_never_makes_a_host_file_ours() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (t, dir) = target_in(tmp.path(), "ns.b");
+    fs::write(dir.join("falco.yaml"), b"the host's own").unwrap();
+    apply(&t, "r1", &[("a.yaml", b"a1")]).unwrap();
+    // someone puts a link named falco.yaml inside the bundle's current data directory
+    symlink(
+        "../..ocisync.ns.c/falco.yaml",
+        dir.join("..ocisync.ns.b/falco.yaml"),
+    )
+    .unwrap();
+    let err = apply(&t, "r2", &[("a.yaml", b"a2"), ("falco.yaml", b"evil")]).unwrap_err();
+    assert_eq!(err.reason(), "FileConflict");
+    assert_eq!(fs::read(dir.join("falco.yaml")).unwrap(), b"the host's own");
+    assert_eq!(t.current_revision().as_deref(), Some("r1"));
+    // a link elsewhere that someone put under a key's name is not followed or removed
+    let outside = tmp.path().join("outside");
+    fs::write(&outside, b"outside").unwrap();
+    symlink(&outside, dir.join("o.yaml")).unwrap();
+    assert_eq!(
+        apply(&t, "r3", &[("o.yaml", b"x")]).unwrap_err().reason(),
+        "FileConflict"
+    );
+    t.remove().unwrap();
+    assert_eq!(fs::read(&outside).unwrap(), b"outside");
+    assert!(
+        fs::symlink_metadata(dir.join("o.yaml")).is_ok(),
+        "not ours, kept"
+    );
+    assert_eq!(fs::read(dir.join("falco.yaml")).unwrap(), b"the host's own");
+}
+
+#[test]
+fn the_layout_before_slots_is_read_and_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (t, dir) = target_in(tmp.path(), "ns.b");
+    let old = dir.join("..ocisync.ns.b.17f00ba4");
+    fs::create_dir(&old).unwrap();
+    fs::write(old.join("a.yaml"), b"a0").unwrap();
+    fs::write(old.join("..revision"), b"r0").unwrap();
+    symlink("..ocisync.ns.b.17f00ba4", dir.join("..ocisync.ns.b")).unwrap();
+    symlink("..ocisync.ns.b/a.yaml", dir.join("a.yaml")).unwrap();
+    assert_eq!(t.current_revision().as_deref(), Some("r0"));
+    apply(&t, "r1", &[("b.yaml", b"b1")]).unwrap();
+    assert!(
+        !old.exists(),
+        "the old data directory is removed after the swap"
+    );
+    assert_eq!(visible(&dir), [("b.yaml".into(), "b1".into())]);
 }

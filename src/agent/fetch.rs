@@ -1,7 +1,6 @@
 //! Fetching a file from the controller's artifact server by digest, verified on the way in.
 
 use std::io::Write;
-use std::path::Path;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -56,13 +55,14 @@ pub fn client(timeout: Duration) -> reqwest::Client {
         .unwrap_or_default()
 }
 
-/// Streams `file` from `<base>/blobs/sha256/<hex>` into `dest`, hashing as it goes; the
-/// file is fsynced, and any byte beyond the expected size or a wrong digest is an error.
+/// Streams `file` from `<base>/blobs/sha256/<hex>` into `out` (a new file in a staged
+/// revision), hashing as it goes; the file is fsynced, and any byte beyond the expected size
+/// or a wrong digest is an error.
 pub async fn fetch(
     http: &reqwest::Client,
     base: &str,
     file: &WantedFile,
-    dest: &Path,
+    mut out: std::fs::File,
 ) -> Result<(), FetchError> {
     let hex = file.digest.strip_prefix("sha256:").unwrap_or(&file.digest);
     let url = format!("{base}{}", crate::server::blob_url_path(hex));
@@ -79,16 +79,15 @@ pub async fn fetch(
         return Err(unreachable(format!("HTTP {}", response.status().as_u16())));
     }
     let write_err = |source| FetchError::Write {
-        path: dest.display().to_string(),
+        path: file.key.clone(),
         source,
     };
-    let mut out = std::fs::File::create(dest).map_err(write_err)?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let mut body = response.bytes_stream();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| unreachable(one_line(&e)))?;
-        size += chunk.len() as u64;
+        size = size.saturating_add(chunk.len() as u64);
         if size > file.size {
             return Err(FetchError::TooLarge {
                 key: file.key.clone(),

@@ -3,11 +3,13 @@
 //! file contents from the controller's artifact server by digest, and needs neither
 //! registry credentials nor Secrets.
 
+pub mod budget;
 pub mod desired;
 pub mod disk;
 pub mod fetch;
 pub mod records;
 pub mod report;
+pub mod safedir;
 pub mod sync;
 
 use std::path::PathBuf;
@@ -36,6 +38,8 @@ pub struct Options {
     /// Where the node's directories are mounted (`/host`).
     pub host_root: PathBuf,
     pub allow: AllowList,
+    /// Byte budgets per bundle and per directory, and the free space kept.
+    pub budget: budget::Budget,
     /// `http://host:port` of the controller's artifact server.
     pub controller_url: String,
     /// Where the agent remembers what it wrote (on the node, so it survives restarts).
@@ -77,6 +81,7 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
+    .modify(slim)
     .reflect(bundle_writer)
     .for_each(move |event| {
         if let Err(e) = &event {
@@ -118,6 +123,7 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
         host_root: &options.host_root,
         state_dir: &options.state_dir,
         allow: &options.allow,
+        budget: &options.budget,
         controller_url: options.controller_url.trim_end_matches('/'),
         http: &http,
         reporter: &reporter,
@@ -184,6 +190,20 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
     stop_server.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     Ok(())
+}
+
+/// What the agent keeps of a RuleBundle: no managed fields or annotations (a
+/// `last-applied-configuration` can be as large as the object), and no file list for a
+/// bundle without `nodeFiles`, which the agent never writes.
+fn slim(bundle: &mut RuleBundle) {
+    bundle.metadata.managed_fields = None;
+    bundle.metadata.annotations = None;
+    if bundle.spec.node_files.is_none()
+        && let Some(status) = bundle.status.as_mut()
+    {
+        status.files = Vec::new();
+        status.conditions = Vec::new();
+    }
 }
 
 async fn shutdown_signal() {

@@ -13,16 +13,52 @@ use super::desired::reason;
 use crate::api::FIELD_MANAGER;
 use crate::api::node_report::{BundleReport, NodeReport, NodeReportSpec};
 
-/// The report's spec from the per-bundle outcomes.
+/// The most bytes of entries one report holds: well under etcd's object limit (1.5 MiB by
+/// default), whatever the number of bundles or the length of their messages.
+pub const MAX_ENTRY_BYTES: usize = 768 << 10;
+/// The longest message kept in an entry, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 512;
+
+/// The report's spec from the per-bundle outcomes, bounded in size: long messages are cut,
+/// then, past [`MAX_ENTRY_BYTES`], messages are dropped from the last entries, then the last
+/// entries themselves (counted in `omitted`; the counts cover every bundle).
 pub fn spec(bundles: Vec<BundleReport>) -> NodeReportSpec {
+    spec_within(bundles, MAX_ENTRY_BYTES)
+}
+
+fn spec_within(mut bundles: Vec<BundleReport>, max_bytes: usize) -> NodeReportSpec {
     let applied = bundles
         .iter()
         .filter(|b| b.reason == reason::APPLIED)
         .count();
     let failed = bundles.iter().filter(|b| b.is_failure()).count();
+    for b in &mut bundles {
+        if let Some((cut, _)) = b.message.char_indices().nth(MAX_MESSAGE_CHARS) {
+            b.message.truncate(cut);
+            b.message.push('…');
+        }
+    }
+    let size = |b: &BundleReport| serde_json::to_vec(b).map_or(usize::MAX, |v| v.len() + 1);
+    let mut total = bundles.iter().map(size).fold(0usize, usize::saturating_add);
+    for b in bundles.iter_mut().rev() {
+        if total <= max_bytes {
+            break;
+        }
+        let before = size(b);
+        b.message.clear();
+        total = total.saturating_sub(before.saturating_sub(size(b)));
+    }
+    let mut omitted = 0usize;
+    while total > max_bytes {
+        let Some(last) = bundles.pop() else { break };
+        total = total.saturating_sub(size(&last));
+        omitted += 1;
+    }
+    let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
     NodeReportSpec {
-        applied: i32::try_from(applied).unwrap_or(i32::MAX),
-        failed: i32::try_from(failed).unwrap_or(i32::MAX),
+        applied: count(applied),
+        failed: count(failed),
+        omitted: count(omitted),
         bundles,
     }
 }
@@ -201,6 +237,38 @@ mod tests {
         assert_eq!(withdraw(&known, "b", Some("r2"), None), None);
         assert_eq!(withdraw(&known, "c", Some("r2"), None), None);
         assert_eq!(withdraw(&known, "new", Some("r2"), None), None);
+    }
+
+    #[test]
+    fn a_report_stays_within_its_size_whatever_the_bundles() {
+        let long = |i: usize| BundleReport {
+            namespace: "ns".into(),
+            name: format!("b{i:05}"),
+            uid: format!("{i:036}"),
+            reason: "FetchFailed".into(),
+            message: "x".repeat(10_000),
+            ..Default::default()
+        };
+        let s = spec(vec![long(0)]);
+        assert_eq!(s.bundles[0].message.chars().count(), MAX_MESSAGE_CHARS + 1);
+        // messages go first, from the last entries
+        let s = spec((0..2_000).map(long).collect());
+        assert_eq!((s.omitted, s.bundles.len()), (0, 2_000));
+        assert!(serde_json::to_vec(&s).unwrap().len() <= MAX_ENTRY_BYTES + 100);
+        assert!(
+            !s.bundles[0].message.is_empty(),
+            "first entries keep theirs"
+        );
+        assert!(s.bundles[1_999].message.is_empty());
+        // then the last entries, counted
+        let s = spec((0..20_000).map(long).collect());
+        let bytes = serde_json::to_vec(&s).unwrap().len();
+        assert!(bytes <= MAX_ENTRY_BYTES + 100, "{bytes}");
+        assert_eq!(s.failed, 20_000, "counts cover every bundle");
+        assert!(s.omitted > 0 && s.bundles.len() + s.omitted as usize == 20_000);
+        // small reports are untouched
+        let s = spec_within(vec![long(1)], 1 << 20);
+        assert_eq!((s.omitted, s.bundles.len()), (0, 1));
     }
 
     #[test]

@@ -7,11 +7,13 @@ use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
 
+use super::budget::{self, Budget};
 use super::desired::{self, AllowList, Decision, reason};
 use super::disk::{Target, WantedFile};
 use super::fetch;
 use super::records::{self, Record};
 use super::report::{self, Known, Reporter};
+use super::safedir::SafeDir;
 use crate::api::RuleBundle;
 use crate::api::node_report::{BundleReport, NodeReportSpec};
 
@@ -20,6 +22,7 @@ pub struct Env<'a> {
     pub host_root: &'a std::path::Path,
     pub state_dir: &'a std::path::Path,
     pub allow: &'a AllowList,
+    pub budget: &'a Budget,
     pub controller_url: &'a str,
     pub http: &'a reqwest::Client,
     /// The node's report, where claims are withdrawn before files change.
@@ -61,6 +64,8 @@ const RETRY: Duration = Duration::from_secs(5);
 const MAX_RETRY: Duration = Duration::from_secs(300);
 
 /// Runs one pass. With `full`, every applied bundle is re-verified on disk (drift repair).
+/// Removals come first, so a bundle deleted and created again under the same name (another
+/// uid, the same names on disk) is written only once the old one's files are gone.
 pub async fn pass(
     env: &Env<'_>,
     memory: &mut Memory,
@@ -68,32 +73,32 @@ pub async fn pass(
     labels: &BTreeMap<String, String>,
     full: bool,
 ) -> Vec<BundleReport> {
-    let records: HashMap<String, Record> = memory
-        .records
-        .get_or_insert_with(|| {
-            records::load_all(env.state_dir)
-                .into_iter()
-                .map(|r| (r.uid.clone(), r))
-                .collect()
+    if memory.records.is_none() {
+        let loaded = records::load_all(env.state_dir);
+        memory.records = Some(loaded.into_iter().map(|r| (r.uid.clone(), r)).collect());
+    }
+    let decided: Vec<(&RuleBundle, String, Decision)> = bundles
+        .iter()
+        .filter_map(|b| {
+            let uid = b.uid().filter(|u| !u.is_empty())?;
+            let d = desired::decide(b, labels, env.allow);
+            (d != Decision::NotHere).then_some((b.as_ref(), uid, d))
         })
-        .clone();
+        .collect();
+    let keep: HashSet<&str> = decided.iter().map(|(_, uid, _)| uid.as_str()).collect();
+    remove_gone(env, memory, &keep).await;
+    let refused = over_budget(env, &decided);
     let mut reports = Vec::new();
-    let mut keep = HashSet::new();
-    for bundle in bundles {
-        let uid = bundle.uid().unwrap_or_default();
-        let decision = desired::decide(bundle, labels, env.allow);
-        if decision == Decision::NotHere || uid.is_empty() {
-            continue;
-        }
-        keep.insert(uid.clone());
+    for (bundle, uid, decision) in decided {
         let record = Record {
             namespace: bundle.namespace().unwrap_or_default(),
             name: bundle.name_any(),
             uid: uid.clone(),
             directory: PathBuf::new(),
         };
+        let records = memory.records.clone().unwrap_or_default();
         let on_disk = records.get(&uid);
-        let current = on_disk.and_then(|r| target_of(env, r).current_revision());
+        let current = on_disk.and_then(|r| current_revision(env, r));
         let report = |reason: &str, message: String, revision: Option<String>| BundleReport {
             namespace: record.namespace.clone(),
             name: record.name.clone(),
@@ -103,10 +108,22 @@ pub async fn pass(
             reason: reason.to_string(),
             message,
         };
+        let predecessor = records
+            .values()
+            .any(|r| r.uid != uid && r.id() == record.id());
         let entry = match decision {
             Decision::NotHere => continue,
+            _ if predecessor => report(
+                reason::WAITING,
+                "the files of an earlier RuleBundle of this name are still being removed".into(),
+                None,
+            ),
             Decision::Wait => report(reason::WAITING, String::new(), current),
             Decision::Refuse { reason, message } => report(reason, message, current),
+            Decision::Apply { .. } if refused.contains_key(&uid) => {
+                let message = refused.get(&uid).cloned().unwrap_or_default();
+                report(reason::QUOTA_EXCEEDED, message, current)
+            }
             Decision::Apply {
                 directory,
                 allowed,
@@ -117,14 +134,16 @@ pub async fn pass(
                     directory: directory.clone(),
                     ..record.clone()
                 };
-                match apply(
-                    env, memory, &record, on_disk, &allowed, &revision, &files, full,
-                )
-                .await
-                {
-                    Ok(()) => report(reason::APPLIED, String::new(), Some(revision)),
+                let wanted = Wanted {
+                    record: &record,
+                    allowed: &allowed,
+                    revision: &revision,
+                    files: &files,
+                };
+                match apply(env, memory, &wanted, on_disk, full).await {
+                    Ok(()) => report(reason::APPLIED, String::new(), Some(revision.clone())),
                     Err((r, message)) => {
-                        let now = target_of(env, &record).current_revision().or(current);
+                        let now = current_revision(env, &record).or(current);
                         report(r, message, now)
                     }
                 }
@@ -132,11 +151,21 @@ pub async fn pass(
         };
         reports.push(entry);
     }
-    // Bundles gone, or no longer selecting this node: remove their files, only theirs.
-    for (uid, record) in records {
-        if keep.contains(&uid) {
-            continue;
-        }
+    reports.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    reports
+}
+
+/// Bundles gone, or no longer selecting this node: their files are removed, only theirs.
+async fn remove_gone(env: &Env<'_>, memory: &mut Memory, keep: &HashSet<&str>) {
+    let gone: Vec<Record> = memory
+        .records
+        .iter()
+        .flat_map(|r| r.values())
+        .filter(|r| !keep.contains(r.uid.as_str()))
+        .cloned()
+        .collect();
+    for record in gone {
+        let uid = record.uid.clone();
         let removing = changing(
             &record,
             reason::REMOVING,
@@ -146,7 +175,12 @@ pub async fn pass(
             tracing::warn!(bundle = %record.id(), error = %e, "cannot update the NodeReport; files kept for now");
             continue;
         }
-        match target_of(env, &record).remove() {
+        let removed = match open_target(env, &record, false) {
+            Ok(Some(t)) => t.remove().map_err(|e| e.to_string()),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        match removed {
             Ok(()) => {
                 tracing::info!(bundle = %record.id(), directory = %record.directory.display(), "files removed");
                 memory.applied.remove(&uid);
@@ -163,30 +197,88 @@ pub async fn pass(
             Err(e) => tracing::warn!(bundle = %record.id(), error = %e, "cannot remove files"),
         }
     }
-    reports.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    reports
 }
 
-fn target_of(env: &Env<'_>, record: &Record) -> Target {
-    Target {
-        dir: desired::on_host(env.host_root, &record.directory),
-        id: record.id(),
-    }
+/// The bundles over a node budget, by uid, from the sizes in their status.
+fn over_budget(
+    env: &Env<'_>,
+    decided: &[(&RuleBundle, String, Decision)],
+) -> HashMap<String, String> {
+    let claims: Vec<budget::Claim<'_>> = decided
+        .iter()
+        .filter_map(|(b, uid, d)| match d {
+            Decision::Apply {
+                directory, files, ..
+            } => Some(budget::Claim {
+                uid,
+                directory,
+                sizes: files.iter().map(|f| f.size).collect(),
+                order: (
+                    b.metadata
+                        .creation_timestamp
+                        .as_ref()
+                        .map(|t| t.0.to_string())
+                        .unwrap_or_default(),
+                    b.metadata.namespace.as_deref().unwrap_or_default(),
+                    b.metadata.name.as_deref().unwrap_or_default(),
+                ),
+            }),
+            _ => None,
+        })
+        .collect();
+    budget::refused(env.budget, &claims)
+}
+
+/// The bundle's directory, opened without following links below its allowed directory
+/// (created when `create`); `Ok(None)` when it does not exist.
+fn open_target(env: &Env<'_>, record: &Record, create: bool) -> Result<Option<Target>, String> {
+    let Some(grant) = env.allow.deciding(&record.directory) else {
+        return Err(format!(
+            "{} is no longer inside an allowed directory",
+            record.directory.display()
+        ));
+    };
+    let below = record
+        .directory
+        .strip_prefix(&grant.path)
+        .map_err(|e| e.to_string())?;
+    let allowed = desired::on_host(env.host_root, &grant.path);
+    let opened = SafeDir::open(&allowed, below, create).map_err(|e| {
+        format!(
+            "{}: {e} (below {}, nothing is followed; is {} mounted into the agent?)",
+            record.directory.display(),
+            grant.path.display(),
+            grant.path.display()
+        )
+    })?;
+    Ok(opened.map(|d| Target::new(d, record.id())))
+}
+
+fn current_revision(env: &Env<'_>, record: &Record) -> Option<String> {
+    open_target(env, record, false)
+        .ok()
+        .flatten()?
+        .current_revision()
+}
+
+/// What one bundle wants on this node.
+struct Wanted<'a> {
+    record: &'a Record,
+    allowed: &'a std::path::Path,
+    revision: &'a str,
+    files: &'a [WantedFile],
 }
 
 /// Brings one bundle's directory to `revision`; the error is (reason, message).
-#[allow(clippy::too_many_arguments)]
 async fn apply(
     env: &Env<'_>,
     memory: &mut Memory,
-    record: &Record,
+    wanted: &Wanted<'_>,
     previous: Option<&Record>,
-    allowed: &std::path::Path,
-    revision: &str,
-    files: &[WantedFile],
     full: bool,
 ) -> Result<(), (&'static str, String)> {
-    let key = (revision.to_string(), record.directory.clone());
+    let record = wanted.record;
+    let key = (wanted.revision.to_string(), record.directory.clone());
     if !full && memory.applied.get(&record.uid) == Some(&key) {
         return Ok(());
     }
@@ -196,8 +288,8 @@ async fn apply(
     {
         return Err((f.reason, f.message.clone()));
     }
-    let result = match check_and_record(env, memory, record, previous, allowed) {
-        Ok(()) => write(env, memory, record, previous, revision, files).await,
+    let result = match check_and_record(env, memory, record, previous, wanted.allowed) {
+        Ok(target) => write(env, memory, &target, wanted, previous).await,
         Err(e) => Err(e),
     };
     match &result {
@@ -232,25 +324,27 @@ async fn apply(
     result
 }
 
-/// Checks that the directory stays inside its allowed directory, then records the bundle on
-/// the node (before any file, so a crash mid-write is still cleaned up later).
+/// Opens the directory below its allowed directory, never following a link there, then
+/// records the bundle on the node (before any file, so a crash mid-write is still cleaned
+/// up later).
 fn check_and_record(
     env: &Env<'_>,
     memory: &mut Memory,
     record: &Record,
     previous: Option<&Record>,
     allowed: &std::path::Path,
-) -> Result<(), (&'static str, String)> {
-    if !desired::stays_inside(env.host_root, &record.directory, allowed) {
-        return Err((
-            reason::INVALID_PATH,
-            format!(
-                "{} leads outside {} through a symbolic link, or {} is not mounted",
-                record.directory.display(),
-                allowed.display(),
-                allowed.display()
-            ),
-        ));
+) -> Result<Target, (&'static str, String)> {
+    let invalid = |m: String| (reason::INVALID_PATH, m);
+    let below = record
+        .directory
+        .strip_prefix(allowed)
+        .map_err(|e| invalid(e.to_string()))?;
+    let on_host = desired::on_host(env.host_root, allowed);
+    if !on_host.is_dir() {
+        return Err(invalid(format!(
+            "the allowed directory {} is not mounted into the agent",
+            allowed.display()
+        )));
     }
     if previous != Some(record) {
         records::save(env.state_dir, record)
@@ -259,27 +353,46 @@ fn check_and_record(
             r.insert(record.uid.clone(), record.clone());
         }
     }
-    Ok(())
+    match SafeDir::open(&on_host, below, true) {
+        Ok(Some(dir)) => Ok(Target::new(dir, record.id())),
+        Ok(None) => Err(invalid(format!(
+            "{} is missing",
+            record.directory.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Err(invalid(format!(
+            "{}: {e}; nothing below {} is followed",
+            record.directory.display(),
+            allowed.display()
+        ))),
+        Err(e) => Err((
+            reason::WRITE_FAILED,
+            format!("{}: {e}", record.directory.display()),
+        )),
+    }
 }
 
 /// Verifies the bundle's directory and, when it differs, writes the revision.
 async fn write(
     env: &Env<'_>,
     memory: &mut Memory,
-    record: &Record,
+    target: &Target,
+    wanted: &Wanted<'_>,
     previous: Option<&Record>,
-    revision: &str,
-    files: &[WantedFile],
 ) -> Result<(), (&'static str, String)> {
-    let target = target_of(env, record);
+    let (record, revision, files) = (wanted.record, wanted.revision, wanted.files);
     if target.verify(revision, files) {
         // killed mid-write after this revision landed: clear the leftovers
         target.tidy().map_err(|e| (e.reason(), e.to_string()))?;
     } else {
+        target.tidy().map_err(|e| (e.reason(), e.to_string()))?;
+        check_space(env, target, files)?;
         let staging = target.stage().map_err(|e| (e.reason(), e.to_string()))?;
         for f in files {
             if !target.reuse(&staging, f) {
-                fetch::fetch(env.http, env.controller_url, f, &staging.path_of(&f.key))
+                let out = staging
+                    .create(&f.key)
+                    .map_err(|e| (reason::WRITE_FAILED, format!("{}: {e}", f.key)))?;
+                fetch::fetch(env.http, env.controller_url, f, out)
                     .await
                     .map_err(|e| (e.reason(), e.to_string()))?;
             }
@@ -301,10 +414,39 @@ async fn write(
         tracing::info!(bundle = %record.id(), revision, directory = %record.directory.display(), files = files.len(), "applied");
     }
     // A bundle that moved to another directory: the old one is cleaned once the new one holds.
-    if let Some(old) = previous.filter(|p| p.directory != record.directory)
-        && let Err(e) = target_of(env, old).remove()
-    {
-        tracing::warn!(bundle = %old.id(), error = %e, "cannot remove files from the old directory");
+    if let Some(old) = previous.filter(|p| p.directory != record.directory) {
+        let removed = match open_target(env, old, false) {
+            Ok(Some(t)) => t.remove().map_err(|e| e.to_string()),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = removed {
+            tracing::warn!(bundle = %old.id(), error = %e, "cannot remove files from the old directory");
+        }
+    }
+    Ok(())
+}
+
+/// The directory's filesystem must keep `--min-free-bytes` free after the revision is
+/// staged (a full copy: reused files are copied too).
+fn check_space(
+    env: &Env<'_>,
+    target: &Target,
+    files: &[WantedFile],
+) -> Result<(), (&'static str, String)> {
+    let sizes: Vec<u64> = files.iter().map(|f| f.size).collect();
+    let needed = budget::total(&sizes).unwrap_or(u64::MAX);
+    let free = target
+        .available_bytes()
+        .map_err(|e| (reason::WRITE_FAILED, format!("free space: {e}")))?;
+    if needed.saturating_add(env.budget.min_free_bytes) > free {
+        return Err((
+            reason::INSUFFICIENT_SPACE,
+            format!(
+                "the revision needs {needed} bytes and {} must stay free; {free} bytes are free",
+                env.budget.min_free_bytes
+            ),
+        ));
     }
     Ok(())
 }

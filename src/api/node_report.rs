@@ -31,6 +31,14 @@ pub struct NodeReportSpec {
     /// One entry per bundle selecting this node, sorted by namespace and name.
     #[serde(default)]
     pub bundles: Vec<BundleReport>,
+    /// Entries left out (the last ones) to keep the report under the API server's object
+    /// size limit; the counts above still cover them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub omitted: i32,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 /// The outcome of one bundle on one node.
@@ -53,7 +61,8 @@ pub struct BundleReport {
     /// `Applied`; `Waiting` (no revision planned yet), `Applying` or `Removing` (files are
     /// changing; written before they do); or why the current revision is not on disk
     /// (`DirectoryNotAllowed`, `FetchFailed`, `DigestMismatch`, `WriteFailed`,
-    /// `FileConflict`, `InvalidPath`, `ReportFailed`).
+    /// `FileConflict`, `InvalidPath`, `ReportFailed`, `QuotaExceeded`,
+    /// `InsufficientSpace`).
     pub reason: String,
     /// Details for a failure.
     #[serde(default, skip_serializing_if = "String::is_empty")]

@@ -80,8 +80,19 @@ pub struct AgentArgs {
     #[arg(long, value_name = "DIR", default_value = "/host")]
     pub host_root: PathBuf,
     /// A node directory bundles may write into (repeatable); nothing outside is written.
-    #[arg(long = "allowed-dir", value_name = "DIR")]
+    /// `DIR=NS1,NS2` grants it to bundles of those namespaces only; a plain `DIR` grants it
+    /// to every namespace (single-tenant clusters). The deepest granted directory decides.
+    #[arg(long = "allowed-dir", value_name = "DIR[=NS,...]")]
     pub allowed_dirs: Vec<String>,
+    /// The most one bundle may write on this node (bytes, or with Ki/Mi/Gi).
+    #[arg(long, value_name = "BYTES", default_value = "64Mi", value_parser = parse_bytes)]
+    pub max_bundle_bytes: u64,
+    /// The most all bundles together may write into one directory.
+    #[arg(long, value_name = "BYTES", default_value = "256Mi", value_parser = parse_bytes)]
+    pub max_directory_bytes: u64,
+    /// Free space a directory's filesystem keeps after a revision is staged.
+    #[arg(long, value_name = "BYTES", default_value = "16Mi", value_parser = parse_bytes)]
+    pub min_free_bytes: u64,
     /// The controller's artifact server; default:
     /// http://ocisync-controller.<POD_NAMESPACE>.svc:9090.
     #[arg(long, value_name = "URL", env = "OCISYNC_CONTROLLER_URL")]
@@ -95,6 +106,28 @@ pub struct AgentArgs {
     /// How often every applied bundle is re-checked on disk, as a Go duration.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub resync: std::time::Duration,
+}
+
+/// `1024`, `64Ki`, `64Mi`, `1Gi` (Kubernetes binary suffixes) or `64k`, `64M`, `1G`.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, suffix) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a byte size"))?;
+    let unit: u64 = match suffix {
+        "" => 1,
+        "k" | "K" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => return Err(format!("{s:?}: unknown unit {suffix:?} (use Ki, Mi, Gi)")),
+    };
+    n.checked_mul(unit)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -178,6 +211,11 @@ async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
             node_name: args.node_name,
             host_root: args.host_root,
             allow,
+            budget: crate::agent::budget::Budget {
+                bundle_bytes: args.max_bundle_bytes,
+                directory_bytes: args.max_directory_bytes,
+                min_free_bytes: args.min_free_bytes,
+            },
             controller_url,
             state_dir,
             resync: args.resync,

@@ -4,6 +4,7 @@
 //! (set by `make test` and CI), where a missing environment is a failure.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod controller;
 
 use std::path::PathBuf;

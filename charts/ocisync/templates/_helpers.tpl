@@ -50,3 +50,25 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{/*
+The path of an agent.allowedDirs entry: {path, namespaces} (or a plain path string).
+*/}}
+{{- define "ocisync.allowedDirPath" -}}
+{{- if kindIs "map" . }}{{ required "agent.allowedDirs entries need a path" .path }}{{ else }}{{ . }}{{ end }}
+{{- end }}
+
+{{/*
+The agent flag of an agent.allowedDirs entry, called with (list $ entry): granted to the
+entry's namespaces, by default the release namespace only; ["*"] is every namespace.
+*/}}
+{{- define "ocisync.allowedDirFlag" -}}
+{{- $root := index . 0 }}{{- $dir := index . 1 }}
+{{- $ns := list $root.Release.Namespace }}
+{{- if and (kindIs "map" $dir) $dir.namespaces }}{{ $ns = $dir.namespaces }}{{ end }}
+{{- if has "*" $ns -}}
+--allowed-dir={{ include "ocisync.allowedDirPath" $dir }}
+{{- else -}}
+--allowed-dir={{ include "ocisync.allowedDirPath" $dir }}={{ join "," $ns }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,351 @@
+//! End-to-end: the agent in a shared cluster, each hostile party played by the test with
+//! real agent and controller processes against the real API server and registry. A
+//! RuleBundle author aims at another bundle's data link, at a prefix of another bundle's
+//! id, at a symbolic link planted under an allowed directory, at a directory granted to
+//! another namespace, and at the node's disk; a bundle is deleted and created again under
+//! the same name. Each time: the outcome on disk and in the NodeReport, nothing outside
+//! touched, the agent alive with its memory bounded.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::Which;
+use common::agent::*;
+use common::controller::{Harness, harness, push_files, wait_on};
+use kube::api::{Api, DeleteParams};
+use ocisync::api::{NodeReport, RuleBundle};
+
+/// The agent's peak resident memory (VmHWM), in KiB.
+fn peak_kib(agent: &mut Agent) -> u64 {
+    let pid = agent.child.as_ref().map(|c| c.id()).expect("running");
+    let alive = agent
+        .child
+        .as_mut()
+        .is_some_and(|c| c.try_wait().ok().flatten().is_none());
+    assert!(alive, "the agent is alive; log:\n{}", agent.log_text());
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// The NodeReport entry of bundle `name` in namespace `ns`: (uid, reason, message).
+fn entry_of(r: Option<&NodeReport>, ns: &str, name: &str) -> Option<(String, String, String)> {
+    let e = r?
+        .spec
+        .bundles
+        .iter()
+        .find(|b| b.namespace == ns && b.name == name)?;
+    Some((e.uid.clone(), e.reason.clone(), e.message.clone()))
+}
+
+async fn wait_reason(
+    node: &str,
+    h: &Harness,
+    ns: &str,
+    bundle: &str,
+    reason: &'static str,
+) -> String {
+    let reports: Api<NodeReport> = Api::all(h.client.clone());
+    let (ns2, b2) = (ns.to_string(), bundle.to_string());
+    let r = wait_on(reports, node, reason, move |r| {
+        entry_of(r, &ns2, &b2).is_some_and(|e| e.1 == reason)
+    })
+    .await;
+    entry_of(r.as_ref(), ns, bundle)
+        .map(|e| e.2)
+        .unwrap_or_default()
+}
+
+const A: &str = "a.yaml";
+const A1: &str = "- list: a\n  items: [1]\n";
+const B: &str = "b.yaml";
+const B1: &str = "- list: b\n  items: [2]\n";
+
+fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    visible_files(dir)
+}
+
+fn want(pairs: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_bundle_cannot_reach_another_bundles_files_a_planted_link_or_the_hosts_files() {
+    let Some(h) = harness().await else { return };
+    let work = tempfile::tempdir().expect("tempdir");
+    let run = common::unique();
+    let node_name = format!("e2e-node-{run}-t");
+    node(&h, &node_name, serde_json::json!({"e2e-run": run})).await;
+    let mut agent = Agent::start(&h, &node_name, &h.base_url);
+    let falco = agent.root.path().join("etc/falco");
+    std::fs::write(falco.join("falco.yaml"), "the host's own\n").expect("host file");
+    let outside = agent.root.path().join("outside");
+    std::fs::create_dir_all(&outside).expect("outside");
+    std::os::unix::fs::symlink(&outside, falco.join("escape")).expect("planted link");
+
+    let repo = h.env.repo(Which::Plain, "tenancy");
+    let push = |files: &[(&str, &str)]| {
+        let files: Vec<(&str, &[u8])> = files.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+        push_files(
+            &h.env,
+            Which::Plain,
+            work.path(),
+            &format!("{repo}:1"),
+            "falco-rules",
+            &files,
+            &[],
+        );
+    };
+    push(&[
+        (A, A1),
+        (B, B1),
+        ("falco.yaml", "- list: evil\n  items: []\n"),
+    ]);
+    source(&h, "rules", &repo).await;
+    let selector = serde_json::json!({"matchLabels": {"e2e-run": run}});
+    let bundle = |include: &[&str], dir: &str| node_bundle(include, dir, selector.clone());
+
+    // B in /etc/falco; C aims at B's data link; D and D.E share a directory; E follows a
+    // link planted under the allowed directory.
+    h.apply::<RuleBundle>("b", bundle(&["a.yaml"], "/etc/falco"))
+        .await;
+    let into_b = format!("/etc/falco/..ocisync.{}.b", h.ns);
+    h.apply::<RuleBundle>("c", bundle(&["b.yaml"], &into_b))
+        .await;
+    h.apply::<RuleBundle>("d", bundle(&["a.yaml"], "/etc/falco/shared"))
+        .await;
+    h.apply::<RuleBundle>("d.e", bundle(&["b.yaml"], "/etc/falco/shared"))
+        .await;
+    h.apply::<RuleBundle>("e", bundle(&["a.yaml"], "/etc/falco/escape/x"))
+        .await;
+    rolled_out(&h, "b", "Ready", (1, 1, 0)).await;
+    rolled_out(&h, "d", "Ready", (1, 1, 0)).await;
+    rolled_out(&h, "d.e", "Ready", (1, 1, 0)).await;
+    let m = wait_reason(&node_name, &h, &h.ns, "c", "InvalidPath").await;
+    assert!(m.contains(".."), "{m}");
+    let m = wait_reason(&node_name, &h, &h.ns, "e", "InvalidPath").await;
+    assert!(m.contains("symbolic link"), "{m}");
+    assert!(
+        std::fs::read_dir(&outside)
+            .expect("outside")
+            .next()
+            .is_none(),
+        "nothing written through the planted link"
+    );
+    let b_data = falco.join(format!("..ocisync.{}.b", h.ns));
+    let in_b: Vec<String> = std::fs::read_dir(&b_data)
+        .expect("B's data")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect();
+    assert_eq!(in_b.len(), 2, "only B's file and record: {in_b:?}");
+
+    // B's next revision ships falco.yaml: the host's file is not B's, so it stays
+    h.apply::<RuleBundle>("b", bundle(&["a.yaml", "falco.yaml"], "/etc/falco"))
+        .await;
+    let m = wait_reason(&node_name, &h, &h.ns, "b", "FileConflict").await;
+    assert!(m.contains("falco.yaml"), "{m}");
+    assert_eq!(
+        std::fs::read(falco.join("falco.yaml")).expect("host file"),
+        b"the host's own\n"
+    );
+
+    // D removed: D.E, whose id has D's as a prefix, keeps its files and its Applied entry
+    let api: Api<RuleBundle> = Api::namespaced(h.client.clone(), &h.ns);
+    api.delete("d", &DeleteParams::default())
+        .await
+        .expect("delete d");
+    let shared = falco.join("shared");
+    eventually("D's files removed, D.E's kept", || {
+        let f = files(&shared);
+        (f == want(&[(B, B1)]))
+            .then_some(())
+            .ok_or(format!("{f:?}"))
+    })
+    .await;
+    rolled_out(&h, "d.e", "still Ready", (1, 1, 0)).await;
+
+    let peak = peak_kib(&mut agent);
+    eprintln!("agent VmHWM: {peak} KiB");
+    assert!(peak < 64 * 1024, "agent peak RSS {peak} KiB");
+    delete_nodes(&h, &[&node_name]).await;
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_bundle_deleted_and_created_again_ends_with_the_new_files_also_across_a_restart() {
+    let Some(h) = harness().await else { return };
+    let work = tempfile::tempdir().expect("tempdir");
+    let run = common::unique();
+    let node_name = format!("e2e-node-{run}-r");
+    node(&h, &node_name, serde_json::json!({"e2e-run": run})).await;
+    let mut agent = Agent::start(&h, &node_name, &h.base_url);
+    let repo = h.env.repo(Which::Plain, "recreate");
+    let files: [(&str, &[u8]); 2] = [(A, A1.as_bytes()), (B, B1.as_bytes())];
+    push_files(
+        &h.env,
+        Which::Plain,
+        work.path(),
+        &format!("{repo}:1"),
+        "falco-rules",
+        &files,
+        &[],
+    );
+    source(&h, "rules", &repo).await;
+    let selector = serde_json::json!({"matchLabels": {"e2e-run": run}});
+    let api: Api<RuleBundle> = Api::namespaced(h.client.clone(), &h.ns);
+    let reports: Api<NodeReport> = Api::all(h.client.clone());
+    let applied_as = |uid: String| {
+        let ns = h.ns.clone();
+        move |r: Option<&NodeReport>| {
+            entry_of(r, &ns, "r").is_some_and(|e| e.0 == uid && e.1 == "Applied")
+        }
+    };
+    let create = |include: &'static str| {
+        let api = api.clone();
+        let body = node_bundle(&[include], "/etc/falco/rules.d", selector.clone());
+        let ns = h.ns.clone();
+        async move {
+            let mut body = body;
+            body["apiVersion"] = "ocisync.dev/v1alpha1".into();
+            body["kind"] = "RuleBundle".into();
+            body["metadata"] = serde_json::json!({"name": "r", "namespace": ns});
+            let b: RuleBundle = serde_json::from_value(body).expect("bundle");
+            let mut last = None;
+            // the old object may still be going (its deletion is asynchronous)
+            for _ in 0..100 {
+                match api.create(&Default::default(), &b).await {
+                    Ok(b) => return b.metadata.uid.expect("uid"),
+                    Err(e) => last = Some(e),
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            panic!("create: {last:?}");
+        }
+    };
+    let uid1 = create("a.yaml").await;
+    wait_on(
+        reports.clone(),
+        &node_name,
+        "Applied (first)",
+        applied_as(uid1),
+    )
+    .await;
+    assert_eq!(agent.files(), want(&[(A, A1)]));
+
+    // deleted and created again at once, with other files
+    api.delete("r", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let uid2 = create("b.yaml").await;
+    wait_on(
+        reports.clone(),
+        &node_name,
+        "Applied (second)",
+        applied_as(uid2),
+    )
+    .await;
+    assert_eq!(agent.files(), want(&[(B, B1)]));
+
+    // and again while the agent is down
+    agent.kill();
+    api.delete("r", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let uid3 = create("a.yaml").await;
+    agent.spawn();
+    wait_on(
+        reports.clone(),
+        &node_name,
+        "Applied (third)",
+        applied_as(uid3),
+    )
+    .await;
+    eventually("only the new object's files", || {
+        let f = agent.files();
+        (f == want(&[(A, A1)]))
+            .then_some(())
+            .ok_or(format!("{f:?}"))
+    })
+    .await;
+    peak_kib(&mut agent);
+    delete_nodes(&h, &[&node_name]).await;
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn directories_are_written_only_by_granted_namespaces_and_within_budgets() {
+    let Some(h) = harness().await else { return };
+    let Some(other) = harness().await else { return };
+    let work = tempfile::tempdir().expect("tempdir");
+    let run = common::unique();
+    let node_name = format!("e2e-node-{run}-g");
+    node(&h, &node_name, serde_json::json!({"e2e-run": run})).await;
+    let grant = format!("--allowed-dir=/etc/falco={}", h.ns);
+    let mut agent = Agent::start_with(
+        &h,
+        &node_name,
+        &h.base_url,
+        &[&grant, "--max-bundle-bytes=1Ki"],
+    );
+    let repo = h.env.repo(Which::Plain, "grants");
+    let small: &[u8] = b"- list: small\n";
+    let big = format!("- list: big\n  items: [{}]\n", "x,".repeat(1024));
+    push_files(
+        &h.env,
+        Which::Plain,
+        work.path(),
+        &format!("{repo}:1"),
+        "falco-rules",
+        &[("a.yaml", small), ("big.yaml", big.as_bytes())],
+        &[],
+    );
+    source(&h, "rules", &repo).await;
+    source(&other, "rules", &repo).await;
+    let selector = serde_json::json!({"matchLabels": {"e2e-run": run}});
+    let spec = |include: &[&str]| node_bundle(include, "/etc/falco/rules.d", selector.clone());
+
+    // the granted namespace writes; the other one is refused on the node, nothing written
+    h.apply::<RuleBundle>("mine", spec(&["a.yaml"])).await;
+    rolled_out(&h, "mine", "Ready", (1, 1, 0)).await;
+    other
+        .apply::<RuleBundle>("theirs", spec(&["big.yaml"]))
+        .await;
+    let b = other
+        .wait_for::<RuleBundle>("theirs", "NodeFailed", |b| {
+            b.is_some_and(|b| nodes_of(b) == Some((1, 0, 1)))
+        })
+        .await
+        .expect("bundle");
+    let message: String = b
+        .status
+        .iter()
+        .flat_map(|s| s.conditions.iter().map(|c| c.message.clone()))
+        .collect();
+    assert!(message.contains("DirectoryNotAllowed"), "{message}");
+    let m = wait_reason(&node_name, &h, &other.ns, "theirs", "DirectoryNotAllowed").await;
+    assert!(
+        m.contains(&other.ns) && m.contains("/etc/falco/rules.d"),
+        "{m}"
+    );
+    assert_eq!(agent.files(), want(&[("a.yaml", "- list: small\n")]));
+
+    // over the per-bundle budget: refused before any fetch, the last good files stay
+    h.apply::<RuleBundle>("mine", spec(&["a.yaml", "big.yaml"]))
+        .await;
+    let m = wait_reason(&node_name, &h, &h.ns, "mine", "QuotaExceeded").await;
+    assert!(m.contains("per-bundle budget of 1024"), "{m}");
+    assert_eq!(agent.files(), want(&[("a.yaml", "- list: small\n")]));
+    peak_kib(&mut agent);
+    delete_nodes(&h, &[&node_name]).await;
+    other.cleanup().await;
+    h.cleanup().await;
+}
