@@ -294,11 +294,11 @@ async fn directories_are_written_only_by_granted_namespaces_and_within_budgets()
         &h,
         &node_name,
         &h.base_url,
-        &[&grant, "--max-bundle-bytes=1Ki"],
+        &[&grant, "--max-bundle-bytes=8Ki"],
     );
     let repo = h.env.repo(Which::Plain, "grants");
     let small: &[u8] = b"- list: small\n";
-    let big = format!("- list: big\n  items: [{}]\n", "x,".repeat(1024));
+    let big = format!("- list: big\n  items: [{}]\n", "x,".repeat(8192));
     push_files(
         &h.env,
         Which::Plain,
@@ -342,7 +342,7 @@ async fn directories_are_written_only_by_granted_namespaces_and_within_budgets()
     h.apply::<RuleBundle>("mine", spec(&["a.yaml", "big.yaml"]))
         .await;
     let m = wait_reason(&node_name, &h, &h.ns, "mine", "QuotaExceeded").await;
-    assert!(m.contains("per-bundle budget of 1024"), "{m}");
+    assert!(m.contains("per-bundle budget of 8192"), "{m}");
     assert_eq!(agent.files(), want(&[("a.yaml", "- list: small\n")]));
     peak_kib(&mut agent);
     delete_nodes(&h, &[&node_name]).await;

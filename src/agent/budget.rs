@@ -1,6 +1,7 @@
 //! The node's byte budgets: how much one bundle may write, and how much all bundles together
 //! may write into one directory. Decided from the sizes in the bundles' status, before any
-//! fetch: a bundle over a budget keeps what it has and reports `QuotaExceeded`.
+//! fetch, in whole 4 KiB blocks per file: a bundle over a budget keeps what it has and
+//! reports `QuotaExceeded`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -36,9 +37,18 @@ pub struct Claim<'a> {
     pub order: (String, &'a str, &'a str),
 }
 
-/// Sums sizes; `None` on overflow.
+/// What a file of `size` bytes takes on disk, as `du` counts it: whole 4 KiB blocks, at
+/// least one (so a bundle of many empty files is not free).
+pub fn on_disk(size: u64) -> Option<u64> {
+    const BLOCK: u64 = 4096;
+    size.div_ceil(BLOCK).max(1).checked_mul(BLOCK)
+}
+
+/// The disk a set of files takes; `None` on overflow.
 pub fn total(sizes: &[u64]) -> Option<u64> {
-    sizes.iter().try_fold(0u64, |a, s| a.checked_add(*s))
+    sizes
+        .iter()
+        .try_fold(0u64, |a, s| a.checked_add(on_disk(*s)?))
 }
 
 /// The claims refused, by uid, with the message. Claims are served oldest first, so a new
@@ -95,26 +105,28 @@ mod tests {
 
     #[test]
     fn bundles_are_served_oldest_first_within_each_budget() {
+        const K: u64 = 4096;
         let budget = Budget {
-            bundle_bytes: 100,
-            directory_bytes: 150,
+            bundle_bytes: 100 * K,
+            directory_bytes: 150 * K,
             min_free_bytes: 0,
         };
         let claims = [
-            claim("new", "/d", &[60], "2026-02"),
-            claim("old", "/d", &[50, 50], "2026-01"),
-            claim("huge", "/d", &[101], "2025-01"),
-            claim("other-dir", "/e", &[100], "2026-03"),
-            claim("small", "/d", &[50], "2026-03"),
+            claim("new", "/d", &[60 * K], "2026-02"),
+            claim("old", "/d", &[50 * K, 50 * K], "2026-01"),
+            claim("huge", "/d", &[100 * K + 1], "2025-01"),
+            claim("other-dir", "/e", &[100 * K], "2026-03"),
+            claim("small", "/d", &[49 * K, 1], "2026-03"),
             claim("overflow", "/e", &[u64::MAX, 2], "2020-01"),
+            claim("empties", "/f", &[0; 101], "2020-01"),
         ];
         let r = refused(&budget, &claims);
         let mut uids: Vec<&str> = r.keys().map(String::as_str).collect();
         uids.sort();
-        // old (100) fits; new (60) would make 160; small (50) makes 150 exactly
-        assert_eq!(uids, ["huge", "new", "overflow"]);
+        // old (100 blocks) fits; new (60) would make 160; small (49 + 1 block) makes 150
+        assert_eq!(uids, ["empties", "huge", "new", "overflow"]);
         assert!(
-            r["new"].contains("per-directory budget of 150"),
+            r["new"].contains("per-directory budget of 614400"),
             "{}",
             r["new"]
         );

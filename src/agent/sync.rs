@@ -428,7 +428,7 @@ async fn write(
 }
 
 /// The directory's filesystem must keep `--min-free-bytes` free after the revision is
-/// staged (a full copy: reused files are copied too).
+/// staged (a full copy: reused files are copied too; counted in whole blocks).
 fn check_space(
     env: &Env<'_>,
     target: &Target,
