@@ -209,14 +209,16 @@ fn read_files(
         .iter()
         .filter(|f| keep_bytes || content::is_checked(f.kind, &f.path))
         .collect();
-    let mut sizes = Vec::with_capacity(wanted.len());
-    for f in &wanted {
-        let size = stored_size(store, f)?;
-        content::size_ok(f.kind, &f.path, size).map_err(|e| invalid_content(f, &e))?;
-        sizes.push(size);
-    }
+    let sizes = wanted
+        .iter()
+        .map(|f| stored_size(store, f))
+        .collect::<Result<Vec<u64>, Problem>>()?;
+    // the target's limit first: its message says what to do (use nodeFiles)
     if keep_bytes {
         configmap::fits(sizes.iter().copied())?;
+    }
+    for (f, size) in wanted.iter().zip(&sizes) {
+        content::size_ok(f.kind, &f.path, *size).map_err(|e| invalid_content(f, &e))?;
     }
     let mut out = Vec::new();
     for (f, size) in wanted.into_iter().zip(sizes) {
@@ -441,6 +443,8 @@ mod tests {
 
         let big = content::MAX_CHECKED_BYTES as usize + 1;
         let (_root, store, plan) = stored(&[("big.yaml", vec![b'#'; big])]);
+        let e = read_files(&store, &plan, true).unwrap_err();
+        assert_eq!(e.reason, reason::TOO_LARGE_FOR_CONFIG_MAP);
         let e = read_files(&store, &plan, false).unwrap_err();
         assert_eq!(e.reason, reason::INVALID_CONTENT);
         assert!(
