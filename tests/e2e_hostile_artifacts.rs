@@ -339,3 +339,39 @@ async fn a_yaml_alias_bomb_fails_its_bundle_only() {
     assert!(h.controller.try_wait().expect("controller").is_none());
     h.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_pax_path_bomb_fails_its_source_only() {
+    let Some(mut h) = harness().await else { return };
+    let repo = h.env.repo(Which::Plain, "pax-bomb-source");
+    push_layer(&h.env.registry(Which::Plain), &repo, pax_bomb(300 * MIB)).await;
+    h.create(
+        "bomb",
+        serde_json::json!({"url": format!("oci://{repo}"), "ref": {"tag": "1"}, "interval": "10s", "insecure": true}),
+    )
+    .await;
+    let failed = h
+        .wait("bomb", "failed with UnsafeContent", |s| {
+            s.status.as_ref().is_some_and(|st| {
+                st.conditions.iter().any(|c| {
+                    c.type_ == "Ready" && c.status == "False" && c.reason == "UnsafeContent"
+                })
+            })
+        })
+        .await;
+    let message = failed
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(message.contains("extension header"), "{message}");
+    assert!(message.len() < 1024, "the 300 MiB path is not echoed");
+    assert!(h.controller.try_wait().expect("controller").is_none());
+    let peak = vm_hwm_kib(h.controller.id()).expect("controller VmHWM");
+    eprintln!("controller VmHWM after the PAX bomb: {peak} KiB");
+    assert!(peak < 256 * 1024, "controller VmHWM {peak} KiB");
+    // another source of the same controller is served
+    tenant(&h, "tenant-c", b"- rule: c\n  condition: z\n").await;
+    h.cleanup().await;
+}
