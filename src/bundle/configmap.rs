@@ -28,6 +28,29 @@ pub fn name(target: &ConfigMapTarget, bundle_name: &str) -> String {
         .unwrap_or_else(|| bundle_name.to_string())
 }
 
+/// Whether files of these sizes fit one ConfigMap; checked (from the store's file lengths)
+/// before any of them is read, and again on the bytes read.
+pub fn fits(sizes: impl IntoIterator<Item = u64>) -> Result<(), Problem> {
+    let (mut count, mut total) = (0usize, Some(0u64));
+    for size in sizes {
+        count += 1;
+        total = total.and_then(|t| t.checked_add(size));
+    }
+    match total {
+        Some(total) if total <= MAX_BYTES as u64 => Ok(()),
+        _ => Err(Problem::new(
+            reason::TOO_LARGE_FOR_CONFIG_MAP,
+            format!(
+                "the {count} selected files hold {}, over the {MAX_BYTES} bytes a ConfigMap can hold; use spec.nodeFiles, or narrow spec.sources[].include",
+                total.map_or_else(
+                    || "more bytes than can be counted".into(),
+                    |t| format!("{t} bytes")
+                )
+            ),
+        )),
+    }
+}
+
 /// Builds the ConfigMap from the files' names and bytes, or says why it cannot hold them.
 pub fn build(
     target: &ConfigMapTarget,
@@ -37,16 +60,7 @@ pub fn build(
     revision: &str,
     files: Vec<(String, Vec<u8>)>,
 ) -> Result<ConfigMap, Problem> {
-    let total: usize = files.iter().map(|(_, b)| b.len()).sum();
-    if total > MAX_BYTES {
-        return Err(Problem::new(
-            reason::TOO_LARGE_FOR_CONFIG_MAP,
-            format!(
-                "the {} selected files hold {total} bytes, over the {MAX_BYTES} bytes a ConfigMap can hold; use spec.nodeFiles, or narrow spec.sources[].include",
-                files.len()
-            ),
-        ));
-    }
+    fits(files.iter().map(|(_, b)| b.len() as u64))?;
     let mut data = BTreeMap::new();
     let mut binary = BTreeMap::new();
     for (key, bytes) in files {
@@ -151,6 +165,17 @@ mod tests {
         assert!(e.message.contains("nodeFiles"));
         let exact = vec![("a".into(), vec![b'a'; MAX_BYTES])];
         assert!(build(&ConfigMapTarget::default(), "x", "ns", owner(), "r", exact).is_ok());
+    }
+
+    #[test]
+    fn sizes_are_summed_without_overflow() {
+        assert!(fits([]).is_ok());
+        assert!(fits([MAX_BYTES as u64 - 1, 1]).is_ok());
+        let e = fits([MAX_BYTES as u64, 1]).unwrap_err();
+        assert!(e.message.contains("1048577 bytes"), "{}", e.message);
+        let e = fits([u64::MAX, 2]).unwrap_err();
+        assert_eq!(e.reason, reason::TOO_LARGE_FOR_CONFIG_MAP);
+        assert!(e.message.contains("the 2 selected files"), "{}", e.message);
     }
 
     #[test]

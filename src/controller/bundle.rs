@@ -3,6 +3,7 @@
 //! record the outcome. Nothing is written unless every check passed.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use crate::api::rule_bundle::ConfigMapTarget;
 use crate::api::{ArtifactSource, FIELD_MANAGER, RuleBundle};
 use crate::bundle::plan::{self, Plan, PlannedFile};
 use crate::bundle::{Problem, configmap, content, reason, status};
+use crate::store::Store;
 
 use super::context::{Context, patch_status};
 use super::{Error, api_error_summary, now_rfc3339};
@@ -183,7 +185,8 @@ fn config_map_in_sync(ctx: &Context, bundle: &RuleBundle, name: &str, revision: 
 }
 
 /// Reads each file the targets need from the store and checks it by kind. Bytes are kept
-/// only when a ConfigMap will hold them.
+/// only when a ConfigMap will hold them. Sizes are checked, from the store's file lengths,
+/// before anything is read.
 async fn read_and_check(
     ctx: &Context,
     plan: &Plan,
@@ -191,38 +194,83 @@ async fn read_and_check(
 ) -> Result<Vec<(String, Vec<u8>)>, Problem> {
     let store = ctx.store.clone();
     let files: Vec<PlannedFile> = plan.files.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut out = Vec::new();
-        for f in files {
-            if !keep_bytes && !content::is_checked(f.kind, &f.path) {
-                continue;
-            }
-            let bytes = store
-                .blob_location(&f.digest)
-                .and_then(|p| std::fs::read(p).ok())
-                .ok_or_else(|| {
-                    Problem::new(
-                        reason::SOURCE_NOT_READY,
-                        format!(
-                            "{} of ArtifactSource {} is not in the content store yet",
-                            f.path, f.source
-                        ),
-                    )
-                })?;
-            content::check(f.kind, &f.path, &bytes).map_err(|e| {
-                Problem::new(
-                    reason::INVALID_CONTENT,
-                    format!("{} from ArtifactSource {}: {e}", f.path, f.source),
-                )
-            })?;
-            if keep_bytes {
-                out.push((f.key, bytes));
-            }
+    tokio::task::spawn_blocking(move || read_files(&store, &files, keep_bytes))
+        .await
+        .map_err(|e| Problem::new(reason::SOURCE_NOT_READY, format!("reading the store: {e}")))?
+}
+
+/// The blocking part of [`read_and_check`].
+fn read_files(
+    store: &Store,
+    files: &[PlannedFile],
+    keep_bytes: bool,
+) -> Result<Vec<(String, Vec<u8>)>, Problem> {
+    let wanted: Vec<&PlannedFile> = files
+        .iter()
+        .filter(|f| keep_bytes || content::is_checked(f.kind, &f.path))
+        .collect();
+    let sizes = wanted
+        .iter()
+        .map(|f| stored_size(store, f))
+        .collect::<Result<Vec<u64>, Problem>>()?;
+    // the target's limit first: its message says what to do (use nodeFiles)
+    if keep_bytes {
+        configmap::fits(sizes.iter().copied())?;
+    }
+    for (f, size) in wanted.iter().zip(&sizes) {
+        content::size_ok(f.kind, &f.path, *size).map_err(|e| invalid_content(f, &e))?;
+    }
+    let mut out = Vec::new();
+    for (f, size) in wanted.into_iter().zip(sizes) {
+        let bytes = read_stored(store, f, size)?;
+        content::check(f.kind, &f.path, &bytes).map_err(|e| invalid_content(f, &e))?;
+        if keep_bytes {
+            out.push((f.key.clone(), bytes));
         }
-        Ok(out)
-    })
-    .await
-    .map_err(|e| Problem::new(reason::SOURCE_NOT_READY, format!("reading the store: {e}")))?
+    }
+    Ok(out)
+}
+
+fn invalid_content(f: &PlannedFile, e: &str) -> Problem {
+    Problem::new(
+        reason::INVALID_CONTENT,
+        format!("{} from ArtifactSource {}: {e}", f.path, f.source),
+    )
+}
+
+fn not_stored(f: &PlannedFile) -> Problem {
+    Problem::new(
+        reason::SOURCE_NOT_READY,
+        format!(
+            "{} of ArtifactSource {} is not in the content store yet",
+            f.path, f.source
+        ),
+    )
+}
+
+/// The length of the file's blob in the store.
+fn stored_size(store: &Store, f: &PlannedFile) -> Result<u64, Problem> {
+    store
+        .blob_path(&f.digest)
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .ok_or_else(|| not_stored(f))
+}
+
+/// Reads the file's blob, never more than the `size` it had when its size was checked.
+fn read_stored(store: &Store, f: &PlannedFile, size: u64) -> Result<Vec<u8>, Problem> {
+    let file = store
+        .blob_location(&f.digest)
+        .and_then(|p| std::fs::File::open(p).ok())
+        .ok_or_else(|| not_stored(f))?;
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    file.take(size.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|_| not_stored(f))?;
+    if bytes.len() as u64 != size {
+        return Err(not_stored(f)); // changed under us: the store is being rewritten
+    }
+    Ok(bytes)
 }
 
 /// Writes the ConfigMap, unless one of that name exists and belongs to someone else.
@@ -329,5 +377,89 @@ async fn delete_config_map(ctx: &Context, bundle: &RuleBundle, name: &str) -> Re
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(failed(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::content::ContentKind;
+    use crate::store::IndexFile;
+
+    /// A store holding `files`, and the plan entries for them (Falco rules).
+    fn stored(files: &[(&str, Vec<u8>)]) -> (tempfile::TempDir, Store, Vec<PlannedFile>) {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let staging = store.staging_dir().unwrap();
+        let mut index = Vec::new();
+        let mut planned = Vec::new();
+        for (path, bytes) in files {
+            std::fs::write(staging.path().join(path), bytes).unwrap();
+            let digest = crate::oci::registry::sha256_digest(bytes);
+            index.push(IndexFile {
+                path: path.to_string(),
+                digest: digest.clone(),
+                size: bytes.len() as u64,
+            });
+            planned.push(PlannedFile {
+                key: path.to_string(),
+                path: path.to_string(),
+                source: "s".into(),
+                kind: ContentKind::FalcoRules,
+                digest,
+                size: bytes.len() as u64,
+            });
+        }
+        let manifest = crate::oci::registry::sha256_digest(b"manifest");
+        store.commit(&manifest, staging.path(), &index).unwrap();
+        (root, store, planned)
+    }
+
+    #[test]
+    fn files_are_read_and_checked() {
+        let (_root, store, plan) = stored(&[
+            ("a.yaml", b"- rule: a\n".to_vec()),
+            ("b.txt", b"not checked".to_vec()),
+        ]);
+        let read = read_files(&store, &plan, true).unwrap();
+        assert_eq!(read.len(), 2);
+        assert_eq!(read[0], ("a.yaml".to_string(), b"- rule: a\n".to_vec()));
+        // node targets only: nothing kept, unchecked files not even read
+        assert!(read_files(&store, &plan, false).unwrap().is_empty());
+    }
+
+    #[test]
+    fn sizes_are_checked_from_the_store_before_reading() {
+        // what the plan (the source's status) claims does not matter: the store's length does
+        let half = configmap::MAX_BYTES / 2 + 1;
+        let (_root, store, mut plan) =
+            stored(&[("a.txt", vec![b'a'; half]), ("b.txt", vec![b'b'; half])]);
+        for f in &mut plan {
+            f.size = 1;
+        }
+        let e = read_files(&store, &plan, true).unwrap_err();
+        assert_eq!(e.reason, reason::TOO_LARGE_FOR_CONFIG_MAP, "{}", e.message);
+        assert!(read_files(&store, &plan, false).unwrap().is_empty());
+
+        let big = content::MAX_CHECKED_BYTES as usize + 1;
+        let (_root, store, plan) = stored(&[("big.yaml", vec![b'#'; big])]);
+        let e = read_files(&store, &plan, true).unwrap_err();
+        assert_eq!(e.reason, reason::TOO_LARGE_FOR_CONFIG_MAP);
+        let e = read_files(&store, &plan, false).unwrap_err();
+        assert_eq!(e.reason, reason::INVALID_CONTENT);
+        assert!(
+            e.message
+                .starts_with("big.yaml from ArtifactSource s: it is"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn a_missing_blob_is_not_ready() {
+        let (_root, store, mut plan) = stored(&[("a.yaml", b"- rule: a\n".to_vec())]);
+        plan[0].digest = crate::oci::registry::sha256_digest(b"elsewhere");
+        let e = read_files(&store, &plan, true).unwrap_err();
+        assert_eq!(e.reason, reason::SOURCE_NOT_READY);
     }
 }

@@ -2,6 +2,7 @@
 //! no `..`, no links, devices or FIFOs, no duplicate paths, bounded size and file count.
 //! Every file is hashed while it is written.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
@@ -108,76 +109,265 @@ pub fn safe_relative_path(raw: &Path) -> Result<Option<String>> {
     Ok((!parts.is_empty()).then(|| parts.join("/")))
 }
 
+/// The largest PAX record set, GNU long name or GNU long link name one tar member may carry,
+/// as in Go's `archive/tar`. The tar crate would read any size into memory.
+pub const MAX_EXTENSION_BYTES: u64 = 1024 * 1024;
+
+/// Extension headers read so far for the member that follows them.
+#[derive(Default)]
+struct Pending {
+    long_name: Option<Vec<u8>>,
+    long_link: Option<Vec<u8>>,
+    pax: Option<Vec<u8>>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.long_name.is_none() && self.long_link.is_none() && self.pax.is_none()
+    }
+}
+
 /// Unpacks a tar stream (already decompressed) into `dest`.
 /// `layer_size` is the layer's stored size, used for the bomb ratio.
+///
+/// Every byte of the stream (headers, padding, skipped entries, extension records) is
+/// counted against the layer's ratio cap and the artifact's unpacked budget as it is read.
+/// Entries are read raw, so that extension headers (`x`, `g`, `L`, `K`) are checked for
+/// size before their bodies are read: the tar crate would buffer them whole.
 pub fn unpack_tar(
     reader: impl Read,
     dest: &Path,
     layer_size: u64,
     budget: &mut Budget,
 ) -> Result<()> {
-    let ratio_cap = layer_size
-        .saturating_mul(budget.limits.max_ratio)
-        .max(16 * 1024 * 1024);
-    let mut layer_unpacked = 0u64;
-    let mut archive = tar::Archive::new(reader);
-    let entries = archive
-        .entries()
-        .map_err(|e| OciError::UnsafeContent(format!("not a tar archive: {e}")))?;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| OciError::UnsafeContent(format!("corrupt tar: {e}")))?;
-        let kind = entry.header().entry_type();
-        let raw_path = entry
-            .path()
-            .map_err(|e| OciError::UnsafeContent(format!("bad tar path: {e}")))?
-            .into_owned();
-        let shown = raw_path.to_string_lossy().to_string();
-        use tar::EntryType as T;
-        match kind {
-            T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => continue,
-            T::Directory => {
-                if let Some(rel) = safe_relative_path(&raw_path)? {
-                    create_dirs(dest, &rel)?;
-                }
-                continue;
-            }
-            T::Regular | T::Continuous => {}
-            T::Symlink | T::Link => {
-                return Err(OciError::UnsafeContent(format!(
-                    "link {shown:?} is not allowed"
-                )));
-            }
-            T::Char | T::Block | T::Fifo => {
-                return Err(OciError::UnsafeContent(format!(
-                    "device or FIFO {shown:?} is not allowed"
-                )));
-            }
-            other => {
-                return Err(OciError::UnsafeContent(format!(
-                    "entry {shown:?} has unsupported type {:?}",
-                    other.as_byte() as char
-                )));
-            }
-        }
-        let rel = safe_relative_path(&raw_path)?
-            .ok_or_else(|| OciError::UnsafeContent("file with an empty path".into()))?;
-        budget.claim_path(&rel)?;
-        let declared = entry.header().size().unwrap_or(u64::MAX);
-        let remaining = budget
+    let used = Cell::new(0u64);
+    let meter = Meter {
+        inner: reader,
+        used: &used,
+        ratio_cap: layer_size
+            .saturating_mul(budget.limits.max_ratio)
+            .max(16 * 1024 * 1024),
+        budget_cap: budget
             .limits
             .max_unpacked_bytes
-            .saturating_sub(budget.unpacked);
-        if declared > remaining || layer_unpacked.saturating_add(declared) > ratio_cap {
+            .saturating_sub(budget.unpacked),
+    };
+    let result = unpack_entries(meter, dest, budget);
+    budget.unpacked = budget.unpacked.saturating_add(used.get());
+    result
+}
+
+fn unpack_entries<R: Read>(meter: Meter<'_, R>, dest: &Path, budget: &mut Budget) -> Result<()> {
+    let used = meter.used;
+    let cap = meter.ratio_cap.min(meter.budget_cap);
+    let mut archive = tar::Archive::new(meter);
+    let entries = archive.entries().map_err(tar_error)?.raw(true);
+    let mut pending = Pending::default();
+    for entry in entries {
+        let mut entry = entry.map_err(tar_error)?;
+        if read_extension(&mut entry, &mut pending)? {
+            continue;
+        }
+        let taken = std::mem::take(&mut pending);
+        let Some(rel) = member(&entry, &taken, dest)? else {
+            continue;
+        };
+        budget.claim_path(&rel)?;
+        let declared = entry.size();
+        if declared > cap.saturating_sub(used.get()) {
             return Err(OciError::TooLarge(format!(
                 "{rel:?} would take the unpacked size over the limit"
             )));
         }
         let written = write_file(&mut entry, dest, &rel, declared)?;
-        layer_unpacked += written.size;
-        budget.unpacked += written.size;
         budget.files.push(written);
     }
+    if !pending.is_empty() {
+        return Err(OciError::UnsafeContent(
+            "tar extension header describes no member".into(),
+        ));
+    }
     Ok(())
+}
+
+/// Reads an extension header's body into `pending` if it is one (`true`), after checking its
+/// size. Global PAX headers are checked and skipped.
+fn read_extension<R: Read>(entry: &mut tar::Entry<'_, R>, pending: &mut Pending) -> Result<bool> {
+    use tar::EntryType as T;
+    let kind = entry.header().entry_type();
+    let slot = match kind {
+        T::GNULongName => &mut pending.long_name,
+        T::GNULongLink => &mut pending.long_link,
+        T::XHeader => &mut pending.pax,
+        T::XGlobalHeader => {
+            extension_size_ok(kind, entry.size())?;
+            return Ok(true); // the tar crate skips the body, through the meter
+        }
+        _ => return Ok(false),
+    };
+    extension_size_ok(kind, entry.size())?;
+    if slot.is_some() {
+        return Err(OciError::UnsafeContent(format!(
+            "two tar extension headers of type {:?} for one member",
+            kind.as_byte() as char
+        )));
+    }
+    let mut body = Vec::new();
+    Read::take(&mut *entry, MAX_EXTENSION_BYTES)
+        .read_to_end(&mut body)
+        .map_err(|e| read_error("tar extension header", e))?;
+    *slot = Some(body);
+    Ok(true)
+}
+
+/// Refuses an extension header over [`MAX_EXTENSION_BYTES`], before its body is read.
+fn extension_size_ok(kind: tar::EntryType, size: u64) -> Result<()> {
+    if size > MAX_EXTENSION_BYTES {
+        return Err(OciError::UnsafeContent(format!(
+            "tar extension header of type {:?} holds {size} bytes, over the limit of {MAX_EXTENSION_BYTES}",
+            kind.as_byte() as char
+        )));
+    }
+    Ok(())
+}
+
+/// Decides what to do with a member: `Some(path)` for a regular file to write, `None` for a
+/// directory (created here); an error for anything else.
+fn member<R: Read>(
+    entry: &tar::Entry<'_, R>,
+    pending: &Pending,
+    dest: &Path,
+) -> Result<Option<String>> {
+    let raw_path = member_path(entry.header(), pending)?;
+    check_pax_size(pending, entry.size())?;
+    let shown = raw_path.to_string_lossy().to_string();
+    use tar::EntryType as T;
+    match entry.header().entry_type() {
+        T::Directory => {
+            if let Some(rel) = safe_relative_path(&raw_path)? {
+                create_dirs(dest, &rel)?;
+            }
+            Ok(None)
+        }
+        T::Regular | T::Continuous => safe_relative_path(&raw_path)?
+            .map(Some)
+            .ok_or_else(|| OciError::UnsafeContent("file with an empty path".into())),
+        T::Symlink | T::Link => Err(OciError::UnsafeContent(format!(
+            "link {shown:?} is not allowed"
+        ))),
+        T::Char | T::Block | T::Fifo => Err(OciError::UnsafeContent(format!(
+            "device or FIFO {shown:?} is not allowed"
+        ))),
+        other => Err(OciError::UnsafeContent(format!(
+            "entry {shown:?} has unsupported type {:?}",
+            other.as_byte() as char
+        ))),
+    }
+}
+
+/// The member's path: a PAX `path` record, else a GNU long name, else the header's name.
+fn member_path(header: &tar::Header, pending: &Pending) -> Result<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    if let Some(path) = pax_record(pending, "path")? {
+        return Ok(PathBuf::from(std::ffi::OsStr::from_bytes(path)));
+    }
+    if let Some(name) = &pending.long_name {
+        let name = name.strip_suffix(&[0]).unwrap_or(name);
+        return Ok(PathBuf::from(std::ffi::OsStr::from_bytes(name)));
+    }
+    Ok(PathBuf::from(std::ffi::OsStr::from_bytes(
+        &header.path_bytes(),
+    )))
+}
+
+/// A PAX `size` record must agree with the header: entries are read by the header's size,
+/// and an archive that two readers would split differently is refused. Sparse files
+/// (`GNU.sparse.*`) are refused too.
+fn check_pax_size(pending: &Pending, header_size: u64) -> Result<()> {
+    if let Some(size) = pax_record(pending, "size")?
+        && std::str::from_utf8(size)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            != Some(header_size)
+    {
+        return Err(OciError::UnsafeContent(
+            "a PAX size record disagrees with the tar header".into(),
+        ));
+    }
+    if pax_record_with_prefix(pending, "GNU.sparse.")?.is_some() {
+        return Err(OciError::UnsafeContent(
+            "sparse files are not supported".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The value of the last PAX record `key` of the member, if any.
+fn pax_record<'p>(pending: &'p Pending, key: &str) -> Result<Option<&'p [u8]>> {
+    let mut found = None;
+    for (k, v) in pax_records(pending)? {
+        if k == key.as_bytes() {
+            found = Some(v);
+        }
+    }
+    Ok(found)
+}
+
+fn pax_record_with_prefix<'p>(pending: &'p Pending, prefix: &str) -> Result<Option<&'p [u8]>> {
+    Ok(pax_records(pending)?
+        .into_iter()
+        .find(|(k, _)| k.starts_with(prefix.as_bytes()))
+        .map(|(_, v)| v))
+}
+
+fn pax_records(pending: &Pending) -> Result<Vec<(&[u8], &[u8])>> {
+    let Some(pax) = &pending.pax else {
+        return Ok(Vec::new());
+    };
+    tar::PaxExtensions::new(pax)
+        .map(|r| {
+            r.map(|e| (e.key_bytes(), e.value_bytes()))
+                .map_err(|_| OciError::UnsafeContent("malformed PAX record".into()))
+        })
+        .collect()
+}
+
+/// Counts every byte read from a layer's (decompressed) stream and fails the read once the
+/// layer's ratio cap or the artifact's remaining budget is passed.
+struct Meter<'a, R> {
+    inner: R,
+    used: &'a Cell<u64>,
+    ratio_cap: u64,
+    budget_cap: u64,
+}
+
+impl<R: Read> Read for Meter<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let used = self.used.get().saturating_add(n as u64);
+        self.used.set(used);
+        if used > self.budget_cap {
+            return Err(io::Error::other(OciError::TooLarge(
+                "the artifact unpacks to more than its size limit".into(),
+            )));
+        }
+        if used > self.ratio_cap {
+            return Err(io::Error::other(OciError::TooLarge(format!(
+                "a layer unpacks to more than {} bytes, past the ratio of a decompression bomb",
+                self.ratio_cap
+            ))));
+        }
+        Ok(n)
+    }
+}
+
+/// An error from the tar reader: ours (carried through `io::Error` by the meter or the
+/// verifying stream) comes back out as itself; anything else is a corrupt archive.
+fn tar_error(e: io::Error) -> OciError {
+    match read_error("tar", e) {
+        OciError::Io { source, .. } => OciError::UnsafeContent(format!("corrupt tar: {source}")),
+        other => other,
+    }
 }
 
 /// Writes one non-archive layer as a file named `name`.
@@ -195,7 +385,7 @@ pub fn write_single(
         .max_unpacked_bytes
         .saturating_sub(budget.unpacked);
     let written = write_file(reader, dest, &rel, remaining)?;
-    budget.unpacked += written.size;
+    budget.unpacked = budget.unpacked.saturating_add(written.size);
     budget.files.push(written);
     Ok(())
 }
@@ -260,7 +450,7 @@ fn copy_inline(reader: &mut impl Read, file: File, rel: &str, limit: u64) -> Res
         if n == 0 {
             break;
         }
-        size += n as u64;
+        size = size.saturating_add(n as u64);
         if size > limit {
             return Err(too_large(rel));
         }
@@ -308,7 +498,7 @@ fn copy_pipelined(
                 if n == 0 {
                     return Ok(());
                 }
-                size += n as u64;
+                size = size.saturating_add(n as u64);
                 if size > limit {
                     return Err(too_large(rel));
                 }
@@ -463,6 +653,204 @@ mod tests {
                 .as_str(),
             "TooLarge"
         );
+    }
+
+    /// One PAX record, `"<len> <key>=<value>\n"`, its length counting itself.
+    fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+        let body = key.len() + value.len() + 3;
+        let mut len = body + body.to_string().len();
+        if len.to_string().len() != body.to_string().len() {
+            len += 1;
+        }
+        let mut r = format!("{len} {key}=").into_bytes();
+        r.extend_from_slice(value);
+        r.push(b'\n');
+        assert_eq!(r.len(), len);
+        r
+    }
+
+    /// Appends a raw header of `kind` with `data` as its body.
+    fn append_raw(b: &mut tar::Builder<Vec<u8>>, kind: tar::EntryType, name: &str, data: &[u8]) {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+
+    /// A tar whose first member carries `pax` records.
+    fn tar_with_pax(pax: &[u8], name: &str, data: &[u8]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        append_raw(&mut b, tar::EntryType::XHeader, "PaxHeaders/x", pax);
+        append_raw(&mut b, tar::EntryType::Regular, name, data);
+        b.into_inner().unwrap()
+    }
+
+    /// Counts what the unpacker reads.
+    struct Counting<R> {
+        inner: R,
+        read: std::rc::Rc<Cell<u64>>,
+    }
+
+    impl<R: Read> Read for Counting<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.read.set(self.read.get() + n as u64);
+            Ok(n)
+        }
+    }
+
+    /// An extension header declaring `size` bytes, then (lazily) those bytes.
+    fn huge_extension(kind: tar::EntryType, size: u64) -> impl Read {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.as_old_mut().name[..5].copy_from_slice(b"bombs");
+        h.set_cksum();
+        let head = h.as_bytes().to_vec();
+        io::Cursor::new(head).chain(io::repeat(b'a').take(size))
+    }
+
+    #[test]
+    fn huge_extension_headers_are_refused_before_their_body_is_read() {
+        use tar::EntryType as T;
+        for kind in [T::XHeader, T::XGlobalHeader, T::GNULongName, T::GNULongLink] {
+            let read = std::rc::Rc::new(Cell::new(0));
+            let reader = Counting {
+                inner: huge_extension(kind, 300 * 1024 * 1024),
+                read: read.clone(),
+            };
+            let dir = tempfile::tempdir().unwrap();
+            let mut budget = Budget::new(Limits::default());
+            let e = unpack_tar(reader, dir.path(), 300 * 1024, &mut budget).unwrap_err();
+            assert_eq!(e.reason().as_str(), "UnsafeContent", "{kind:?}: {e}");
+            assert!(e.to_string().contains("extension header"), "{e}");
+            assert!(
+                read.get() < 64 * 1024,
+                "{kind:?}: read {} bytes",
+                read.get()
+            );
+        }
+        // exactly at the limit is fine (and its bytes count against the budget)
+        let at_limit = vec![b'a'; MAX_EXTENSION_BYTES as usize];
+        let mut b = tar::Builder::new(Vec::new());
+        append_raw(&mut b, T::XGlobalHeader, "g", &at_limit);
+        append_raw(&mut b, T::Regular, "f", b"x");
+        let t = b.into_inner().unwrap();
+        let (_dir, r) = unpack(&t);
+        let unpacked = r.unwrap().unpacked;
+        assert!(unpacked > MAX_EXTENSION_BYTES && unpacked <= t.len() as u64);
+    }
+
+    #[test]
+    fn long_names_from_pax_and_gnu_headers_are_used_and_checked() {
+        let long = format!("rules/{}.yaml", "n".repeat(200));
+        let t = tar_with_pax(
+            &pax_record("path", long.as_bytes()),
+            "short",
+            b"- rule: x\n",
+        );
+        let (dir, r) = unpack(&t);
+        assert_eq!(r.unwrap().files[0].path, long);
+        assert!(dir.path().join(&long).is_file());
+
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        h.set_mode(0o644);
+        b.append_data(&mut h, &long, &b"ok"[..]).unwrap(); // writes a GNU 'L' entry
+        let (_dir, r) = unpack(&b.into_inner().unwrap());
+        assert_eq!(r.unwrap().files[0].path, long);
+
+        let escape = tar_with_pax(&pax_record("path", b"../../etc/cron.d/x"), "fine", b"x");
+        let (dir, r) = unpack(&escape);
+        assert_eq!(r.unwrap_err().reason().as_str(), "UnsafeContent");
+        assert!(!dir.path().join("fine").exists());
+    }
+
+    #[test]
+    fn pax_records_that_change_how_the_archive_splits_are_refused() {
+        let cases = [
+            tar_with_pax(&pax_record("size", b"999"), "f", b"abc"),
+            tar_with_pax(&pax_record("GNU.sparse.size", b"3"), "f", b"abc"),
+            tar_with_pax(b"not a record", "f", b"abc"),
+        ];
+        for (i, t) in cases.iter().enumerate() {
+            let (_dir, r) = unpack(t);
+            let e = r.expect_err(&format!("case {i}"));
+            assert_eq!(e.reason().as_str(), "UnsafeContent", "case {i}: {e}");
+        }
+        let agreeing = tar_with_pax(&pax_record("size", b"3"), "f", b"abc");
+        assert!(unpack(&agreeing).1.is_ok());
+    }
+
+    #[test]
+    fn extension_headers_must_describe_exactly_one_member() {
+        let mut b = tar::Builder::new(Vec::new());
+        append_raw(
+            &mut b,
+            tar::EntryType::XHeader,
+            "x",
+            &pax_record("path", b"a"),
+        );
+        append_raw(
+            &mut b,
+            tar::EntryType::XHeader,
+            "x",
+            &pax_record("path", b"b"),
+        );
+        append_raw(&mut b, tar::EntryType::Regular, "f", b"x");
+        let (_dir, r) = unpack(&b.into_inner().unwrap());
+        assert_eq!(r.unwrap_err().reason().as_str(), "UnsafeContent");
+
+        let mut b = tar::Builder::new(Vec::new());
+        append_raw(&mut b, tar::EntryType::Regular, "f", b"x");
+        append_raw(&mut b, tar::EntryType::GNULongName, "L", b"dangling\0");
+        let (_dir, r) = unpack(&b.into_inner().unwrap());
+        assert_eq!(r.unwrap_err().reason().as_str(), "UnsafeContent");
+    }
+
+    #[test]
+    fn skipped_bytes_count_against_the_budget() {
+        // A directory "holding" 1 MiB: the tar reader skips it, the meter still counts it.
+        let mut b = tar::Builder::new(Vec::new());
+        append_raw(
+            &mut b,
+            tar::EntryType::Directory,
+            "d/",
+            &vec![0u8; 1024 * 1024],
+        );
+        append_raw(&mut b, tar::EntryType::Regular, "f", b"x");
+        let t = b.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut budget = Budget::new(Limits {
+            max_unpacked_bytes: 64 * 1024,
+            ..Limits::default()
+        });
+        let e = unpack_tar(&t[..], dir.path(), t.len() as u64, &mut budget).unwrap_err();
+        assert_eq!(e.reason().as_str(), "TooLarge", "{e}");
+        // the same archive fits a budget that holds it, and is counted whole
+        let (_dir, r) = unpack(&t);
+        let unpacked = r.unwrap().unpacked;
+        assert!(unpacked > 1024 * 1024 && unpacked <= t.len() as u64);
+    }
+
+    #[test]
+    fn layers_share_one_budget_without_overflow() {
+        let t = tar_with(&[("a", tar::EntryType::Regular, b"abc", None)]);
+        let dir = tempfile::tempdir().unwrap();
+        let mut budget = Budget::new(Limits {
+            max_unpacked_bytes: u64::MAX,
+            max_ratio: u64::MAX,
+            ..Limits::default()
+        });
+        budget.unpacked = u64::MAX - 10;
+        let e = unpack_tar(&t[..], dir.path(), u64::MAX, &mut budget).unwrap_err();
+        assert_eq!(e.reason().as_str(), "TooLarge", "{e}");
+        assert_eq!(budget.unpacked, u64::MAX);
     }
 
     #[test]

@@ -44,7 +44,7 @@ impl Store {
             }
             remove(&path)?;
             report.removed_blobs += 1;
-            report.freed_bytes += meta.len();
+            report.freed_bytes = report.freed_bytes.saturating_add(meta.len());
         }
         Ok(report)
     }
@@ -65,7 +65,7 @@ impl Store {
                     && meta.is_file()
                 {
                     usage.blobs += 1;
-                    usage.bytes += meta.len();
+                    usage.bytes = usage.bytes.saturating_add(meta.len());
                 }
             }
         }

@@ -107,6 +107,10 @@ impl StoreError {
     }
 }
 
+/// The largest revision index read: 10,000 files (the unpacker's limit) of paths up to
+/// `PATH_MAX` fit well within it.
+pub const MAX_INDEX_BYTES: u64 = 64 * 1024 * 1024;
+
 /// The longest part of a rejected string kept in an error message.
 const MAX_ECHO: usize = 100;
 
@@ -314,9 +318,16 @@ impl Store {
         })
     }
 
-    /// The index of revision `digest`, if stored and readable.
+    /// The index of revision `digest`, if stored, readable and at most
+    /// [`MAX_INDEX_BYTES`] long (checked before it is read).
     pub fn index(&self, digest: &str) -> Option<RevisionIndex> {
-        let raw = fs::read(self.index_path(digest)?).ok()?;
+        let file = fs::File::open(self.index_path(digest)?).ok()?;
+        let len = file.metadata().ok()?.len();
+        if len > MAX_INDEX_BYTES {
+            return None;
+        }
+        let mut raw = Vec::with_capacity(usize::try_from(len).ok()?);
+        file.take(MAX_INDEX_BYTES).read_to_end(&mut raw).ok()?;
         let index: RevisionIndex = serde_json::from_slice(&raw).ok()?;
         (index.digest == digest).then_some(index)
     }
@@ -364,7 +375,7 @@ fn verify(path: &Path, file: &IndexFile) -> Result<fs::File, StoreError> {
         if n == 0 {
             break;
         }
-        size += n as u64;
+        size = size.saturating_add(n as u64);
         hasher.update(&buf[..n]);
     }
     let actual = format!("sha256:{}", hex::encode(hasher.finalize()));

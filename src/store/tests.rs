@@ -298,3 +298,20 @@ fn empty_revisions_and_usage() {
     );
     assert!(Path::new(&store.root().join("revisions")).is_dir());
 }
+
+#[test]
+fn an_oversized_index_is_not_read() {
+    let (_root, store) = open();
+    let (staging, files) = stage(&store, &[("a", b"x")]);
+    store.commit(&manifest(1), staging.path(), &files).unwrap();
+    let path = store.index_path(&manifest(1)).unwrap();
+    // still valid JSON (trailing white space), but over the limit
+    let mut json = fs::read(&path).unwrap();
+    json.resize(MAX_INDEX_BYTES as usize, b' ');
+    fs::write(&path, &json).unwrap();
+    assert!(store.index(&manifest(1)).is_some(), "at the limit");
+    json.push(b' ');
+    fs::write(&path, &json).unwrap();
+    assert!(store.index(&manifest(1)).is_none());
+    assert!(!store.has(&manifest(1)));
+}
