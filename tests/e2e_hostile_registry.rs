@@ -52,6 +52,8 @@ struct Fake {
     next_link: Mutex<Option<String>>,
     /// Blob GETs are redirected to `<this>/cdn/<digest>`.
     blob_redirect: Mutex<Option<String>>,
+    /// Blob uploads continue at `<this>/upload/1`.
+    upload_location: Mutex<Option<String>>,
     /// Manifest bodies come one byte every half second, forever.
     trickle: AtomicBool,
     seen: Mutex<Vec<Seen>>,
@@ -134,6 +136,9 @@ impl Fake {
         if let Some(digest) = path.strip_prefix("/cdn/") {
             return self.blob(&method, digest, false);
         }
+        if path.starts_with("/upload/") && method == Method::PUT {
+            return reply(StatusCode::CREATED, empty());
+        }
         let Some(rest) = path.strip_prefix("/v2/") else {
             return not_found();
         };
@@ -146,6 +151,20 @@ impl Fake {
                 HeaderValue::from_str(&challenge).expect("challenge"),
             );
             return r;
+        }
+        if rest.ends_with("/blobs/uploads/") && method == Method::POST {
+            let target = lock(&self.upload_location)
+                .clone()
+                .unwrap_or_else(|| self.url());
+            let mut r = reply(StatusCode::ACCEPTED, empty());
+            r.headers_mut().insert(
+                header::LOCATION,
+                HeaderValue::from_str(&format!("{target}/upload/1")).expect("location"),
+            );
+            return r;
+        }
+        if method == Method::PUT && rest.contains("/manifests/") {
+            return reply(StatusCode::CREATED, empty());
         }
         if let Some((_, reference)) = rest.rsplit_once("/manifests/") {
             self.manifest(&method, reference)
@@ -652,4 +671,81 @@ async fn a_digest_named_by_another_tenant_is_served_only_after_it_proves_access(
         "the stored blobs were downloaded again: {new:#?}"
     );
     h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_location_on_another_host_gets_no_credentials() {
+    let registry = Fake::start().await;
+    let elsewhere = Fake::start().await;
+    *lock(&registry.upload_location) = Some(elsewhere.url());
+    let work = tempfile::tempdir().expect("tempdir");
+    let file = work.path().join("rules.yaml");
+    std::fs::write(&file, "- rule: pushed\n").expect("write");
+    let config = work.path().join("config.json");
+    let auth = common::base64_encode("carol:s3cret-3");
+    std::fs::write(
+        &config,
+        format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, registry.addr),
+    )
+    .expect("write config");
+    let run = cli(vec![
+        "push".into(),
+        file.display().to_string(),
+        format!("{}/team/rules:1", registry.addr),
+        "--type".into(),
+        "generic".into(),
+        "--insecure".into(),
+        "--docker-config".into(),
+        config.display().to_string(),
+    ])
+    .await;
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let basic = format!("Basic {auth}");
+    assert!(
+        registry
+            .seen("/blobs/uploads/")
+            .iter()
+            .all(|s| s.authorization.as_deref() == Some(basic.as_str())),
+        "the registry itself gets the credentials"
+    );
+    let uploads = elsewhere.seen("/upload/");
+    assert!(!uploads.is_empty(), "the uploads went to the Location");
+    assert!(
+        uploads.iter().all(|s| s.authorization.is_none()),
+        "an upload Location on another host got credentials: {uploads:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_tag_listing_stops_at_the_byte_limit() {
+    let registry = Fake::start().await;
+    // 2 MB pages of long tags, each pointing at itself as the next page: the byte limit
+    // (16 MiB) ends it long before the tag count limit (100 000) would
+    *lock(&registry.tags) = (0..2000)
+        .map(|n| format!("1.0.{n}-{}", "x".repeat(1000)))
+        .collect();
+    *lock(&registry.next_link) = Some(format!("{}/v2/team/rules/tags/list?n=1000", registry.url()));
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let run = cli(vec![
+        "pull".into(),
+        format!("{}/team/rules", registry.addr),
+        "--semver".into(),
+        ">=1".into(),
+        "-o".into(),
+        out_dir.path().join("out").display().to_string(),
+        "--insecure".into(),
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "an endless listing was accepted");
+    assert!(
+        stderr.contains("too large") && stderr.contains("bytes"),
+        "{stderr}"
+    );
+    let pages = registry.seen("/tags/list").len();
+    assert!(pages <= 9, "{pages} pages read for a 16 MiB limit");
 }
