@@ -517,6 +517,7 @@ async fn a_trickling_registry_times_out_and_the_controller_keeps_serving() {
     slow.add("1", &artifact("- rule: slow\n"));
     slow.trickle.store(true, Ordering::Relaxed);
     let url = format!("oci://{}/team/rules", slow.addr);
+    let started = std::time::Instant::now();
     // more trickling sources than workers, each asking for far more time than the cap
     for n in 0..3 {
         h.create(
@@ -552,8 +553,20 @@ async fn a_trickling_registry_times_out_and_the_controller_keeps_serving() {
         let message = ready(&o).map(|r| r.2.to_string()).unwrap_or_default();
         assert!(message.contains("timed out"), "{message}");
     }
+    eprintln!(
+        "3 trickling sources on 2 workers timed out within {:?} (cap 3s)",
+        started.elapsed()
+    );
     let o = h.wait("fine", "Ready", is_ready).await;
     assert_eq!(digest(&o), Some(good));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", h.controller.id()));
+    if let Some(hwm) = status.ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("VmHWM"))
+            .map(str::to_string)
+    }) {
+        eprintln!("controller after the trickle: {hwm}");
+    }
     h.cleanup().await;
 }
 
