@@ -608,11 +608,13 @@ impl Origin {
 }
 
 /// Token services known to belong to a registry on another host: (registry host, realm
-/// host). Docker Hub's registry hands out tokens from `auth.docker.io`.
+/// host). Docker Hub's registry hands out tokens from `auth.docker.io`, GitLab.com's from
+/// `gitlab.com`.
 const TRUSTED_REALMS: &[(&str, &str)] = &[
     ("docker.io", "auth.docker.io"),
     ("index.docker.io", "auth.docker.io"),
     ("registry-1.docker.io", "auth.docker.io"),
+    ("registry.gitlab.com", "gitlab.com"),
 ];
 
 /// Why the registry's Basic credentials must not go to the token `realm`, or `None` when
@@ -890,6 +892,9 @@ mod tests {
             realm_refusal("https://auth.docker.io/token", &registry).is_some(),
             "trusted for Docker Hub only"
         );
+        let gitlab = origin("https://registry.gitlab.com");
+        assert_eq!(realm_refusal("https://gitlab.com/jwt/auth", &gitlab), None);
+        assert!(realm_refusal("https://gitlab.com:8443/jwt/auth", &gitlab).is_some());
     }
 
     #[test]
