@@ -341,6 +341,31 @@ async fn pull_secret(h: &Harness, name: &str, host: &str, user: &str, password: 
     .await;
 }
 
+/// Replaces the harness's controller with one on `store` and `extra` flags.
+fn restart_controller(h: &mut Harness, store: &std::path::Path, extra: &[&str]) {
+    let _ = h.controller.kill();
+    let _ = h.controller.wait();
+    let listen = h.base_url.trim_start_matches("http://").to_string();
+    let log = std::env::temp_dir().join(format!(
+        "ocisync-controller-{}-{}.log",
+        h.ns,
+        common::unique()
+    ));
+    h.controller = common::ocisync()
+        .args(["controller", "--namespace", &h.ns, "--listen", &listen])
+        .args(["--artifact-base-url", &h.base_url])
+        .args(extra)
+        .arg("--store-dir")
+        .arg(store)
+        .arg("--kubeconfig")
+        .arg(&h.env.kubeconfig)
+        .env("RUST_LOG", "info,ocisync=debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("start controller");
+}
+
 /// `ocisync pull` run off the async workers (the fake registry serves on them).
 async fn cli(args: Vec<String>) -> std::process::Output {
     tokio::task::spawn_blocking(move || common::ocisync().args(&args).output().expect("run"))
@@ -491,27 +516,12 @@ async fn credentials_stay_with_the_registry_host() {
 async fn a_trickling_registry_times_out_and_the_controller_keeps_serving() {
     let Some(mut h) = harness().await else { return };
     // run the controller again with a short cap on registry work
-    let _ = h.controller.kill();
-    let _ = h.controller.wait();
     let store = tempfile::tempdir().expect("store");
-    let listen = h.base_url.trim_start_matches("http://").to_string();
-    h.controller = common::ocisync()
-        .args(["controller", "--namespace", &h.ns, "--listen", &listen])
-        .args(["--artifact-base-url", &h.base_url, "--concurrency", "2"])
-        .args(["--registry-operation-timeout", "3s", "--store-dir"])
-        .arg(store.path())
-        .arg("--kubeconfig")
-        .arg(&h.env.kubeconfig)
-        .env("RUST_LOG", "info,ocisync=debug")
-        .stdout(std::process::Stdio::null())
-        .stderr(
-            std::fs::File::create(
-                std::env::temp_dir().join(format!("ocisync-controller-{}-capped.log", h.ns)),
-            )
-            .expect("log file"),
-        )
-        .spawn()
-        .expect("start controller");
+    restart_controller(
+        &mut h,
+        store.path(),
+        &["--concurrency", "2", "--registry-operation-timeout", "3s"],
+    );
 
     let slow = Fake::start().await;
     slow.add("1", &artifact("- rule: slow\n"));
@@ -761,4 +771,61 @@ async fn an_endless_tag_listing_stops_at_the_byte_limit() {
     );
     let pages = registry.seen("/tags/list").len();
     assert!(pages <= 9, "{pages} pages read for a 16 MiB limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_a_source_proves_its_revision_again_without_downloading_it() {
+    let Some(mut h) = harness().await else { return };
+    let store = tempfile::tempdir().expect("store");
+    restart_controller(&mut h, store.path(), &[]);
+    let work = tempfile::tempdir().expect("tempdir");
+    let repo = h.env.repo(Which::Plain, "hostile-restart");
+    let d = common::controller::push_file(
+        &h.env,
+        Which::Plain,
+        work.path(),
+        &format!("{repo}:1"),
+        "rules.yaml",
+        common::unique().as_bytes(),
+        &[],
+    );
+    h.create(
+        "restart",
+        serde_json::json!({"url": format!("oci://{repo}"), "ref": {"tag": "1"}, "interval": "1h", "insecure": true}),
+    )
+    .await;
+    h.wait("restart", "Ready", is_ready).await;
+    let log = h.env.log(Which::Plain).clone();
+    let before = common::log_lines(&log);
+    // the same store, a new process: nothing proved yet
+    restart_controller(&mut h, store.path(), &[]);
+    let o = h.request_check("restart", "after-restart").await;
+    assert!(is_ready(&o), "{:?}", ready(&o));
+    assert_eq!(digest(&o).as_deref(), Some(d.as_str()));
+    let text = std::fs::read_to_string(&log).expect("registry log");
+    let ours: Vec<&str> = text
+        .lines()
+        .skip(before)
+        .filter(|l| l.contains(&format!("/v2/{}/", repo.name)))
+        .collect();
+    let manifest_gets = ours
+        .iter()
+        .filter(|l| l.contains("\"GET ") && l.contains(&format!("/manifests/{d}")))
+        .count();
+    assert_eq!(manifest_gets, 1, "one proof: {ours:#?}");
+    assert!(
+        !ours.iter().any(|l| l.contains("/blobs/")),
+        "no blob downloaded again: {ours:#?}"
+    );
+    // proved now: the next check is one HEAD again
+    let before = common::log_lines(&log);
+    h.request_check("restart", "again").await;
+    let text = std::fs::read_to_string(&log).expect("registry log");
+    let gets = text
+        .lines()
+        .skip(before)
+        .filter(|l| l.contains(&format!("/v2/{}/", repo.name)) && l.contains("\"GET "))
+        .count();
+    assert_eq!(gets, 0, "no GET once proved");
+    h.cleanup().await;
 }

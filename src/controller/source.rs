@@ -227,12 +227,14 @@ async fn check(
     };
     let uid = source.uid().unwrap_or_default();
     let proven = ctx.memory_of(&uid).proven;
-    if let Some(a) = &prev.artifact
-        && may_reuse_status(a, &key, proven.as_ref(), content_missing)
-    {
-        let mut artifact = a.clone();
-        artifact.revision = resolved.revision();
-        return Ok(artifact);
+    let step = next_step(
+        prev.artifact.as_ref(),
+        &key,
+        proven.as_ref(),
+        content_missing,
+    );
+    if let (Step::Reuse, Some(a)) = (step, &prev.artifact) {
+        return Ok(relabelled(a, &resolved));
     }
     // The proof: this source's registry, with this source's credentials, serves the
     // manifest, and its bytes hash to the digest. Only then may stored content be reused.
@@ -244,6 +246,10 @@ async fn check(
         .await;
     ctx.metrics.registry_request("manifest", outcome(&manifest));
     let manifest = manifest?;
+    if let (Step::ProveThenReuse, Some(a)) = (step, &prev.artifact) {
+        ctx.remember(&uid, |m| m.proven = Some(key.clone()));
+        return Ok(relabelled(a, &resolved));
+    }
     // One pull of the blobs per revision, however many sources point at it: the first
     // source pulls, the others (each having proved access above) reuse the stored artifact.
     let lock = ctx.pull_lock(&digest);
@@ -299,17 +305,41 @@ async fn check(
     Ok(artifact)
 }
 
-/// Whether the artifact in a source's status stands for the revision `key` without a
-/// fetch: the same digest, still stored, and proved fetchable by this very source from this
-/// registry and repository since the controller started (a status alone proves nothing: it
-/// may be from another repository, or from before a restart).
-fn may_reuse_status(
-    artifact: &Artifact,
+/// What a check does once it resolved the revision `key`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// Keep the status artifact: same digest, still stored, and this source proved it can
+    /// fetch it from this registry and repository since the controller started.
+    Reuse,
+    /// Keep the status artifact once the manifest is fetched and verified again (nothing
+    /// proved since a restart, or since the Secret or spec changed).
+    ProveThenReuse,
+    /// Fetch and verify the manifest, then take the stored revision or pull it.
+    ProveThenStore,
+}
+
+/// Decides the [`Step`]: a status alone proves nothing (it may be from another repository
+/// or credentials, or from before a restart), so only a proof made by this very source for
+/// this very registry, repository and digest skips the manifest fetch.
+fn next_step(
+    status: Option<&Artifact>,
     key: &ProvenRevision,
     proven: Option<&ProvenRevision>,
     content_missing: bool,
-) -> bool {
-    artifact.digest == key.digest && !content_missing && proven == Some(key)
+) -> Step {
+    let unchanged = status.is_some_and(|a| a.digest == key.digest) && !content_missing;
+    match (unchanged, proven == Some(key)) {
+        (true, true) => Step::Reuse,
+        (true, false) => Step::ProveThenReuse,
+        (false, _) => Step::ProveThenStore,
+    }
+}
+
+/// The artifact of a source's status, labelled with the revision just resolved.
+fn relabelled(artifact: &Artifact, resolved: &pull::Resolved) -> Artifact {
+    let mut artifact = artifact.clone();
+    artifact.revision = resolved.revision();
+    artifact
 }
 
 /// The status artifact for a freshly stored revision (its revision label is set per source).
@@ -476,33 +506,44 @@ mod tests {
     }
 
     #[test]
-    fn a_status_is_reused_only_for_what_this_source_proved() {
-        let artifact = Artifact {
+    fn only_what_this_source_proved_skips_the_manifest_fetch() {
+        let status = Artifact {
             digest: "sha256:a".into(),
             ..Default::default()
         };
         let here = key("r", "team-a/rules", "sha256:a");
-        assert!(may_reuse_status(&artifact, &here, Some(&here), false));
+        assert_eq!(
+            next_step(Some(&status), &here, Some(&here), false),
+            Step::Reuse
+        );
         // nothing proved since the start (a restart, a changed Secret or spec)
-        assert!(!may_reuse_status(&artifact, &here, None, false));
-        // proved from another repository or registry: not proof for this one
-        let other_repo = key("r", "team-b/rules", "sha256:a");
-        assert!(!may_reuse_status(
-            &artifact,
-            &here,
-            Some(&other_repo),
-            false
-        ));
-        let other_registry = key("evil", "team-a/rules", "sha256:a");
-        assert!(!may_reuse_status(
-            &artifact,
-            &here,
-            Some(&other_registry),
-            false
-        ));
-        // another digest, or the content is gone from the store
+        assert_eq!(
+            next_step(Some(&status), &here, None, false),
+            Step::ProveThenReuse
+        );
+        // proved from another repository or registry: no proof for this one
+        for other in [
+            key("r", "team-b/rules", "sha256:a"),
+            key("evil", "team-a/rules", "sha256:a"),
+        ] {
+            assert_eq!(
+                next_step(Some(&status), &here, Some(&other), false),
+                Step::ProveThenReuse
+            );
+        }
+        // a new digest, no status yet, or the content gone from the store
         let newer = key("r", "team-a/rules", "sha256:b");
-        assert!(!may_reuse_status(&artifact, &newer, Some(&newer), false));
-        assert!(!may_reuse_status(&artifact, &here, Some(&here), true));
+        assert_eq!(
+            next_step(Some(&status), &newer, Some(&newer), false),
+            Step::ProveThenStore
+        );
+        assert_eq!(
+            next_step(None, &here, Some(&here), false),
+            Step::ProveThenStore
+        );
+        assert_eq!(
+            next_step(Some(&status), &here, Some(&here), true),
+            Step::ProveThenStore
+        );
     }
 }
