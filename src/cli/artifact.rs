@@ -29,7 +29,8 @@ pub struct RegistryArgs {
     /// Docker config file with credentials; default: $DOCKER_CONFIG/config.json or ~/.docker/config.json.
     #[arg(long, value_name = "PATH")]
     docker_config: Option<PathBuf>,
-    /// Timeout of each registry request (Go duration).
+    /// Deadline of a pull as a whole (resolve, manifest and layers), and of each request of
+    /// a push (Go duration).
     #[arg(long, default_value = "60s")]
     timeout: String,
     /// Output format.
@@ -234,7 +235,13 @@ pub async fn pull(args: PullArgs) -> anyhow::Result<ExitCode> {
         reference.selector = RefSelector::Semver(reference::parse_semver_range(range)?);
     }
     let registry = registry_for(&reference, &args.registry)?;
-    let (resolved, manifest) = pull::resolve_with_manifest(&registry, &reference).await?;
+    let deadline = pull::Deadline::after(crate::api::duration::parse(&args.registry.timeout)?);
+    let (resolved, manifest) = deadline
+        .run(
+            "resolve",
+            pull::resolve_with_manifest(&registry, &reference),
+        )
+        .await?;
     let mut limits = Limits::default();
     if let Some(max) = args.max_size {
         limits.max_artifact_bytes = max;
@@ -264,15 +271,19 @@ pub async fn pull(args: PullArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    let pulled = pull::pull_manifest_into(
-        &registry,
-        &reference.repository,
-        manifest,
-        staging.path(),
-        &options,
-        &progress,
-    )
-    .await?;
+    let pulled = deadline
+        .run(
+            "pull",
+            pull::pull_manifest_into(
+                &registry,
+                &reference.repository,
+                manifest,
+                staging.path(),
+                &options,
+                &progress,
+            ),
+        )
+        .await?;
     place(staging, &args.output_dir)?;
     match args.registry.output {
         OutputFormat::Json => println!(

@@ -67,6 +67,11 @@ pub struct ControllerArgs {
     /// list and watch on Secrets. Without it, Secrets are read (get) at each check.
     #[arg(long)]
     pub watch_secrets: bool,
+    /// The longest a check's registry work (resolve, manifest, pull) may take as a whole,
+    /// as a Go duration; caps every source's spec.timeout, so a registry that trickles its
+    /// answers cannot hold a worker.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub registry_operation_timeout: std::time::Duration,
 }
 
 #[derive(clap::Args, Debug)]
@@ -184,6 +189,7 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             namespace: args.namespace,
             concurrency: args.concurrency,
             watch_secrets: args.watch_secrets,
+            registry_timeout: args.registry_operation_timeout,
         },
     )
     .await?;

@@ -35,6 +35,17 @@ pub struct Memory {
     /// The revision being served and the one before it (kept for rollback by GC).
     pub current: Option<String>,
     pub previous: Option<String>,
+    /// The revision this source last proved it can fetch itself (a verified GET of the
+    /// manifest by digest, from its own registry and repository, with its own credentials).
+    pub proven: Option<ProvenRevision>,
+}
+
+/// A manifest digest as served by one repository of one registry.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ProvenRevision {
+    pub registry: String,
+    pub repository: String,
+    pub digest: String,
 }
 
 pub struct Context {
@@ -44,6 +55,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// `http://host:port` agents use to reach the artifact server.
     pub base_url: String,
+    /// The longest a check's registry work may take as a whole, whatever a source asks.
+    pub registry_timeout: Duration,
     pub sources: reflector::Store<ArtifactSource>,
     pub bundles: reflector::Store<RuleBundle>,
     /// The ConfigMaps ocisync manages (metadata only, by label).
@@ -55,7 +68,9 @@ pub struct Context {
     /// by anyone else is put back.
     pub written: Mutex<HashMap<String, String>>,
     pub memory: Mutex<HashMap<String, Memory>>,
-    /// Stored artifacts by manifest digest, so sources sharing a revision reuse one pull.
+    /// Stored artifacts by manifest digest, so sources sharing a revision reuse one pull of
+    /// its blobs; a source reuses one only after proving it can fetch the manifest itself
+    /// ([`Memory::proven`]).
     pub artifacts: Mutex<HashMap<String, Artifact>>,
     /// One lock per digest being pulled.
     pub pull_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,

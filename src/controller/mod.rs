@@ -53,6 +53,8 @@ pub struct Options {
     pub concurrency: u16,
     /// Watch Secrets (needs list/watch on Secrets) so a changed Secret re-checks at once.
     pub watch_secrets: bool,
+    /// The longest a check's registry work may take, whatever a source's `spec.timeout`.
+    pub registry_timeout: Duration,
 }
 
 /// Runs until SIGTERM/SIGINT: the artifact server and the ArtifactSource controller.
@@ -167,6 +169,7 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
         metrics,
         recorder: Recorder::new(client.clone(), reporter),
         base_url: options.base_url.trim_end_matches('/').to_string(),
+        registry_timeout: options.registry_timeout,
         sources: source_reader,
         bundles: bundle_controller.store(),
         config_maps: cm_reader,

@@ -10,6 +10,16 @@ pub const BACKOFF_BASE: Duration = Duration::from_secs(5);
 /// Longest retry delay after failures.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
+/// Default of the controller's `--registry-operation-timeout`: the longest any check's
+/// registry work may take as a whole.
+pub const REGISTRY_TIMEOUT_MAX: Duration = Duration::from_secs(300);
+
+/// The deadline of a check's registry work: the source's `spec.timeout`, capped by the
+/// controller-wide maximum, so no source can hold a worker longer.
+pub fn registry_deadline(spec_timeout: Duration, controller_max: Duration) -> Duration {
+    spec_timeout.min(controller_max)
+}
+
 /// What the controller knows when deciding whether to check the registry now.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CheckState {
@@ -193,6 +203,16 @@ mod tests {
     #[test]
     fn intervals_under_the_minimum_are_raised() {
         assert!(next_delay(Duration::from_secs(1), 0, None, 0) >= MIN_INTERVAL);
+    }
+
+    #[test]
+    fn the_controller_caps_registry_deadlines() {
+        let cap = Duration::from_secs(300);
+        assert_eq!(
+            registry_deadline(Duration::from_secs(60), cap),
+            Duration::from_secs(60)
+        );
+        assert_eq!(registry_deadline(Duration::from_secs(3600), cap), cap);
     }
 
     #[test]

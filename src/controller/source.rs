@@ -14,11 +14,11 @@ use crate::api::ArtifactSource;
 use crate::api::artifact_source::{Artifact, ArtifactFile, ArtifactSourceStatus};
 use crate::api::condition::{ConditionType, find};
 use crate::oci::OciError;
-use crate::oci::pull::{self, PullOptions, Pulled, Resolved};
-use crate::oci::registry::{Registry, RegistryOptions};
+use crate::oci::pull::{self, Deadline, PullOptions, Pulled};
+use crate::oci::registry::{RawManifest, Registry, RegistryOptions};
 use crate::store::IndexFile;
 
-use super::context::{Context, patch_status};
+use super::context::{Context, ProvenRevision, patch_status};
 use super::schedule::{self, CheckState, Due};
 use super::secrets::{self, SecretProblem};
 use super::spec::{self, ValidSpec};
@@ -145,10 +145,15 @@ async fn reconcile_inner(source: &ArtifactSource, ctx: &Context) -> Result<Outco
     if let Due::In(left) = schedule::due(&state, valid.interval, seed) {
         return Ok(Outcome::Waiting(left));
     }
+    let credentials_may_differ = state.spec_changed || memory.secret_changed;
     ctx.remember(&uid, |m| {
         m.last_check = Some(Instant::now());
         m.checked_generation = generation;
         m.secret_changed = false;
+        if credentials_may_differ {
+            // another Secret or registry: what this source proved before no longer counts
+            m.proven = None;
+        }
     });
 
     match check(source, ctx, &api, &valid, &prev, state.content_missing).await {
@@ -193,7 +198,8 @@ async fn reconcile_inner(source: &ArtifactSource, ctx: &Context) -> Result<Outco
     }
 }
 
-/// One check: resolve; pull and store when the digest is new or its content is missing.
+/// One check: resolve; prove the revision is fetchable from this source's own repository
+/// (unless this source proved it already); pull and store it when the store lacks it.
 async fn check(
     source: &ArtifactSource,
     ctx: &Context,
@@ -203,20 +209,49 @@ async fn check(
     content_missing: bool,
 ) -> Result<Artifact, Failure> {
     let registry = registry_for(source, ctx, valid).await?;
-    let resolved = pull::resolve(&registry, &valid.reference).await;
+    let deadline = Deadline::after(schedule::registry_deadline(
+        valid.timeout,
+        ctx.registry_timeout,
+    ));
+    let resolved = deadline
+        .run("resolve", pull::resolve(&registry, &valid.reference))
+        .await;
     ctx.metrics.registry_request("resolve", outcome(&resolved));
     let resolved = resolved?;
-    if let Some(a) = &prev.artifact
-        && a.digest == resolved.head.digest
-        && !content_missing
-    {
-        let mut artifact = a.clone();
-        artifact.revision = resolved.revision();
-        return Ok(artifact);
-    }
     let digest = resolved.head.digest.clone();
-    // One pull per revision, however many sources point at it: the first source pulls,
-    // the others wait for it and reuse the stored artifact.
+    let repo = &valid.reference.repository;
+    let key = ProvenRevision {
+        registry: repo.registry.clone(),
+        repository: repo.name.clone(),
+        digest: digest.clone(),
+    };
+    let uid = source.uid().unwrap_or_default();
+    let proven = ctx.memory_of(&uid).proven;
+    let step = next_step(
+        prev.artifact.as_ref(),
+        &key,
+        proven.as_ref(),
+        content_missing,
+    );
+    if let (Step::Reuse, Some(a)) = (step, &prev.artifact) {
+        return Ok(relabelled(a, &resolved));
+    }
+    // The proof: this source's registry, with this source's credentials, serves the
+    // manifest, and its bytes hash to the digest. Only then may stored content be reused.
+    let manifest = deadline
+        .run(
+            "manifest",
+            registry.fetch_manifest(repo, &digest, Some(&digest)),
+        )
+        .await;
+    ctx.metrics.registry_request("manifest", outcome(&manifest));
+    let manifest = manifest?;
+    if let (Step::ProveThenReuse, Some(a)) = (step, &prev.artifact) {
+        ctx.remember(&uid, |m| m.proven = Some(key.clone()));
+        return Ok(relabelled(a, &resolved));
+    }
+    // One pull of the blobs per revision, however many sources point at it: the first
+    // source pulls, the others (each having proved access above) reuse the stored artifact.
     let lock = ctx.pull_lock(&digest);
     let _pulling = lock.lock().await;
     let known = match ctx.known_artifact(&digest) {
@@ -237,15 +272,15 @@ async fn check(
                 let _ = patch_status(api, &source.name_any(), &progress).await;
             }
             let (pulled, stored_at) =
-                pull_and_store(source, ctx, &registry, valid, &resolved).await?;
+                pull_and_store(source, ctx, &registry, valid, &digest, manifest, &deadline).await?;
             let artifact = artifact_of(ctx, &digest, &pulled, stored_at);
             ctx.remember_artifact(&digest, &artifact);
             (artifact, true)
         }
     };
     artifact.revision = resolved.revision();
-    let uid = source.uid().unwrap_or_default();
     ctx.remember(&uid, |m| {
+        m.proven = Some(key.clone());
         if m.current.as_deref() != Some(digest.as_str()) {
             m.previous = m
                 .current
@@ -268,6 +303,43 @@ async fn check(
         super::collect_garbage(ctx).await;
     }
     Ok(artifact)
+}
+
+/// What a check does once it resolved the revision `key`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// Keep the status artifact: same digest, still stored, and this source proved it can
+    /// fetch it from this registry and repository since the controller started.
+    Reuse,
+    /// Keep the status artifact once the manifest is fetched and verified again (nothing
+    /// proved since a restart, or since the Secret or spec changed).
+    ProveThenReuse,
+    /// Fetch and verify the manifest, then take the stored revision or pull it.
+    ProveThenStore,
+}
+
+/// Decides the [`Step`]: a status alone proves nothing (it may be from another repository
+/// or credentials, or from before a restart), so only a proof made by this very source for
+/// this very registry, repository and digest skips the manifest fetch.
+fn next_step(
+    status: Option<&Artifact>,
+    key: &ProvenRevision,
+    proven: Option<&ProvenRevision>,
+    content_missing: bool,
+) -> Step {
+    let unchanged = status.is_some_and(|a| a.digest == key.digest) && !content_missing;
+    match (unchanged, proven == Some(key)) {
+        (true, true) => Step::Reuse,
+        (true, false) => Step::ProveThenReuse,
+        (false, _) => Step::ProveThenStore,
+    }
+}
+
+/// The artifact of a source's status, labelled with the revision just resolved.
+fn relabelled(artifact: &Artifact, resolved: &pull::Resolved) -> Artifact {
+    let mut artifact = artifact.clone();
+    artifact.revision = resolved.revision();
+    artifact
 }
 
 /// The status artifact for a freshly stored revision (its revision label is set per source).
@@ -302,7 +374,9 @@ async fn pull_and_store(
     ctx: &Context,
     registry: &Registry,
     valid: &ValidSpec,
-    resolved: &Resolved,
+    digest: &str,
+    manifest: RawManifest,
+    deadline: &Deadline,
 ) -> Result<(Pulled, String), Failure> {
     let store_failure = |e: &dyn std::fmt::Display| Failure {
         reason: reason::STORE_FAILED,
@@ -319,15 +393,19 @@ async fn pull_and_store(
             .map(|l| l.media_type.clone()),
         ..PullOptions::default()
     };
-    let pulled = pull::pull_into(
-        registry,
-        &valid.reference.repository,
-        &resolved.head.digest,
-        staging.path(),
-        &options,
-        &|_| {},
-    )
-    .await;
+    let pulled = deadline
+        .run(
+            "pull",
+            pull::pull_manifest_into(
+                registry,
+                &valid.reference.repository,
+                manifest,
+                staging.path(),
+                &options,
+                &|_| {},
+            ),
+        )
+        .await;
     ctx.metrics.registry_request("pull", outcome(&pulled));
     let pulled = pulled?;
     ctx.metrics.pulled_bytes(pulled.size());
@@ -341,7 +419,7 @@ async fn pull_and_store(
         })
         .collect();
     let store = ctx.store.clone();
-    let digest = resolved.head.digest.clone();
+    let digest = digest.to_string();
     tokio::task::spawn_blocking(move || {
         let r = store.commit(&digest, staging.path(), &files);
         drop(staging);
@@ -364,7 +442,7 @@ async fn registry_for(
     let host = valid.reference.repository.registry.clone();
     let mut options = RegistryOptions {
         insecure: source.spec.insecure,
-        timeout: valid.timeout,
+        timeout: schedule::registry_deadline(valid.timeout, ctx.registry_timeout),
         ..RegistryOptions::default()
     };
     if let Some(r) = &source.spec.secret_ref {
@@ -413,4 +491,59 @@ async fn publish(
 ) {
     ctx.publish(&source.object_ref(&()), type_, reason, note, "Check")
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(registry: &str, repository: &str, digest: &str) -> ProvenRevision {
+        ProvenRevision {
+            registry: registry.into(),
+            repository: repository.into(),
+            digest: digest.into(),
+        }
+    }
+
+    #[test]
+    fn only_what_this_source_proved_skips_the_manifest_fetch() {
+        let status = Artifact {
+            digest: "sha256:a".into(),
+            ..Default::default()
+        };
+        let here = key("r", "team-a/rules", "sha256:a");
+        assert_eq!(
+            next_step(Some(&status), &here, Some(&here), false),
+            Step::Reuse
+        );
+        // nothing proved since the start (a restart, a changed Secret or spec)
+        assert_eq!(
+            next_step(Some(&status), &here, None, false),
+            Step::ProveThenReuse
+        );
+        // proved from another repository or registry: no proof for this one
+        for other in [
+            key("r", "team-b/rules", "sha256:a"),
+            key("evil", "team-a/rules", "sha256:a"),
+        ] {
+            assert_eq!(
+                next_step(Some(&status), &here, Some(&other), false),
+                Step::ProveThenReuse
+            );
+        }
+        // a new digest, no status yet, or the content gone from the store
+        let newer = key("r", "team-a/rules", "sha256:b");
+        assert_eq!(
+            next_step(Some(&status), &newer, Some(&newer), false),
+            Step::ProveThenStore
+        );
+        assert_eq!(
+            next_step(None, &here, Some(&here), false),
+            Step::ProveThenStore
+        );
+        assert_eq!(
+            next_step(Some(&status), &here, Some(&here), true),
+            Step::ProveThenStore
+        );
+    }
 }

@@ -4,8 +4,10 @@
 //! they arrive and hands them to a blocking thread that inflates and writes.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::Read;
 use std::path::Path;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -61,7 +63,43 @@ pub struct Pulled {
 
 impl Pulled {
     pub fn size(&self) -> u64 {
-        self.files.iter().map(|f| f.size).sum()
+        self.files
+            .iter()
+            .fold(0u64, |sum, f| sum.saturating_add(f.size))
+    }
+}
+
+/// A whole-operation deadline for registry work: unlike a read timeout it does not start
+/// again with each byte, so a registry that trickles its answers cannot hold a worker.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    at: tokio::time::Instant,
+    limit: Duration,
+}
+
+impl Deadline {
+    /// A deadline `limit` from now.
+    pub fn after(limit: Duration) -> Self {
+        Deadline {
+            at: tokio::time::Instant::now() + limit,
+            limit,
+        }
+    }
+
+    /// Runs `operation` until the deadline; past it the operation is dropped and the error
+    /// is the transient `RegistryUnavailable` ("timed out").
+    pub async fn run<T>(
+        &self,
+        what: &str,
+        operation: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout_at(self.at, operation).await {
+            Ok(result) => result,
+            Err(_) => Err(OciError::RegistryUnavailable(format!(
+                "{what}: timed out: the registry did not finish within the deadline of {}s",
+                self.limit.as_secs_f64()
+            ))),
+        }
     }
 }
 
@@ -69,10 +107,22 @@ impl Pulled {
 /// semver range.
 pub async fn resolve(registry: &Registry, reference: &Reference) -> Result<Resolved> {
     let (label, by) = choose(registry, reference).await?;
-    Ok(Resolved {
-        label,
-        head: registry.resolve(&reference.repository, &by).await?,
-    })
+    let head = registry.resolve(&reference.repository, &by).await?;
+    check_pin(reference, &head.digest)?;
+    Ok(Resolved { label, head })
+}
+
+/// A digest pin is a promise: whatever the registry answered, the revision is the pinned
+/// digest or the check fails.
+pub fn check_pin(reference: &Reference, digest: &str) -> Result<()> {
+    match &reference.selector {
+        RefSelector::Digest(pin) if pin != digest => Err(OciError::DigestMismatch {
+            what: format!("pinned {reference}"),
+            expected: pin.clone(),
+            actual: digest.to_string(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Resolves a reference and fetches its manifest in one GET (no HEAD first), for one-shot
@@ -83,9 +133,14 @@ pub async fn resolve_with_manifest(
     reference: &Reference,
 ) -> Result<(Resolved, RawManifest)> {
     let (label, by) = choose(registry, reference).await?;
+    let pin = match &reference.selector {
+        RefSelector::Digest(pin) => Some(pin.as_str()),
+        _ => None,
+    };
     let raw = registry
-        .fetch_manifest(&reference.repository, &by, None)
+        .fetch_manifest(&reference.repository, &by, pin)
         .await?;
+    check_pin(reference, &raw.digest)?;
     let head = ManifestHead {
         digest: raw.digest.clone(),
         media_type: raw.media_type.clone(),
@@ -155,13 +210,7 @@ pub async fn pull_manifest_into(
             },
         ));
     }
-    let total: u64 = layers.iter().map(|l| l.size.max(0) as u64).sum();
-    if total > options.limits.max_artifact_bytes {
-        return Err(OciError::TooLarge(format!(
-            "artifact layers total {total} bytes, limit {}",
-            options.limits.max_artifact_bytes
-        )));
-    }
+    check_total_size(&layers, options.limits.max_artifact_bytes)?;
     let layer_types: Vec<&str> = manifest
         .layers
         .iter()
@@ -233,6 +282,22 @@ async fn image_manifest(
         }
         other => Err(OciError::UnsupportedMediaType(format!(
             "manifest media type {other}"
+        ))),
+    }
+}
+
+/// Refuses layers whose sizes add up past `limit` (or past what a u64 holds).
+fn check_total_size(layers: &[&OciDescriptor], limit: u64) -> Result<()> {
+    let total = layers
+        .iter()
+        .try_fold(0u64, |sum, l| sum.checked_add(u64::try_from(l.size).ok()?));
+    match total {
+        Some(total) if total <= limit => Ok(()),
+        Some(total) => Err(OciError::TooLarge(format!(
+            "artifact layers total {total} bytes, limit {limit}"
+        ))),
+        None => Err(OciError::TooLarge(format!(
+            "artifact layer sizes add up past any limit (limit {limit})"
         ))),
     }
 }
@@ -315,7 +380,9 @@ async fn pull_layer(
         .get(content::ANNOTATION_ORAS_UNPACK)
         .is_some_and(|v| v == "true");
     let form = content::layer_form(&layer.media_type, title.is_some(), oras_unpack);
-    let expected_size = layer.size as u64;
+    let expected_size = u64::try_from(layer.size).map_err(|_| {
+        OciError::InvalidManifest(format!("layer {} has a negative size", layer.digest))
+    })?;
     let name = title.unwrap_or_else(|| layer.digest.replace(':', "-"));
     let dest = dest.to_path_buf();
 
@@ -354,7 +421,7 @@ async fn pull_layer(
                 break;
             }
         };
-        received += chunk.len() as u64;
+        received = received.saturating_add(chunk.len() as u64);
         if received > expected_size {
             failure = Some(OciError::DigestMismatch {
                 what: format!("layer {}", layer.digest),
@@ -476,5 +543,63 @@ mod tests {
             head,
         };
         assert_eq!(r.revision(), "sha256:x");
+    }
+
+    fn descriptor(size: i64) -> OciDescriptor {
+        OciDescriptor {
+            media_type: "text/plain".into(),
+            digest: format!("sha256:{}", "c".repeat(64)),
+            size,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn layer_sizes_add_up_without_overflow() {
+        let (small, huge) = (descriptor(10), descriptor(i64::MAX));
+        assert!(check_total_size(&[&small, &small], 20).is_ok());
+        assert!(check_total_size(&[&small, &small], 19).is_err());
+        // three i64::MAX layers overflow a u64: refused, not wrapped around under the limit
+        let e = check_total_size(&[&huge, &huge, &huge], u64::MAX).expect_err("overflow");
+        assert_eq!(e.reason().as_str(), "TooLarge");
+        assert!(check_total_size(&[&descriptor(-1)], 100).is_err());
+    }
+
+    #[test]
+    fn a_pin_is_the_revision_or_the_check_fails() {
+        let a = format!("sha256:{}", "a".repeat(64));
+        let b = format!("sha256:{}", "b".repeat(64));
+        let pinned = Reference::parse_cli(&format!("h/r@{a}")).expect("reference");
+        assert!(check_pin(&pinned, &a).is_ok());
+        let e = check_pin(&pinned, &b).expect_err("other digest");
+        assert_eq!(e.reason().as_str(), "DigestMismatch");
+        let tagged = Reference::parse_cli("h/r:1").expect("reference");
+        assert!(check_pin(&tagged, &b).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_deadline_bounds_the_whole_operation() {
+        use std::time::Duration;
+        let deadline = Deadline::after(Duration::from_millis(500));
+        // an operation that makes progress forever (a trickle) still ends at the deadline
+        let trickle = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), OciError>(())
+        };
+        let e = deadline.run("pull", trickle).await.expect_err("deadline");
+        assert_eq!(e.reason().as_str(), "RegistryUnavailable");
+        assert!(e.is_transient());
+        assert!(e.to_string().contains("timed out"), "{e}");
+        // one deadline for several steps: the time the first took is gone for the next
+        let deadline = Deadline::after(Duration::from_secs(2));
+        let step = || async {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            Ok::<(), OciError>(())
+        };
+        assert!(deadline.run("resolve", step()).await.is_ok());
+        assert!(deadline.run("pull", step()).await.is_err());
     }
 }

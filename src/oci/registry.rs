@@ -31,6 +31,8 @@ pub struct RegistryOptions {
     pub max_manifest_bytes: u64,
     /// Tags asked for per page of a tag listing (`n`); the registry may send fewer.
     pub tag_page_size: usize,
+    /// Largest tag listing accepted, in bytes over all its pages.
+    pub max_tag_list_bytes: u64,
 }
 
 impl Default for RegistryOptions {
@@ -42,6 +44,7 @@ impl Default for RegistryOptions {
             credentials: None,
             max_manifest_bytes: 4 * 1024 * 1024,
             tag_page_size: 1000,
+            max_tag_list_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -76,10 +79,14 @@ enum AuthState {
 pub struct Registry {
     http: reqwest::Client,
     base: String,
+    /// Where the registry's own requests go: the only place credentials and tokens are sent.
+    origin: Origin,
     registry: String,
     options: RegistryOptions,
     auth: Mutex<AuthState>,
     tokens: Mutex<HashMap<String, String>>,
+    /// Why credentials were kept from a token service, for the error message.
+    withheld: Mutex<Option<String>>,
 }
 
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
@@ -101,6 +108,10 @@ impl Registry {
             .build()
             .map_err(|e| OciError::RegistryUnavailable(format!("HTTP client setup failed: {e}")))?;
         let scheme = if options.insecure { "http" } else { "https" };
+        let base = format!("{scheme}://{registry}");
+        let origin = Origin::of(&base).ok_or_else(|| {
+            OciError::InvalidReference(format!("registry {registry:?} is not a host[:port]"))
+        })?;
         let initial = if options.credentials.is_some() {
             // Distribution with htpasswd and most private registries ask for basic auth;
             // sending it up front saves a 401 round trip on every check.
@@ -110,11 +121,13 @@ impl Registry {
         };
         Ok(Registry {
             http,
-            base: format!("{scheme}://{registry}"),
+            base,
+            origin,
             registry: registry.to_string(),
             options,
             auth: Mutex::new(initial),
             tokens: Mutex::new(HashMap::new()),
+            withheld: Mutex::new(None),
         })
     }
 
@@ -126,7 +139,9 @@ impl Registry {
         format!("{}/v2/{path}", self.base)
     }
 
-    /// Sends a request built by `build`, answering an auth challenge once.
+    /// Sends a request built by `build`, answering an auth challenge once. Credentials and
+    /// tokens go only to the registry's own origin: a request elsewhere (an absolute `Link`
+    /// or `Location`) is sent without them, and its challenges are not answered.
     async fn send(
         &self,
         repo: &Repository,
@@ -139,10 +154,15 @@ impl Registry {
             repo.name,
             if push { "pull,push" } else { "pull" }
         );
-        let first = self.authorise(build(), &scope).send().await;
-        let response = first.map_err(|e| OciError::transport(what, &e))?;
+        let (response, ours) = self.execute(build(), &scope, what).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
+        }
+        if !ours {
+            return Err(OciError::Unauthorized(format!(
+                "{what}: a host other than {} asked for credentials; none are sent there",
+                self.registry
+            )));
         }
         let challenge = response
             .headers()
@@ -162,19 +182,41 @@ impl Registry {
             }
             _ => return Err(self.unauthorized(what)),
         }
-        let retry = self.authorise(build(), &scope).send().await;
-        let response = retry.map_err(|e| OciError::transport(what, &e))?;
+        let (response, _) = self.execute(build(), &scope, what).await?;
         if response.status() == StatusCode::UNAUTHORIZED {
             return Err(self.unauthorized(what));
         }
         Ok(response)
     }
 
+    /// Sends one request, with the current credentials or token only when it goes to the
+    /// registry's origin; also says whether it did. (reqwest drops `Authorization` itself
+    /// when a redirect leaves the origin, so a blob redirected to a CDN gets none.)
+    async fn execute(
+        &self,
+        builder: RequestBuilder,
+        scope: &str,
+        what: &str,
+    ) -> Result<(Response, bool)> {
+        let (client, request) = builder.build_split();
+        let mut request = request.map_err(|e| OciError::transport(what, &e))?;
+        let ours = Origin::of(request.url().as_str()).as_ref() == Some(&self.origin);
+        if ours && let Some(value) = self.authorization(scope) {
+            request.headers_mut().insert(header::AUTHORIZATION, value);
+        }
+        let response = client
+            .execute(request)
+            .await
+            .map_err(|e| OciError::transport(what, &e))?;
+        Ok((response, ours))
+    }
+
     fn unauthorized(&self, what: &str) -> OciError {
-        let who = if self.options.credentials.is_some() {
-            "credentials were rejected"
-        } else {
-            "anonymous access was refused"
+        let withheld = self.withheld.lock().ok().and_then(|w| w.clone());
+        let who = match (&self.options.credentials, withheld) {
+            (Some(_), Some(why)) => format!("access was refused; {why}"),
+            (Some(_), None) => "credentials were rejected".to_string(),
+            (None, _) => "anonymous access was refused".to_string(),
         };
         OciError::Unauthorized(format!("{what} on {}: {who}", self.registry))
     }
@@ -192,21 +234,19 @@ impl Registry {
         }
     }
 
-    fn authorise(&self, request: RequestBuilder, scope: &str) -> RequestBuilder {
-        match self.current_auth() {
-            AuthState::Anonymous => request,
-            AuthState::Basic => match &self.options.credentials {
-                Some(c) => request.basic_auth(&c.username, Some(&c.password)),
-                None => request,
-            },
+    /// The `Authorization` value for the registry's own requests, if any.
+    fn authorization(&self, scope: &str) -> Option<HeaderValue> {
+        let value = match self.current_auth() {
+            AuthState::Anonymous => return None,
+            AuthState::Basic => basic_authorization(self.options.credentials.as_ref()?),
             AuthState::Bearer { .. } => {
-                let token = self.tokens.lock().ok().and_then(|t| t.get(scope).cloned());
-                match token {
-                    Some(t) => request.bearer_auth(t),
-                    None => request,
-                }
+                let token = self.tokens.lock().ok()?.get(scope).cloned()?;
+                format!("Bearer {token}")
             }
-        }
+        };
+        let mut value = HeaderValue::from_str(&value).ok()?;
+        value.set_sensitive(true);
+        Some(value)
     }
 
     async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<()> {
@@ -216,7 +256,19 @@ impl Registry {
         }
         let mut request = self.http.get(realm).query(&query);
         if let Some(c) = &self.options.credentials {
-            request = request.basic_auth(&c.username, Some(&c.password));
+            match realm_refusal(realm, &self.origin) {
+                None => request = request.basic_auth(&c.username, Some(&c.password)),
+                Some(why) => {
+                    let note = format!(
+                        "credentials were not sent to the token service at {}: {why}",
+                        Origin::of(realm).map(|o| o.host).unwrap_or_default()
+                    );
+                    tracing::warn!(registry = %self.registry, "{note}");
+                    if let Ok(mut w) = self.withheld.lock() {
+                        *w = Some(note);
+                    }
+                }
+            }
         }
         let response = request
             .send()
@@ -266,6 +318,8 @@ impl Registry {
             if let (Some(digest), Some(media_type)) = (digest, media_type)
                 && super::reference::validate_digest(&digest).is_ok()
             {
+                check_manifest_digest(reference, None, None, &digest)
+                    .map_err(|e| mismatch(&what, e))?;
                 return Ok(ManifestHead {
                     digest,
                     media_type,
@@ -306,23 +360,8 @@ impl Registry {
             .filter(|d| d.starts_with("sha256:"));
         let bytes = read_limited(response, self.options.max_manifest_bytes, &what).await?;
         let digest = sha256_digest(&bytes);
-        let want = expected
-            .map(str::to_string)
-            .or_else(|| {
-                reference
-                    .starts_with("sha256:")
-                    .then(|| reference.to_string())
-            })
-            .or(announced);
-        if let Some(want) = want
-            && want != digest
-        {
-            return Err(OciError::DigestMismatch {
-                what,
-                expected: want,
-                actual: digest,
-            });
-        }
+        check_manifest_digest(reference, expected, announced.as_deref(), &digest)
+            .map_err(|e| mismatch(&what, e))?;
         let media_type = effective_media_type(&media_type, &bytes);
         Ok(RawManifest {
             digest,
@@ -331,7 +370,8 @@ impl Registry {
         })
     }
 
-    /// Lists every tag, following `Link` pagination, up to `max_tags`.
+    /// Lists every tag, following `Link` pagination, up to `max_tags` tags and
+    /// `max_tag_list_bytes` bytes over all pages.
     pub async fn list_tags(&self, repo: &Repository, max_tags: usize) -> Result<Vec<String>> {
         let mut tags = Vec::new();
         let mut next = Some(self.url(&format!(
@@ -340,13 +380,24 @@ impl Registry {
             self.options.tag_page_size.max(1)
         )));
         let what = format!("tags of {repo}");
+        let limit = self.options.max_tag_list_bytes;
+        let mut read = 0u64;
         while let Some(url) = next.take() {
             let response = self
                 .send(repo, false, &what, || self.http.get(&url))
                 .await?;
             let response = check_status(response, &what).await?;
             next = next_link(response.headers(), &self.base);
-            let body = read_limited(response, 8 * 1024 * 1024, &what).await?;
+            let left = limit.saturating_sub(read);
+            let body = read_limited(response, left, &what)
+                .await
+                .map_err(|e| match e {
+                    OciError::TooLarge(_) => OciError::TooLarge(format!(
+                        "{what}: the listing is over the limit of {limit} bytes"
+                    )),
+                    other => other,
+                })?;
+            read = read.saturating_add(body.len() as u64);
             #[derive(serde::Deserialize)]
             struct TagList {
                 tags: Option<Vec<String>>,
@@ -537,6 +588,104 @@ fn absolute_url(location: &str, base: &str) -> String {
     }
 }
 
+/// Scheme, host and port of a URL: where a request goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Origin {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl Origin {
+    fn of(url: &str) -> Option<Origin> {
+        let url = reqwest::Url::parse(url).ok()?;
+        Some(Origin {
+            scheme: url.scheme().to_string(),
+            host: url.host_str()?.to_ascii_lowercase(),
+            port: url.port_or_known_default()?,
+        })
+    }
+}
+
+/// Token services known to belong to a registry on another host: (registry host, realm
+/// host). Docker Hub's registry hands out tokens from `auth.docker.io`, GitLab.com's from
+/// `gitlab.com`.
+const TRUSTED_REALMS: &[(&str, &str)] = &[
+    ("docker.io", "auth.docker.io"),
+    ("index.docker.io", "auth.docker.io"),
+    ("registry-1.docker.io", "auth.docker.io"),
+    ("registry.gitlab.com", "gitlab.com"),
+];
+
+/// Why the registry's Basic credentials must not go to the token `realm`, or `None` when
+/// they may: only over https, and only to the registry's own host and port or a token
+/// service listed in [`TRUSTED_REALMS`].
+fn realm_refusal(realm: &str, registry: &Origin) -> Option<&'static str> {
+    let Some(realm) = Origin::of(realm) else {
+        return Some("its address is not a URL");
+    };
+    if realm.scheme != "https" {
+        return Some("it is not reached over https");
+    }
+    let same_host = realm.host == registry.host && realm.port == registry.port;
+    let trusted = realm.port == 443
+        && TRUSTED_REALMS
+            .iter()
+            .any(|(r, t)| *r == registry.host && *t == realm.host);
+    if same_host || trusted {
+        None
+    } else {
+        Some("it is not on the registry's host")
+    }
+}
+
+/// The `Basic` value of an `Authorization` header.
+fn basic_authorization(c: &Credentials) -> String {
+    use base64::Engine;
+    let pair = format!("{}:{}", c.username, c.password);
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+/// A digest a manifest should have and the one it has.
+#[derive(Debug, PartialEq, Eq)]
+struct Mismatch {
+    expected: String,
+    actual: String,
+}
+
+fn mismatch(what: &str, m: Mismatch) -> OciError {
+    OciError::DigestMismatch {
+        what: what.to_string(),
+        expected: m.expected,
+        actual: m.actual,
+    }
+}
+
+/// Checks the digest `actual` of a manifest (computed over the bytes received, or the
+/// registry's answer to a HEAD) against every claim: the digest the caller `expected`, the
+/// `reference` when it is a digest (a pin is a promise), and the registry's
+/// `Docker-Content-Digest` (`announced`, sha256 only).
+fn check_manifest_digest(
+    reference: &str,
+    expected: Option<&str>,
+    announced: Option<&str>,
+    actual: &str,
+) -> Result<(), Mismatch> {
+    let pinned = reference.starts_with("sha256:").then_some(reference);
+    for want in [expected, pinned, announced].into_iter().flatten() {
+        if want != actual {
+            return Err(Mismatch {
+                expected: want.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get(name)
@@ -638,7 +787,8 @@ async fn read_limited(response: Response, limit: u64, what: &str) -> Result<Byte
     let mut buf = Vec::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| OciError::transport(what, &e))?;
-        if buf.len() as u64 + chunk.len() as u64 > limit {
+        let total = (buf.len() as u64).checked_add(chunk.len() as u64);
+        if total.is_none_or(|t| t > limit) {
             return Err(OciError::TooLarge(format!(
                 "{what}: over the limit of {limit} bytes"
             )));
@@ -693,5 +843,113 @@ mod tests {
             INDEX_V1
         );
         assert_eq!(effective_media_type("", br#"{"mediaType":"x"}"#), "x");
+    }
+
+    fn origin(url: &str) -> Origin {
+        Origin::of(url).expect("origin")
+    }
+
+    #[test]
+    fn credentials_go_to_a_token_realm_only_over_https_on_the_registry_host() {
+        let registry = origin("https://registry.example");
+        assert_eq!(
+            realm_refusal("https://registry.example/token", &registry),
+            None
+        );
+        assert_eq!(
+            realm_refusal("https://REGISTRY.example:443/v2/auth", &registry),
+            None,
+            "host names compare without case, the default port is the port"
+        );
+        assert_eq!(
+            realm_refusal("http://registry.example/token", &registry),
+            Some("it is not reached over https")
+        );
+        for other in [
+            "https://auth.evil.example/token",
+            "https://registry.example:8443/token",
+            "https://registry.example.evil.example/token",
+            "https://evil.example/registry.example/token",
+        ] {
+            assert_eq!(
+                realm_refusal(other, &registry),
+                Some("it is not on the registry's host"),
+                "{other}"
+            );
+        }
+        assert_eq!(
+            realm_refusal("/token", &registry),
+            Some("its address is not a URL")
+        );
+        // a plain-HTTP registry's realm is never trusted with credentials
+        let plain = origin("http://127.0.0.1:5000");
+        assert!(realm_refusal("http://127.0.0.1:5000/token", &plain).is_some());
+        // Docker Hub's documented token service
+        let hub = origin("https://registry-1.docker.io");
+        assert_eq!(realm_refusal("https://auth.docker.io/token", &hub), None);
+        assert!(realm_refusal("http://auth.docker.io/token", &hub).is_some());
+        assert!(
+            realm_refusal("https://auth.docker.io/token", &registry).is_some(),
+            "trusted for Docker Hub only"
+        );
+        let gitlab = origin("https://registry.gitlab.com");
+        assert_eq!(realm_refusal("https://gitlab.com/jwt/auth", &gitlab), None);
+        assert!(realm_refusal("https://gitlab.com:8443/jwt/auth", &gitlab).is_some());
+    }
+
+    #[test]
+    fn links_and_locations_elsewhere_are_not_the_registry_origin() {
+        let registry = origin("https://r.example:5000");
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::LINK,
+            HeaderValue::from_static(r#"<https://cdn.example/v2/a/tags/list?last=b>; rel="next""#),
+        );
+        let next = next_link(&h, "https://r.example:5000").expect("link");
+        assert_ne!(Origin::of(&next).as_ref(), Some(&registry));
+        let relative = absolute_url("/v2/a/blobs/uploads/1", "https://r.example:5000");
+        assert_eq!(Origin::of(&relative).as_ref(), Some(&registry));
+        for elsewhere in [
+            "http://r.example:5000/v2/",
+            "https://r.example/v2/",
+            "https://r.example:5000.evil/v2/",
+            "https://user@evil.example/v2/",
+        ] {
+            assert_ne!(
+                Origin::of(elsewhere).as_ref(),
+                Some(&registry),
+                "{elsewhere}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_manifest_digest_must_match_every_claim() {
+        let a = format!("sha256:{}", "a".repeat(64));
+        let b = format!("sha256:{}", "b".repeat(64));
+        // the bytes hash to the pin: fine, with or without a (matching) header
+        assert_eq!(check_manifest_digest(&a, None, None, &a), Ok(()));
+        assert_eq!(check_manifest_digest(&a, Some(&a), Some(&a), &a), Ok(()));
+        assert_eq!(check_manifest_digest("1.0", None, None, &b), Ok(()));
+        // a pin answered with another manifest, even one whose header matches its body
+        let e = check_manifest_digest(&a, None, Some(&b), &b).expect_err("pin");
+        assert_eq!(
+            (e.expected.as_str(), e.actual.as_str()),
+            (a.as_str(), b.as_str())
+        );
+        // the caller's expectation
+        assert!(check_manifest_digest("1.0", Some(&a), None, &b).is_err());
+        // a header that disagrees with the body
+        assert!(check_manifest_digest("1.0", None, Some(&a), &b).is_err());
+        assert!(check_manifest_digest(&b, Some(&b), Some(&a), &b).is_err());
+    }
+
+    #[test]
+    fn basic_authorization_encodes_the_pair() {
+        let c = Credentials {
+            username: "u".into(),
+            password: "p:w".into(),
+        };
+        assert_eq!(basic_authorization(&c), "Basic dTpwOnc=");
     }
 }
