@@ -97,17 +97,27 @@ pub struct Target {
     id: String,
 }
 
-/// A revision being staged; dropped without [`Target::commit`] it is removed.
+/// A revision being staged; dropped without [`Target::commit`] it is removed, with the
+/// visible links a failed commit had already made for its new keys.
 pub struct Staging {
     parent: SafeDir,
     dir: SafeDir,
     name: String,
+    /// The bundle's data link name, what the visible links point into.
+    link: String,
+    /// Visible links made for keys new in this revision.
+    created: Vec<String>,
     committed: bool,
 }
 
 impl Drop for Staging {
     fn drop(&mut self) {
         if !self.committed {
+            for key in &self.created {
+                if self.parent.read_link(key) == Some(format!("{}/{key}", self.link)) {
+                    let _ = self.parent.unlink(key);
+                }
+            }
             let _ = self.parent.remove_dir(&self.name);
         }
     }
@@ -149,16 +159,42 @@ impl Target {
     /// The revision the data link points at now, with the keys it wrote.
     fn current(&self) -> Option<Current> {
         let data = self.dir.read_link(&self.link_name())?;
-        // Ours are the two slots; `..ocisync.<id>.<stamp>` is the layout before 0.2.
-        let legacy = format!("{}.", self.link_name());
-        if data.contains('/')
-            || !(data == self.own("a") || data == self.own("b") || data.starts_with(&legacy))
-        {
+        if !self.is_data_name(&data) {
             return None;
         }
         let dir = self.dir.subdir(&data).ok()?;
         let written = read_written(&dir)?;
         Some(Current { data, dir, written })
+    }
+
+    /// True for this bundle's data directory names: the two slots, or
+    /// `..ocisync.<id>.<hex stamp>` (the layout before 0.2). Nothing else, so a link someone
+    /// points elsewhere (say at `..ocisync.<id>.b..a`, bundle `<id>.b`'s slot) is not ours.
+    fn is_data_name(&self, name: &str) -> bool {
+        let legacy = format!("{}.", self.link_name());
+        name == self.own("a")
+            || name == self.own("b")
+            || name.strip_prefix(&legacy).is_some_and(|stamp| {
+                !stamp.is_empty() && stamp.bytes().all(|b| b.is_ascii_hexdigit())
+            })
+    }
+
+    /// Removes the slot `name` (not the current one), first unlinking the visible links of
+    /// its keys that are still ours and not the current revision's: the links of a write
+    /// killed before its swap, or of keys a write killed after its swap had not yet removed.
+    fn forget_slot(&self, name: &str, current: Option<&Current>) -> Result<(), DiskError> {
+        if let Some(written) = self.dir.subdir(name).ok().and_then(|d| read_written(&d)) {
+            let keep: BTreeSet<&str> = current
+                .iter()
+                .flat_map(|c| c.written.keys.iter().map(String::as_str))
+                .collect();
+            for key in written.keys.iter().filter(|k| !keep.contains(k.as_str())) {
+                if self.is_ours(key) {
+                    self.dir.unlink(key).map_err(io_at(&self.dir, key))?;
+                }
+            }
+        }
+        self.dir.remove_dir(name).map_err(io_at(&self.dir, name))
     }
 
     /// The revision visible now, if any.
@@ -191,12 +227,10 @@ impl Target {
     /// Removes what an interrupted write left behind (a staged slot, a half-made link),
     /// keeping the current revision.
     pub fn tidy(&self) -> Result<(), DiskError> {
-        let current = self.current().map(|c| c.data);
+        let current = self.current();
         for slot in [self.own("a"), self.own("b")] {
-            if current.as_deref() != Some(slot.as_str()) {
-                self.dir
-                    .remove_dir(&slot)
-                    .map_err(io_at(&self.dir, &slot))?;
+            if current.as_ref().map(|c| c.data.as_str()) != Some(slot.as_str()) {
+                self.forget_slot(&slot, current.as_ref())?;
             }
         }
         for tmp in [self.own("link"), self.own("file")] {
@@ -211,9 +245,7 @@ impl Target {
             Some(c) if c.data == self.own("a") => self.own("b"),
             _ => self.own("a"),
         };
-        self.dir
-            .remove_dir(&name)
-            .map_err(io_at(&self.dir, &name))?;
+        self.forget_slot(&name, self.current().as_ref())?;
         self.dir.mkdir(&name).map_err(io_at(&self.dir, &name))?;
         let dir = self.dir.subdir(&name).map_err(io_at(&self.dir, &name))?;
         let parent = self.dir.try_clone().map_err(io_at(&self.dir, "."))?;
@@ -221,6 +253,8 @@ impl Target {
             parent,
             dir,
             name,
+            link: self.link_name(),
+            created: Vec::new(),
             committed: false,
         })
     }
@@ -280,7 +314,9 @@ impl Target {
             .collect();
         // Links of new files: they resolve only once the data link is swapped.
         for f in files {
-            self.link_key(&f.key, previous_keys.contains(f.key.as_str()))?;
+            if self.link_key(&f.key, previous_keys.contains(f.key.as_str()))? {
+                staging.created.push(f.key.clone());
+            }
         }
         // The swap.
         let tmp_link = self.own("link");
@@ -310,23 +346,27 @@ impl Target {
         self.dir.sync().map_err(io_at(&self.dir, "."))
     }
 
-    /// Puts the visible link of `key` in place; `was_ours`: the bundle wrote `key` before,
-    /// so an entry someone put in its place is replaced (drift repair).
-    fn link_key(&self, key: &str, was_ours: bool) -> Result<(), DiskError> {
+    /// Puts the visible link of `key` in place (true when it made a new one); `was_ours`:
+    /// the bundle wrote `key` before, so an entry someone put in its place is replaced
+    /// (drift repair).
+    fn link_key(&self, key: &str, was_ours: bool) -> Result<bool, DiskError> {
         let target = self.key_target(key);
         match self.dir.kind(key).map_err(io_at(&self.dir, key))? {
-            None => self
-                .dir
-                .symlink(&target, key)
-                .map_err(io_at(&self.dir, key)),
-            Some(Kind::Symlink) if self.is_ours(key) => Ok(()),
+            None => {
+                self.dir
+                    .symlink(&target, key)
+                    .map_err(io_at(&self.dir, key))?;
+                Ok(true)
+            }
+            Some(Kind::Symlink) if self.is_ours(key) => Ok(false),
             Some(Kind::File | Kind::Symlink) if was_ours => {
                 let tmp = self.own("file");
                 self.dir.unlink(&tmp).map_err(io_at(&self.dir, &tmp))?;
                 self.dir
                     .symlink(&target, &tmp)
                     .map_err(io_at(&self.dir, &tmp))?;
-                self.dir.rename(&tmp, key).map_err(io_at(&self.dir, key))
+                self.dir.rename(&tmp, key).map_err(io_at(&self.dir, key))?;
+                Ok(false)
             }
             Some(_) => Err(DiskError::Conflict(
                 self.dir.shown(key).display().to_string(),

@@ -274,3 +274,76 @@ fn the_layout_before_slots_is_read_and_replaced() {
     );
     assert_eq!(visible(&dir), [("b.yaml".into(), "b1".into())]);
 }
+
+#[test]
+fn a_data_link_pointed_at_another_bundles_slot_is_not_followed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, dir) = target_in(tmp.path(), "ns.a");
+    let (ab, _) = target_in(tmp.path(), "ns.a.b");
+    apply(&a, "r1", &[("a.yaml", b"a1")]).unwrap();
+    apply(&ab, "r1", &[("ab.yaml", b"ab1")]).unwrap();
+    // a host process swaps a's data link for one into a.b's slot
+    fs::remove_file(dir.join("..ocisync.ns.a")).unwrap();
+    symlink("..ocisync.ns.a.b..a", dir.join("..ocisync.ns.a")).unwrap();
+    assert_eq!(a.current_revision(), None, "not a's data");
+    a.remove().unwrap();
+    assert_eq!(ab.current_revision().as_deref(), Some("r1"));
+    assert_eq!(fs::read(dir.join("ab.yaml")).unwrap(), b"ab1");
+}
+
+#[test]
+fn links_of_a_write_killed_around_its_swap_are_tidied() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (x, dir) = target_in(tmp.path(), "ns.x");
+    apply(&x, "r1", &[("a.yaml", b"a1")]).unwrap();
+    // r2 adds k.yaml; killed (no Drop) after its links were made, before the swap
+    let wanted = |k: &str, b: &[u8]| WantedFile {
+        key: k.into(),
+        digest: digest(b),
+        size: b.len() as u64,
+    };
+    let staging = x.stage().unwrap();
+    staging.create("k.yaml").unwrap().write_all(b"k").unwrap();
+    staging.create("a.yaml").unwrap().write_all(b"a1").unwrap();
+    let files = [wanted("a.yaml", b"a1"), wanted("k.yaml", b"k")];
+    // what commit writes before its links: the staged revision's record
+    let record =
+        serde_json::to_vec(&serde_json::json!({"revision": "r2", "keys": ["a.yaml", "k.yaml"]}))
+            .unwrap();
+    staging
+        .create("..revision")
+        .unwrap()
+        .write_all(&record)
+        .unwrap();
+    x.link_key("k.yaml", false).unwrap();
+    std::mem::forget(staging);
+    assert!(fs::symlink_metadata(dir.join("k.yaml")).is_ok());
+    // the next pass tidies: the dangling link goes with the slot
+    x.tidy().unwrap();
+    assert!(fs::symlink_metadata(dir.join("k.yaml")).is_err());
+    assert_eq!(visible(&dir), [("a.yaml".into(), "a1".into())]);
+    // a commit that fails half-way (a conflict on its second new key) takes back its links
+    fs::write(dir.join("z.yaml"), b"someone's").unwrap();
+    let staging = x.stage().unwrap();
+    for (k, b) in [
+        ("a.yaml", b"a1" as &[u8]),
+        ("k.yaml", b"k"),
+        ("z.yaml", b"z"),
+    ] {
+        staging.create(k).unwrap().write_all(b).unwrap();
+    }
+    let three = [files[0].clone(), files[1].clone(), wanted("z.yaml", b"z")];
+    assert_eq!(
+        x.commit(staging, "r3", &three).unwrap_err().reason(),
+        "FileConflict"
+    );
+    assert!(
+        fs::symlink_metadata(dir.join("k.yaml")).is_err(),
+        "k.yaml link taken back"
+    );
+    // and a removal after a kill between swap and clean-up takes every link of ours
+    apply(&x, "r4", &[("a.yaml", b"a1"), ("k.yaml", b"k")]).unwrap();
+    x.remove().unwrap();
+    let (y, _) = target_in(tmp.path(), "other.y");
+    apply(&y, "r1", &[("k.yaml", b"y")]).unwrap();
+}

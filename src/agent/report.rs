@@ -80,15 +80,26 @@ pub fn withdraw(
     if !known.bundles.iter().any(claims_other) {
         return None;
     }
-    let mut bundles: Vec<BundleReport> = known
-        .bundles
-        .iter()
-        .filter(|b| b.uid != uid)
-        .cloned()
-        .collect();
+    let (gone, mut bundles): (Vec<BundleReport>, Vec<BundleReport>) =
+        known.bundles.iter().cloned().partition(|b| b.uid == uid);
+    let counts = |entries: &[BundleReport]| {
+        let s = spec_within(entries.to_vec(), usize::MAX);
+        (i64::from(s.applied), i64::from(s.failed))
+    };
+    let (gone_applied, gone_failed) = counts(&gone);
+    let (new_applied, new_failed) = counts(replacement.as_slice());
     bundles.extend(replacement);
     bundles.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    Some(spec(bundles))
+    // The counts and `omitted` also cover the entries a bounded report left out.
+    let mut next = spec(bundles);
+    let adjust = |count: i32, minus: i64, plus: i64| {
+        let n = i64::from(count) - minus + plus;
+        i32::try_from(n.max(0)).unwrap_or(i32::MAX)
+    };
+    next.applied = adjust(known.applied, gone_applied, new_applied);
+    next.failed = adjust(known.failed, gone_failed, new_failed);
+    next.omitted = next.omitted.saturating_add(known.omitted);
+    Some(next)
 }
 
 /// The annotation naming the agent process that last wrote the report.
@@ -269,6 +280,30 @@ mod tests {
         // small reports are untouched
         let s = spec_within(vec![long(1)], 1 << 20);
         assert_eq!((s.omitted, s.bundles.len()), (0, 1));
+    }
+
+    #[test]
+    fn a_withdrawal_from_a_bounded_report_keeps_the_counts_of_what_it_left_out() {
+        let entry = |i: usize| BundleReport {
+            namespace: "ns".into(),
+            name: format!("{i:05}{}", "n".repeat(240)),
+            uid: format!("{i:036}"),
+            revision: Some("r1".into()),
+            reason: "Applied".into(),
+            ..Default::default()
+        };
+        let full = spec((0..4000).map(entry).collect());
+        assert_eq!(full.applied, 4000);
+        assert!(full.omitted > 0);
+        let applying = BundleReport {
+            reason: "Applying".into(),
+            revision: None,
+            ..entry(0)
+        };
+        let w = withdraw(&full, &format!("{:036}", 0), Some("r2"), Some(applying)).unwrap();
+        assert_eq!((w.applied, w.failed), (3999, 0));
+        assert_eq!(w.omitted, full.omitted);
+        assert_eq!(w.bundles.len(), full.bundles.len());
     }
 
     #[test]
