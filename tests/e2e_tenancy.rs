@@ -349,3 +349,61 @@ async fn directories_are_written_only_by_granted_namespaces_and_within_budgets()
     other.cleanup().await;
     h.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_bundle_that_moves_leaves_nothing_behind_even_after_a_failed_move() {
+    let Some(h) = harness().await else { return };
+    let work = tempfile::tempdir().expect("tempdir");
+    let run = common::unique();
+    let node_name = format!("e2e-node-{run}-m");
+    node(&h, &node_name, serde_json::json!({"e2e-run": run})).await;
+    let mut agent = Agent::start(&h, &node_name, &h.base_url);
+    let falco = agent.root.path().join("etc/falco");
+    let outside = agent.root.path().join("outside");
+    std::fs::create_dir_all(&outside).expect("outside");
+    std::os::unix::fs::symlink(&outside, falco.join("escape")).expect("planted link");
+    let repo = h.env.repo(Which::Plain, "moves");
+    let pushed: [(&str, &[u8]); 1] = [(A, A1.as_bytes())];
+    push_files(
+        &h.env,
+        Which::Plain,
+        work.path(),
+        &format!("{repo}:1"),
+        "falco-rules",
+        &pushed,
+        &[],
+    );
+    source(&h, "rules", &repo).await;
+    let selector = serde_json::json!({"matchLabels": {"e2e-run": run}});
+    let to = |dir: &str| node_bundle(&[A], dir, selector.clone());
+    h.apply::<RuleBundle>("m", to("/etc/falco/rules.d")).await;
+    rolled_out(&h, "m", "Ready in rules.d", (1, 1, 0)).await;
+    // a move that fails (a link on the way), then one that works
+    h.apply::<RuleBundle>("m", to("/etc/falco/escape/x")).await;
+    wait_reason(&node_name, &h, &h.ns, "m", "InvalidPath").await;
+    assert_eq!(files(&falco.join("rules.d")), want(&[(A, A1)]), "kept");
+    h.apply::<RuleBundle>("m", to("/etc/falco/moved")).await;
+    rolled_out(&h, "m", "Ready in moved", (1, 1, 0)).await;
+    assert_eq!(files(&falco.join("moved")), want(&[(A, A1)]));
+    eventually("rules.d cleaned once moved holds", || {
+        let left: Vec<String> = std::fs::read_dir(falco.join("rules.d"))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        left.is_empty().then_some(()).ok_or(format!("{left:?}"))
+    })
+    .await;
+    assert!(
+        std::fs::read_dir(&outside)
+            .expect("outside")
+            .next()
+            .is_none(),
+        "nothing written through the link"
+    );
+    peak_kib(&mut agent);
+    delete_nodes(&h, &[&node_name]).await;
+    h.cleanup().await;
+}

@@ -1,5 +1,5 @@
 //! The node's byte budgets: how much one bundle may write, and how much all bundles together
-//! may write into one directory. Decided from the sizes in the bundles' status, before any
+//! may write into one granted directory, its subdirectories included. Decided from the sizes in the bundles' status, before any
 //! fetch, in whole 4 KiB blocks per file: a bundle over a budget keeps what it has and
 //! reports `QuotaExceeded`.
 
@@ -26,16 +26,23 @@ impl Default for Budget {
     }
 }
 
-/// One bundle's claim on a directory.
+/// One bundle's claim: the files of the revision it wants, in the directory of a grant.
 #[derive(Clone, Debug)]
 pub struct Claim<'a> {
     pub uid: &'a str,
-    pub directory: &'a Path,
+    /// The granted directory its directory is in: the directory budget covers a grant with
+    /// all its subdirectories.
+    pub grant: &'a Path,
     /// The sizes of its files (from status).
     pub sizes: Vec<u64>,
     /// Earlier claims are served first: (creation time, namespace, name).
     pub order: (String, &'a str, &'a str),
 }
+
+/// What a bundle holds on disk now: its grant and bytes. Every bundle the agent wrote
+/// holds what it wrote, whatever happens to it in this pass (refused, waiting, over a
+/// budget), until its files are removed.
+pub type Held = HashMap<String, (PathBuf, u64)>;
 
 /// What a file of `size` bytes takes on disk, as `du` counts it: whole 4 KiB blocks, at
 /// least one (so a bundle of many empty files is not free).
@@ -51,13 +58,17 @@ pub fn total(sizes: &[u64]) -> Option<u64> {
         .try_fold(0u64, |a, s| a.checked_add(on_disk(*s)?))
 }
 
-/// The claims refused, by uid, with the message. Claims are served oldest first, so a new
-/// bundle can never push out one that was there before it; a refused claim takes nothing
-/// from the directory's budget.
-pub fn refused(budget: &Budget, claims: &[Claim<'_>]) -> HashMap<String, String> {
+/// The claims refused, by uid, with the message. Each grant starts with what every bundle
+/// holds there; claims are then served oldest first, each swapping what it holds for what
+/// it wants, so a new bundle can never push out one that was there before it.
+pub fn refused(budget: &Budget, held: &Held, claims: &[Claim<'_>]) -> HashMap<String, String> {
+    let mut used: BTreeMap<PathBuf, u64> = BTreeMap::new();
+    for (grant, bytes) in held.values() {
+        let u = used.entry(grant.clone()).or_default();
+        *u = u.saturating_add(*bytes);
+    }
     let mut sorted: Vec<&Claim<'_>> = claims.iter().collect();
     sorted.sort_by(|a, b| a.order.cmp(&b.order));
-    let mut used: BTreeMap<PathBuf, u64> = BTreeMap::new();
     let mut out = HashMap::new();
     for c in sorted {
         let Some(bytes) = total(&c.sizes).filter(|b| *b <= budget.bundle_bytes) else {
@@ -70,18 +81,21 @@ pub fn refused(budget: &Budget, claims: &[Claim<'_>]) -> HashMap<String, String>
             );
             continue;
         };
-        let dir_used = used.entry(c.directory.to_path_buf()).or_default();
-        match dir_used.checked_add(bytes) {
-            Some(sum) if sum <= budget.directory_bytes => *dir_used = sum,
+        let mine = match held.get(c.uid) {
+            Some((g, b)) if g.as_path() == c.grant => *b,
+            _ => 0,
+        };
+        let in_grant = used.entry(c.grant.to_path_buf()).or_default();
+        let others = in_grant.saturating_sub(mine);
+        match others.checked_add(bytes) {
+            Some(sum) if sum <= budget.directory_bytes => *in_grant = sum,
             _ => {
                 out.insert(
                     c.uid.to_string(),
                     format!(
-                        "{} bytes would take {} past the agent's per-directory budget of {} bytes ({} used by earlier bundles)",
-                        bytes,
-                        c.directory.display(),
+                        "{bytes} bytes would take {} past the agent's per-directory budget of {} bytes ({others} held by other bundles)",
+                        c.grant.display(),
                         budget.directory_bytes,
-                        dir_used
                     ),
                 );
             }
@@ -97,7 +111,7 @@ mod tests {
     fn claim<'a>(uid: &'a str, dir: &'a str, sizes: &[u64], created: &str) -> Claim<'a> {
         Claim {
             uid,
-            directory: Path::new(dir),
+            grant: Path::new(dir),
             sizes: sizes.to_vec(),
             order: (created.to_string(), "ns", uid),
         }
@@ -120,7 +134,7 @@ mod tests {
             claim("overflow", "/e", &[u64::MAX, 2], "2020-01"),
             claim("empties", "/f", &[0; 101], "2020-01"),
         ];
-        let r = refused(&budget, &claims);
+        let r = refused(&budget, &Held::new(), &claims);
         let mut uids: Vec<&str> = r.keys().map(String::as_str).collect();
         uids.sort();
         // old (100 blocks) fits; new (60) would make 160; small (49 + 1 block) makes 150
@@ -131,5 +145,34 @@ mod tests {
             r["new"]
         );
         assert!(r["huge"].contains("per-bundle budget"), "{}", r["huge"]);
+    }
+
+    #[test]
+    fn what_bundles_hold_counts_whatever_they_do_now() {
+        const K: u64 = 4096;
+        let budget = Budget {
+            bundle_bytes: 100 * K,
+            directory_bytes: 150 * K,
+            min_free_bytes: 0,
+        };
+        // "refused" holds 100 blocks but makes no claim (its directory is no longer
+        // granted, say): a newcomer cannot take that space
+        let held: Held = [
+            ("refused".to_string(), (PathBuf::from("/d"), 100 * K)),
+            ("grows".to_string(), (PathBuf::from("/d"), 40 * K)),
+        ]
+        .into();
+        let claims = [
+            claim("grows", "/d", &[50 * K], "2026-01"),
+            claim("newcomer", "/d", &[10 * K], "2026-02"),
+        ];
+        let r = refused(&budget, &held, &claims);
+        // grows swaps 40 for 50: 150 in all; the newcomer's 10 does not fit
+        assert_eq!(r.keys().collect::<Vec<_>>(), ["newcomer"]);
+        assert!(
+            r["newcomer"].contains("(614400 held by other"),
+            "{}",
+            r["newcomer"]
+        );
     }
 }

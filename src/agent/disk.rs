@@ -31,6 +31,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::budget;
 use super::safedir::{Kind, SafeDir};
 
 /// The name of the file inside a data directory that holds its revision and keys (no key
@@ -79,6 +80,9 @@ fn io_at(dir: &SafeDir, name: &str) -> impl FnOnce(io::Error) -> DiskError {
 struct Written {
     revision: String,
     keys: Vec<String>,
+    /// What the files take on disk (see [`budget::on_disk`]); 0 before 0.2.
+    #[serde(default)]
+    bytes: u64,
 }
 
 /// The revision visible now.
@@ -202,6 +206,11 @@ impl Target {
         self.current().map(|c| c.written.revision)
     }
 
+    /// What the revision visible now takes on disk, as its record says (0: none).
+    pub fn current_bytes(&self) -> u64 {
+        self.current().map_or(0, |c| c.written.bytes)
+    }
+
     /// Bytes free on the directory's filesystem.
     pub fn available_bytes(&self) -> io::Result<u64> {
         self.dir.available_bytes()
@@ -298,9 +307,11 @@ impl Target {
         revision: &str,
         files: &[WantedFile],
     ) -> Result<(), DiskError> {
+        let sizes: Vec<u64> = files.iter().map(|f| f.size).collect();
         let written = Written {
             revision: revision.to_string(),
             keys: files.iter().map(|f| f.key.clone()).collect(),
+            bytes: budget::total(&sizes).unwrap_or(u64::MAX),
         };
         let bytes = serde_json::to_vec(&written)
             .map_err(|e| io_at(&staging.dir, REVISION_FILE)(io::Error::other(e)))?;
@@ -419,6 +430,7 @@ fn read_written(dir: &SafeDir) -> Option<Written> {
     Some(Written {
         revision: text.trim().to_string(),
         keys,
+        bytes: 0,
     })
 }
 

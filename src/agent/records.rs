@@ -15,12 +15,39 @@ pub struct Record {
     pub uid: String,
     /// The directory on the node (not under the host root).
     pub directory: PathBuf,
+    /// Directories the bundle wrote before it moved to `directory`, until their files are
+    /// removed (a move whose first write failed, or an agent killed mid-move, still
+    /// cleans them up).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moved_from: Vec<PathBuf>,
 }
 
 impl Record {
     /// The bundle's id in directory entries: `<namespace>.<name>` (a namespace has no dot).
     pub fn id(&self) -> String {
         format!("{}.{}", self.namespace, self.name)
+    }
+
+    /// Every directory the bundle may have files in.
+    pub fn directories(&self) -> impl Iterator<Item = &PathBuf> {
+        std::iter::once(&self.directory).chain(&self.moved_from)
+    }
+
+    /// This record for the bundle now writing `directory`, remembering where it wrote
+    /// before.
+    pub fn moved_to(&self, directory: PathBuf) -> Record {
+        let mut moved_from: Vec<PathBuf> = self
+            .directories()
+            .filter(|d| **d != directory)
+            .cloned()
+            .collect();
+        moved_from.sort();
+        moved_from.dedup();
+        Record {
+            directory,
+            moved_from,
+            ..self.clone()
+        }
     }
 }
 
@@ -81,6 +108,7 @@ mod tests {
             name: "b".into(),
             uid: "1234-abcd".into(),
             directory: "/etc/falco/rules.d".into(),
+            moved_from: Vec::new(),
         };
         save(dir.path(), &r).unwrap();
         assert_eq!(load_all(dir.path()), vec![r.clone()]);
@@ -90,6 +118,27 @@ mod tests {
             ..r.clone()
         };
         assert!(save(dir.path(), &evil).is_err());
+        let moved = r
+            .moved_to("/etc/falco/b".into())
+            .moved_to("/etc/falco/c".into());
+        assert_eq!(moved.directory, Path::new("/etc/falco/c"));
+        assert_eq!(
+            moved.moved_from,
+            [
+                PathBuf::from("/etc/falco/b"),
+                PathBuf::from("/etc/falco/rules.d")
+            ]
+        );
+        let back = moved.moved_to("/etc/falco/b".into());
+        assert_eq!(
+            back.moved_from,
+            [
+                PathBuf::from("/etc/falco/c"),
+                PathBuf::from("/etc/falco/rules.d")
+            ]
+        );
+        save(dir.path(), &moved).unwrap();
+        assert_eq!(load_all(dir.path()), vec![moved]);
         delete(dir.path(), &r.uid).unwrap();
         delete(dir.path(), &r.uid).unwrap();
         assert!(load_all(dir.path()).is_empty());

@@ -87,7 +87,8 @@ pub async fn pass(
         .collect();
     let keep: HashSet<&str> = decided.iter().map(|(_, uid, _)| uid.as_str()).collect();
     remove_gone(env, memory, &keep).await;
-    let refused = over_budget(env, &decided);
+    let records = memory.records.clone().unwrap_or_default();
+    let refused = over_budget(env, &records, &decided);
     let mut reports = Vec::new();
     for (bundle, uid, decision) in decided {
         let record = Record {
@@ -95,8 +96,8 @@ pub async fn pass(
             name: bundle.name_any(),
             uid: uid.clone(),
             directory: PathBuf::new(),
+            moved_from: Vec::new(),
         };
-        let records = memory.records.clone().unwrap_or_default();
         let on_disk = records.get(&uid);
         let current = on_disk.and_then(|r| current_revision(env, r));
         let report = |reason: &str, message: String, revision: Option<String>| BundleReport {
@@ -108,18 +109,22 @@ pub async fn pass(
             reason: reason.to_string(),
             message,
         };
-        let predecessor = records
-            .values()
-            .any(|r| r.uid != uid && r.id() == record.id());
+        // An earlier object of this name (another uid) with files in the same directory:
+        // its removal comes first, or the two would share names on disk.
+        let predecessor = |dir: &std::path::Path| {
+            records
+                .values()
+                .any(|r| r.uid != uid && r.id() == record.id() && r.directories().any(|d| d == dir))
+        };
         let entry = match decision {
             Decision::NotHere => continue,
-            _ if predecessor => report(
+            Decision::Wait => report(reason::WAITING, String::new(), current),
+            Decision::Refuse { reason, message } => report(reason, message, current),
+            Decision::Apply { ref directory, .. } if predecessor(directory) => report(
                 reason::WAITING,
                 "the files of an earlier RuleBundle of this name are still being removed".into(),
                 None,
             ),
-            Decision::Wait => report(reason::WAITING, String::new(), current),
-            Decision::Refuse { reason, message } => report(reason, message, current),
             Decision::Apply { .. } if refused.contains_key(&uid) => {
                 let message = refused.get(&uid).cloned().unwrap_or_default();
                 report(reason::QUOTA_EXCEEDED, message, current)
@@ -175,11 +180,18 @@ async fn remove_gone(env: &Env<'_>, memory: &mut Memory, keep: &HashSet<&str>) {
             tracing::warn!(bundle = %record.id(), error = %e, "cannot update the NodeReport; files kept for now");
             continue;
         }
-        let removed = match open_target(env, &record, false) {
-            Ok(Some(t)) => t.remove().map_err(|e| e.to_string()),
-            Ok(None) => Ok(()),
-            Err(e) => Err(e),
-        };
+        let removed = record.directories().try_for_each(|dir| {
+            let one = Record {
+                directory: dir.clone(),
+                moved_from: Vec::new(),
+                ..record.clone()
+            };
+            match open_target(env, &one) {
+                Ok(Some(t)) => t.remove().map_err(|e| e.to_string()),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            }
+        });
         match removed {
             Ok(()) => {
                 tracing::info!(bundle = %record.id(), directory = %record.directory.display(), "files removed");
@@ -199,19 +211,27 @@ async fn remove_gone(env: &Env<'_>, memory: &mut Memory, keep: &HashSet<&str>) {
     }
 }
 
-/// The bundles over a node budget, by uid, from the sizes in their status.
+/// The bundles over a node budget, by uid, from the sizes in their status and what every
+/// recorded bundle holds on disk now.
 fn over_budget(
     env: &Env<'_>,
+    records: &HashMap<String, Record>,
     decided: &[(&RuleBundle, String, Decision)],
 ) -> HashMap<String, String> {
+    let held: budget::Held = records
+        .values()
+        .filter_map(|r| {
+            let grant = env.allow.deciding(&r.directory)?.path.clone();
+            let bytes = open_target(env, r).ok().flatten()?.current_bytes();
+            Some((r.uid.clone(), (grant, bytes)))
+        })
+        .collect();
     let claims: Vec<budget::Claim<'_>> = decided
         .iter()
         .filter_map(|(b, uid, d)| match d {
-            Decision::Apply {
-                directory, files, ..
-            } => Some(budget::Claim {
+            Decision::Apply { allowed, files, .. } => Some(budget::Claim {
                 uid,
-                directory,
+                grant: allowed,
                 sizes: files.iter().map(|f| f.size).collect(),
                 order: (
                     b.metadata
@@ -226,12 +246,13 @@ fn over_budget(
             _ => None,
         })
         .collect();
-    budget::refused(env.budget, &claims)
+    budget::refused(env.budget, &held, &claims)
 }
 
-/// The bundle's directory, opened without following links below its allowed directory
-/// (created when `create`); `Ok(None)` when it does not exist.
-fn open_target(env: &Env<'_>, record: &Record, create: bool) -> Result<Option<Target>, String> {
+/// The bundle's existing directory, opened without following links below its allowed
+/// directory; `Ok(None)` when it does not exist, or when a part of it is now a link or not
+/// a directory (nothing of the bundle's can be reached there without following it).
+fn open_target(env: &Env<'_>, record: &Record) -> Result<Option<Target>, String> {
     let Some(grant) = env.allow.deciding(&record.directory) else {
         return Err(format!(
             "{} is no longer inside an allowed directory",
@@ -243,22 +264,22 @@ fn open_target(env: &Env<'_>, record: &Record, create: bool) -> Result<Option<Ta
         .strip_prefix(&grant.path)
         .map_err(|e| e.to_string())?;
     let allowed = desired::on_host(env.host_root, &grant.path);
-    let opened = SafeDir::open(&allowed, below, create).map_err(|e| {
-        format!(
-            "{}: {e} (below {}, nothing is followed; is {} mounted into the agent?)",
+    match SafeDir::open(&allowed, below, false) {
+        Ok(opened) => Ok(opened.map(|d| Target::new(d, record.id()))),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            tracing::warn!(bundle = %record.id(), directory = %record.directory.display(), error = %e, "directory no longer reachable without following a link; nothing removed there");
+            Ok(None)
+        }
+        Err(e) => Err(format!(
+            "{}: {e} (is {} mounted into the agent?)",
             record.directory.display(),
-            grant.path.display(),
             grant.path.display()
-        )
-    })?;
-    Ok(opened.map(|d| Target::new(d, record.id())))
+        )),
+    }
 }
 
 fn current_revision(env: &Env<'_>, record: &Record) -> Option<String> {
-    open_target(env, record, false)
-        .ok()
-        .flatten()?
-        .current_revision()
+    open_target(env, record).ok().flatten()?.current_revision()
 }
 
 /// What one bundle wants on this node.
@@ -288,8 +309,13 @@ async fn apply(
     {
         return Err((f.reason, f.message.clone()));
     }
-    let result = match check_and_record(env, memory, record, previous, wanted.allowed) {
-        Ok(target) => write(env, memory, &target, wanted, previous).await,
+    let moved = previous.map(|p| p.moved_to(record.directory.clone()));
+    let wanted = &Wanted {
+        record: moved.as_ref().unwrap_or(record),
+        ..*wanted
+    };
+    let result = match check_and_record(env, memory, wanted.record, previous, wanted.allowed) {
+        Ok(target) => write(env, memory, &target, wanted).await,
         Err(e) => Err(e),
     };
     match &result {
@@ -326,7 +352,7 @@ async fn apply(
 
 /// Opens the directory below its allowed directory, never following a link there, then
 /// records the bundle on the node (before any file, so a crash mid-write is still cleaned
-/// up later).
+/// up later; with the directories it moved from, cleaned once this one holds).
 fn check_and_record(
     env: &Env<'_>,
     memory: &mut Memory,
@@ -346,6 +372,30 @@ fn check_and_record(
             allowed.display()
         )));
     }
+    let target = match SafeDir::open(&on_host, below, true) {
+        Ok(Some(dir)) => Target::new(dir, record.id()),
+        Ok(None) => {
+            return Err(invalid(format!(
+                "{} is missing",
+                record.directory.display()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            return Err(invalid(format!(
+                "{}: {e}; nothing below {} is followed",
+                record.directory.display(),
+                allowed.display()
+            )));
+        }
+        Err(e) => {
+            return Err((
+                reason::WRITE_FAILED,
+                format!("{}: {e}", record.directory.display()),
+            ));
+        }
+    };
+    // Recorded once the directory is open (only directories were made so far), before
+    // any file is written.
     if previous != Some(record) {
         records::save(env.state_dir, record)
             .map_err(|e| (reason::WRITE_FAILED, format!("agent state: {e}")))?;
@@ -353,22 +403,7 @@ fn check_and_record(
             r.insert(record.uid.clone(), record.clone());
         }
     }
-    match SafeDir::open(&on_host, below, true) {
-        Ok(Some(dir)) => Ok(Target::new(dir, record.id())),
-        Ok(None) => Err(invalid(format!(
-            "{} is missing",
-            record.directory.display()
-        ))),
-        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Err(invalid(format!(
-            "{}: {e}; nothing below {} is followed",
-            record.directory.display(),
-            allowed.display()
-        ))),
-        Err(e) => Err((
-            reason::WRITE_FAILED,
-            format!("{}: {e}", record.directory.display()),
-        )),
-    }
+    Ok(target)
 }
 
 /// Verifies the bundle's directory and, when it differs, writes the revision.
@@ -377,7 +412,6 @@ async fn write(
     memory: &mut Memory,
     target: &Target,
     wanted: &Wanted<'_>,
-    previous: Option<&Record>,
 ) -> Result<(), (&'static str, String)> {
     let (record, revision, files) = (wanted.record, wanted.revision, wanted.files);
     if target.verify(revision, files) {
@@ -413,18 +447,41 @@ async fn write(
             .map_err(|e| (e.reason(), e.to_string()))?;
         tracing::info!(bundle = %record.id(), revision, directory = %record.directory.display(), files = files.len(), "applied");
     }
-    // A bundle that moved to another directory: the old one is cleaned once the new one holds.
-    if let Some(old) = previous.filter(|p| p.directory != record.directory) {
-        let removed = match open_target(env, old, false) {
+    clean_moved(env, memory, record);
+    Ok(())
+}
+
+/// Once a bundle's directory holds its revision, the directories it moved from are
+/// cleaned; those that cannot be yet stay in its record for the next pass.
+fn clean_moved(env: &Env<'_>, memory: &mut Memory, record: &Record) {
+    if record.moved_from.is_empty() {
+        return;
+    }
+    let mut left = record.clone();
+    left.moved_from.retain(|dir| {
+        let old = Record {
+            directory: dir.clone(),
+            moved_from: Vec::new(),
+            ..record.clone()
+        };
+        let removed = match open_target(env, &old) {
             Ok(Some(t)) => t.remove().map_err(|e| e.to_string()),
             Ok(None) => Ok(()),
             Err(e) => Err(e),
         };
-        if let Err(e) = removed {
-            tracing::warn!(bundle = %old.id(), error = %e, "cannot remove files from the old directory");
+        if let Err(e) = &removed {
+            tracing::warn!(bundle = %record.id(), directory = %dir.display(), error = %e, "cannot remove files from the old directory yet");
         }
+        removed.is_err()
+    });
+    match records::save(env.state_dir, &left) {
+        Ok(()) => {
+            if let Some(r) = memory.records.as_mut() {
+                r.insert(left.uid.clone(), left);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot save the agent record"),
     }
-    Ok(())
 }
 
 /// The directory's filesystem must keep `--min-free-bytes` free after the revision is
