@@ -24,8 +24,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 mod gc;
+mod quota;
 #[cfg(test)]
 mod tests;
+
+pub use quota::{Admission, QuotaExceeded, QuotaScope, StoreLimits, admit, charge, global_limit};
 
 /// One file of a revision.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +152,7 @@ pub struct Store {
     /// Held by [`Store::commit`] and [`Store::gc`], so that gc never removes a blob of a
     /// commit in progress.
     lock: Mutex<()>,
+    limits: StoreLimits,
 }
 
 impl Store {
@@ -158,6 +162,7 @@ impl Store {
         let store = Store {
             root: root.to_path_buf(),
             lock: Mutex::new(()),
+            limits: StoreLimits::default(),
         };
         fs::create_dir_all(store.blobs_dir())?;
         fs::create_dir_all(store.revisions_dir())?;
