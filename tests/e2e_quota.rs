@@ -74,9 +74,14 @@ fn push_dir(h: &Harness, dir: &std::path::Path, target: &str, files: &[(&str, Ve
 async fn create(h: &Harness, name: &str, repo: &str) {
     h.create(
         name,
-        serde_json::json!({"url": format!("oci://{repo}"), "ref": {"tag": "1"}, "interval": "5s", "insecure": true}),
+        serde_json::json!({"url": format!("oci://{repo}"), "ref": {"tag": "1"}, "interval": "10s", "insecure": true}),
     )
     .await;
+}
+
+/// Asks for a check of `name` now (a push was just made) and waits until it is handled.
+async fn check_now(h: &Harness, name: &str) {
+    h.request_check(name, &common::unique()).await;
 }
 
 /// Waits until the source is Ready with revision `want`.
@@ -133,6 +138,7 @@ async fn a_namespace_over_its_quota_keeps_its_last_good_revision_and_others_go_o
         &target(&big_repo),
         &[("rules.yaml", rules(100 * 1024))],
     );
+    check_now(&h, "grows").await;
     let refused = refused_keeping(&h, "grows", &small).await;
     let message = refused
         .status
@@ -165,7 +171,21 @@ async fn a_namespace_over_its_quota_keeps_its_last_good_revision_and_others_go_o
         &target(&other_repo),
         &[("rules.yaml", rules(300))],
     );
+    check_now(&h, "other").await;
     ready_with(&h, "other", &second).await;
+    // A revision that fits alone but not with what the namespace keeps is refused too:
+    // 50 KiB (14 blocks) on top of the 8 KiB each of "grows" and "other" keep.
+    let third = push(
+        &h,
+        work.path(),
+        &target(&other_repo),
+        &[("rules.yaml", rules(50 * 1024))],
+    );
+    check_now(&h, "other").await;
+    let refused = refused_keeping(&h, "other", &second).await;
+    let message = format!("{:?}", refused.status.map(|s| s.conditions));
+    assert!(message.contains("would cost 73728 bytes"), "{message}");
+    assert_ne!(third, second);
     // ... and the refused one recovers once its artifact fits again.
     let fits = push(
         &h,
@@ -173,6 +193,7 @@ async fn a_namespace_over_its_quota_keeps_its_last_good_revision_and_others_go_o
         &target(&big_repo),
         &[("rules.yaml", rules(150))],
     );
+    check_now(&h, "grows").await;
     ready_with(&h, "grows", &fits).await;
     h.cleanup().await;
 }
@@ -200,6 +221,7 @@ async fn directories_count_against_the_quota() {
         &format!("{repo}:1"),
         &[(path.as_str(), rules(10))],
     );
+    check_now(&h, "deep").await;
     refused_keeping(&h, "deep", &small).await;
     h.cleanup().await;
 }
@@ -225,6 +247,7 @@ async fn a_pull_larger_than_the_store_fails_with_quota_exceeded() {
         &format!("{repo}:1"),
         &[("rules.yaml", rules(200 * 1024))],
     );
+    check_now(&h, "store").await;
     refused_keeping(&h, "store", &small).await;
     // The controller is alive and serving.
     assert_eq!(status_of(&format!("{}/healthz", h.base_url)).await, 200);
