@@ -65,6 +65,9 @@ content-type: text/plain; charset=utf-8\r\ncontent-length: 21\r\nconnection: clo
 too many connections\n";
 /// Read size when streaming a blob from disk.
 const STREAM_CHUNK: usize = 64 * 1024;
+/// The most a connection buffers (request headers in, response out): what a client that
+/// stops reading holds of the server's memory until the write timeout.
+const CONNECTION_BUFFER: usize = 2 * STREAM_CHUNK;
 
 const CACHE_IMMUTABLE: &str = "public, max-age=31536000, immutable";
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -208,7 +211,8 @@ impl Connection {
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())
-            .header_read_timeout(self.limits.header_read_timeout);
+            .header_read_timeout(self.limits.header_read_timeout)
+            .max_buf_size(CONNECTION_BUFFER);
         let io = TokioIo::new(WriteTimeout::new(stream, self.limits.write_timeout));
         let connection = builder.serve_connection(io, service);
         let mut connection = std::pin::pin!(connection);
