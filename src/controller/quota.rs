@@ -88,13 +88,15 @@ fn lowered(
 /// with it, the store stays within its size limit and the revisions the source's
 /// namespace keeps (each source's current and previous one, this source's previous one
 /// being the current one it replaces) within the namespace quota. A store over its limit
-/// is garbage collected once before refusing.
+/// is garbage collected once before refusing. No other revision is admitted while the
+/// returned guard is held: keep it until the revision is committed.
 pub async fn admit(
     ctx: &Context,
     source: &ArtifactSource,
     digest: &str,
     files: &[IndexFile],
-) -> Result<(), QuotaExceeded> {
+) -> Result<Admitted, QuotaExceeded> {
+    let admission = ctx.store.admission().await;
     let mut files = files.to_vec();
     files.sort_by(|a, b| a.path.cmp(&b.path));
     let incoming = RevisionIndex {
@@ -106,9 +108,13 @@ pub async fn admit(
         let store = ctx.store.clone();
         let (incoming, kept) = (incoming.clone(), kept.clone());
         async move {
-            tokio::task::spawn_blocking(move || store.check_quota(&incoming, &kept))
-                .await
-                .unwrap_or(Ok(()))
+            match tokio::task::spawn_blocking(move || store.check_quota(&incoming, &kept)).await {
+                Ok(decision) => decision,
+                Err(e) => {
+                    tracing::warn!(error = %e, "quota check failed; admitting the revision");
+                    Ok(())
+                }
+            }
         }
     };
     match check().await {
@@ -118,6 +124,15 @@ pub async fn admit(
         }
         other => other,
     }
+    .map(|()| Admitted {
+        _admission: admission,
+    })
+}
+
+/// A revision admitted by [`admit`]; no other is admitted until this is dropped.
+#[must_use = "hold it until the admitted revision is committed"]
+pub struct Admitted {
+    _admission: tokio::sync::OwnedMutexGuard<()>,
 }
 
 /// [`admit`] for a revision already in the store (pulled for another source).
@@ -133,7 +148,7 @@ pub async fn admit_stored(
         .ok()
         .flatten();
     match index {
-        Some(index) => admit(ctx, source, digest, &index.files).await,
+        Some(index) => admit(ctx, source, digest, &index.files).await.map(drop),
         None => Ok(()),
     }
 }

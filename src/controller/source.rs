@@ -354,7 +354,7 @@ async fn pull_and_store(
             size: f.size,
         })
         .collect();
-    super::quota::admit(ctx, source, &resolved.head.digest, &files).await?;
+    let _admitted = super::quota::admit(ctx, source, &resolved.head.digest, &files).await?;
     let store = ctx.store.clone();
     let digest = resolved.head.digest.clone();
     tokio::task::spawn_blocking(move || {

@@ -153,6 +153,8 @@ pub struct Store {
     /// commit in progress.
     lock: Mutex<()>,
     limits: StoreLimits,
+    /// Held from a quota check to the commit it admits (see [`Store::admission`]).
+    admissions: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Store {
@@ -163,6 +165,7 @@ impl Store {
             root: root.to_path_buf(),
             lock: Mutex::new(()),
             limits: StoreLimits::default(),
+            admissions: Default::default(),
         };
         fs::create_dir_all(store.blobs_dir())?;
         fs::create_dir_all(store.revisions_dir())?;

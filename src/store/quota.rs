@@ -161,6 +161,12 @@ impl Store {
         self
     }
 
+    /// The right to check a revision against the limits and commit it before anyone else
+    /// checks: two pulls admitted at once would each fit alone and overshoot together.
+    pub async fn admission(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.admissions.clone().lock_owned().await
+    }
+
     /// The size of the filesystem the store is on, in bytes.
     pub fn filesystem_bytes(&self) -> io::Result<u64> {
         let stat = rustix::fs::statvfs(self.root())?;
