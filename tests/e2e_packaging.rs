@@ -146,7 +146,7 @@ fn every_value_is_in_the_chart_readme() {
             // maps that are values themselves (resources, selectors) are documented whole
             Some(m)
                 if !m.is_empty()
-                    && !["resources", "updateStrategy"]
+                    && !["resources", "updateStrategy", "Selector"]
                         .iter()
                         .any(|k| prefix.ends_with(k)) =>
             {

@@ -72,6 +72,30 @@ pub struct ControllerArgs {
     /// answers cannot hold a worker.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub registry_operation_timeout: std::time::Duration,
+    /// Most bytes the content store holds, as a quantity (900Mi, 2Gi); a pull that would
+    /// go over fails with QuotaExceeded. Default: 90% of the store's volume.
+    #[arg(long, value_name = "QUANTITY", value_parser = parse_bytes)]
+    pub store_max_bytes: Option<u64>,
+    /// Size of the store's volume when its filesystem is larger (the chart passes the
+    /// emptyDir's sizeLimit); default: the filesystem's size.
+    #[arg(long, value_name = "QUANTITY", value_parser = parse_bytes)]
+    pub store_volume_size: Option<u64>,
+    /// Most bytes the revisions one namespace's sources keep stored may cost (each
+    /// source keeps its current and previous revision; every file and directory counts
+    /// at least 4 KiB). Default: no quota.
+    #[arg(long, value_name = "QUANTITY", value_parser = parse_bytes)]
+    pub namespace_quota: Option<u64>,
+    /// Connections the artifact server serves at once; more are answered 503 and closed.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_connections: u32,
+    /// How long the artifact server waits on a client that stopped reading, as a Go
+    /// duration.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub write_timeout: std::time::Duration,
+    /// How long a client may take to send a request's headers, and how long a keep-alive
+    /// connection may stay idle, as a Go duration.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: std::time::Duration,
 }
 
 #[derive(clap::Args, Debug)]
@@ -113,34 +137,58 @@ pub struct AgentArgs {
     pub resync: std::time::Duration,
 }
 
-/// `1024`, `64Ki`, `64Mi`, `1Gi` (Kubernetes binary suffixes) or `64k`, `64M`, `1G`.
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, suffix) = s.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{s:?} is not a byte size"))?;
-    let unit: u64 = match suffix {
-        "" => 1,
-        "k" | "K" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        _ => return Err(format!("{s:?}: unknown unit {suffix:?} (use Ki, Mi, Gi)")),
-    };
-    n.checked_mul(unit)
-        .ok_or_else(|| format!("{s:?} is too large"))
-}
-
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     match crate::api::duration::parse(s) {
         Ok(d) if !d.is_zero() => Ok(d),
         Ok(_) => Err("must be more than 0s".into()),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// A byte count as a Kubernetes quantity: a decimal number with an optional suffix,
+/// binary (Ki, Mi, Gi, Ti) or decimal (k, M, G, T); fractions of a byte are dropped.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let invalid = || format!("{s:?} is not a quantity such as 512Mi or 1.5Gi");
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(split);
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() || fraction.len() > 9 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    let unit: u128 = match suffix {
+        "" => 1,
+        "k" => 1000,
+        "M" => 1000_u128.pow(2),
+        "G" => 1000_u128.pow(3),
+        "T" => 1000_u128.pow(4),
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "unknown unit {suffix:?} in {s:?}: use Ki, Mi, Gi, Ti, k, M, G or T"
+            ));
+        }
+    };
+    let whole: u128 = whole.parse().map_err(|_| invalid())?;
+    let scale = 10_u128.pow(fraction.len() as u32);
+    let fraction: u128 = if fraction.is_empty() {
+        0
+    } else {
+        fraction.parse().map_err(|_| invalid())?
+    };
+    let bytes = whole
+        .checked_mul(unit)
+        .and_then(|b| b.checked_add(fraction * unit / scale))
+        .and_then(|b| u64::try_from(b).ok())
+        .ok_or_else(|| format!("{s:?} is too large"))?;
+    if bytes == 0 {
+        return Err("must be more than 0".into());
+    }
+    Ok(bytes)
 }
 
 #[derive(clap::Args, Debug)]
@@ -190,6 +238,16 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             concurrency: args.concurrency,
             watch_secrets: args.watch_secrets,
             registry_timeout: args.registry_operation_timeout,
+            server: crate::server::ServerLimits {
+                max_connections: args.max_connections as usize,
+                write_timeout: args.write_timeout,
+                header_read_timeout: args.header_read_timeout,
+            },
+            store_limits: crate::controller::StoreSizing {
+                max_bytes: args.store_max_bytes,
+                volume_bytes: args.store_volume_size,
+                namespace_max_bytes: args.namespace_quota,
+            },
         },
     )
     .await?;
@@ -262,4 +320,33 @@ fn crd(args: CrdArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_are_bytes() {
+        assert_eq!(parse_bytes("1Gi"), Ok(1 << 30));
+        assert_eq!(parse_bytes("900Mi"), Ok(900 << 20));
+        assert_eq!(parse_bytes("2G"), Ok(2_000_000_000));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("1.5Gi"), Ok(3 << 29));
+        assert_eq!(parse_bytes("0.5k"), Ok(500));
+        for bad in [
+            "",
+            "Gi",
+            ".5Gi",
+            "1.2.3Gi",
+            "1gi",
+            "-1",
+            "0",
+            "0.1",
+            "1Pi",
+            "99999999999Ti",
+        ] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -4,6 +4,7 @@
 
 pub mod bundle;
 pub mod context;
+pub mod quota;
 pub mod schedule;
 pub mod secrets;
 pub mod source;
@@ -28,8 +29,8 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{ArtifactSource, NodeReport, RuleBundle};
 use crate::bundle::configmap::MANAGED_BY;
 use crate::metrics::Metrics;
-use crate::server::{self, ServerState};
-use crate::store::Store;
+use crate::server::{self, ServerLimits, ServerState};
+use crate::store::{Store, StoreLimits};
 
 use context::Context;
 
@@ -55,21 +56,53 @@ pub struct Options {
     pub watch_secrets: bool,
     /// The longest a check's registry work may take, whatever a source's `spec.timeout`.
     pub registry_timeout: Duration,
+    /// What clients of the artifact server may hold.
+    pub server: ServerLimits,
+    /// The store's size limit and per-namespace quota, as given.
+    pub store_limits: StoreSizing,
+}
+
+/// The store's limits as flags give them; the size limit defaults to 90% of the volume.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StoreSizing {
+    /// Most bytes of blobs the store holds; default: 90% of the volume.
+    pub max_bytes: Option<u64>,
+    /// The store volume's size when the filesystem is larger (an emptyDir's sizeLimit).
+    pub volume_bytes: Option<u64>,
+    /// Most bytes the revisions one namespace's sources keep may cost.
+    pub namespace_max_bytes: Option<u64>,
+}
+
+/// Opens the store at `dir` with the limits `sizing` works out to.
+async fn open_store(dir: PathBuf, sizing: StoreSizing) -> anyhow::Result<Store> {
+    use anyhow::Context as _;
+    let shown = dir.display().to_string();
+    tokio::task::spawn_blocking(move || {
+        let store = Store::open(&dir)?;
+        let filesystem = store.filesystem_bytes().ok();
+        let limits = StoreLimits {
+            max_bytes: crate::store::global_limit(
+                sizing.max_bytes,
+                sizing.volume_bytes,
+                filesystem,
+            ),
+            namespace_max_bytes: sizing.namespace_max_bytes,
+        };
+        tracing::info!(
+            max_bytes = ?limits.max_bytes,
+            namespace_max_bytes = ?limits.namespace_max_bytes,
+            "content store limits"
+        );
+        Ok::<_, std::io::Error>(store.with_limits(limits))
+    })
+    .await?
+    .with_context(|| format!("cannot open the content store at {shown}"))
 }
 
 /// Runs until SIGTERM/SIGINT: the artifact server and the ArtifactSource controller.
 pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let store_dir = options.store_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&store_dir))
-        .await?
-        .with_context(|| {
-            format!(
-                "cannot open the content store at {}",
-                options.store_dir.display()
-            )
-        })?;
-    let store = Arc::new(store);
+    let store = Arc::new(open_store(options.store_dir.clone(), options.store_limits).await?);
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = CancellationToken::new();
@@ -77,13 +110,14 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", options.listen))?;
     tracing::info!(listen = %options.listen, base_url = %options.base_url, "artifact server listening");
-    let server = tokio::spawn(server::serve(
+    let server = tokio::spawn(server::serve_with(
         listener,
         Arc::new(ServerState {
             store: Some(store.clone()),
             metrics: metrics.clone(),
             ready: ready.clone(),
         }),
+        options.server,
         shutdown.clone(),
     ));
 

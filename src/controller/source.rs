@@ -16,7 +16,7 @@ use crate::api::condition::{ConditionType, find};
 use crate::oci::OciError;
 use crate::oci::pull::{self, Deadline, PullOptions, Pulled};
 use crate::oci::registry::{RawManifest, Registry, RegistryOptions};
-use crate::store::IndexFile;
+use crate::store::{IndexFile, QuotaExceeded};
 
 use super::context::{Context, ProvenRevision, patch_status};
 use super::schedule::{self, CheckState, Due};
@@ -54,6 +54,16 @@ impl From<SecretProblem> for Failure {
         Failure {
             reason: p.reason,
             message: p.message,
+            retry_after: None,
+        }
+    }
+}
+
+impl From<QuotaExceeded> for Failure {
+    fn from(e: QuotaExceeded) -> Self {
+        Failure {
+            reason: e.reason(),
+            message: e.to_string(),
             retry_after: None,
         }
     }
@@ -259,7 +269,10 @@ async fn check(
         _ => None,
     };
     let (mut artifact, new) = match known {
-        Some(a) => (a, false),
+        Some(a) => {
+            super::quota::admit_stored(ctx, source, &digest).await?;
+            (a, false)
+        }
         None => {
             let progress = status::reconciling(
                 prev,
@@ -384,6 +397,7 @@ async fn pull_and_store(
         retry_after: None,
     };
     let staging = ctx.store.staging_dir().map_err(|e| store_failure(&e))?;
+    let budget = super::quota::pull_budget(ctx).await;
     let options = PullOptions {
         platform: source.spec.platform.clone(),
         layer_media_type: source
@@ -391,7 +405,7 @@ async fn pull_and_store(
             .layer_selector
             .as_ref()
             .map(|l| l.media_type.clone()),
-        ..PullOptions::default()
+        limits: budget.limits(),
     };
     let pulled = deadline
         .run(
@@ -407,7 +421,7 @@ async fn pull_and_store(
         )
         .await;
     ctx.metrics.registry_request("pull", outcome(&pulled));
-    let pulled = pulled?;
+    let pulled = budget.blame(pulled)??;
     ctx.metrics.pulled_bytes(pulled.size());
     let files: Vec<IndexFile> = pulled
         .files
@@ -418,6 +432,7 @@ async fn pull_and_store(
             size: f.size,
         })
         .collect();
+    let _admitted = super::quota::admit(ctx, source, digest, &files).await?;
     let store = ctx.store.clone();
     let digest = digest.to_string();
     tokio::task::spawn_blocking(move || {

@@ -11,6 +11,14 @@
 //!
 //! A path segment that is not 64 lowercase hex characters is a 404 without any filesystem
 //! access.
+//!
+//! [`ServerLimits`] bound what clients can hold: at most `max_connections` connections are
+//! served at once, and one more is answered `503` with `Retry-After` and closed at once
+//! rather than left waiting in the accept queue (the agents retry; a connection parked in
+//! the queue would only look alive until the client's own timeout). A request's headers
+//! must arrive within `header_read_timeout`, which also closes idle keep-alive
+//! connections; a write that makes no progress for `write_timeout` (a client that stopped
+//! reading a body) drops the connection.
 
 use std::convert::Infallible;
 use std::io;
@@ -28,7 +36,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::io::ReaderStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -36,20 +46,55 @@ use tokio_util::task::TaskTracker;
 use crate::metrics::Metrics;
 use crate::store::{Store, is_sha256_hex};
 
+mod stall;
 #[cfg(test)]
 mod tests;
 
+use stall::WriteTimeout;
+
 /// How long in-flight connections may take to finish after shutdown is requested.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// How long a client may take to send the headers of a request.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long refusing a connection over the limit may take (writing the 503, then reading
+/// what the client sent so that closing does not reset the connection before it reads).
+const REFUSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The most bytes read from a refused connection before it is closed.
+const REFUSE_DRAIN: usize = 64 * 1024;
+/// The answer to a connection over the limit.
+const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n\
+content-type: text/plain; charset=utf-8\r\ncontent-length: 21\r\nconnection: close\r\n\r\n\
+too many connections\n";
 /// Read size when streaming a blob from disk.
 const STREAM_CHUNK: usize = 64 * 1024;
+/// The most a connection buffers (request headers in, response out): what a client that
+/// stops reading holds of the server's memory until the write timeout.
+const CONNECTION_BUFFER: usize = 2 * STREAM_CHUNK;
 
 const CACHE_IMMUTABLE: &str = "public, max-age=31536000, immutable";
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
 const X_CONTENT_DIGEST: &str = "x-content-digest";
+
+/// What clients may hold of the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Connections served at once; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// How long a write may make no progress before the connection is dropped.
+    pub write_timeout: Duration,
+    /// How long a client may take to send a request's headers, and how long a keep-alive
+    /// connection may stay idle.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_connections: 256,
+            write_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 /// What the server needs; shared by every connection.
 #[derive(Debug)]
@@ -77,16 +122,27 @@ pub fn blob_url_path(file_digest: &str) -> String {
     format!("/blobs/sha256/{hex}")
 }
 
-/// Serves HTTP/1.1 on `listener` until `shutdown` is cancelled, then stops accepting,
-/// lets in-flight connections finish (closing idle keep-alive connections) and returns.
-/// Connections still open after 10 seconds are dropped.
+/// [`serve_with`] the default [`ServerLimits`].
 pub async fn serve(
     listener: TcpListener,
     state: Arc<ServerState>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
+    serve_with(listener, state, ServerLimits::default(), shutdown).await
+}
+
+/// Serves HTTP/1.1 on `listener` within `limits` until `shutdown` is cancelled, then stops
+/// accepting, lets in-flight connections finish (closing idle keep-alive connections) and
+/// returns. Connections still open after 10 seconds are dropped.
+pub async fn serve_with(
+    listener: TcpListener,
+    state: Arc<ServerState>,
+    limits: ServerLimits,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
     let tracker = TaskTracker::new();
     let hard_stop = CancellationToken::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     loop {
         let accepted = tokio::select! {
             biased;
@@ -94,14 +150,22 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, _peer)) => {
-                tracker.spawn(serve_connection(
-                    stream,
-                    state.clone(),
-                    shutdown.clone(),
-                    hard_stop.clone(),
-                ));
-            }
+            Ok((stream, _peer)) => match slots.clone().try_acquire_owned() {
+                Ok(slot) => {
+                    let connection = Connection {
+                        state: state.clone(),
+                        limits,
+                        shutdown: shutdown.clone(),
+                        hard_stop: hard_stop.clone(),
+                        _slot: slot,
+                    };
+                    tracker.spawn(connection.serve(stream));
+                }
+                Err(_) => {
+                    state.metrics.served("overloaded", 503);
+                    tracker.spawn(refuse(stream));
+                }
+            },
             Err(e) => {
                 // Out of file descriptors, a connection reset before accept: keep serving.
                 tracing::warn!(error = %e, "artifact server: accept failed");
@@ -125,37 +189,67 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serves one connection; on shutdown, finishes the request in flight and closes.
-async fn serve_connection(
-    stream: TcpStream,
+/// One accepted connection and what it holds while served.
+struct Connection {
     state: Arc<ServerState>,
+    limits: ServerLimits,
     shutdown: CancellationToken,
     hard_stop: CancellationToken,
-) {
-    let _ = stream.set_nodelay(true);
-    let service = service_fn(move |request| {
-        let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(&state, request).await) }
-    });
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
-    let mut connection = std::pin::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = shutdown.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            tokio::select! {
-                result = connection.as_mut() => result,
-                _ = hard_stop.cancelled() => Ok(()),
+    /// Its place among the `max_connections`, released when the connection ends.
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Connection {
+    /// Serves the connection; on shutdown, finishes the request in flight and closes.
+    async fn serve(self, stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let state = self.state.clone();
+        let service = service_fn(move |request| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(handle(&state, request).await) }
+        });
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.limits.header_read_timeout)
+            .max_buf_size(CONNECTION_BUFFER);
+        let io = TokioIo::new(WriteTimeout::new(stream, self.limits.write_timeout));
+        let connection = builder.serve_connection(io, service);
+        let mut connection = std::pin::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            _ = self.shutdown.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                tokio::select! {
+                    result = connection.as_mut() => result,
+                    _ = self.hard_stop.cancelled() => Ok(()),
+                }
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "artifact server: connection error");
+        }
+    }
+}
+
+/// Answers a connection over the limit with `503` and closes it, within
+/// [`REFUSE_TIMEOUT`]: reading what the client sent (up to [`REFUSE_DRAIN`] bytes) before
+/// closing lets it read the answer instead of a reset.
+async fn refuse(mut stream: TcpStream) {
+    let answer = async {
+        stream.write_all(OVERLOADED).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut drained = 0;
+        while drained < REFUSE_DRAIN {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => drained += n,
             }
         }
+        Ok::<_, io::Error>(())
     };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "artifact server: connection error");
-    }
+    let _ = tokio::time::timeout(REFUSE_TIMEOUT, answer).await;
 }
 
 type Body = BoxBody<Bytes, io::Error>;

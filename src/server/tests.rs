@@ -43,10 +43,15 @@ fn digest_of(bytes: &[u8]) -> String {
 
 /// A server over a store holding one revision: `rules.yaml` and a 3 MiB `big.bin`.
 async fn start() -> TestServer {
+    start_with(ServerLimits::default(), 3 * 1024 * 1024).await
+}
+
+/// A server within `limits` whose `big.bin` has `big_size` bytes.
+async fn start_with(limits: ServerLimits, big_size: u32) -> TestServer {
     let root = tempfile::tempdir().unwrap();
     let store = Store::open(root.path()).unwrap();
     let staging = store.staging_dir().unwrap();
-    let big: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let big: Vec<u8> = (0..big_size).map(|i| (i % 251) as u8).collect();
     let mut files = Vec::new();
     for (path, bytes) in [("rules.yaml", &b"- rule: x\n"[..]), ("big.bin", &big[..])] {
         std::fs::write(staging.path().join(path), bytes).unwrap();
@@ -67,7 +72,12 @@ async fn start() -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(serve(listener, state.clone(), shutdown.clone()));
+    let task = tokio::spawn(serve_with(
+        listener,
+        state.clone(),
+        limits,
+        shutdown.clone(),
+    ));
     TestServer {
         addr,
         state,
@@ -335,6 +345,148 @@ async fn cancelling_the_token_stops_the_server() {
         .unwrap_or(0);
     assert_eq!(n, 0);
     assert!(TcpStream::connect(server.addr).await.is_err());
+}
+
+/// Limits for the tests of slow clients: short timeouts, few connections.
+fn tight(max_connections: usize) -> ServerLimits {
+    ServerLimits {
+        max_connections,
+        write_timeout: Duration::from_millis(500),
+        header_read_timeout: Duration::from_millis(500),
+    }
+}
+
+/// Sends `GET path` on a fresh connection with a 4 KiB receive buffer and reads nothing.
+async fn stalled_get(addr: SocketAddr, path: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let head = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+/// Polls `GET /healthz` on fresh connections until it answers 200; how long that took.
+async fn until_served(addr: SocketAddr, deadline: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    loop {
+        let reply = tokio::time::timeout(deadline, request(addr, "GET", "/healthz", &[]))
+            .await
+            .expect("an answer in time");
+        if reply.status == 200 {
+            return started.elapsed();
+        }
+        assert_eq!(reply.status, 503);
+        assert!(
+            started.elapsed() < deadline,
+            "not served within {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads what the server sent until it closes (EOF or reset), within `deadline`.
+async fn read_until_closed(stream: &mut TcpStream, deadline: Duration) -> usize {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0;
+    let read_all = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    tokio::time::timeout(deadline, read_all)
+        .await
+        .expect("the server closed the connection in time");
+    total
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_refused_at_once() {
+    let limits = ServerLimits {
+        header_read_timeout: Duration::from_secs(3),
+        ..tight(2)
+    };
+    let server = start_with(limits, 1024).await;
+    // Two clients that never finish their headers hold both slots for 3 s.
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        slow.push(stream);
+    }
+    // Let the server accept both before the third arrives.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let reply = request(server.addr, "GET", "/healthz", &[]).await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert_eq!(reply.body, b"too many connections\n");
+    // Refused at once, not after waiting for a slot.
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    // The header read timeout frees the slots; a fresh client is then served.
+    let waited = until_served(server.addr, Duration::from_secs(20)).await;
+    assert!(
+        waited >= Duration::from_secs(2),
+        "served while both slots were held"
+    );
+    for mut stream in slow {
+        let got = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+        assert!(
+            got < 200,
+            "the slow client got an error page at most ({got} bytes)"
+        );
+    }
+    let metrics = get(&server, "/metrics").await;
+    let text = String::from_utf8(metrics.body).unwrap();
+    let line = r#"ocisync_artifact_server_requests_total{route="overloaded",code="503"} "#;
+    assert!(text.lines().any(|l| l.starts_with(line)), "{text}");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
+    let size = 32 * 1024 * 1024;
+    let server = start_with(tight(1), size).await;
+    let path = blob_url_path(&digest_of(&server.big));
+    let started = std::time::Instant::now();
+    let mut stalled = stalled_get(server.addr, &path).await;
+    // The stalled client holds the only slot until the write timeout drops it.
+    let waited = until_served(server.addr, Duration::from_secs(20)).await;
+    assert!(
+        waited >= Duration::from_millis(400),
+        "the slot was held while the server could write ({waited:?})"
+    );
+    let got = read_until_closed(&mut stalled, Duration::from_secs(5)).await;
+    assert!(
+        got < size as usize,
+        "the whole body fitted in the socket buffers"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // A client that reads gets the whole blob.
+    let reply = get(&server, &path).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body.len(), size as usize);
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    let server = start_with(tight(4), 1024).await;
+    let mut idle = TcpStream::connect(server.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_until_closed(&mut idle, Duration::from_secs(5)).await;
+    assert!(got > 0, "the request was answered before the close");
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    assert_eq!(
+        read_until_closed(&mut silent, Duration::from_secs(5)).await,
+        0
+    );
 }
 
 #[test]

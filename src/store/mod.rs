@@ -24,8 +24,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 mod gc;
+mod quota;
 #[cfg(test)]
 mod tests;
+
+pub use quota::{Admission, QuotaExceeded, QuotaScope, StoreLimits, admit, charge, global_limit};
 
 /// One file of a revision.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,6 +156,9 @@ pub struct Store {
     /// Held by [`Store::commit`] and [`Store::gc`], so that gc never removes a blob of a
     /// commit in progress.
     lock: Mutex<()>,
+    limits: StoreLimits,
+    /// Held from a quota check to the commit it admits (see [`Store::admission`]).
+    admissions: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Store {
@@ -162,6 +168,8 @@ impl Store {
         let store = Store {
             root: root.to_path_buf(),
             lock: Mutex::new(()),
+            limits: StoreLimits::default(),
+            admissions: Default::default(),
         };
         fs::create_dir_all(store.blobs_dir())?;
         fs::create_dir_all(store.revisions_dir())?;

@@ -40,6 +40,11 @@ pub fn free_port() -> u16 {
 }
 
 pub async fn harness() -> Option<Harness> {
+    harness_with(&[]).await
+}
+
+/// [`harness`] with more `ocisync controller` arguments.
+pub async fn harness_with(extra_args: &[&str]) -> Option<Harness> {
     let env = super::env()?;
     let client = env.client().await;
     // CRDs (idempotent) and a namespace of our own
@@ -98,6 +103,7 @@ pub async fn harness() -> Option<Harness> {
         .arg(store.path())
         .arg("--kubeconfig")
         .arg(&env.kubeconfig)
+        .args(extra_args)
         .env("RUST_LOG", "info,ocisync=debug")
         .stdout(Stdio::null())
         .stderr(log)

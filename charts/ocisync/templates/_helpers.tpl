@@ -72,3 +72,11 @@ entry's namespaces, by default the release namespace only; ["*"] is every namesp
 --allowed-dir={{ include "ocisync.allowedDirPath" $dir }}={{ join "," $ns }}
 {{- end }}
 {{- end }}
+
+{{/*
+A byte quantity for a flag: a string as given (64Mi), a number as an integer (YAML numbers
+reach templates as floats, which would render as 6.7108864e+07).
+*/}}
+{{- define "ocisync.quantity" -}}
+{{- if kindIs "string" . }}{{ . }}{{ else }}{{ int64 . }}{{ end }}
+{{- end }}
