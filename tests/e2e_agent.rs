@@ -504,7 +504,7 @@ async fn bad_servers_and_full_disks_are_reported_and_the_last_good_files_stay() 
     liar.args.retain(|a| !a.starts_with("--controller-url"));
     liar.args.push(format!("--controller-url={lies}"));
     liar.spawn();
-    let big = format!("- list: big\n  items: [{}]\n", "y,".repeat(300_000));
+    let big = format!("- list: big\n  items: [\"{}\"]\n", "y".repeat(600_000));
     push_files(
         &h.env,
         Which::Plain,

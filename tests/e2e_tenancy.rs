@@ -19,6 +19,11 @@ use ocisync::api::{NodeReport, RuleBundle};
 
 /// The agent's peak resident memory (VmHWM), in KiB.
 fn peak_kib(agent: &mut Agent) -> u64 {
+    memory_kib(agent, "VmHWM:")
+}
+
+/// A memory figure of the agent's (`VmHWM:`, `VmRSS:`), in KiB.
+fn memory_kib(agent: &mut Agent, field: &str) -> u64 {
     let pid = agent.child.as_ref().map(|c| c.id()).expect("running");
     let alive = agent
         .child
@@ -28,7 +33,7 @@ fn peak_kib(agent: &mut Agent) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmHWM")
 }
@@ -404,6 +409,84 @@ async fn a_bundle_that_moves_leaves_nothing_behind_even_after_a_failed_move() {
         "nothing written through the link"
     );
     peak_kib(&mut agent);
+    delete_nodes(&h, &[&node_name]).await;
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn bundles_aimed_at_other_nodes_are_kept_without_files_and_arrive_after_a_relabel() {
+    let Some(h) = harness().await else { return };
+    let work = tempfile::tempdir().expect("tempdir");
+    let run = common::unique();
+    let node_name = format!("e2e-node-{run}-s");
+    node(&h, &node_name, serde_json::json!({"e2e-run": run})).await;
+    let repo = h.env.repo(Which::Plain, "many-files");
+    let contents: Vec<(String, String)> = (0..1000)
+        .map(|i| {
+            (
+                format!("r{i:04}.yaml"),
+                format!("- list: l{i}\n  items: []\n"),
+            )
+        })
+        .collect();
+    let files: Vec<(&str, &[u8])> = contents
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_bytes()))
+        .collect();
+    push_files(
+        &h.env,
+        Which::Plain,
+        work.path(),
+        &format!("{repo}:1"),
+        "falco-rules",
+        &files,
+        &[],
+    );
+    source(&h, "rules", &repo).await;
+    // 30 bundles of 1,000 files each, selecting no node; one small bundle for this node
+    let nobody = serde_json::json!({"matchLabels": {"e2e-run": "nobody"}});
+    for i in 0..30 {
+        h.apply::<RuleBundle>(
+            &format!("big-{i}"),
+            node_bundle(&[], "/etc/falco/rules.d", nobody.clone()),
+        )
+        .await;
+    }
+    let selector = serde_json::json!({"matchLabels": {"e2e-run": run}});
+    h.apply::<RuleBundle>(
+        "mine",
+        node_bundle(&["r0000.yaml"], "/etc/falco/rules.d", selector),
+    )
+    .await;
+    rolled_out(&h, "big-29", "planned", (0, 0, 0)).await;
+    let mut agent = Agent::start(&h, &node_name, &h.base_url);
+    rolled_out(&h, "mine", "Ready", (1, 1, 0)).await;
+    let status_bytes: usize = {
+        let api: Api<RuleBundle> = Api::namespaced(h.client.clone(), &h.ns);
+        let list = api.list(&Default::default()).await.expect("list");
+        list.items
+            .iter()
+            .map(|b| serde_json::to_vec(&b.status).map_or(0, |v| v.len()))
+            .sum()
+    };
+    // Within the chart's 64 MiB limit. (At this size, 4 MB of other bundles' status,
+    // trimming is not visible in RSS: the watch's first list is decoded whole before it is
+    // trimmed, and the allocator keeps what it freed; see the closing note.)
+    let peak = peak_kib(&mut agent);
+    let rss = memory_kib(&mut agent, "VmRSS:");
+    eprintln!("bundles' status: {status_bytes} bytes; agent VmRSS {rss} KiB, VmHWM {peak} KiB");
+    assert!(
+        status_bytes > 3 << 20,
+        "the bundles are large: {status_bytes}"
+    );
+    assert!(peak < 64 * 1024, "agent peak RSS {peak} KiB");
+    // a relabel makes one of them select this node: its files arrive
+    relabel(&h, &node_name, serde_json::json!({"e2e-run": "nobody"})).await;
+    eventually("a big bundle's files on the node after the relabel", || {
+        let n = agent.files().len();
+        (n == 1000).then_some(()).ok_or(format!("{n} files"))
+    })
+    .await;
     delete_nodes(&h, &[&node_name]).await;
     h.cleanup().await;
 }

@@ -213,6 +213,11 @@ pub fn decide(
             };
         }
     };
+    // Its file list was dropped from the cache and could not be read again: never written
+    // from what is left.
+    if super::cache::is_slimmed(bundle) {
+        return Decision::Wait;
+    }
     let Some(status) = &bundle.status else {
         return Decision::Wait;
     };

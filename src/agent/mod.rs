@@ -4,6 +4,7 @@
 //! registry credentials nor Secrets.
 
 pub mod budget;
+pub mod cache;
 pub mod desired;
 pub mod disk;
 pub mod fetch;
@@ -74,14 +75,20 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
         stop_server.clone(),
     ));
     let wake = Arc::new(Notify::new());
+    let (nodes, node_writer) = reflector::store::<PartialObjectMeta<Node>>();
     let (bundles, bundle_writer) = reflector::store::<RuleBundle>();
     let bundle_wake = wake.clone();
+    // File lists are kept only for bundles that select this node (see `cache`).
+    let (node_reader, node_name) = (nodes.clone(), options.node_name.clone());
     let bundle_watch = watcher(
         Api::<RuleBundle>::all(client.clone()),
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
-    .modify(slim)
+    .modify(move |b| {
+        let node = node_reader.get(&ObjectRef::new(&node_name));
+        cache::slim(b, node.as_ref().map(|n| n.labels()));
+    })
     .reflect(bundle_writer)
     .for_each(move |event| {
         if let Err(e) = &event {
@@ -90,7 +97,7 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
         bundle_wake.notify_one();
         async {}
     });
-    let (nodes, node_writer) = reflector::store::<PartialObjectMeta<Node>>();
+
     let node_wake = wake.clone();
     // Only label changes matter; the Node's heartbeats do not wake the agent.
     let node_watch = watcher(
@@ -129,6 +136,7 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
         reporter: &reporter,
     };
     let mut memory = sync::Memory::default();
+    let mut whole = cache::Whole::default();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     tracing::info!(node = %options.node_name, host_root = %options.host_root.display(), controller = %options.controller_url, "agent started");
@@ -153,8 +161,10 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
             Some(node) => {
                 let started = std::time::Instant::now();
                 memory.node_uid = node.uid().unwrap_or_default();
-                let outcome =
-                    sync::pass(&env, &mut memory, &bundles.state(), node.labels(), full).await;
+                let state = whole
+                    .complete(&client, bundles.state(), node.labels())
+                    .await;
+                let outcome = sync::pass(&env, &mut memory, &state, node.labels(), full).await;
                 let spec = report::spec(outcome);
                 let failed = spec.failed > 0;
                 metrics.reconcile(
@@ -190,20 +200,6 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
     stop_server.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     Ok(())
-}
-
-/// What the agent keeps of a RuleBundle: no managed fields or annotations (a
-/// `last-applied-configuration` can be as large as the object), and no file list for a
-/// bundle without `nodeFiles`, which the agent never writes.
-fn slim(bundle: &mut RuleBundle) {
-    bundle.metadata.managed_fields = None;
-    bundle.metadata.annotations = None;
-    if bundle.spec.node_files.is_none()
-        && let Some(status) = bundle.status.as_mut()
-    {
-        status.files = Vec::new();
-        status.conditions = Vec::new();
-    }
 }
 
 async fn shutdown_signal() {

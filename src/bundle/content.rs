@@ -121,7 +121,7 @@ pub fn bounded_yaml(bytes: &[u8]) -> Result<serde_yaml_ng::Value, String> {
         .is_err_and(|e| e.to_string().contains("repetition limit exceeded"));
     if spent.get() > MAX_YAML_EXPANDED || repeated {
         return Err(format!(
-            "its {} bytes of YAML expand past {MAX_YAML_EXPANDED} bytes once aliases are followed (an alias bomb?)",
+            "its {} bytes of YAML make more than {MAX_YAML_EXPANDED} bytes of nodes once aliases are followed (each node counts {YAML_NODE_COST} bytes; an alias bomb, or a file of very many small items: split it)",
             bytes.len()
         ));
     }

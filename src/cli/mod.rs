@@ -120,7 +120,7 @@ pub struct AgentArgs {
     #[arg(long, value_name = "BYTES", default_value = "256Mi", value_parser = parse_bytes)]
     pub max_directory_bytes: u64,
     /// Free space a directory's filesystem keeps after a revision is staged.
-    #[arg(long, value_name = "BYTES", default_value = "16Mi", value_parser = parse_bytes)]
+    #[arg(long, value_name = "BYTES", default_value = "16Mi", value_parser = parse_quantity)]
     pub min_free_bytes: u64,
     /// The controller's artifact server; default:
     /// http://ocisync-controller.<POD_NAMESPACE>.svc:9090.
@@ -147,7 +147,7 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 
 /// A byte count as a Kubernetes quantity: a decimal number with an optional suffix,
 /// binary (Ki, Mi, Gi, Ti) or decimal (k, M, G, T); fractions of a byte are dropped.
-fn parse_bytes(s: &str) -> Result<u64, String> {
+fn parse_quantity(s: &str) -> Result<u64, String> {
     let invalid = || format!("{s:?} is not a quantity such as 512Mi or 1.5Gi");
     let split = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -185,10 +185,15 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         .and_then(|b| b.checked_add(fraction * unit / scale))
         .and_then(|b| u64::try_from(b).ok())
         .ok_or_else(|| format!("{s:?} is too large"))?;
-    if bytes == 0 {
-        return Err("must be more than 0".into());
-    }
     Ok(bytes)
+}
+
+/// A byte count as a Kubernetes quantity, more than 0.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    match parse_quantity(s)? {
+        0 => Err("must be more than 0".into()),
+        bytes => Ok(bytes),
+    }
 }
 
 #[derive(clap::Args, Debug)]
