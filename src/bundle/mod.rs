@@ -41,6 +41,8 @@ pub mod reason {
     /// A file failed the check for its kind (Falco rules, seccomp profile) or has a path
     /// that cannot be a file name.
     pub const INVALID_CONTENT: &str = "InvalidContent";
+    /// The selected files' list is over what the bundle's status can hold.
+    pub const TOO_MANY_FILES: &str = "TooManyFiles";
     /// The selected files are over the 1 MiB a ConfigMap can hold.
     pub const TOO_LARGE_FOR_CONFIG_MAP: &str = "TooLargeForConfigMap";
     /// A ConfigMap of that name exists and is not this bundle's.

@@ -132,6 +132,30 @@ impl Include {
     }
 }
 
+/// The most bytes `status.files` may take: the whole object must stay under the API
+/// server's limit (etcd's 1.5 MiB request limit by default), and every agent reads it.
+pub const MAX_STATUS_FILES_BYTES: usize = 512 << 10;
+
+/// Refuses a selection whose file list would not fit in the bundle's status.
+fn status_fits<'a>(files: impl Iterator<Item = &'a PlannedFile>) -> Result<(), Problem> {
+    let (mut count, mut bytes) = (0usize, 0usize);
+    for f in files {
+        count += 1;
+        // {"path":"","source":"","digest":"","size":}, and the separator
+        let entry = f.key.len() + f.source.len() + f.digest.len() + 20 + 40;
+        bytes = bytes.saturating_add(entry);
+    }
+    if bytes > MAX_STATUS_FILES_BYTES {
+        return Err(Problem::new(
+            reason::TOO_MANY_FILES,
+            format!(
+                "the {count} selected files make a file list of about {bytes} bytes, over the {MAX_STATUS_FILES_BYTES} a RuleBundle status holds; narrow spec.sources[].include or split the bundle"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Computes the bundle from its spec and the state of each source it names.
 pub fn plan<'a>(
     spec: &RuleBundleSpec,
@@ -220,6 +244,7 @@ pub fn plan<'a>(
             revision: artifact.revision.clone(),
         });
     }
+    status_fits(by_key.values())?;
     for f in by_key.values() {
         hasher.update(f.key.as_bytes());
         hasher.update([0]);

@@ -142,6 +142,27 @@ fn a_glob_matching_nothing_is_reported() {
 }
 
 #[test]
+fn a_file_list_too_large_for_the_status_is_refused() {
+    let names: Vec<String> = (0..10_000).map(|i| format!("rules-{i:05}.yaml")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let a = artifact("1@x", &names);
+    let e = plan(&spec(vec![source("falco", &[])]), |_| {
+        SourceState::Ready(&a)
+    })
+    .unwrap_err();
+    assert_eq!(e.reason, "TooManyFiles");
+    assert!(e.message.contains("10000 selected files"), "{}", e.message);
+    // narrowed, it fits: the real size of status.files stays under the bound
+    let p = plan(&spec(vec![source("falco", &["rules-00*"])]), |_| {
+        SourceState::Ready(&a)
+    })
+    .unwrap();
+    let bytes = serde_json::to_vec(&p.status_files()).unwrap().len();
+    assert!(bytes < MAX_STATUS_FILES_BYTES, "{bytes}");
+    assert_eq!(p.files.len(), 1000);
+}
+
+#[test]
 fn a_bad_glob_is_an_invalid_spec() {
     let err = plan(&spec(vec![source("s", &["[a-"])]), |_| SourceState::Missing).unwrap_err();
     assert_eq!(err.reason, reason::INVALID_SPEC);
