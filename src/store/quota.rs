@@ -186,15 +186,17 @@ impl Store {
     }
 
     /// Whether `incoming` may be stored for a namespace whose sources would then keep
-    /// `kept` (the other stored revisions they need; unreadable ones are skipped).
+    /// `kept` (the keys of the other stored revisions they need; unreadable ones are
+    /// skipped).
     pub fn check_quota(
         &self,
         incoming: &RevisionIndex,
         kept: &[String],
     ) -> Result<(), QuotaExceeded> {
+        let incoming_key = incoming.key();
         let mut revisions: Vec<RevisionIndex> = kept
             .iter()
-            .filter(|d| **d != incoming.digest)
+            .filter(|k| **k != incoming_key)
             .filter_map(|d| self.index(d))
             .collect();
         revisions.push(incoming.clone());
@@ -221,6 +223,7 @@ mod tests {
     fn revision(n: u8, files: &[(&str, u8, u64)]) -> RevisionIndex {
         RevisionIndex {
             digest: digest(n),
+            selection: Default::default(),
             files: files
                 .iter()
                 .map(|(path, blob, size)| IndexFile {
@@ -363,6 +366,7 @@ mod tests {
         };
         let first = RevisionIndex {
             digest: digest(1),
+            selection: Default::default(),
             files: vec![file.clone()],
         };
         assert_eq!(store.missing_bytes(&first), 5000);
