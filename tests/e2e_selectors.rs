@@ -4,6 +4,10 @@
 
 mod common;
 
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::process::{Command, Stdio};
+
 use bytes::Bytes;
 use common::Which;
 use common::controller::{Harness, harness};
@@ -183,9 +187,32 @@ async fn bundled(h: &Harness, bundle: &str, source: &str) -> Vec<(String, String
     cm.data.unwrap_or_default().into_iter().collect()
 }
 
+/// Restarts the harness's controller with the same command line (its namespace, port and
+/// store): what it remembered in memory is gone, the store and the statuses stay.
+fn restart(h: &mut Harness) {
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", h.controller.id())).expect("cmdline");
+    let args: Vec<OsString> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| OsStr::from_bytes(a).to_owned())
+        .collect();
+    let _ = h.controller.kill();
+    let _ = h.controller.wait();
+    let log = std::env::temp_dir().join(format!("ocisync-controller-{}-restarted.log", h.ns));
+    h.controller = Command::new(&args[0])
+        .args(&args[1..])
+        .env("RUST_LOG", "info,ocisync=debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("restart controller");
+}
+
 #[tokio::test]
 async fn sources_selecting_other_layers_of_one_manifest_get_their_own_files() {
-    let Some(h) = harness().await else { return };
+    let Some(mut h) = harness().await else {
+        return;
+    };
     let repo = h.env.repo(Which::Plain, "selectors");
     let unique = common::unique();
     let a = Part {
@@ -244,6 +271,21 @@ async fn sources_selecting_other_layers_of_one_manifest_get_their_own_files() {
         "{:?}",
         all.url
     );
+    assert_served(&all, None).await;
+    assert_served(&got_a, Some(TYPE_A)).await;
+    assert_served(&got_b, Some(TYPE_B)).await;
+
+    // after a restart only the statuses say what is in use: a new revision's garbage
+    // collection still keeps both selections
+    restart(&mut h);
+    let c = Part {
+        media_type: TYPE_A,
+        title: "c.yaml",
+        content: format!("# {unique}\n- rule: newer\n"),
+    };
+    push_parts(&h, &repo, "2", &[&c]).await;
+    let newer = source(&h, "take-newer", &repo, "2", None).await;
+    assert_eq!(paths(&newer), ["c.yaml"]);
     assert_served(&all, None).await;
     assert_served(&got_a, Some(TYPE_A)).await;
     assert_served(&got_b, Some(TYPE_B)).await;
