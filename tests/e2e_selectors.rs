@@ -310,5 +310,12 @@ async fn sources_selecting_other_layers_of_one_manifest_get_their_own_files() {
             [(part.title.to_string(), part.content.clone())]
         );
     }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", h.controller.id()));
+    let peak = status.ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .map(str::to_string)
+    });
+    eprintln!("controller after the restart: {peak:?}");
     h.cleanup().await;
 }
