@@ -32,7 +32,8 @@ pub struct Memory {
     pub checked_generation: Option<i64>,
     /// A referenced Secret changed since the last check.
     pub secret_changed: bool,
-    /// The revision being served and the one before it (kept for rollback by GC).
+    /// The revision being served and the one before it (kept for rollback by GC), by
+    /// store key ([`stored_key`]).
     pub current: Option<String>,
     pub previous: Option<String>,
     /// The revision this source last proved it can fetch itself (a verified GET of the
@@ -68,11 +69,12 @@ pub struct Context {
     /// by anyone else is put back.
     pub written: Mutex<HashMap<String, String>>,
     pub memory: Mutex<HashMap<String, Memory>>,
-    /// Stored artifacts by manifest digest, so sources sharing a revision reuse one pull of
-    /// its blobs; a source reuses one only after proving it can fetch the manifest itself
-    /// ([`Memory::proven`]).
+    /// Stored artifacts by store key (manifest digest and selection, see
+    /// [`revision_key`](crate::store::revision_key)), so sources sharing a revision reuse
+    /// one pull of its blobs; a source reuses one only after proving it can fetch the
+    /// manifest itself ([`Memory::proven`]).
     pub artifacts: Mutex<HashMap<String, Artifact>>,
-    /// One lock per digest being pulled.
+    /// One lock per store key being pulled.
     pub pull_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -93,22 +95,22 @@ impl Context {
         }
     }
 
-    /// The lock that serialises pulls of one digest.
-    pub fn pull_lock(&self, digest: &str) -> Arc<tokio::sync::Mutex<()>> {
+    /// The lock that serialises pulls of one store key.
+    pub fn pull_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
         match self.pull_locks.lock() {
-            Ok(mut locks) => locks.entry(digest.to_string()).or_default().clone(),
+            Ok(mut locks) => locks.entry(key.to_string()).or_default().clone(),
             Err(_) => Arc::default(),
         }
     }
 
-    /// A revision this controller stored before (its files, kind and config).
-    pub fn known_artifact(&self, digest: &str) -> Option<Artifact> {
-        self.artifacts.lock().ok()?.get(digest).cloned()
+    /// A revision this controller stored before under `key` (its files, kind and config).
+    pub fn known_artifact(&self, key: &str) -> Option<Artifact> {
+        self.artifacts.lock().ok()?.get(key).cloned()
     }
 
-    pub fn remember_artifact(&self, digest: &str, artifact: &Artifact) {
+    pub fn remember_artifact(&self, key: &str, artifact: &Artifact) {
         if let Ok(mut a) = self.artifacts.lock() {
-            a.insert(digest.to_string(), artifact.clone());
+            a.insert(key.to_string(), artifact.clone());
         }
     }
 
@@ -223,20 +225,14 @@ impl Context {
         }
     }
 
-    /// Every revision some source still needs: each status's and each remembered current
-    /// and previous revision of sources that still exist.
+    /// The store keys of every revision some source still needs: each status's and each
+    /// remembered current and previous revision of sources that still exist.
     pub fn revisions_in_use(&self) -> HashSet<String> {
         let sources = self.sources.state();
         let live: HashSet<String> = sources.iter().filter_map(|s| s.uid()).collect();
         let mut keep: HashSet<String> = sources
             .iter()
-            .filter_map(|s| {
-                s.status
-                    .as_ref()?
-                    .artifact
-                    .as_ref()
-                    .map(|a| a.digest.clone())
-            })
+            .filter_map(|s| s.status.as_ref()?.artifact.as_ref().map(stored_key))
             .collect();
         if let Ok(mut memory) = self.memory.lock() {
             memory.retain(|uid, _| live.contains(uid));
@@ -246,7 +242,7 @@ impl Context {
             }
         }
         if let Ok(mut l) = self.pull_locks.lock() {
-            // a digest being pulled or just stored, not yet in any status
+            // a revision being pulled or just stored, not yet in any status
             keep.extend(
                 l.iter()
                     .filter(|(_, lock)| Arc::strong_count(lock) > 1)
@@ -259,6 +255,20 @@ impl Context {
         }
         keep
     }
+}
+
+/// The store key of a status artifact: the one its URL names (`.../revisions/sha256/<hex>`),
+/// else its manifest digest (the key of every layer, which is what a status without a
+/// URL was stored under).
+pub fn stored_key(artifact: &Artifact) -> String {
+    artifact
+        .url
+        .as_deref()
+        .and_then(|url| url.rsplit_once("/revisions/sha256/"))
+        .map(|(_, hex)| hex)
+        .filter(|hex| crate::store::is_sha256_hex(hex))
+        .map(|hex| format!("sha256:{hex}"))
+        .unwrap_or_else(|| artifact.digest.clone())
 }
 
 /// Writes an object's status with server-side apply under ocisync's field manager.
@@ -279,4 +289,34 @@ where
     .await
     .map_err(Error::Kube)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_names_its_store_key_in_its_url() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let key = format!("sha256:{}", "b".repeat(64));
+        let artifact = |url: Option<String>| Artifact {
+            digest: digest.clone(),
+            url,
+            ..Default::default()
+        };
+        let served = |hex: &str| Some(format!("http://ocisync.system:9090/revisions/sha256/{hex}"));
+        assert_eq!(stored_key(&artifact(served(&"b".repeat(64)))), key);
+        // a URL from before selections were keyed names the manifest digest
+        assert_eq!(stored_key(&artifact(served(&"a".repeat(64)))), digest);
+        // no URL, or one that names no key: the manifest digest
+        for url in [
+            None,
+            Some("http://x/".into()),
+            served("B".repeat(64).as_str()),
+            served(&format!("{}/x", "b".repeat(64))),
+            served("b"),
+        ] {
+            assert_eq!(stored_key(&artifact(url.clone())), digest, "{url:?}");
+        }
+    }
 }

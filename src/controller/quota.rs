@@ -8,9 +8,9 @@ use kube::ResourceExt;
 use crate::api::ArtifactSource;
 use crate::oci::OciError;
 use crate::oci::unpack::Limits;
-use crate::store::{IndexFile, QuotaExceeded, QuotaScope, RevisionIndex};
+use crate::store::{QuotaExceeded, QuotaScope, RevisionIndex};
 
-use super::context::Context;
+use super::context::{Context, stored_key};
 
 /// How much one pull may unpack: the default limit, lowered to what the store and the
 /// namespace have left, so that a pull stops before it fills the store's volume.
@@ -84,7 +84,7 @@ fn lowered(
     budget
 }
 
-/// Whether revision `digest` with `files` may become the current revision of `source`:
+/// Whether the revision `incoming` may become the current revision of `source`:
 /// with it, the store stays within its size limit and the revisions the source's
 /// namespace keeps (each source's current and previous one, this source's previous one
 /// being the current one it replaces) within the namespace quota. A store over its limit
@@ -93,16 +93,10 @@ fn lowered(
 pub async fn admit(
     ctx: &Context,
     source: &ArtifactSource,
-    digest: &str,
-    files: &[IndexFile],
+    mut incoming: RevisionIndex,
 ) -> Result<Admitted, QuotaExceeded> {
     let admission = ctx.store.admission().await;
-    let mut files = files.to_vec();
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    let incoming = RevisionIndex {
-        digest: digest.to_string(),
-        files,
-    };
+    incoming.files.sort_by(|a, b| a.path.cmp(&b.path));
     let kept: Vec<String> = kept_by_namespace(ctx, source).into_iter().collect();
     let check = || {
         let store = ctx.store.clone();
@@ -135,25 +129,26 @@ pub struct Admitted {
     _admission: tokio::sync::OwnedMutexGuard<()>,
 }
 
-/// [`admit`] for a revision already in the store (pulled for another source).
+/// [`admit`] for the revision stored under `key` (pulled for another source).
 pub async fn admit_stored(
     ctx: &Context,
     source: &ArtifactSource,
-    digest: &str,
+    key: &str,
 ) -> Result<(), QuotaExceeded> {
     let store = ctx.store.clone();
-    let lookup = digest.to_string();
+    let lookup = key.to_string();
     let index = tokio::task::spawn_blocking(move || store.index(&lookup))
         .await
         .ok()
         .flatten();
     match index {
-        Some(index) => admit(ctx, source, digest, &index.files).await.map(drop),
+        Some(index) => admit(ctx, source, index).await.map(drop),
         None => Ok(()),
     }
 }
 
-/// The revisions the sources of `source`'s namespace keep once `source` moves on.
+/// The store keys of the revisions the sources of `source`'s namespace keep once `source`
+/// moves on.
 fn kept_by_namespace(ctx: &Context, source: &ArtifactSource) -> BTreeSet<String> {
     let sources = ctx.sources.state();
     let held: Vec<Held> = sources
@@ -167,7 +162,7 @@ fn kept_by_namespace(ctx: &Context, source: &ArtifactSource) -> BTreeSet<String>
                     .status
                     .as_ref()
                     .and_then(|st| st.artifact.as_ref())
-                    .map(|a| a.digest.clone()),
+                    .map(stored_key),
                 current: memory.current,
                 previous: memory.previous,
             }

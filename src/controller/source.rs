@@ -16,9 +16,9 @@ use crate::api::condition::{ConditionType, find};
 use crate::oci::OciError;
 use crate::oci::pull::{self, Deadline, PullOptions, Pulled};
 use crate::oci::registry::{RawManifest, Registry, RegistryOptions};
-use crate::store::{IndexFile, QuotaExceeded};
+use crate::store::{IndexFile, QuotaExceeded, RevisionIndex, Selection, revision_key};
 
-use super::context::{Context, ProvenRevision, patch_status};
+use super::context::{Context, ProvenRevision, patch_status, stored_key};
 use super::schedule::{self, CheckState, Due};
 use super::secrets::{self, SecretProblem};
 use super::spec::{self, ValidSpec};
@@ -148,7 +148,7 @@ async fn reconcile_inner(source: &ArtifactSource, ctx: &Context) -> Result<Outco
     // when a check is due anyway, so status-only watch events never touch the disk.
     if memory.last_check.is_none() || schedule::due(&state, valid.interval, seed) == Due::Now {
         state.content_missing = match &prev.artifact {
-            Some(a) => !has_revision(ctx, &a.digest).await,
+            Some(a) => !has_revision(ctx, &stored_key(a)).await,
             None => false,
         };
     }
@@ -235,10 +235,14 @@ async fn check(
         repository: repo.name.clone(),
         digest: digest.clone(),
     };
+    // what this source takes of the manifest, and the key the store holds that under
+    let selection = selection_of(source);
+    let store_key = revision_key(&digest, &selection);
     let uid = source.uid().unwrap_or_default();
     let proven = ctx.memory_of(&uid).proven;
     let step = next_step(
         prev.artifact.as_ref(),
+        &store_key,
         &key,
         proven.as_ref(),
         content_missing,
@@ -260,17 +264,18 @@ async fn check(
         ctx.remember(&uid, |m| m.proven = Some(key.clone()));
         return Ok(relabelled(a, &resolved));
     }
-    // One pull of the blobs per revision, however many sources point at it: the first
-    // source pulls, the others (each having proved access above) reuse the stored artifact.
-    let lock = ctx.pull_lock(&digest);
+    // One pull of the blobs per revision and selection, however many sources point at it:
+    // the first source pulls, the others (each having proved access above) reuse the
+    // stored artifact.
+    let lock = ctx.pull_lock(&store_key);
     let _pulling = lock.lock().await;
-    let known = match ctx.known_artifact(&digest) {
-        Some(a) if has_revision(ctx, &digest).await => Some(a),
+    let known = match ctx.known_artifact(&store_key) {
+        Some(a) if has_revision(ctx, &store_key).await => Some(a),
         _ => None,
     };
     let (mut artifact, new) = match known {
         Some(a) => {
-            super::quota::admit_stored(ctx, source, &digest).await?;
+            super::quota::admit_stored(ctx, source, &store_key).await?;
             (a, false)
         }
         None => {
@@ -284,25 +289,30 @@ async fn check(
                 // best effort: progress is informational
                 let _ = patch_status(api, &source.name_any(), &progress).await;
             }
+            let target = Target {
+                digest: &digest,
+                selection: &selection,
+                manifest,
+            };
             let (pulled, stored_at) =
-                pull_and_store(source, ctx, &registry, valid, &digest, manifest, &deadline).await?;
-            let artifact = artifact_of(ctx, &digest, &pulled, stored_at);
-            ctx.remember_artifact(&digest, &artifact);
+                pull_and_store(source, ctx, &registry, valid, target, &deadline).await?;
+            let artifact = artifact_of(ctx, &digest, &store_key, &pulled, stored_at);
+            ctx.remember_artifact(&store_key, &artifact);
             (artifact, true)
         }
     };
     artifact.revision = resolved.revision();
     ctx.remember(&uid, |m| {
         m.proven = Some(key.clone());
-        if m.current.as_deref() != Some(digest.as_str()) {
+        if m.current.as_deref() != Some(store_key.as_str()) {
             m.previous = m
                 .current
                 .take()
-                .or_else(|| prev.artifact.as_ref().map(|a| a.digest.clone()));
-            m.current = Some(digest.clone());
+                .or_else(|| prev.artifact.as_ref().map(stored_key));
+            m.current = Some(store_key.clone());
         }
     });
-    if prev.artifact.as_ref().map(|a| &a.digest) != Some(&digest) {
+    if prev.artifact.as_ref().map(stored_key) != Some(store_key) {
         publish(
             ctx,
             source,
@@ -318,11 +328,24 @@ async fn check(
     Ok(artifact)
 }
 
+/// What the source takes of the manifest: its platform and layer media type.
+fn selection_of(source: &ArtifactSource) -> Selection {
+    Selection {
+        platform: source.spec.platform.clone(),
+        layer_media_type: source
+            .spec
+            .layer_selector
+            .as_ref()
+            .map(|l| l.media_type.clone()),
+    }
+}
+
 /// What a check does once it resolved the revision `key`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Step {
-    /// Keep the status artifact: same digest, still stored, and this source proved it can
-    /// fetch it from this registry and repository since the controller started.
+    /// Keep the status artifact: same digest and selection (store key), still stored, and
+    /// this source proved it can fetch it from this registry and repository since the
+    /// controller started.
     Reuse,
     /// Keep the status artifact once the manifest is fetched and verified again (nothing
     /// proved since a restart, or since the Secret or spec changed).
@@ -333,14 +356,18 @@ enum Step {
 
 /// Decides the [`Step`]: a status alone proves nothing (it may be from another repository
 /// or credentials, or from before a restart), so only a proof made by this very source for
-/// this very registry, repository and digest skips the manifest fetch.
+/// this very registry, repository and digest skips the manifest fetch. A status holding
+/// another selection of the digest (the layer selector or platform changed) is no longer
+/// what the source asks for.
 fn next_step(
     status: Option<&Artifact>,
+    store_key: &str,
     key: &ProvenRevision,
     proven: Option<&ProvenRevision>,
     content_missing: bool,
 ) -> Step {
-    let unchanged = status.is_some_and(|a| a.digest == key.digest) && !content_missing;
+    let unchanged = status.is_some_and(|a| a.digest == key.digest && stored_key(a) == store_key)
+        && !content_missing;
     match (unchanged, proven == Some(key)) {
         (true, true) => Step::Reuse,
         (true, false) => Step::ProveThenReuse,
@@ -355,8 +382,15 @@ fn relabelled(artifact: &Artifact, resolved: &pull::Resolved) -> Artifact {
     artifact
 }
 
-/// The status artifact for a freshly stored revision (its revision label is set per source).
-fn artifact_of(ctx: &Context, digest: &str, pulled: &Pulled, stored_at: String) -> Artifact {
+/// The status artifact for a freshly stored revision (its revision label is set per source):
+/// `digest` is the manifest digest, the URL names the index under its store `key`.
+fn artifact_of(
+    ctx: &Context,
+    digest: &str,
+    key: &str,
+    pulled: &Pulled,
+    stored_at: String,
+) -> Artifact {
     Artifact {
         revision: String::new(),
         digest: digest.to_string(),
@@ -375,11 +409,18 @@ fn artifact_of(ctx: &Context, digest: &str, pulled: &Pulled, stored_at: String) 
         url: Some(format!(
             "{}{}",
             ctx.base_url,
-            crate::server::revision_path(digest)
+            crate::server::revision_path(key)
         )),
         last_update_time: Some(stored_at),
         annotations: pulled.annotations.clone(),
     }
+}
+
+/// What [`pull_and_store`] pulls: a selection of a verified manifest.
+struct Target<'a> {
+    digest: &'a str,
+    selection: &'a Selection,
+    manifest: RawManifest,
 }
 
 async fn pull_and_store(
@@ -387,8 +428,7 @@ async fn pull_and_store(
     ctx: &Context,
     registry: &Registry,
     valid: &ValidSpec,
-    digest: &str,
-    manifest: RawManifest,
+    target: Target<'_>,
     deadline: &Deadline,
 ) -> Result<(Pulled, String), Failure> {
     let store_failure = |e: &dyn std::fmt::Display| Failure {
@@ -399,12 +439,8 @@ async fn pull_and_store(
     let staging = ctx.store.staging_dir().map_err(|e| store_failure(&e))?;
     let budget = super::quota::pull_budget(ctx).await;
     let options = PullOptions {
-        platform: source.spec.platform.clone(),
-        layer_media_type: source
-            .spec
-            .layer_selector
-            .as_ref()
-            .map(|l| l.media_type.clone()),
+        platform: target.selection.platform.clone(),
+        layer_media_type: target.selection.layer_media_type.clone(),
         limits: budget.limits(),
     };
     let pulled = deadline
@@ -413,7 +449,7 @@ async fn pull_and_store(
             pull::pull_manifest_into(
                 registry,
                 &valid.reference.repository,
-                manifest,
+                target.manifest,
                 staging.path(),
                 &options,
                 &|_| {},
@@ -432,11 +468,20 @@ async fn pull_and_store(
             size: f.size,
         })
         .collect();
-    let _admitted = super::quota::admit(ctx, source, digest, &files).await?;
+    let incoming = RevisionIndex {
+        digest: target.digest.to_string(),
+        selection: target.selection.clone(),
+        files,
+    };
+    let _admitted = super::quota::admit(ctx, source, incoming.clone()).await?;
     let store = ctx.store.clone();
-    let digest = digest.to_string();
     tokio::task::spawn_blocking(move || {
-        let r = store.commit(&digest, staging.path(), &files);
+        let r = store.commit_selection(
+            &incoming.digest,
+            &incoming.selection,
+            staging.path(),
+            &incoming.files,
+        );
         drop(staging);
         r
     })
@@ -482,10 +527,10 @@ async fn get_secret(api: &Api<Secret>, name: &str) -> Result<Option<Secret>, Fai
     })
 }
 
-async fn has_revision(ctx: &Context, digest: &str) -> bool {
+async fn has_revision(ctx: &Context, key: &str) -> bool {
     let store = ctx.store.clone();
-    let digest = digest.to_string();
-    tokio::task::spawn_blocking(move || store.has(&digest))
+    let key = key.to_string();
+    tokio::task::spawn_blocking(move || store.has(&key))
         .await
         .unwrap_or(false)
 }
@@ -520,6 +565,10 @@ mod tests {
         }
     }
 
+    /// Store keys of the default selection are the manifest digests.
+    const A: &str = "sha256:a";
+    const B: &str = "sha256:b";
+
     #[test]
     fn only_what_this_source_proved_skips_the_manifest_fetch() {
         let status = Artifact {
@@ -528,12 +577,12 @@ mod tests {
         };
         let here = key("r", "team-a/rules", "sha256:a");
         assert_eq!(
-            next_step(Some(&status), &here, Some(&here), false),
+            next_step(Some(&status), A, &here, Some(&here), false),
             Step::Reuse
         );
         // nothing proved since the start (a restart, a changed Secret or spec)
         assert_eq!(
-            next_step(Some(&status), &here, None, false),
+            next_step(Some(&status), A, &here, None, false),
             Step::ProveThenReuse
         );
         // proved from another repository or registry: no proof for this one
@@ -542,23 +591,69 @@ mod tests {
             key("evil", "team-a/rules", "sha256:a"),
         ] {
             assert_eq!(
-                next_step(Some(&status), &here, Some(&other), false),
+                next_step(Some(&status), A, &here, Some(&other), false),
                 Step::ProveThenReuse
             );
         }
         // a new digest, no status yet, or the content gone from the store
         let newer = key("r", "team-a/rules", "sha256:b");
         assert_eq!(
-            next_step(Some(&status), &newer, Some(&newer), false),
+            next_step(Some(&status), B, &newer, Some(&newer), false),
             Step::ProveThenStore
         );
         assert_eq!(
-            next_step(None, &here, Some(&here), false),
+            next_step(None, A, &here, Some(&here), false),
             Step::ProveThenStore
         );
         assert_eq!(
-            next_step(Some(&status), &here, Some(&here), true),
+            next_step(Some(&status), A, &here, Some(&here), true),
             Step::ProveThenStore
+        );
+    }
+
+    #[test]
+    fn another_selection_of_the_same_digest_is_stored_anew() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let here = key("r", "team-a/rules", &digest);
+        let layers = |m: &str| Selection {
+            platform: None,
+            layer_media_type: Some(m.into()),
+        };
+        let key_a = revision_key(&digest, &layers("application/vnd.a"));
+        let key_b = revision_key(&digest, &layers("application/vnd.b"));
+        let status = Artifact {
+            digest: digest.clone(),
+            url: Some(format!("http://s{}", crate::server::revision_path(&key_a))),
+            ..Default::default()
+        };
+        assert_eq!(
+            next_step(Some(&status), &key_a, &here, Some(&here), false),
+            Step::Reuse
+        );
+        // the layer selector changed, or an old status stored every layer under the digest
+        for other in [key_b, digest.clone()] {
+            assert_eq!(
+                next_step(Some(&status), &other, &here, Some(&here), false),
+                Step::ProveThenStore,
+                "{other}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_source_selects_by_its_platform_and_layer_media_type() {
+        let mut source = ArtifactSource::new("s", Default::default());
+        assert!(selection_of(&source).is_default());
+        source.spec.platform = Some("linux/arm64".into());
+        source.spec.layer_selector = Some(crate::api::artifact_source::LayerSelector {
+            media_type: "application/vnd.a".into(),
+        });
+        assert_eq!(
+            selection_of(&source),
+            Selection {
+                platform: Some("linux/arm64".into()),
+                layer_media_type: Some("application/vnd.a".into()),
+            }
         );
     }
 }

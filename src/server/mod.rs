@@ -4,8 +4,10 @@
 //! Routes (GET and HEAD only; other methods get 405):
 //!
 //! - `/blobs/sha256/<hex>`: a stored file, streamed from disk, immutable;
-//! - `/revisions/sha256/<hex>`: the [`RevisionIndex`](crate::store::RevisionIndex) of a
-//!   manifest digest as JSON, immutable;
+//! - `/revisions/sha256/<hex>`: the [`RevisionIndex`](crate::store::RevisionIndex) stored
+//!   under the revision key `sha256:<hex>` as JSON, immutable (the key is the manifest
+//!   digest, or for a platform or layer selection a hash of the digest and the selection:
+//!   see [`revision_key`](crate::store::revision_key));
 //! - `/metrics`: OpenMetrics text;
 //! - `/healthz`: always `ok`; `/readyz`: `ok` once [`ServerState::ready`] is set.
 //!
@@ -106,12 +108,10 @@ pub struct ServerState {
     pub ready: Arc<AtomicBool>,
 }
 
-/// The URL path of the index of the revision with manifest digest `manifest_digest`
-/// (`sha256:<hex>`): `/revisions/sha256/<hex>`.
-pub fn revision_path(manifest_digest: &str) -> String {
-    let hex = manifest_digest
-        .strip_prefix("sha256:")
-        .unwrap_or(manifest_digest);
+/// The URL path of the index of the revision stored under `key` (`sha256:<hex>`, see
+/// [`revision_key`](crate::store::revision_key)): `/revisions/sha256/<hex>`.
+pub fn revision_path(key: &str) -> String {
+    let hex = key.strip_prefix("sha256:").unwrap_or(key);
     format!("/revisions/sha256/{hex}")
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use super::{GcReport, Store, StoreError, StoreUsage, is_sha256_hex};
 
 impl Store {
-    /// Removes every revision index whose digest is not in `keep`, then every blob that no
+    /// Removes every revision index whose key is not in `keep`, then every blob that no
     /// remaining index references. An unreadable index in `keep` is removed too (it could
     /// not be served).
     pub fn gc(&self, keep: &HashSet<String>) -> Result<GcReport, StoreError> {
@@ -18,9 +18,9 @@ impl Store {
         for (hex, path) in list_dir(&self.revisions_dir(), |name| {
             name.strip_suffix(".json").filter(|h| is_sha256_hex(h))
         })? {
-            let digest = format!("sha256:{hex}");
-            let kept = if keep.contains(&digest) {
-                self.index(&digest)
+            let key = format!("sha256:{hex}");
+            let kept = if keep.contains(&key) {
+                self.index(&key)
             } else {
                 None
             };

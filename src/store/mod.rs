@@ -4,8 +4,10 @@
 //!
 //! - `blobs/sha256/<hex>`: file contents, named by the SHA-256 of their bytes, read-only and
 //!   shared by every revision (and every source) that contains the same bytes;
-//! - `revisions/<hex>.json`: a [`RevisionIndex`] per manifest digest, listing each file's
-//!   path, digest and size;
+//! - `revisions/<hex>.json`: a [`RevisionIndex`] per revision key (see [`revision_key`]:
+//!   the manifest digest, or a hash of it with the platform and layer selection when a
+//!   source narrows what it takes of the manifest), listing each file's path, digest and
+//!   size;
 //! - `tmp/`: staging directories and half-written indexes, on the same filesystem so that
 //!   moving a file into the store is a rename. Cleared by [`Store::open`].
 //!
@@ -24,10 +26,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 mod gc;
+mod key;
 mod quota;
 #[cfg(test)]
 mod tests;
 
+pub use key::{Selection, revision_key};
 pub use quota::{Admission, QuotaExceeded, QuotaScope, StoreLimits, admit, charge, global_limit};
 
 /// One file of a revision.
@@ -42,14 +46,25 @@ pub struct IndexFile {
     pub size: u64,
 }
 
-/// The files of one revision, stored as `revisions/<hex>.json`.
+/// The files of one revision, stored as `revisions/<hex>.json` where `sha256:<hex>` is
+/// its [`key`](RevisionIndex::key).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RevisionIndex {
     /// The manifest digest, `sha256:<hex>`.
     pub digest: String,
+    /// What of the manifest the files are; absent for the default (every layer).
+    #[serde(default, skip_serializing_if = "Selection::is_default")]
+    pub selection: Selection,
     /// The files, sorted by path.
     pub files: Vec<IndexFile>,
+}
+
+impl RevisionIndex {
+    /// The key the revision is stored and served under.
+    pub fn key(&self) -> String {
+        revision_key(&self.digest, &self.selection)
+    }
 }
 
 /// What [`Store::gc`] removed.
@@ -208,8 +223,8 @@ impl Store {
         self.lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn index_path(&self, digest: &str) -> Option<PathBuf> {
-        digest_hex(digest).map(|hex| self.revisions_dir().join(format!("{hex}.json")))
+    fn index_path(&self, key: &str) -> Option<PathBuf> {
+        digest_hex(key).map(|hex| self.revisions_dir().join(format!("{hex}.json")))
     }
 
     /// Where the blob of `file_digest` lives, without checking that it exists; `None` for
@@ -225,18 +240,33 @@ impl Store {
             .tempdir_in(self.tmp_dir())
     }
 
-    /// Moves the `files` of revision `digest` from `staging` into the store and writes its
-    /// index. Each staged file is re-hashed and must match its claimed digest and size;
-    /// files whose blob exists already are verified and left in `staging`. Committing a
-    /// revision again is harmless. On error, `staging` may have lost some files.
+    /// [`Store::commit_selection`] of every layer of manifest `digest`.
     pub fn commit(
         &self,
         digest: &str,
         staging: &Path,
         files: &[IndexFile],
     ) -> Result<RevisionIndex, StoreError> {
+        self.commit_selection(digest, &Selection::default(), staging, files)
+    }
+
+    /// Moves the `files` of `selection` of manifest `digest` from `staging` into the store
+    /// and writes its index under its [`revision_key`]. Each staged file is re-hashed and
+    /// must match its claimed digest and size; files whose blob exists already are
+    /// verified and left in `staging`. Committing a revision again is harmless. On error,
+    /// `staging` may have lost some files.
+    pub fn commit_selection(
+        &self,
+        digest: &str,
+        selection: &Selection,
+        staging: &Path,
+        files: &[IndexFile],
+    ) -> Result<RevisionIndex, StoreError> {
+        if digest_hex(digest).is_none() {
+            return Err(invalid_digest(digest));
+        }
         let index_path = self
-            .index_path(digest)
+            .index_path(&revision_key(digest, selection))
             .ok_or_else(|| invalid_digest(digest))?;
         let mut seen = HashSet::new();
         for file in files {
@@ -260,6 +290,7 @@ impl Store {
         sorted.sort_by(|a, b| a.path.cmp(&b.path));
         let index = RevisionIndex {
             digest: digest.to_string(),
+            selection: selection.clone(),
             files: sorted,
         };
         self.write_index(&index, &index_path)?;
@@ -316,9 +347,9 @@ impl Store {
         Ok(())
     }
 
-    /// Whether revision `digest` is complete: its index and every blob it lists exist.
-    pub fn has(&self, digest: &str) -> bool {
-        self.index(digest).is_some_and(|index| {
+    /// Whether the revision `key` is complete: its index and every blob it lists exist.
+    pub fn has(&self, key: &str) -> bool {
+        self.index(key).is_some_and(|index| {
             index
                 .files
                 .iter()
@@ -326,10 +357,10 @@ impl Store {
         })
     }
 
-    /// The index of revision `digest`, if stored, readable and at most
-    /// [`MAX_INDEX_BYTES`] long (checked before it is read).
-    pub fn index(&self, digest: &str) -> Option<RevisionIndex> {
-        let file = fs::File::open(self.index_path(digest)?).ok()?;
+    /// The index of the revision `key`, if stored, readable, at most [`MAX_INDEX_BYTES`]
+    /// long (checked before it is read) and really the index of that key.
+    pub fn index(&self, key: &str) -> Option<RevisionIndex> {
+        let file = fs::File::open(self.index_path(key)?).ok()?;
         let len = file.metadata().ok()?.len();
         if len > MAX_INDEX_BYTES {
             return None;
@@ -337,7 +368,7 @@ impl Store {
         let mut raw = Vec::with_capacity(usize::try_from(len).ok()?);
         file.take(MAX_INDEX_BYTES).read_to_end(&mut raw).ok()?;
         let index: RevisionIndex = serde_json::from_slice(&raw).ok()?;
-        (index.digest == digest).then_some(index)
+        (digest_hex(&index.digest).is_some() && index.key() == key).then_some(index)
     }
 
     /// The path of the blob `file_digest`, if the digest is valid and the blob exists.

@@ -186,15 +186,17 @@ impl Store {
     }
 
     /// Whether `incoming` may be stored for a namespace whose sources would then keep
-    /// `kept` (the other stored revisions they need; unreadable ones are skipped).
+    /// `kept` (the keys of the other stored revisions they need; unreadable ones are
+    /// skipped).
     pub fn check_quota(
         &self,
         incoming: &RevisionIndex,
         kept: &[String],
     ) -> Result<(), QuotaExceeded> {
+        let incoming_key = incoming.key();
         let mut revisions: Vec<RevisionIndex> = kept
             .iter()
-            .filter(|d| **d != incoming.digest)
+            .filter(|k| **k != incoming_key)
             .filter_map(|d| self.index(d))
             .collect();
         revisions.push(incoming.clone());
@@ -221,6 +223,7 @@ mod tests {
     fn revision(n: u8, files: &[(&str, u8, u64)]) -> RevisionIndex {
         RevisionIndex {
             digest: digest(n),
+            selection: Default::default(),
             files: files
                 .iter()
                 .map(|(path, blob, size)| IndexFile {
@@ -363,6 +366,7 @@ mod tests {
         };
         let first = RevisionIndex {
             digest: digest(1),
+            selection: Default::default(),
             files: vec![file.clone()],
         };
         assert_eq!(store.missing_bytes(&first), 5000);
@@ -390,5 +394,48 @@ mod tests {
         assert_eq!(refused.needed, Some(21 * BLOCK));
         // Without the old revision it fits.
         assert_eq!(store.check_quota(&second, &[]), Ok(()));
+    }
+
+    #[test]
+    fn another_selection_of_a_kept_digest_is_charged_as_well() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path())
+            .unwrap()
+            .with_limits(limits(None, Some(4 * BLOCK)));
+        let staging = store.staging_dir().unwrap();
+        std::fs::write(staging.path().join("a"), b"a").unwrap();
+        let layers = |m: &str| crate::store::Selection {
+            platform: None,
+            layer_media_type: Some(m.into()),
+        };
+        let a_file = IndexFile {
+            path: "a".into(),
+            digest: format!(
+                "sha256:{}",
+                hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"a"))
+            ),
+            size: 1,
+        };
+        let kept = store
+            .commit_selection(&digest(1), &layers("a"), staging.path(), &[a_file])
+            .unwrap();
+        // selection b of the same manifest: 2 blocks, with a's 2 blocks at the quota
+        let mut incoming = revision(1, &[("b", 2, 1)]);
+        incoming.selection = layers("b");
+        assert_eq!(store.check_quota(&incoming, &[kept.key()]), Ok(()));
+        incoming.files.push(IndexFile {
+            path: "c".into(),
+            digest: digest(3),
+            size: 1,
+        });
+        let refused = store.check_quota(&incoming, &[kept.key()]).unwrap_err();
+        assert_eq!(refused.needed, Some(6 * BLOCK), "a's revision is counted");
+        // the incoming revision itself among the kept is counted once
+        assert_eq!(store.check_quota(&incoming, &[incoming.key()]), Ok(()));
+        incoming.files.pop();
+        assert_eq!(
+            store.check_quota(&incoming, &[incoming.key(), kept.key()]),
+            Ok(())
+        );
     }
 }

@@ -315,3 +315,79 @@ fn an_oversized_index_is_not_read() {
     assert!(store.index(&manifest(1)).is_none());
     assert!(!store.has(&manifest(1)));
 }
+
+fn layers(media_type: &str) -> Selection {
+    Selection {
+        platform: None,
+        layer_media_type: Some(media_type.into()),
+    }
+}
+
+#[test]
+fn two_selections_of_one_manifest_are_stored_apart() {
+    let (_root, store) = open();
+    let (rules, rules_files) = stage(&store, &[("rules.yaml", b"- rule: a\n")]);
+    let (plugin, plugin_files) = stage(&store, &[("plugin.so", b"\x7fELF")]);
+    let (a, b) = (layers("application/vnd.a"), layers("application/vnd.b"));
+    let (key_a, key_b) = (
+        revision_key(&manifest(1), &a),
+        revision_key(&manifest(1), &b),
+    );
+    let index_a = store
+        .commit_selection(&manifest(1), &a, rules.path(), &rules_files)
+        .unwrap();
+    let index_b = store
+        .commit_selection(&manifest(1), &b, plugin.path(), &plugin_files)
+        .unwrap();
+    // each under its own key, neither under the manifest digest, the digest kept inside
+    assert_eq!(
+        (index_a.key(), index_b.key()),
+        (key_a.clone(), key_b.clone())
+    );
+    assert_eq!(index_a.digest, manifest(1));
+    assert_eq!(store.index(&key_a), Some(index_a.clone()));
+    assert_eq!(store.index(&key_b), Some(index_b.clone()));
+    assert!(store.index(&manifest(1)).is_none());
+    assert_eq!(store.usage().revisions, 2);
+
+    // garbage collection keeps what its keys name, blobs included
+    let report = store.gc(&HashSet::from([key_a.clone()])).unwrap();
+    assert_eq!((report.removed_revisions, report.removed_blobs), (1, 1));
+    assert!(store.has(&key_a));
+    assert!(!store.has(&key_b));
+    assert!(store.blob_path(&digest_of(b"- rule: a\n")).is_some());
+}
+
+#[test]
+fn an_index_is_only_read_under_its_own_key() {
+    let (_root, store) = open();
+    let (staging, files) = stage(&store, &[("a", b"x")]);
+    let a = layers("application/vnd.a");
+    let key = revision_key(&manifest(1), &a);
+    store
+        .commit_selection(&manifest(1), &a, staging.path(), &files)
+        .unwrap();
+    // an index copied under another key (the manifest digest, another selection) is not
+    // served as that one
+    let copied = |to: &str| {
+        fs::copy(
+            store.index_path(&key).unwrap(),
+            store.index_path(to).unwrap(),
+        )
+        .unwrap();
+    };
+    for other in [manifest(1), revision_key(&manifest(1), &layers("b"))] {
+        copied(&other);
+        assert!(store.index(&other).is_none(), "{other}");
+        assert!(!store.has(&other));
+    }
+    // an index written before selections were keyed reads back as the default selection
+    let (staging, files) = stage(&store, &[("b", b"y")]);
+    store.commit(&manifest(2), staging.path(), &files).unwrap();
+    let raw = fs::read_to_string(store.index_path(&manifest(2)).unwrap()).unwrap();
+    assert!(!raw.contains("selection"), "{raw}");
+    assert_eq!(
+        store.index(&manifest(2)).map(|i| i.selection),
+        Some(Selection::default())
+    );
+}
