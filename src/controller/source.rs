@@ -416,6 +416,44 @@ fn artifact_of(
     }
 }
 
+/// The most bytes an artifact's file list may take in status, and its manifest annotations:
+/// the whole object must stay under the API server's limit (etcd's 1.5 MiB by default), or
+/// no status could ever be written for it.
+const MAX_STATUS_FILES_BYTES: usize = 512 << 10;
+const MAX_STATUS_ANNOTATIONS_BYTES: usize = 64 << 10;
+
+/// Refuses, before it is stored, an artifact whose status would be too large to write.
+fn status_fits(pulled: &Pulled) -> Result<(), Failure> {
+    // {"path":"","digest":"","size":}, and the separator
+    let files = pulled
+        .files
+        .iter()
+        .map(|f| f.path.len() + f.digest.len() + 50)
+        .fold(0usize, usize::saturating_add);
+    let annotations = pulled
+        .annotations
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 6)
+        .fold(0usize, usize::saturating_add);
+    let too_large = |what: String| Failure {
+        reason: crate::oci::error::Reason::TooLarge.as_str(),
+        message: what,
+        retry_after: None,
+    };
+    if files > MAX_STATUS_FILES_BYTES {
+        return Err(too_large(format!(
+            "its {} files make a file list of about {files} bytes, over the {MAX_STATUS_FILES_BYTES} an ArtifactSource status holds",
+            pulled.files.len()
+        )));
+    }
+    if annotations > MAX_STATUS_ANNOTATIONS_BYTES {
+        return Err(too_large(format!(
+            "its manifest annotations take {annotations} bytes, over the {MAX_STATUS_ANNOTATIONS_BYTES} an ArtifactSource status holds"
+        )));
+    }
+    Ok(())
+}
+
 /// What [`pull_and_store`] pulls: a selection of a verified manifest.
 struct Target<'a> {
     digest: &'a str,
@@ -459,6 +497,7 @@ async fn pull_and_store(
     ctx.metrics.registry_request("pull", outcome(&pulled));
     let pulled = budget.blame(pulled)??;
     ctx.metrics.pulled_bytes(pulled.size());
+    status_fits(&pulled)?;
     let files: Vec<IndexFile> = pulled
         .files
         .iter()
@@ -556,6 +595,29 @@ async fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_artifact_whose_status_could_not_be_written_is_refused() {
+        let pulled = |files: usize, annotation: usize| Pulled {
+            manifest_digest: String::new(),
+            kind: crate::oci::content::ContentKind::FalcoRules,
+            config: None,
+            annotations: [("a".to_string(), "x".repeat(annotation))].into(),
+            files: (0..files)
+                .map(|i| crate::oci::unpack::WrittenFile {
+                    path: format!("rules/{i:05}.yaml"),
+                    digest: format!("sha256:{}", "0".repeat(64)),
+                    size: 1,
+                })
+                .collect(),
+        };
+        assert!(status_fits(&pulled(3_000, 100)).is_ok());
+        let e = status_fits(&pulled(10_000, 100)).unwrap_err();
+        assert_eq!(e.reason, "TooLarge");
+        assert!(e.message.contains("10000 files"), "{}", e.message);
+        let e = status_fits(&pulled(1, 100_000)).unwrap_err();
+        assert!(e.message.contains("annotations"), "{}", e.message);
+    }
 
     fn key(registry: &str, repository: &str, digest: &str) -> ProvenRevision {
         ProvenRevision {
