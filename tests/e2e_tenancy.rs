@@ -66,6 +66,24 @@ async fn wait_reason(
         .unwrap_or_default()
 }
 
+/// Pushes `files` as tag 1 of a new repository and makes source `rules` of it, Ready; the
+/// repository.
+async fn rules_source(h: &Harness, work: &Path, name: &str, files: &[(&str, &[u8])]) -> String {
+    let repo = h.env.repo(Which::Plain, name);
+    let target = format!("{repo}:1");
+    push_files(
+        &h.env,
+        Which::Plain,
+        work,
+        &target,
+        "falco-rules",
+        files,
+        &[],
+    );
+    source(h, "rules", &repo).await;
+    repo.to_string()
+}
+
 const A: &str = "a.yaml";
 const A1: &str = "- list: a\n  items: [1]\n";
 const B: &str = "b.yaml";
@@ -193,18 +211,8 @@ async fn a_bundle_deleted_and_created_again_ends_with_the_new_files_also_across_
     let node_name = format!("e2e-node-{run}-r");
     node(&h, &node_name, serde_json::json!({"e2e-run": run})).await;
     let mut agent = Agent::start(&h, &node_name, &h.base_url);
-    let repo = h.env.repo(Which::Plain, "recreate");
     let files: [(&str, &[u8]); 2] = [(A, A1.as_bytes()), (B, B1.as_bytes())];
-    push_files(
-        &h.env,
-        Which::Plain,
-        work.path(),
-        &format!("{repo}:1"),
-        "falco-rules",
-        &files,
-        &[],
-    );
-    source(&h, "rules", &repo).await;
+    rules_source(&h, work.path(), "recreate", &files).await;
     let selector = serde_json::json!({"matchLabels": {"e2e-run": run}});
     let api: Api<RuleBundle> = Api::namespaced(h.client.clone(), &h.ns);
     let reports: Api<NodeReport> = Api::all(h.client.clone());
@@ -301,19 +309,15 @@ async fn directories_are_written_only_by_granted_namespaces_and_within_budgets()
         &h.base_url,
         &[&grant, "--max-bundle-bytes=8Ki"],
     );
-    let repo = h.env.repo(Which::Plain, "grants");
     let small: &[u8] = b"- list: small\n";
     let big = format!("- list: big\n  items: [{}]\n", "x,".repeat(8192));
-    push_files(
-        &h.env,
-        Which::Plain,
+    let repo = rules_source(
+        &h,
         work.path(),
-        &format!("{repo}:1"),
-        "falco-rules",
+        "grants",
         &[("a.yaml", small), ("big.yaml", big.as_bytes())],
-        &[],
-    );
-    source(&h, "rules", &repo).await;
+    )
+    .await;
     source(&other, "rules", &repo).await;
     let selector = serde_json::json!({"matchLabels": {"e2e-run": run}});
     let spec = |include: &[&str]| node_bundle(include, "/etc/falco/rules.d", selector.clone());
@@ -367,18 +371,8 @@ async fn a_bundle_that_moves_leaves_nothing_behind_even_after_a_failed_move() {
     let outside = agent.root.path().join("outside");
     std::fs::create_dir_all(&outside).expect("outside");
     std::os::unix::fs::symlink(&outside, falco.join("escape")).expect("planted link");
-    let repo = h.env.repo(Which::Plain, "moves");
     let pushed: [(&str, &[u8]); 1] = [(A, A1.as_bytes())];
-    push_files(
-        &h.env,
-        Which::Plain,
-        work.path(),
-        &format!("{repo}:1"),
-        "falco-rules",
-        &pushed,
-        &[],
-    );
-    source(&h, "rules", &repo).await;
+    rules_source(&h, work.path(), "moves", &pushed).await;
     let selector = serde_json::json!({"matchLabels": {"e2e-run": run}});
     let to = |dir: &str| node_bundle(&[A], dir, selector.clone());
     h.apply::<RuleBundle>("m", to("/etc/falco/rules.d")).await;
@@ -420,7 +414,6 @@ async fn bundles_aimed_at_other_nodes_are_kept_without_files_and_arrive_after_a_
     let run = common::unique();
     let node_name = format!("e2e-node-{run}-s");
     node(&h, &node_name, serde_json::json!({"e2e-run": run})).await;
-    let repo = h.env.repo(Which::Plain, "many-files");
     let contents: Vec<(String, String)> = (0..1000)
         .map(|i| {
             (
@@ -433,16 +426,7 @@ async fn bundles_aimed_at_other_nodes_are_kept_without_files_and_arrive_after_a_
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_bytes()))
         .collect();
-    push_files(
-        &h.env,
-        Which::Plain,
-        work.path(),
-        &format!("{repo}:1"),
-        "falco-rules",
-        &files,
-        &[],
-    );
-    source(&h, "rules", &repo).await;
+    rules_source(&h, work.path(), "many-files", &files).await;
     // 30 bundles of 1,000 files each, selecting no node; one small bundle for this node
     let nobody = serde_json::json!({"matchLabels": {"e2e-run": "nobody"}});
     for i in 0..30 {
