@@ -548,7 +548,12 @@ fn create_dir(dest: &Path, rel: &str) -> Result<()> {
     let path = dest.join(rel);
     match fs::create_dir(&path) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        Err(e)
+            if e.kind() == io::ErrorKind::AlreadyExists
+                && fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) =>
+        {
+            Ok(())
+        }
         Err(e)
             if e.kind() == io::ErrorKind::AlreadyExists
                 || e.kind() == io::ErrorKind::NotADirectory =>
