@@ -1,13 +1,17 @@
-//! End-to-end: artifact content built to exhaust memory is refused with a clear reason and
-//! bounded memory. A layer of a few hundred kilobytes whose PAX header declares a 300 MiB
-//! path, pulled by `ocisync pull`; a Falco rules file whose YAML aliases expand a
-//! 10,000-item list 10,000 times, read by a real controller that keeps serving the other
-//! bundles.
+//! End-to-end: artifact content built to exhaust memory or disk is refused with a clear
+//! reason and bounded memory and disk. A layer of a few hundred kilobytes whose PAX header
+//! declares a 300 MiB path, pulled by `ocisync pull`; a Falco rules file whose YAML aliases
+//! expand a 10,000-item list 10,000 times, read by a real controller that keeps serving the
+//! other bundles; a tar of 1,800-level paths and one of 6,000 directories, pulled by
+//! `ocisync pull` and by a real controller, whose disk use stays small.
 
 mod common;
 
 use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -373,5 +377,232 @@ async fn a_pax_path_bomb_fails_its_source_only() {
     assert!(peak < 256 * 1024, "controller VmHWM {peak} KiB");
     // another source of the same controller is served
     tenant(&h, "tenant-c", b"- rule: c\n  condition: z\n").await;
+    h.cleanup().await;
+}
+
+/// The disk space (allocated blocks) of everything under `dir`, without following links.
+fn disk_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(dir) else {
+        return 0;
+    };
+    let mut total = meta.blocks() * 512;
+    if meta.is_dir()
+        && let Ok(entries) = std::fs::read_dir(dir)
+    {
+        total += entries
+            .flatten()
+            .map(|e| disk_bytes(&e.path()))
+            .sum::<u64>();
+    }
+    total
+}
+
+/// Samples the disk use under a directory every 10 ms on a thread of its own, keeping the
+/// highest; [`DiskPeak::stop`] ends it and gives the peak in bytes.
+struct DiskPeak {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl DiskPeak {
+    fn watch(dir: PathBuf) -> Self {
+        let (stop, peak) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let thread = {
+            let (stop, peak) = (stop.clone(), peak.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    peak.fetch_max(disk_bytes(&dir), Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                peak.fetch_max(disk_bytes(&dir), Ordering::Relaxed);
+            })
+        };
+        DiskPeak { stop, peak, thread }
+    }
+
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("disk sampler");
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+/// A gzip'd tar of 50 one-byte files, each under a path of its own 1,800 levels deep: half
+/// named by GNU long-name entries, half by PAX `path` records. Unpacked naively it creates
+/// 90,050 directories.
+fn deep_paths() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let dirs = vec!["d"; 1800].join("/");
+    for i in 0..50 {
+        let path = format!("p{i}/{dirs}/f{i}.yaml");
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o644);
+        if i % 2 == 0 {
+            b.append_data(&mut h, &path, &b"x"[..]).expect("tar"); // a GNU 'L' entry
+        } else {
+            b.append_pax_extensions([("path", path.as_bytes())])
+                .expect("pax");
+            h.set_path(format!("f{i}.yaml")).expect("path");
+            h.set_cksum();
+            b.append(&h, &b"x"[..]).expect("tar");
+        }
+    }
+    gzip(&b.into_inner().expect("tar"))
+}
+
+/// A gzip'd tar of 6,000 directory entries and one rules file.
+fn many_directories() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for i in 0..6000 {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_size(0);
+        h.set_mode(0o755);
+        h.set_path(format!("d{i}/")).expect("path");
+        h.set_cksum();
+        b.append(&h, std::io::empty()).expect("tar");
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_size(2);
+    h.set_mode(0o644);
+    b.append_data(&mut h, "rules.yaml", &b"[]"[..])
+        .expect("tar");
+    gzip(&b.into_inner().expect("tar"))
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(bytes).expect("gzip");
+    gz.finish().expect("gzip")
+}
+
+#[tokio::test]
+async fn deep_paths_and_many_directories_are_refused_by_pull_in_bounded_disk() {
+    let Some(env) = common::env() else { return };
+    let which = Which::Plain;
+    let cases = [
+        (
+            "deep-paths",
+            deep_paths(),
+            "unsafe content",
+            "over the limit of 1024",
+        ),
+        (
+            "many-dirs",
+            many_directories(),
+            "too large",
+            "more than 4096 directories",
+        ),
+    ];
+    for (name, layer, class, detail) in cases {
+        let repo = env.repo(which, name);
+        let size = layer.len();
+        push_layer(&env.registry(which), &repo, layer).await;
+        let work = tempfile::tempdir().expect("tempdir");
+        let out = work.path().join("out");
+        let disk = DiskPeak::watch(work.path().to_path_buf());
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking({
+            let mut cmd = common::ocisync();
+            cmd.args(["pull", &format!("{repo}:1"), "-o"])
+                .arg(&out)
+                .args(env.cli_flags(which, work.path()));
+            move || cmd.output().expect("run")
+        })
+        .await
+        .expect("join");
+        let elapsed = started.elapsed();
+        let peak = disk.stop();
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        eprintln!(
+            "pull of {repo}:1 ({size} bytes): {elapsed:?}, peak disk under the work dir {peak} bytes: {stderr}"
+        );
+        assert_eq!(result.status.code(), Some(1), "{name}: {stderr}");
+        assert!(
+            stderr.contains(class) && stderr.contains(detail),
+            "{name}: {stderr}"
+        );
+        assert!(!out.exists(), "{name}: nothing is written");
+        let left: Vec<_> = std::fs::read_dir(work.path())
+            .expect("work dir")
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|n| n.to_string_lossy().starts_with(".ocisync") || *n == "out")
+            .collect();
+        assert!(left.is_empty(), "{name}: left behind {left:?}");
+        // 4,096 directories of 4 KiB at most, and the CLI's own files
+        assert!(peak < 24 * MIB, "{name}: {peak} bytes on disk");
+    }
+}
+
+#[tokio::test]
+async fn deep_paths_fail_their_source_only_and_the_store_stays_small() {
+    let Some(mut h) = harness().await else { return };
+    let good = format!("# {}\n- rule: deep\n  condition: x\n", common::unique());
+    let repo = tenant(&h, "deep", good.as_bytes()).await;
+    let before = h.api.get("deep").await.expect("source");
+    let good_digest = before
+        .status
+        .as_ref()
+        .and_then(|s| s.artifact.as_ref())
+        .map(|a| a.digest.clone())
+        .expect("a stored revision");
+    let store_before = disk_bytes(h.store_dir());
+    push_layer(&h.env.registry(Which::Plain), &repo, deep_paths()).await;
+    let disk = DiskPeak::watch(h.store_dir().to_path_buf());
+    h.api
+        .patch(
+            "deep",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"ref": {"tag": "1"}}})),
+        )
+        .await
+        .expect("patch source");
+    let failed = h
+        .wait("deep", "failed with UnsafeContent or TooLarge", |s| {
+            s.status.as_ref().is_some_and(|st| {
+                st.observed_generation == s.metadata.generation
+                    && st.conditions.iter().any(|c| {
+                        c.type_ == "Ready"
+                            && c.status == "False"
+                            && (c.reason == "UnsafeContent" || c.reason == "TooLarge")
+                    })
+            })
+        })
+        .await;
+    let peak = disk.stop();
+    let message = failed
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    eprintln!(
+        "store: {store_before} bytes before, peak {peak} bytes while the deep paths were refused: {message}"
+    );
+    assert!(
+        message.contains("unsafe content") && message.contains("over the limit of 1024"),
+        "{message}"
+    );
+    assert!(message.len() < 1024, "the path is not echoed whole");
+    assert!(
+        peak < store_before + 8 * MIB,
+        "the store grew from {store_before} to {peak} bytes"
+    );
+    let artifact = failed.status.as_ref().and_then(|s| s.artifact.as_ref());
+    assert_eq!(
+        artifact.map(|a| a.digest.as_str()),
+        Some(good_digest.as_str()),
+        "the last good revision is kept"
+    );
+    assert!(h.controller.try_wait().expect("controller").is_none());
+    // another tenant is served by the same controller
+    tenant(&h, "tenant-d", b"- rule: d\n  condition: z\n").await;
     h.cleanup().await;
 }

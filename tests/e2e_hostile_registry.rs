@@ -513,6 +513,54 @@ async fn credentials_stay_with_the_registry_host() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_realm_on_another_host_is_not_asked() {
+    // the registry names a "token service" on another host (here `localhost`, an internal
+    // service for the test): ocisync must not fetch it, with or without credentials, and
+    // must not forward what it would answer
+    let registry = Fake::start().await;
+    let internal = Fake::start().await;
+    registry.add("1", &artifact("- rule: internal\n"));
+    let port = internal
+        .addr
+        .rsplit_once(':')
+        .map(|(_, p)| p)
+        .expect("port");
+    *lock(&registry.challenge) = Some(format!(
+        r#"Bearer realm="http://localhost:{port}/token",service="fake""#
+    ));
+    let work = tempfile::tempdir().expect("tempdir");
+    let run = cli(vec![
+        "pull".into(),
+        format!("{}/team/rules:1", registry.addr),
+        "-o".into(),
+        work.path().join("out").display().to_string(),
+        "--insecure".into(),
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        !run.status.success(),
+        "pulled with a foreign token: {stderr}"
+    );
+    assert!(
+        stderr.contains("unauthorized") && stderr.contains("\"localhost\""),
+        "{stderr}"
+    );
+    assert!(
+        internal.seen("/token").is_empty(),
+        "the foreign token service was asked"
+    );
+    assert!(
+        registry
+            .seen("/v2/")
+            .iter()
+            .all(|s| s.authorization.is_none()),
+        "no token was forwarded to the registry"
+    );
+    assert!(!work.path().join("out").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickling_registry_times_out_and_the_controller_keeps_serving() {
     let Some(mut h) = harness().await else { return };
     // run the controller again with a short cap on registry work

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Read;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -336,7 +338,7 @@ pub fn default_platform() -> String {
     format!("{}/{arch}", std::env::consts::OS)
 }
 
-/// The digest of the index entry for `wanted` (`os/arch[/variant]`).
+/// The digest of the index entry for `wanted` (`os/arch[/variant]`), checked to be one.
 pub fn pick_platform(index: &OciImageIndex, wanted: &str) -> Result<String> {
     let mut parts = wanted.split('/');
     let (os, arch, variant) = (
@@ -357,15 +359,29 @@ pub fn pick_platform(index: &OciImageIndex, wanted: &str) -> Result<String> {
                     && variant.is_none_or(|v| p.variant.as_deref() == Some(v))
             })
         })
-        .map(|m| m.digest.clone())
         .ok_or_else(|| {
             OciError::NotFound(format!(
                 "the image index has no manifest for platform {wanted}"
             ))
         })
+        .and_then(|m| {
+            // the digest goes into a URL: it must be a digest, nothing else
+            reference::validate_digest(&m.digest).map_err(|_| {
+                OciError::InvalidManifest(format!(
+                    "the image index entry for {wanted} has digest {:?}, not a sha256 digest",
+                    m.digest.chars().take(80).collect::<String>()
+                ))
+            })?;
+            Ok(m.digest.clone())
+        })
 }
 
 /// Streams one layer: the async side hashes and counts bytes, the blocking side writes.
+///
+/// The writer is always awaited before this returns. If this future is dropped instead (a
+/// deadline passed), the writer's cancel flag is set and its channel closed: it stops at
+/// its next read or create, and since it never creates `dest` itself, it cannot bring back
+/// a staging directory the caller has removed.
 async fn pull_layer(
     registry: &Registry,
     repo: &Repository,
@@ -384,31 +400,9 @@ async fn pull_layer(
         OciError::InvalidManifest(format!("layer {} has a negative size", layer.digest))
     })?;
     let name = title.unwrap_or_else(|| layer.digest.replace(':', "-"));
-    let dest = dest.to_path_buf();
-
-    // A few chunks in flight keep both sides busy; a bound keeps memory flat whatever the size.
-    let (tx, rx) = mpsc::channel::<Bytes>(8);
-    let writer = tokio::task::spawn_blocking(move || {
-        let mut budget = budget;
-        let mut reader = ChannelReader {
-            rx,
-            current: Bytes::new(),
-        };
-        let result = match form {
-            LayerForm::Tar { gzip: true } => {
-                // bufread: inflate straight from the received chunks, no copy in between
-                let gz = flate2::bufread::GzDecoder::new(&mut reader);
-                unpack::unpack_tar(gz, &dest, expected_size, &mut budget)
-            }
-            LayerForm::Tar { gzip: false } => {
-                unpack::unpack_tar(&mut reader, &dest, expected_size, &mut budget)
-            }
-            LayerForm::File => unpack::write_single(&mut reader, &dest, &name, &mut budget),
-        };
-        result.map(|_| budget)
-    });
 
     let mut stream = registry.blob_stream(repo, &layer.digest).await?;
+    let (writer, tx) = Writer::start(form, dest, expected_size, name, budget);
     let mut hasher = Sha256::new();
     let mut received = 0u64;
     let mut sender = Some(tx);
@@ -443,9 +437,7 @@ async fn pull_layer(
         }
     }
     drop(sender);
-    let written = writer
-        .await
-        .map_err(|_| OciError::UnsafeContent("unpacking thread failed".into()))?;
+    let written = writer.finish(failure.is_some()).await;
     if let Some(e) = failure {
         return Err(e);
     }
@@ -460,10 +452,80 @@ async fn pull_layer(
     written
 }
 
+/// The blocking side of a layer pull: inflates and unpacks what the async side sends.
+/// Dropping it without [`Writer::finish`] cancels the unpack.
+struct Writer {
+    task: Option<tokio::task::JoinHandle<Result<Budget>>>,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl Writer {
+    /// Starts the writer; what is sent on the returned channel is unpacked into `dest`.
+    fn start(
+        form: LayerForm,
+        dest: &Path,
+        expected_size: u64,
+        name: String,
+        budget: Budget,
+    ) -> (Self, mpsc::Sender<Bytes>) {
+        let dest = dest.to_path_buf();
+        let cancelled = budget.cancel_flag();
+        // A few chunks in flight keep both sides busy; a bound keeps memory flat whatever the size.
+        let (tx, rx) = mpsc::channel::<Bytes>(8);
+        let mut reader = ChannelReader {
+            rx,
+            current: Bytes::new(),
+            cancelled: cancelled.clone(),
+        };
+        let task = tokio::task::spawn_blocking(move || {
+            let mut budget = budget;
+            let result = match form {
+                LayerForm::Tar { gzip: true } => {
+                    // bufread: inflate straight from the received chunks, no copy in between
+                    let gz = flate2::bufread::GzDecoder::new(&mut reader);
+                    unpack::unpack_tar(gz, &dest, expected_size, &mut budget)
+                }
+                LayerForm::Tar { gzip: false } => {
+                    unpack::unpack_tar(&mut reader, &dest, expected_size, &mut budget)
+                }
+                LayerForm::File => unpack::write_single(&mut reader, &dest, &name, &mut budget),
+            };
+            result.map(|_| budget)
+        });
+        let writer = Writer {
+            task: Some(task),
+            cancelled,
+        };
+        (writer, tx)
+    }
+
+    /// Waits for the writer to stop, after cancelling the unpack if `cancel`. The caller
+    /// has dropped its sender, so the writer sees the end of the stream.
+    async fn finish(mut self, cancel: bool) -> Result<Budget> {
+        if cancel {
+            self.cancelled.store(true, Ordering::Relaxed);
+        }
+        let Some(task) = self.task.take() else {
+            return Err(OciError::UnsafeContent("unpacking thread failed".into()));
+        };
+        task.await
+            .map_err(|_| OciError::UnsafeContent("unpacking thread failed".into()))?
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if self.task.is_some() {
+            self.cancelled.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// A blocking `Read` over chunks sent from the async side.
 struct ChannelReader {
     rx: mpsc::Receiver<Bytes>,
     current: Bytes,
+    cancelled: Arc<AtomicBool>,
 }
 
 impl Read for ChannelReader {
@@ -478,6 +540,7 @@ impl Read for ChannelReader {
 
 impl std::io::BufRead for ChannelReader {
     fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        unpack::check_cancelled(&self.cancelled).map_err(std::io::Error::other)?;
         while self.current.is_empty() {
             match self.rx.blocking_recv() {
                 Some(next) => self.current = next,
@@ -524,6 +587,25 @@ mod tests {
                 .as_str(),
             "NotFound"
         );
+    }
+
+    #[test]
+    fn an_index_entry_digest_must_be_a_digest_before_it_goes_into_a_url() {
+        for bad in [
+            "../../../v2/other/manifests/latest",
+            "sha256:../x",
+            "sha256:ABC",
+        ] {
+            let index: OciImageIndex = serde_json::from_value(serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": content::INDEX_V1,
+                "manifests": [{"mediaType": content::MANIFEST_V1, "digest": bad, "size": 1,
+                    "platform": {"os": "linux", "architecture": "amd64"}}],
+            }))
+            .unwrap();
+            let e = pick_platform(&index, "linux/amd64").expect_err(bad);
+            assert_eq!(e.reason().as_str(), "InvalidManifest", "{bad}: {e}");
+        }
     }
 
     #[test]
@@ -575,6 +657,90 @@ mod tests {
         assert_eq!(e.reason().as_str(), "DigestMismatch");
         let tagged = Reference::parse_cli("h/r:1").expect("reference");
         assert!(check_pin(&tagged, &b).is_ok());
+    }
+
+    /// A gzip'd tar of `files` files of 1 MiB of zeros, each in its own directory: a few
+    /// hundred kilobytes that take a while to write.
+    fn slow_layer(files: usize) -> Vec<u8> {
+        use std::io::Write;
+        let mut b = tar::Builder::new(Vec::new());
+        let data = vec![0u8; 1024 * 1024];
+        for i in 0..files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, format!("d{i}/f"), &data[..]).unwrap();
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&b.into_inner().unwrap()).unwrap();
+        gz.finish().unwrap()
+    }
+
+    /// Waits (up to 30 s) until `done` holds.
+    async fn eventually(what: &str, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_pull_stops_its_writer_and_recreates_nothing() {
+        let parent = tempfile::tempdir().unwrap();
+        let staging = parent.path().join("staging");
+        std::fs::create_dir(&staging).unwrap();
+        let budget = Budget::new(Limits::default());
+        let flag = budget.cancel_flag();
+        let layer = slow_layer(256);
+        let (writer, tx) = Writer::start(
+            LayerForm::Tar { gzip: true },
+            &staging,
+            1 << 30, // no ratio cap
+            "layer".into(),
+            budget,
+        );
+        tx.send(Bytes::from(layer)).await.unwrap();
+        eventually("the writer started", || {
+            std::fs::read_dir(&staging).is_ok_and(|mut d| d.next().is_some())
+        })
+        .await;
+        // what a deadline does: the pull future (with its writer and sender) is dropped,
+        // then the caller removes the staging directory
+        drop(tx);
+        drop(writer);
+        let _ = std::fs::remove_dir_all(&staging);
+        // the writer thread holds two references to the flag until it ends
+        eventually("the writer stopped", || Arc::strong_count(&flag) == 1).await;
+        assert!(!staging.exists(), "the staging directory was re-created");
+        assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_writer_stops_before_the_end_of_its_layer() {
+        let staging = tempfile::tempdir().unwrap();
+        let budget = Budget::new(Limits::default());
+        let flag = budget.cancel_flag();
+        let (writer, tx) = Writer::start(
+            LayerForm::Tar { gzip: true },
+            staging.path(),
+            1 << 30,
+            "layer".into(),
+            budget,
+        );
+        tx.send(Bytes::from(slow_layer(256))).await.unwrap();
+        eventually("the writer started", || {
+            std::fs::read_dir(staging.path()).is_ok_and(|mut d| d.next().is_some())
+        })
+        .await;
+        drop(tx);
+        let Err(e) = writer.finish(true).await else {
+            panic!("the writer was not cancelled");
+        };
+        assert!(e.to_string().contains("cancelled"), "{e}");
+        assert_eq!(Arc::strong_count(&flag), 1, "the writer has ended");
+        let written = std::fs::read_dir(staging.path()).unwrap().count();
+        assert!(written < 256, "{written} of 256 files written");
     }
 
     #[tokio::test]

@@ -254,6 +254,13 @@ impl Registry {
         if let Some(s) = service {
             query.push(("service", s));
         }
+        if let Some(why) = token_realm_refusal(realm, &self.origin) {
+            let host = Origin::of(realm).map(|o| o.host).unwrap_or_default();
+            return Err(OciError::Unauthorized(format!(
+                "{} names the token service {host:?}, which ocisync does not ask: {why}",
+                self.registry
+            )));
+        }
         let mut request = self.http.get(realm).query(&query);
         if let Some(c) = &self.options.credentials {
             match realm_refusal(realm, &self.origin) {
@@ -617,6 +624,32 @@ const TRUSTED_REALMS: &[(&str, &str)] = &[
     ("registry.gitlab.com", "gitlab.com"),
 ];
 
+/// Why no token may be asked of `realm` at all, or `None` when it may: a registry could
+/// otherwise name any internal address as its token service and have ocisync fetch it and
+/// forward what it answers. Allowed: the registry's own host (any port) over https or the
+/// registry's own scheme, and the token services listed in [`TRUSTED_REALMS`] over https.
+fn token_realm_refusal(realm: &str, registry: &Origin) -> Option<&'static str> {
+    let Some(realm) = Origin::of(realm) else {
+        return Some("its address is not an absolute URL");
+    };
+    let scheme_ok = realm.scheme == "https" || realm.scheme == registry.scheme;
+    let same_host = realm.host == registry.host && scheme_ok;
+    if same_host || trusted_realm(&realm, registry) {
+        None
+    } else {
+        Some("it is not on the registry's host")
+    }
+}
+
+/// Whether `realm` is a token service listed for the registry in [`TRUSTED_REALMS`].
+fn trusted_realm(realm: &Origin, registry: &Origin) -> bool {
+    realm.scheme == "https"
+        && realm.port == 443
+        && TRUSTED_REALMS
+            .iter()
+            .any(|(r, t)| *r == registry.host && *t == realm.host)
+}
+
 /// Why the registry's Basic credentials must not go to the token `realm`, or `None` when
 /// they may: only over https, and only to the registry's own host and port or a token
 /// service listed in [`TRUSTED_REALMS`].
@@ -628,11 +661,7 @@ fn realm_refusal(realm: &str, registry: &Origin) -> Option<&'static str> {
         return Some("it is not reached over https");
     }
     let same_host = realm.host == registry.host && realm.port == registry.port;
-    let trusted = realm.port == 443
-        && TRUSTED_REALMS
-            .iter()
-            .any(|(r, t)| *r == registry.host && *t == realm.host);
-    if same_host || trusted {
+    if same_host || trusted_realm(&realm, registry) {
         None
     } else {
         Some("it is not on the registry's host")
@@ -895,6 +924,47 @@ mod tests {
         let gitlab = origin("https://registry.gitlab.com");
         assert_eq!(realm_refusal("https://gitlab.com/jwt/auth", &gitlab), None);
         assert!(realm_refusal("https://gitlab.com:8443/jwt/auth", &gitlab).is_some());
+    }
+
+    #[test]
+    fn a_token_is_asked_only_of_the_registry_host_or_a_listed_token_service() {
+        let registry = origin("https://registry.example");
+        for allowed in [
+            "https://registry.example/token",
+            "https://registry.example:5001/auth", // a token server on another port
+        ] {
+            assert_eq!(token_realm_refusal(allowed, &registry), None, "{allowed}");
+        }
+        for refused in [
+            "http://registry.example/token", // no downgrade from https
+            "https://169.254.169.254/latest/meta-data",
+            "http://10.0.0.1:8080/internal-token",
+            "https://kubernetes.default.svc/api",
+            "https://registry.example.evil.example/token",
+            "/token",
+        ] {
+            assert!(
+                token_realm_refusal(refused, &registry).is_some(),
+                "{refused}"
+            );
+        }
+        // a plain-HTTP registry may keep its token service on plain HTTP, on its own host
+        let plain = origin("http://127.0.0.1:5000");
+        assert_eq!(token_realm_refusal("http://127.0.0.1:5001/t", &plain), None);
+        assert!(token_realm_refusal("http://127.0.0.2:5000/t", &plain).is_some());
+        assert!(token_realm_refusal("http://localhost:5000/t", &plain).is_some());
+        let hub = origin("https://registry-1.docker.io");
+        assert_eq!(
+            token_realm_refusal("https://auth.docker.io/token", &hub),
+            None
+        );
+        assert!(token_realm_refusal("http://auth.docker.io/token", &hub).is_some());
+        let gitlab = origin("https://registry.gitlab.com");
+        assert_eq!(
+            token_realm_refusal("https://gitlab.com/jwt/auth", &gitlab),
+            None
+        );
+        assert!(token_realm_refusal("https://gitlab.com/jwt/auth", &registry).is_some());
     }
 
     #[test]

@@ -1,12 +1,17 @@
 //! Turning layer bytes into files under a staging directory, safely: no absolute paths,
-//! no `..`, no links, devices or FIFOs, no duplicate paths, bounded size and file count.
-//! Every file is hashed while it is written.
+//! no `..`, no links, devices or FIFOs, no duplicate paths, bounded path depth and length,
+//! bounded size, file count and directory count. Every file is hashed while it is written.
+//!
+//! The staging directory itself is never created here: everything is created one level at
+//! a time below it, so an unpack that outlives its staging directory cannot bring it back.
 
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use sha2::{Digest, Sha256};
 
@@ -23,6 +28,8 @@ pub struct Limits {
     pub max_unpacked_bytes: u64,
     /// Most files in one artifact.
     pub max_files: usize,
+    /// Most directories one artifact may create (explicit entries and implied parents).
+    pub max_dirs: usize,
     /// Largest unpacked:compressed ratio of a layer before it counts as a bomb
     /// (applied above 16 MiB unpacked).
     pub max_ratio: u64,
@@ -35,6 +42,7 @@ impl Default for Limits {
             max_artifact_bytes: 1024 * 1024 * 1024,
             max_unpacked_bytes: 2 * 1024 * 1024 * 1024,
             max_files: 10_000,
+            max_dirs: 4_096,
             max_ratio: 200,
         }
     }
@@ -50,12 +58,24 @@ pub struct WrittenFile {
     pub size: u64,
 }
 
+/// What every file or directory an unpack creates costs against the unpacked-size budget,
+/// on top of its bytes: about what a directory or a small file takes on disk.
+pub const ENTRY_COST: u64 = 4096;
+
+/// The most parts a path in an artifact may have.
+pub const MAX_PATH_DEPTH: usize = 32;
+
+/// The longest path (as written in the archive) an artifact may hold, in bytes.
+pub const MAX_PATH_BYTES: usize = 1024;
+
 /// What has been written so far for one artifact (shared by its layers).
 #[derive(Debug)]
 pub struct Budget {
     limits: Limits,
     unpacked: u64,
     seen: HashSet<String>,
+    dirs: HashSet<String>,
+    cancelled: Arc<AtomicBool>,
     pub files: Vec<WrittenFile>,
 }
 
@@ -65,8 +85,43 @@ impl Budget {
             limits,
             unpacked: 0,
             seen: HashSet::new(),
+            dirs: HashSet::new(),
+            cancelled: Arc::new(AtomicBool::new(false)),
             files: Vec::new(),
         }
+    }
+
+    /// The flag that stops this unpack: once set, the next read or create fails.
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.cancelled.clone()
+    }
+
+    fn check_cancelled(&self) -> Result<()> {
+        check_cancelled(&self.cancelled)
+    }
+
+    /// Creates the directory `rel` below `dest` and its missing parents, one level at a
+    /// time; each new directory counts once against the directory limit and costs
+    /// [`ENTRY_COST`].
+    fn make_dirs(&mut self, dest: &Path, rel: &str, gauge: &Gauge<'_>) -> Result<()> {
+        let ends = rel.match_indices('/').map(|(i, _)| i);
+        for end in ends.chain(std::iter::once(rel.len())) {
+            let dir = &rel[..end];
+            if self.dirs.contains(dir) {
+                continue;
+            }
+            self.check_cancelled()?;
+            self.dirs.insert(dir.to_string());
+            if self.dirs.len() > self.limits.max_dirs {
+                return Err(OciError::TooLarge(format!(
+                    "more than {} directories",
+                    self.limits.max_dirs
+                )));
+            }
+            gauge.charge_entry()?;
+            create_dir(dest, dir)?;
+        }
+        Ok(())
     }
 
     fn claim_path(&mut self, path: &str) -> Result<()> {
@@ -83,8 +138,17 @@ impl Budget {
     }
 }
 
-/// Validates an archive path and returns it normalised (no `.` parts, `/` separators).
+/// Validates an archive path and returns it normalised (no `.` parts, `/` separators):
+/// relative, without `..`, UTF-8, at most [`MAX_PATH_BYTES`] long and [`MAX_PATH_DEPTH`]
+/// parts deep.
 pub fn safe_relative_path(raw: &Path) -> Result<Option<String>> {
+    let length = raw.as_os_str().len();
+    if length > MAX_PATH_BYTES {
+        let start: String = raw.to_string_lossy().chars().take(64).collect();
+        return Err(OciError::UnsafeContent(format!(
+            "path {start:?}... is {length} bytes long, over the limit of {MAX_PATH_BYTES}"
+        )));
+    }
     let shown = raw.to_string_lossy();
     let mut parts = Vec::new();
     for component in raw.components() {
@@ -105,6 +169,12 @@ pub fn safe_relative_path(raw: &Path) -> Result<Option<String>> {
                 return Err(OciError::UnsafeContent(format!("absolute path {shown:?}")));
             }
         }
+    }
+    if parts.len() > MAX_PATH_DEPTH {
+        return Err(OciError::UnsafeContent(format!(
+            "path {shown:?} is {} levels deep, over the limit of {MAX_PATH_DEPTH}",
+            parts.len()
+        )));
     }
     Ok((!parts.is_empty()).then(|| parts.join("/")))
 }
@@ -140,10 +210,10 @@ pub fn unpack_tar(
     layer_size: u64,
     budget: &mut Budget,
 ) -> Result<()> {
-    let used = Cell::new(0u64);
-    let meter = Meter {
-        inner: reader,
+    let (used, charged) = (Cell::new(0u64), Cell::new(0u64));
+    let gauge = Gauge {
         used: &used,
+        charged: &charged,
         ratio_cap: layer_size
             .saturating_mul(budget.limits.max_ratio)
             .max(16 * 1024 * 1024),
@@ -151,15 +221,23 @@ pub fn unpack_tar(
             .limits
             .max_unpacked_bytes
             .saturating_sub(budget.unpacked),
+        limit: budget.limits.max_unpacked_bytes,
+    };
+    let meter = Meter {
+        inner: reader,
+        gauge,
+        cancelled: budget.cancel_flag(),
     };
     let result = unpack_entries(meter, dest, budget);
-    budget.unpacked = budget.unpacked.saturating_add(used.get());
+    budget.unpacked = budget
+        .unpacked
+        .saturating_add(used.get())
+        .saturating_add(charged.get());
     result
 }
 
 fn unpack_entries<R: Read>(meter: Meter<'_, R>, dest: &Path, budget: &mut Budget) -> Result<()> {
-    let used = meter.used;
-    let cap = meter.ratio_cap.min(meter.budget_cap);
+    let gauge = meter.gauge;
     let mut archive = tar::Archive::new(meter);
     let entries = archive.entries().map_err(tar_error)?.raw(true);
     let mut pending = Pending::default();
@@ -169,17 +247,23 @@ fn unpack_entries<R: Read>(meter: Meter<'_, R>, dest: &Path, budget: &mut Budget
             continue;
         }
         let taken = std::mem::take(&mut pending);
-        let Some(rel) = member(&entry, &taken, dest)? else {
-            continue;
+        let rel = match member(&entry, &taken)? {
+            Member::File(rel) => rel,
+            Member::Dir(rel) => {
+                budget.make_dirs(dest, &rel, &gauge)?;
+                continue;
+            }
+            Member::Nothing => continue,
         };
         budget.claim_path(&rel)?;
+        gauge.charge_entry()?;
         let declared = entry.size();
-        if declared > cap.saturating_sub(used.get()) {
+        if declared > gauge.room() {
             return Err(OciError::TooLarge(format!(
                 "{rel:?} would take the unpacked size over the limit"
             )));
         }
-        let written = write_file(&mut entry, dest, &rel, declared)?;
+        let written = write_file(&mut entry, dest, &rel, declared, budget, &gauge)?;
         budget.files.push(written);
     }
     if !pending.is_empty() {
@@ -231,26 +315,27 @@ fn extension_size_ok(kind: tar::EntryType, size: u64) -> Result<()> {
     Ok(())
 }
 
-/// Decides what to do with a member: `Some(path)` for a regular file to write, `None` for a
-/// directory (created here); an error for anything else.
-fn member<R: Read>(
-    entry: &tar::Entry<'_, R>,
-    pending: &Pending,
-    dest: &Path,
-) -> Result<Option<String>> {
+/// What a tar member asks for.
+enum Member {
+    /// A regular file to write at this path.
+    File(String),
+    /// A directory to create.
+    Dir(String),
+    /// Nothing (a directory entry for the archive's root, `./`).
+    Nothing,
+}
+
+/// Decides what to do with a member: a file or directory at a safe path; an error for
+/// anything else.
+fn member<R: Read>(entry: &tar::Entry<'_, R>, pending: &Pending) -> Result<Member> {
     let raw_path = member_path(entry.header(), pending)?;
     check_pax_size(pending, entry.size())?;
     let shown = raw_path.to_string_lossy().to_string();
     use tar::EntryType as T;
     match entry.header().entry_type() {
-        T::Directory => {
-            if let Some(rel) = safe_relative_path(&raw_path)? {
-                create_dirs(dest, &rel)?;
-            }
-            Ok(None)
-        }
+        T::Directory => Ok(safe_relative_path(&raw_path)?.map_or(Member::Nothing, Member::Dir)),
         T::Regular | T::Continuous => safe_relative_path(&raw_path)?
-            .map(Some)
+            .map(Member::File)
             .ok_or_else(|| OciError::UnsafeContent("file with an empty path".into())),
         T::Symlink | T::Link => Err(OciError::UnsafeContent(format!(
             "link {shown:?} is not allowed"
@@ -332,33 +417,89 @@ fn pax_records(pending: &Pending) -> Result<Vec<(&[u8], &[u8])>> {
         .collect()
 }
 
+/// The unpacked size of one layer so far: the bytes read from its (decompressed) stream
+/// and what the files and directories it created cost ([`ENTRY_COST`] each). Stream bytes
+/// count against the layer's ratio cap and the artifact's remaining budget; entry costs
+/// against the budget only (small files are not a decompression bomb).
+#[derive(Clone, Copy)]
+struct Gauge<'a> {
+    used: &'a Cell<u64>,
+    charged: &'a Cell<u64>,
+    ratio_cap: u64,
+    /// What is left of the artifact's budget for this layer.
+    budget_cap: u64,
+    /// The artifact's whole budget, for messages.
+    limit: u64,
+}
+
+impl Gauge<'_> {
+    fn total(&self) -> u64 {
+        self.used.get().saturating_add(self.charged.get())
+    }
+
+    /// Charges one created file or directory.
+    fn charge_entry(&self) -> Result<()> {
+        self.charged
+            .set(self.charged.get().saturating_add(ENTRY_COST));
+        self.within_budget()
+    }
+
+    fn within_budget(&self) -> Result<()> {
+        if self.total() > self.budget_cap {
+            return Err(OciError::TooLarge(format!(
+                "the artifact unpacks to more than its size limit of {} bytes \
+                 (each file and directory counts {ENTRY_COST} bytes besides its content)",
+                self.limit
+            )));
+        }
+        Ok(())
+    }
+
+    /// Counts `n` bytes read from the stream.
+    fn count(&self, n: usize) -> Result<()> {
+        self.used.set(self.used.get().saturating_add(n as u64));
+        self.within_budget()?;
+        if self.used.get() > self.ratio_cap {
+            return Err(OciError::TooLarge(format!(
+                "a layer unpacks to more than {} bytes, past the ratio of a decompression bomb",
+                self.ratio_cap
+            )));
+        }
+        Ok(())
+    }
+
+    /// How many more stream bytes fit.
+    fn room(&self) -> u64 {
+        let by_ratio = self.ratio_cap.saturating_sub(self.used.get());
+        by_ratio.min(self.budget_cap.saturating_sub(self.total()))
+    }
+}
+
 /// Counts every byte read from a layer's (decompressed) stream and fails the read once the
-/// layer's ratio cap or the artifact's remaining budget is passed.
+/// gauge says so, or once the pull is cancelled.
 struct Meter<'a, R> {
     inner: R,
-    used: &'a Cell<u64>,
-    ratio_cap: u64,
-    budget_cap: u64,
+    gauge: Gauge<'a>,
+    cancelled: Arc<AtomicBool>,
 }
 
 impl<R: Read> Read for Meter<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        check_cancelled(&self.cancelled).map_err(io::Error::other)?;
         let n = self.inner.read(buf)?;
-        let used = self.used.get().saturating_add(n as u64);
-        self.used.set(used);
-        if used > self.budget_cap {
-            return Err(io::Error::other(OciError::TooLarge(
-                "the artifact unpacks to more than its size limit".into(),
-            )));
-        }
-        if used > self.ratio_cap {
-            return Err(io::Error::other(OciError::TooLarge(format!(
-                "a layer unpacks to more than {} bytes, past the ratio of a decompression bomb",
-                self.ratio_cap
-            ))));
-        }
+        self.gauge.count(n).map_err(io::Error::other)?;
         Ok(n)
     }
+}
+
+/// Fails once `flag` is set: the pull this unpack belongs to was dropped or cancelled.
+pub fn check_cancelled(flag: &AtomicBool) -> Result<()> {
+    if flag.load(Ordering::Relaxed) {
+        return Err(OciError::RegistryUnavailable(
+            "the pull was cancelled".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// An error from the tar reader: ours (carried through `io::Error` by the meter or the
@@ -380,33 +521,65 @@ pub fn write_single(
     let rel = safe_relative_path(Path::new(name))?
         .ok_or_else(|| OciError::UnsafeContent("file with an empty name".into()))?;
     budget.claim_path(&rel)?;
-    let remaining = budget
-        .limits
-        .max_unpacked_bytes
-        .saturating_sub(budget.unpacked);
-    let written = write_file(reader, dest, &rel, remaining)?;
+    let (used, charged) = (Cell::new(0u64), Cell::new(0u64));
+    let gauge = Gauge {
+        used: &used,
+        charged: &charged,
+        ratio_cap: u64::MAX,
+        budget_cap: budget
+            .limits
+            .max_unpacked_bytes
+            .saturating_sub(budget.unpacked),
+        limit: budget.limits.max_unpacked_bytes,
+    };
+    let result = gauge.charge_entry().and_then(|()| {
+        let room = gauge.room();
+        write_file(reader, dest, &rel, room, budget, &gauge)
+    });
+    budget.unpacked = budget.unpacked.saturating_add(charged.get());
+    let written = result?;
     budget.unpacked = budget.unpacked.saturating_add(written.size);
     budget.files.push(written);
     Ok(())
 }
 
-fn create_dirs(dest: &Path, rel: &str) -> Result<PathBuf> {
+/// Creates one directory below `dest`, whose parent exists (never `dest` itself).
+fn create_dir(dest: &Path, rel: &str) -> Result<()> {
     let path = dest.join(rel);
-    fs::create_dir_all(&path).map_err(|e| {
-        if e.kind() == io::ErrorKind::AlreadyExists || e.kind() == io::ErrorKind::NotADirectory {
-            OciError::UnsafeContent(format!("path {rel:?} conflicts with a file"))
-        } else {
-            OciError::io(format!("create directory {rel}"), e)
+    match fs::create_dir(&path) {
+        Ok(()) => Ok(()),
+        Err(e)
+            if e.kind() == io::ErrorKind::AlreadyExists
+                && fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) =>
+        {
+            Ok(())
         }
-    })?;
-    Ok(path)
+        Err(e)
+            if e.kind() == io::ErrorKind::AlreadyExists
+                || e.kind() == io::ErrorKind::NotADirectory =>
+        {
+            Err(OciError::UnsafeContent(format!(
+                "path {rel:?} conflicts with a file"
+            )))
+        }
+        Err(e) => Err(OciError::io(format!("create directory {rel}"), e)),
+    }
 }
 
-/// Copies at most `limit` bytes into a new file, hashing them.
-fn write_file(reader: &mut impl Read, dest: &Path, rel: &str, limit: u64) -> Result<WrittenFile> {
+/// Copies at most `limit` bytes into a new file, hashing them; creates its missing parent
+/// directories first.
+fn write_file(
+    reader: &mut impl Read,
+    dest: &Path,
+    rel: &str,
+    limit: u64,
+    budget: &mut Budget,
+    gauge: &Gauge<'_>,
+) -> Result<WrittenFile> {
     if let Some((parent, _)) = rel.rsplit_once('/') {
-        create_dirs(dest, parent)?;
+        budget.make_dirs(dest, parent, gauge)?;
     }
+    budget.check_cancelled()?;
     let path = dest.join(rel);
     let file = OpenOptions::new()
         .write(true)
@@ -742,7 +915,7 @@ mod tests {
         let t = b.into_inner().unwrap();
         let (_dir, r) = unpack(&t);
         let unpacked = r.unwrap().unpacked;
-        assert!(unpacked > MAX_EXTENSION_BYTES && unpacked <= t.len() as u64);
+        assert!(unpacked > MAX_EXTENSION_BYTES && unpacked <= t.len() as u64 + ENTRY_COST);
     }
 
     #[test]
@@ -835,7 +1008,7 @@ mod tests {
         // the same archive fits a budget that holds it, and is counted whole
         let (_dir, r) = unpack(&t);
         let unpacked = r.unwrap().unpacked;
-        assert!(unpacked > 1024 * 1024 && unpacked <= t.len() as u64);
+        assert!(unpacked > 1024 * 1024 && unpacked <= t.len() as u64 + 2 * ENTRY_COST);
     }
 
     #[test]
@@ -851,6 +1024,175 @@ mod tests {
         let e = unpack_tar(&t[..], dir.path(), u64::MAX, &mut budget).unwrap_err();
         assert_eq!(e.reason().as_str(), "TooLarge", "{e}");
         assert_eq!(budget.unpacked, u64::MAX);
+    }
+
+    /// A tar of `files` files `depth` levels deep, named by GNU long-name entries.
+    fn deep_tar(files: usize, depth: usize) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for i in 0..files {
+            let path = format!("{}/f{i}", vec!["d"; depth].join("/"));
+            let mut h = tar::Header::new_gnu();
+            h.set_size(1);
+            h.set_mode(0o644);
+            b.append_data(&mut h, &path, &b"x"[..]).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// Every entry below `dir`, recursively.
+    fn count_entries(dir: &Path) -> usize {
+        fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| 1 + count_entries(&e.path()))
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn deep_and_long_paths_are_refused_before_anything_is_created() {
+        // ~1800 levels, by GNU long name and by PAX path: refused, nothing created
+        let (dir, r) = unpack(&deep_tar(50, 1800));
+        let e = r.expect_err("1800 levels");
+        assert_eq!(e.reason().as_str(), "UnsafeContent", "{e}");
+        assert!(e.to_string().contains("long"), "{e}");
+        assert_eq!(count_entries(dir.path()), 0);
+        let deep = format!("{}/f", vec!["d"; 200].join("/"));
+        let (dir, r) = unpack(&tar_with_pax(
+            &pax_record("path", deep.as_bytes()),
+            "f",
+            b"x",
+        ));
+        let e = r.expect_err("200 levels");
+        assert_eq!(e.reason().as_str(), "UnsafeContent", "{e}");
+        assert!(e.to_string().contains("201 levels deep"), "{e}");
+        assert_eq!(count_entries(dir.path()), 0);
+        // the depth and length limits themselves
+        let at = |parts: usize, len: usize| {
+            let name = "n".repeat(len);
+            safe_relative_path(Path::new(&vec![name.as_str(); parts].join("/")))
+        };
+        assert!(at(MAX_PATH_DEPTH, 1).is_ok());
+        assert_eq!(
+            at(MAX_PATH_DEPTH + 1, 1).unwrap_err().reason().as_str(),
+            "UnsafeContent"
+        );
+        assert!(at(4, 255).is_ok()); // 1023 bytes
+        assert!(at(1, MAX_PATH_BYTES).is_ok());
+        assert_eq!(
+            at(1, MAX_PATH_BYTES + 1).unwrap_err().reason().as_str(),
+            "UnsafeContent"
+        );
+        // `.` parts count against the length
+        let dots = format!("{}f", "./".repeat(600));
+        assert!(safe_relative_path(Path::new(&dots)).is_err());
+    }
+
+    #[test]
+    fn every_created_directory_counts_once_against_the_directory_limit() {
+        use tar::EntryType as T;
+        // 5,000 explicit directory entries, with room for 10 files: refused at the limit
+        let names: Vec<String> = (0..5000).map(|i| format!("d{i}/")).collect();
+        let entries: Vec<_> = names
+            .iter()
+            .map(|n| (n.as_str(), T::Directory, &b""[..], None))
+            .collect();
+        let t = tar_with(&entries);
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Budget::new(Limits {
+            max_files: 10,
+            ..Limits::default()
+        });
+        let e = unpack_tar(&t[..], dir.path(), t.len() as u64, &mut b).unwrap_err();
+        assert_eq!(e.reason().as_str(), "TooLarge", "{e}");
+        assert!(e.to_string().contains("more than 4096 directories"), "{e}");
+        assert_eq!(count_entries(dir.path()), 4096);
+        // implied parents count too, each distinct one once
+        let t = tar_with(&[
+            ("a/", T::Directory, b"", None),
+            ("a/b/", T::Directory, b"", None),
+            ("a/b/c", T::Regular, b"1", None),
+            ("a/b/d", T::Regular, b"2", None),
+            ("x/y/z", T::Regular, b"3", None),
+        ]);
+        let (_dir, r) = unpack(&t);
+        assert_eq!(r.unwrap().dirs.len(), 4, "a, a/b, x, x/y");
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Budget::new(Limits {
+            max_dirs: 3,
+            ..Limits::default()
+        });
+        let e = unpack_tar(&t[..], dir.path(), t.len() as u64, &mut b).unwrap_err();
+        assert!(e.to_string().contains("more than 3 directories"), "{e}");
+    }
+
+    #[test]
+    fn each_created_entry_costs_against_the_unpacked_size() {
+        // 50 one-byte files 20 levels deep: ~40 KB of tar, but 70 entries on disk
+        let t = deep_tar(50, 20);
+        let (_dir, r) = unpack(&t);
+        let unpacked = r.unwrap().unpacked;
+        assert!(unpacked >= 70 * ENTRY_COST, "{unpacked}");
+        let dir = tempfile::tempdir().unwrap();
+        // room for the stream (~100 KB) and for about 35 of the 70 entries
+        assert!(t.len() < 25 * ENTRY_COST as usize, "{}", t.len());
+        let mut b = Budget::new(Limits {
+            max_unpacked_bytes: 60 * ENTRY_COST,
+            ..Limits::default()
+        });
+        let e = unpack_tar(&t[..], dir.path(), t.len() as u64, &mut b).unwrap_err();
+        assert_eq!(e.reason().as_str(), "TooLarge", "{e}");
+        assert!(
+            e.to_string().contains("each file and directory counts"),
+            "{e}"
+        );
+        let created = count_entries(dir.path());
+        assert!(created < 60, "{created} entries");
+        // a single-file layer pays for its entry too
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Budget::new(Limits {
+            max_unpacked_bytes: ENTRY_COST + 3,
+            ..Limits::default()
+        });
+        write_single(&mut &b"abc"[..], dir.path(), "f", &mut b).unwrap();
+        assert_eq!(b.unpacked, ENTRY_COST + 3);
+        let e = write_single(&mut &b"x"[..], dir.path(), "g", &mut b).unwrap_err();
+        assert_eq!(e.reason().as_str(), "TooLarge", "{e}");
+    }
+
+    #[test]
+    fn the_staging_directory_itself_is_never_created() {
+        use tar::EntryType as T;
+        let parent = tempfile::tempdir().unwrap();
+        let gone = parent.path().join("staging");
+        for t in [
+            tar_with(&[("a/b/c", T::Regular, b"1", None)]),
+            tar_with(&[("f", T::Regular, b"1", None)]),
+            tar_with(&[("d/", T::Directory, b"", None)]),
+        ] {
+            let mut b = Budget::new(Limits::default());
+            assert!(unpack_tar(&t[..], &gone, t.len() as u64, &mut b).is_err());
+            assert!(!gone.exists());
+        }
+        let mut b = Budget::new(Limits::default());
+        assert!(write_single(&mut &b"abc"[..], &gone, "f", &mut b).is_err());
+        assert!(!gone.exists());
+    }
+
+    #[test]
+    fn a_cancelled_unpack_creates_nothing_more() {
+        let t = deep_tar(3, 2);
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Budget::new(Limits::default());
+        b.cancel_flag().store(true, Ordering::Relaxed);
+        let e = unpack_tar(&t[..], dir.path(), t.len() as u64, &mut b).unwrap_err();
+        assert!(e.to_string().contains("cancelled"), "{e}");
+        assert_eq!(count_entries(dir.path()), 0);
+        let e = write_single(&mut &b"abc"[..], dir.path(), "d/f", &mut b).unwrap_err();
+        assert!(e.to_string().contains("cancelled"), "{e}");
+        assert_eq!(count_entries(dir.path()), 0);
     }
 
     #[test]

@@ -122,6 +122,11 @@ pub async fn harness_with(extra_args: &[&str]) -> Option<Harness> {
 }
 
 impl Harness {
+    /// The controller's content store directory.
+    pub fn store_dir(&self) -> &Path {
+        self._store.path()
+    }
+
     pub async fn create(&self, name: &str, spec: serde_json::Value) {
         let obj: ArtifactSource = serde_json::from_value(serde_json::json!({
             "apiVersion": "ocisync.dev/v1alpha1", "kind": "ArtifactSource",
