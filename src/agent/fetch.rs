@@ -1,6 +1,5 @@
 //! Fetching a file from the controller's artifact server by digest, verified on the way in.
 
-use std::io::Write;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -62,8 +61,9 @@ pub async fn fetch(
     http: &reqwest::Client,
     base: &str,
     file: &WantedFile,
-    mut out: std::fs::File,
+    mut out: tokio::fs::File,
 ) -> Result<(), FetchError> {
+    use tokio::io::AsyncWriteExt as _;
     let hex = file.digest.strip_prefix("sha256:").unwrap_or(&file.digest);
     let url = format!("{base}{}", crate::server::blob_url_path(hex));
     let unreachable = |message: String| FetchError::Unreachable {
@@ -95,7 +95,7 @@ pub async fn fetch(
             });
         }
         hasher.update(&chunk);
-        out.write_all(&chunk).map_err(write_err)?;
+        out.write_all(&chunk).await.map_err(write_err)?;
     }
     let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
     if actual != file.digest {
@@ -106,5 +106,6 @@ pub async fn fetch(
             size,
         });
     }
-    out.sync_all().map_err(write_err)
+    out.flush().await.map_err(write_err)?;
+    out.sync_all().await.map_err(write_err)
 }

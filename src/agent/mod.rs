@@ -12,6 +12,7 @@ pub mod records;
 pub mod report;
 pub mod safedir;
 pub mod sync;
+mod write;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -10,10 +10,10 @@ use kube::ResourceExt;
 use super::budget::{self, Budget};
 use super::desired::{self, AllowList, Decision, reason};
 use super::disk::{Target, WantedFile};
-use super::fetch;
 use super::records::{self, Record};
 use super::report::{self, Known, Reporter};
 use super::safedir::SafeDir;
+use super::write;
 use crate::api::RuleBundle;
 use crate::api::node_report::{BundleReport, NodeReportSpec};
 
@@ -180,18 +180,18 @@ async fn remove_gone(env: &Env<'_>, memory: &mut Memory, keep: &HashSet<&str>) {
             tracing::warn!(bundle = %record.id(), error = %e, "cannot update the NodeReport; files kept for now");
             continue;
         }
-        let removed = record.directories().try_for_each(|dir| {
+        let mut removed = Ok(());
+        for dir in record.directories() {
             let one = Record {
                 directory: dir.clone(),
                 moved_from: Vec::new(),
                 ..record.clone()
             };
-            match open_target(env, &one) {
-                Ok(Some(t)) => t.remove().map_err(|e| e.to_string()),
-                Ok(None) => Ok(()),
-                Err(e) => Err(e),
+            removed = remove_files(env, &one).await;
+            if removed.is_err() {
+                break;
             }
-        });
+        }
         match removed {
             Ok(()) => {
                 tracing::info!(bundle = %record.id(), directory = %record.directory.display(), "files removed");
@@ -278,16 +278,26 @@ fn open_target(env: &Env<'_>, record: &Record) -> Result<Option<Target>, String>
     }
 }
 
+/// Removes what the bundle of `record` wrote in its `directory`, off the async runtime.
+async fn remove_files(env: &Env<'_>, record: &Record) -> Result<(), String> {
+    match open_target(env, record)? {
+        Some(t) => write::on_disk(move || t.remove().map_err(|e| e.to_string()))
+            .await
+            .map_err(|(_, m)| m)?,
+        None => Ok(()),
+    }
+}
+
 fn current_revision(env: &Env<'_>, record: &Record) -> Option<String> {
     open_target(env, record).ok().flatten()?.current_revision()
 }
 
 /// What one bundle wants on this node.
-struct Wanted<'a> {
-    record: &'a Record,
-    allowed: &'a std::path::Path,
-    revision: &'a str,
-    files: &'a [WantedFile],
+pub(super) struct Wanted<'a> {
+    pub(super) record: &'a Record,
+    pub(super) allowed: &'a std::path::Path,
+    pub(super) revision: &'a str,
+    pub(super) files: &'a [WantedFile],
 }
 
 /// Brings one bundle's directory to `revision`; the error is (reason, message).
@@ -315,7 +325,13 @@ async fn apply(
         ..*wanted
     };
     let result = match check_and_record(env, memory, wanted.record, previous, wanted.allowed) {
-        Ok(target) => write(env, memory, &target, wanted).await,
+        Ok(target) => match write::write(env, memory, target, wanted).await {
+            Ok(()) => {
+                clean_moved(env, memory, wanted.record).await;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     match &result {
@@ -406,74 +422,25 @@ fn check_and_record(
     Ok(target)
 }
 
-/// Verifies the bundle's directory and, when it differs, writes the revision.
-async fn write(
-    env: &Env<'_>,
-    memory: &mut Memory,
-    target: &Target,
-    wanted: &Wanted<'_>,
-) -> Result<(), (&'static str, String)> {
-    let (record, revision, files) = (wanted.record, wanted.revision, wanted.files);
-    if target.verify(revision, files) {
-        // killed mid-write after this revision landed: clear the leftovers
-        target.tidy().map_err(|e| (e.reason(), e.to_string()))?;
-    } else {
-        target.tidy().map_err(|e| (e.reason(), e.to_string()))?;
-        check_space(env, target, files)?;
-        let staging = target.stage().map_err(|e| (e.reason(), e.to_string()))?;
-        for f in files {
-            if !target.reuse(&staging, f) {
-                let out = staging
-                    .create(&f.key)
-                    .map_err(|e| (reason::WRITE_FAILED, format!("{}: {e}", f.key)))?;
-                fetch::fetch(env.http, env.controller_url, f, out)
-                    .await
-                    .map_err(|e| (e.reason(), e.to_string()))?;
-            }
-        }
-        let applying = changing(
-            record,
-            reason::APPLYING,
-            format!("writing revision {revision}"),
-        );
-        before_swap(env, memory, &record.uid, Some(revision), Some(applying))
-            .await
-            .map_err(|e| {
-                let m = format!("cannot mark the NodeReport Applying before the write: {e}");
-                (reason::REPORT_FAILED, m)
-            })?;
-        target
-            .commit(staging, revision, files)
-            .map_err(|e| (e.reason(), e.to_string()))?;
-        tracing::info!(bundle = %record.id(), revision, directory = %record.directory.display(), files = files.len(), "applied");
-    }
-    clean_moved(env, memory, record);
-    Ok(())
-}
-
 /// Once a bundle's directory holds its revision, the directories it moved from are
 /// cleaned; those that cannot be yet stay in its record for the next pass.
-fn clean_moved(env: &Env<'_>, memory: &mut Memory, record: &Record) {
+async fn clean_moved(env: &Env<'_>, memory: &mut Memory, record: &Record) {
     if record.moved_from.is_empty() {
         return;
     }
     let mut left = record.clone();
-    left.moved_from.retain(|dir| {
+    left.moved_from.clear();
+    for dir in &record.moved_from {
         let old = Record {
             directory: dir.clone(),
             moved_from: Vec::new(),
             ..record.clone()
         };
-        let removed = match open_target(env, &old) {
-            Ok(Some(t)) => t.remove().map_err(|e| e.to_string()),
-            Ok(None) => Ok(()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = &removed {
+        if let Err(e) = remove_files(env, &old).await {
             tracing::warn!(bundle = %record.id(), directory = %dir.display(), error = %e, "cannot remove files from the old directory yet");
+            left.moved_from.push(dir.clone());
         }
-        removed.is_err()
-    });
+    }
     match records::save(env.state_dir, &left) {
         Ok(()) => {
             if let Some(r) = memory.records.as_mut() {
@@ -484,34 +451,10 @@ fn clean_moved(env: &Env<'_>, memory: &mut Memory, record: &Record) {
     }
 }
 
-/// The directory's filesystem must keep `--min-free-bytes` free after the revision is
-/// staged (a full copy: reused files are copied too; counted in whole blocks).
-fn check_space(
-    env: &Env<'_>,
-    target: &Target,
-    files: &[WantedFile],
-) -> Result<(), (&'static str, String)> {
-    let sizes: Vec<u64> = files.iter().map(|f| f.size).collect();
-    let needed = budget::total(&sizes).unwrap_or(u64::MAX);
-    let free = target
-        .available_bytes()
-        .map_err(|e| (reason::WRITE_FAILED, format!("free space: {e}")))?;
-    if needed.saturating_add(env.budget.min_free_bytes) > free {
-        return Err((
-            reason::INSUFFICIENT_SPACE,
-            format!(
-                "the revision needs {needed} bytes and {} must stay free; {free} bytes are free",
-                env.budget.min_free_bytes
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// Before bundle `uid`'s files change: this process's first write to the report (so no
 /// write of a killed predecessor can land after this point), and the withdrawal of a claim
 /// the change would falsify (see [`report::withdraw`]). The error is the API's reason.
-async fn before_swap(
+pub(super) async fn before_swap(
     env: &Env<'_>,
     memory: &mut Memory,
     uid: &str,
@@ -553,7 +496,7 @@ pub async fn publish(
 }
 
 /// The report entry of a bundle whose files are changing: it claims no revision.
-fn changing(record: &Record, reason: &str, message: String) -> BundleReport {
+pub(super) fn changing(record: &Record, reason: &str, message: String) -> BundleReport {
     BundleReport {
         namespace: record.namespace.clone(),
         name: record.name.clone(),
