@@ -15,13 +15,7 @@ use ocisync::api::{ArtifactSource, RuleBundle};
 const REVISION: &str = "ocisync.dev/revision";
 
 fn ready_reason(b: &RuleBundle) -> Option<(String, String, String)> {
-    let c = b
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")?;
-    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+    common::bundle_ready(b)
 }
 
 fn is_ready(b: Option<&RuleBundle>) -> bool {

@@ -198,13 +198,7 @@ async fn a_pax_path_bomb_is_refused_in_bounded_memory() {
 }
 
 fn ready(b: &RuleBundle) -> Option<(String, String, String)> {
-    let c = b
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")?;
-    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+    common::bundle_ready(b)
 }
 
 fn is_ready(b: Option<&RuleBundle>) -> bool {

@@ -10,13 +10,7 @@ use common::controller::{harness, push_files};
 use ocisync::api::{ArtifactSource, RuleBundle};
 
 fn condition(o: &ArtifactSource) -> Option<(String, String, String)> {
-    let c = o
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")?;
-    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+    common::source_ready(o)
 }
 
 fn revision(o: &ArtifactSource) -> Option<String> {

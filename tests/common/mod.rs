@@ -252,3 +252,18 @@ pub async fn service_account_token(client: &kube::Client, ns: &str, sa: &str) ->
         .expect("token status")
         .token
 }
+
+/// The `Ready` condition of an ArtifactSource: (status, reason, message).
+pub fn source_ready(o: &ocisync::api::ArtifactSource) -> Option<(String, String, String)> {
+    ready_in(&o.status.as_ref()?.conditions)
+}
+
+/// The `Ready` condition of a RuleBundle: (status, reason, message).
+pub fn bundle_ready(b: &ocisync::api::RuleBundle) -> Option<(String, String, String)> {
+    ready_in(&b.status.as_ref()?.conditions)
+}
+
+fn ready_in(conditions: &[ocisync::api::condition::Condition]) -> Option<(String, String, String)> {
+    let c = conditions.iter().find(|c| c.type_ == "Ready")?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
