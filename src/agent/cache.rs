@@ -12,19 +12,26 @@ use std::sync::Arc;
 
 use kube::{Api, Client, ResourceExt};
 
+use super::desired::AllowList;
 use crate::api::RuleBundle;
 
 /// The annotation marking a bundle whose status file list the agent dropped.
 pub const SLIMMED: &str = "ocisync.dev/agent-slimmed";
 
-/// Trims a watched bundle: no managed fields or annotations (a `last-applied-configuration`
-/// can be as large as the object), and no file list unless it selects this node (`labels`,
-/// `None` while the Node is not known yet: then it is kept).
-pub fn slim(bundle: &mut RuleBundle, labels: Option<&BTreeMap<String, String>>) {
+/// Trims a watched bundle to what the agent reads: `spec.nodeFiles` and the status's plan.
+/// No managed fields or annotations (a `last-applied-configuration` can be as large as the
+/// object), no sources or ConfigMap target (tenant-sized lists), and no file list unless
+/// the bundle selects this node (`labels`, `None` while the Node is not known yet: then it
+/// is kept) in a directory its namespace is granted.
+pub fn slim(bundle: &mut RuleBundle, labels: Option<&BTreeMap<String, String>>, allow: &AllowList) {
     bundle.metadata.managed_fields = None;
     bundle.metadata.annotations = None;
+    bundle.spec.sources = Vec::new();
+    bundle.spec.config_map = None;
+    let namespace = bundle.metadata.namespace.clone().unwrap_or_default();
     let needed = match (&bundle.spec.node_files, labels) {
         (None, _) => false,
+        (Some(t), _) if !granted(allow, &t.directory, &namespace) => false,
         (Some(t), Some(l)) => t.selects(l),
         (Some(_), None) => true,
     };
@@ -33,6 +40,14 @@ pub fn slim(bundle: &mut RuleBundle, labels: Option<&BTreeMap<String, String>>) 
         status.conditions = Vec::new();
         bundle.metadata.annotations = Some([(SLIMMED.to_string(), "true".to_string())].into());
     }
+}
+
+/// Whether `directory` is granted to `namespace` (a directory that is not a plain path is
+/// refused later anyway).
+fn granted(allow: &AllowList, directory: &str, namespace: &str) -> bool {
+    allow
+        .granted(std::path::Path::new(directory), namespace)
+        .is_ok()
 }
 
 pub fn is_slimmed(bundle: &RuleBundle) -> bool {
@@ -52,6 +67,7 @@ impl Whole {
         client: &Client,
         bundles: Vec<Arc<RuleBundle>>,
         labels: &BTreeMap<String, String>,
+        allow: &AllowList,
     ) -> Vec<Arc<RuleBundle>> {
         let mut out = Vec::with_capacity(bundles.len());
         let mut used = HashMap::new();
@@ -90,6 +106,8 @@ async fn read(client: &Client, slimmed: &RuleBundle) -> Option<Arc<RuleBundle>> 
         Ok(Some(mut b)) if b.uid() == slimmed.uid() => {
             b.metadata.managed_fields = None;
             b.metadata.annotations = None;
+            b.spec.sources = Vec::new();
+            b.spec.config_map = None;
             Some(Arc::new(b))
         }
         Ok(_) => None,
@@ -122,6 +140,8 @@ mod tests {
             },
         );
         b.metadata.annotations = Some([("big".to_string(), "x".repeat(1000))].into());
+        b.metadata.namespace = Some("ns".into());
+        b.spec.sources = vec![Default::default(); 2];
         b.status = Some(RuleBundleStatus {
             files: vec![BundleFile::default(); 3],
             ..Default::default()
@@ -132,18 +152,28 @@ mod tests {
     #[test]
     fn only_bundles_selecting_this_node_keep_their_files() {
         let labels: BTreeMap<String, String> = [("role".into(), "w".into())].into();
+        let allow = AllowList::new(&["/etc/falco=ns".into()]).unwrap();
         let files = |b: &RuleBundle| b.status.as_ref().map_or(0, |s| s.files.len());
         let mut mine = bundle(Some("w"));
-        slim(&mut mine, Some(&labels));
+        slim(&mut mine, Some(&labels), &allow);
         assert_eq!((files(&mine), is_slimmed(&mine)), (3, false));
         assert!(mine.metadata.annotations.is_none());
+        assert!(
+            mine.spec.sources.is_empty(),
+            "tenant-sized lists are not kept"
+        );
         for mut other in [bundle(Some("x")), bundle(None)] {
-            slim(&mut other, Some(&labels));
+            slim(&mut other, Some(&labels), &allow);
             assert_eq!((files(&other), is_slimmed(&other)), (0, true));
         }
         // the node not known yet: kept
         let mut unknown = bundle(Some("x"));
-        slim(&mut unknown, None);
+        slim(&mut unknown, None, &allow);
         assert_eq!(files(&unknown), 3);
+        // selected, in a directory its namespace has no grant for: refused anyway
+        let mut elsewhere = bundle(Some("w"));
+        elsewhere.metadata.namespace = Some("other".into());
+        slim(&mut elsewhere, Some(&labels), &allow);
+        assert_eq!((files(&elsewhere), is_slimmed(&elsewhere)), (0, true));
     }
 }

@@ -54,6 +54,10 @@ pub struct Options {
     pub listen: std::net::SocketAddr,
 }
 
+/// RuleBundles per page of the watch's list: each page is held whole before its bundles
+/// are trimmed, and a bundle can be near the API server's 1.5 MiB object limit.
+const LIST_PAGE: u32 = 20;
+
 /// After a failed pass, the next one comes this soon (doubling up to `resync`).
 const RETRY: Duration = Duration::from_secs(5);
 
@@ -81,14 +85,18 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
     let bundle_wake = wake.clone();
     // File lists are kept only for bundles that select this node (see `cache`).
     let (node_reader, node_name) = (nodes.clone(), options.node_name.clone());
+    let allow = options.allow.clone();
+    // Small list pages: a page is decoded whole before it is trimmed.
     let bundle_watch = watcher(
         Api::<RuleBundle>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
+        watcher::Config::default()
+            .any_semantic()
+            .page_size(LIST_PAGE),
     )
     .default_backoff()
     .modify(move |b| {
         let node = node_reader.get(&ObjectRef::new(&node_name));
-        cache::slim(b, node.as_ref().map(|n| n.labels()));
+        cache::slim(b, node.as_ref().map(|n| n.labels()), &allow);
     })
     .reflect(bundle_writer)
     .for_each(move |event| {
