@@ -72,11 +72,12 @@ impl Whole {
         let mut out = Vec::with_capacity(bundles.len());
         let mut used = HashMap::new();
         for b in bundles {
+            let namespace = b.namespace().unwrap_or_default();
             let selects = b
                 .spec
                 .node_files
                 .as_ref()
-                .is_some_and(|t| t.selects(labels));
+                .is_some_and(|t| t.selects(labels) && granted(allow, &t.directory, &namespace));
             if !(is_slimmed(&b) && selects) {
                 out.push(b);
                 continue;

@@ -171,7 +171,7 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
                 let started = std::time::Instant::now();
                 memory.node_uid = node.uid().unwrap_or_default();
                 let state = whole
-                    .complete(&client, bundles.state(), node.labels())
+                    .complete(&client, bundles.state(), node.labels(), &options.allow)
                     .await;
                 let outcome = sync::pass(&env, &mut memory, &state, node.labels(), full).await;
                 let spec = report::spec(outcome);
