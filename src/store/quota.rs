@@ -87,7 +87,9 @@ fn describe(e: &QuotaExceeded) -> String {
             "this namespace's stored revisions would cost {needed} bytes, over its quota of {limit} bytes"
         ),
         (QuotaScope::Namespace, None) => {
-            format!("the artifact unpacks to more than this namespace's quota of {limit} bytes")
+            format!(
+                "the artifact unpacks to more than is left of this namespace's quota of {limit} bytes"
+            )
         }
     }
 }
