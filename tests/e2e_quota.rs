@@ -174,7 +174,8 @@ async fn a_namespace_over_its_quota_keeps_its_last_good_revision_and_others_go_o
     check_now(&h, "other").await;
     ready_with(&h, "other", &second).await;
     // A revision that fits alone but not with what the namespace keeps is refused too:
-    // 50 KiB (14 blocks) on top of the 8 KiB each of "grows" and "other" keep.
+    // 50 KiB on top of the 8 KiB each of "grows" and "other" keep. The pull is stopped at
+    // the 48 KiB the namespace has left, before it is unpacked whole.
     let third = push(
         &h,
         work.path(),
@@ -184,7 +185,10 @@ async fn a_namespace_over_its_quota_keeps_its_last_good_revision_and_others_go_o
     check_now(&h, "other").await;
     let refused = refused_keeping(&h, "other", &second).await;
     let message = format!("{:?}", refused.status.map(|s| s.conditions));
-    assert!(message.contains("would cost 73728 bytes"), "{message}");
+    assert!(
+        message.contains("more than is left of this namespace's quota of 65536 bytes"),
+        "{message}"
+    );
     assert_ne!(third, second);
     // ... and the refused one recovers once its artifact fits again.
     let fits = push(
@@ -251,5 +255,107 @@ async fn a_pull_larger_than_the_store_fails_with_quota_exceeded() {
     refused_keeping(&h, "store", &small).await;
     // The controller is alive and serving.
     assert_eq!(status_of(&format!("{}/healthz", h.base_url)).await, 200);
+    h.cleanup().await;
+}
+
+/// The store directory of the harness's controller, from its command line.
+fn store_dir(h: &Harness) -> std::path::PathBuf {
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", h.controller.id())).expect("cmdline");
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let at = args
+        .iter()
+        .position(|a| *a == b"--store-dir")
+        .expect("--store-dir");
+    std::path::PathBuf::from(String::from_utf8_lossy(args[at + 1]).to_string())
+}
+
+/// What `dir` takes on disk (allocated blocks) and how many entries it holds.
+fn disk_use(dir: &std::path::Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir).expect("stat");
+    let (mut bytes, mut entries) = (meta.blocks() * 512, 1);
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(dir).expect("read_dir") {
+            let (b, e) = disk_use(&entry.expect("entry").path());
+            bytes += b;
+            entries += e;
+        }
+    }
+    (bytes, entries)
+}
+
+fn ready_message(o: &ArtifactSource) -> String {
+    o.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn entries_and_empty_files_count_against_the_store_limit() {
+    const LIMIT: u64 = 256 * 1024;
+    let Some(h) = harness_with(&["--store-max-bytes", "256Ki"]).await else {
+        return;
+    };
+    let work = tempfile::tempdir().expect("tempdir");
+    let deep_repo = h.env.repo(Which::Plain, "quota-store-deep").to_string();
+    let empty_repo = h.env.repo(Which::Plain, "quota-store-empty").to_string();
+    let mut kept = Vec::new();
+    for (name, repo) in [("deep", &deep_repo), ("empty", &empty_repo)] {
+        let small = push(
+            &h,
+            work.path(),
+            &format!("{repo}:1"),
+            &[("rules.yaml", rules(100))],
+        );
+        create(&h, name, repo).await;
+        ready_with(&h, name, &small).await;
+        kept.push(small);
+    }
+    // 8 tiny files, each under 15 directories of its own: 128 entries, 512 KiB as
+    // charged, though the blobs hold 80 bytes. The pull fits its budget; the commit would
+    // take the store over its limit.
+    let deep: Vec<(String, Vec<u8>)> = (0..8)
+        .map(|i| {
+            let dirs: String = (0..15)
+                .map(|d| format!("{}/", (b'a' + d) as char))
+                .collect();
+            (format!("{i}{dirs}rules.yaml"), rules(10))
+        })
+        .collect();
+    let deep: Vec<(&str, Vec<u8>)> = deep.iter().map(|(p, b)| (p.as_str(), b.clone())).collect();
+    push_dir(&h, work.path(), &format!("{deep_repo}:1"), &deep);
+    check_now(&h, "deep").await;
+    let refused = refused_keeping(&h, "deep", &kept[0]).await;
+    let message = ready_message(&refused);
+    assert!(
+        message.contains("content store would hold") && message.contains("262144"),
+        "{message}"
+    );
+    // 2,000 empty files: no bytes at all, yet 2,000 inodes and entries.
+    let names: Vec<String> = (0..2000).map(|i| format!("e/{i}")).collect();
+    let mut empty: Vec<(&str, Vec<u8>)> = names.iter().map(|n| (n.as_str(), Vec::new())).collect();
+    empty.push(("rules.yaml", rules(10)));
+    push_dir(&h, work.path(), &format!("{empty_repo}:1"), &empty);
+    check_now(&h, "empty").await;
+    let refused = refused_keeping(&h, "empty", &kept[1]).await;
+    assert!(
+        ready_message(&refused).contains("content store"),
+        "{}",
+        ready_message(&refused)
+    );
+
+    // The controller is alive, and the store holds what the limit allows.
+    assert_eq!(status_of(&format!("{}/healthz", h.base_url)).await, 200);
+    let (bytes, entries) = disk_use(&store_dir(&h));
+    eprintln!("store on disk: {bytes} bytes, {entries} entries");
+    assert!(bytes <= LIMIT, "{bytes} bytes on disk");
+    assert!(entries < 64, "{entries} entries");
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", h.controller.id())).unwrap_or_default();
+    if let Some(hwm) = status.lines().find(|l| l.starts_with("VmHWM")) {
+        eprintln!("controller {hwm}");
+    }
     h.cleanup().await;
 }

@@ -2,23 +2,36 @@
 //! how much a pull may unpack, and whether a pulled revision may be committed.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use kube::ResourceExt;
 
 use crate::api::ArtifactSource;
 use crate::oci::OciError;
+use crate::oci::content;
+use crate::oci::registry::RawManifest;
 use crate::oci::unpack::Limits;
-use crate::store::{QuotaExceeded, QuotaScope, RevisionIndex};
+use crate::store::{BLOCK, NamespaceRoom, QuotaExceeded, QuotaScope, Reservation, RevisionIndex};
 
 use super::context::{Context, stored_key};
 
-/// How much one pull may unpack: the default limit, lowered to what the store and the
-/// namespace have left, so that a pull stops before it fills the store's volume.
-#[derive(Clone, Copy, Debug)]
+/// What each file of a pull may cost beyond its bytes: its last block and its entry.
+const FILE_OVERHEAD: u64 = 2 * BLOCK;
+
+/// A layer may unpack to this much whatever its size (the unpacker's bomb ratio applies
+/// above it).
+const LAYER_FLOOR: u64 = 16 * 1024 * 1024;
+
+/// How long a pull waits for others to give back the room it wants before it takes
+/// what is left.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// How much one pull may unpack: the room reserved for it in the store and its
+/// namespace, given back when the budget is dropped (after the commit, or the failure).
+#[derive(Debug)]
 pub struct PullBudget {
     limits: Limits,
-    /// The quota that lowered the limit, if one did.
-    lowered_by: Option<QuotaExceeded>,
+    reservation: Reservation,
 }
 
 impl PullBudget {
@@ -33,55 +46,107 @@ impl PullBudget {
         &self,
         pulled: Result<T, OciError>,
     ) -> Result<Result<T, OciError>, QuotaExceeded> {
-        match (pulled, self.lowered_by) {
+        match (pulled, self.reservation.lowered_by) {
             (Err(OciError::TooLarge(_)), Some(quota)) => Err(quota),
             (pulled, _) => Ok(pulled),
         }
     }
 }
 
-/// The budget of the next pull: at most what the store may still take, and at most the
-/// namespace quota (a revision larger than the quota can never be kept).
-pub async fn pull_budget(ctx: &Context) -> PullBudget {
-    let limits = ctx.store.limits();
-    let store = ctx.store.clone();
-    let stored = tokio::task::spawn_blocking(move || store.usage().bytes)
-        .await
-        .unwrap_or(0);
-    lowered(
-        Limits::default(),
-        limits.max_bytes,
-        limits.namespace_max_bytes,
-        stored,
-    )
+/// The budget of a pull of `manifest` for `source`: room reserved out of what the store
+/// and the namespace have left once the other pulls in progress have theirs. A pull that
+/// wants more than is left while others hold room waits (up to [`MAX_WAIT`]) for them to
+/// end.
+pub async fn pull_budget(
+    ctx: &Context,
+    source: &ArtifactSource,
+    manifest: &RawManifest,
+    layer_media_type: Option<&str>,
+) -> PullBudget {
+    let defaults = Limits::default();
+    let estimate = unpack_estimate(&defaults, manifest, layer_media_type);
+    let want = estimate.saturating_add(defaults.max_files as u64 * FILE_OVERHEAD);
+    let namespace = namespace_room(ctx, source).await;
+    let give_up = tokio::time::Instant::now() + MAX_WAIT;
+    let reservation = loop {
+        let released = ctx.store.released();
+        let wait = tokio::time::Instant::now() < give_up;
+        if let Some(r) = ctx.store.try_reserve(want, namespace.as_ref(), wait) {
+            break r;
+        }
+        // A release between the check and here is seen within a second.
+        let _ = tokio::time::timeout(Duration::from_secs(1), released).await;
+    };
+    PullBudget {
+        limits: limits_for(defaults, estimate, &reservation),
+        reservation,
+    }
 }
 
-/// `defaults` with `max_unpacked_bytes` lowered to the store's and the namespace's room.
-fn lowered(
-    defaults: Limits,
-    max_bytes: Option<u64>,
-    namespace_max_bytes: Option<u64>,
-    stored: u64,
-) -> PullBudget {
-    let mut budget = PullBudget {
-        limits: defaults,
-        lowered_by: None,
-    };
-    let rooms = [
-        max_bytes.map(|limit| (limit.saturating_sub(stored), QuotaScope::Store, limit)),
-        namespace_max_bytes.map(|limit| (limit, QuotaScope::Namespace, limit)),
-    ];
-    for (room, scope, limit) in rooms.into_iter().flatten() {
-        if room < budget.limits.max_unpacked_bytes {
-            budget.limits.max_unpacked_bytes = room;
-            budget.lowered_by = Some(QuotaExceeded {
-                scope,
-                needed: None,
-                limit,
-            });
-        }
+/// The namespace of `source` with what its sources keep once `source` moves on.
+async fn namespace_room(ctx: &Context, source: &ArtifactSource) -> Option<NamespaceRoom> {
+    let namespace = source.namespace()?;
+    if ctx.store.limits().namespace_max_bytes.is_none() {
+        return Some(NamespaceRoom { namespace, kept: 0 });
     }
-    budget
+    let kept: Vec<String> = kept_by_namespace(ctx, source).into_iter().collect();
+    let store = ctx.store.clone();
+    let kept = tokio::task::spawn_blocking(move || {
+        let indexes: Vec<RevisionIndex> = kept.iter().filter_map(|k| store.index(k)).collect();
+        crate::store::charge(&indexes)
+    })
+    .await
+    .unwrap_or(0);
+    Some(NamespaceRoom { namespace, kept })
+}
+
+/// The most a pull of `manifest` can unpack: for each layer it takes, the unpacker's bomb
+/// cap (`max_ratio` times its size, at least 16 MiB), together at most the default
+/// limit; the default limit for an image index, whose layers are not known yet.
+fn unpack_estimate(defaults: &Limits, manifest: &RawManifest, media_type: Option<&str>) -> u64 {
+    let image = matches!(
+        manifest.media_type.as_str(),
+        content::MANIFEST_V1 | content::DOCKER_MANIFEST_V2
+    );
+    let parsed = image
+        .then(|| {
+            serde_json::from_slice::<oci_client::manifest::OciImageManifest>(&manifest.bytes).ok()
+        })
+        .flatten();
+    let Some(parsed) = parsed else {
+        return defaults.max_unpacked_bytes;
+    };
+    parsed
+        .layers
+        .iter()
+        .filter(|l| media_type.is_none_or(|m| l.media_type == m))
+        .map(|l| {
+            u64::try_from(l.size)
+                .unwrap_or(u64::MAX)
+                .saturating_mul(defaults.max_ratio)
+                .max(LAYER_FLOOR)
+        })
+        .fold(0, u64::saturating_add)
+        .min(defaults.max_unpacked_bytes)
+}
+
+/// The limits of a pull with `reservation`: the `estimate` and the default file count if
+/// it got all it wanted; else fewer files (at most a quarter of the room in their
+/// overhead) and the rest of the room in bytes.
+fn limits_for(defaults: Limits, estimate: u64, reservation: &Reservation) -> Limits {
+    let bytes = reservation.bytes();
+    if reservation.lowered_by.is_none() {
+        return Limits {
+            max_unpacked_bytes: estimate,
+            ..defaults
+        };
+    }
+    let files = (defaults.max_files as u64).min(bytes / (2 * FILE_OVERHEAD));
+    Limits {
+        max_unpacked_bytes: bytes.saturating_sub(files * FILE_OVERHEAD),
+        max_files: usize::try_from(files).unwrap_or(defaults.max_files),
+        ..defaults
+    }
 }
 
 /// Whether the revision `incoming` may become the current revision of `source`:
@@ -94,6 +159,7 @@ pub async fn admit(
     ctx: &Context,
     source: &ArtifactSource,
     mut incoming: RevisionIndex,
+    budget: Option<&PullBudget>,
 ) -> Result<Admitted, QuotaExceeded> {
     let admission = ctx.store.admission().await;
     incoming.files.sort_by(|a, b| a.path.cmp(&b.path));
@@ -101,8 +167,12 @@ pub async fn admit(
     let check = || {
         let store = ctx.store.clone();
         let (incoming, kept) = (incoming.clone(), kept.clone());
+        // The room the other pulls in progress hold is not this revision's to take.
+        let others = store.reserved_by_others(budget.map(|b| &b.reservation));
         async move {
-            match tokio::task::spawn_blocking(move || store.check_quota(&incoming, &kept)).await {
+            match tokio::task::spawn_blocking(move || store.check_quota(&incoming, &kept, others))
+                .await
+            {
                 Ok(decision) => decision,
                 Err(e) => {
                     tracing::warn!(error = %e, "quota check failed; admitting the revision");
@@ -142,7 +212,7 @@ pub async fn admit_stored(
         .ok()
         .flatten();
     match index {
-        Some(index) => admit(ctx, source, index).await.map(drop),
+        Some(index) => admit(ctx, source, index, None).await.map(drop),
         None => Ok(()),
     }
 }
@@ -216,30 +286,63 @@ mod tests {
 
     const MIB: u64 = 1024 * 1024;
 
+    fn store(max: Option<u64>, namespace: Option<u64>) -> (tempfile::TempDir, crate::store::Store) {
+        let root = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(root.path()).unwrap().with_limits(
+            crate::store::StoreLimits {
+                max_bytes: max,
+                namespace_max_bytes: namespace,
+            },
+        );
+        (root, store)
+    }
+
+    fn budget(store: &crate::store::Store, estimate: u64, want: u64) -> PullBudget {
+        let reservation = store.try_reserve(want, None, false).unwrap();
+        PullBudget {
+            limits: limits_for(Limits::default(), estimate, &reservation),
+            reservation,
+        }
+    }
+
     #[test]
-    fn the_pull_budget_is_the_room_left() {
+    fn the_pull_budget_is_the_room_reserved() {
         let defaults = Limits::default();
-        let b = lowered(defaults, None, None, 0);
-        assert_eq!(b.limits().max_unpacked_bytes, defaults.max_unpacked_bytes);
-        assert!(b.lowered_by.is_none());
+        let (_root, roomy) = store(None, None);
+        let b = budget(&roomy, 20 * MIB, 100 * MIB);
+        assert_eq!(b.limits().max_unpacked_bytes, 20 * MIB, "the estimate");
+        assert_eq!(b.limits().max_files, defaults.max_files);
+        assert!(b.reservation.lowered_by.is_none());
 
-        let b = lowered(defaults, Some(100 * MIB), None, 30 * MIB);
-        assert_eq!(b.limits().max_unpacked_bytes, 70 * MIB);
-        assert_eq!(b.lowered_by.map(|q| q.scope), Some(QuotaScope::Store));
-
-        let b = lowered(defaults, Some(100 * MIB), Some(10 * MIB), 30 * MIB);
-        assert_eq!(b.limits().max_unpacked_bytes, 10 * MIB);
-        assert_eq!(b.lowered_by.map(|q| q.scope), Some(QuotaScope::Namespace));
-
-        // A store over its limit leaves no room at all.
-        let b = lowered(defaults, Some(10 * MIB), None, 30 * MIB);
+        // 64 KiB of room: 4 files of 8 KiB overhead, and 32 KiB of bytes.
+        let (_root, small) = store(Some(64 * 1024), None);
+        let b = budget(&small, 20 * MIB, 100 * MIB);
+        assert_eq!(b.limits().max_files, 4);
+        assert_eq!(b.limits().max_unpacked_bytes, 32 * 1024);
+        assert_eq!(
+            b.reservation.lowered_by.map(|q| q.scope),
+            Some(QuotaScope::Store)
+        );
+        // A large room keeps the default file count.
+        let (_root, large) = store(Some(200 * MIB), None);
+        let b = budget(&large, 2 * MIB * 1024, 4 * MIB * 1024);
+        assert_eq!(b.limits().max_files, defaults.max_files);
+        assert_eq!(
+            b.limits().max_unpacked_bytes,
+            200 * MIB - 10_000 * FILE_OVERHEAD
+        );
+        // No room at all.
+        let (_root, none) = store(Some(0), None);
+        let b = budget(&none, MIB, MIB);
         assert_eq!(b.limits().max_unpacked_bytes, 0);
+        assert_eq!(b.limits().max_files, 0);
     }
 
     #[test]
     fn only_a_lowered_limit_blames_the_quota() {
         let too_large = || Err::<(), _>(OciError::TooLarge("more".into()));
-        let lowered_budget = lowered(Limits::default(), Some(MIB), None, 0);
+        let (_root, small) = store(Some(MIB), None);
+        let lowered_budget = budget(&small, 10 * MIB, 10 * MIB);
         let quota = lowered_budget.blame(too_large()).unwrap_err();
         assert_eq!(quota.scope, QuotaScope::Store);
         assert_eq!(quota.reason(), "QuotaExceeded");
@@ -249,11 +352,49 @@ mod tests {
         );
         assert!(matches!(lowered_budget.blame(Ok(())), Ok(Ok(()))));
 
-        let default_budget = lowered(Limits::default(), None, None, 0);
+        let (_root, roomy) = store(None, None);
+        let default_budget = budget(&roomy, MIB, MIB);
         assert!(matches!(
             default_budget.blame(too_large()),
             Ok(Err(OciError::TooLarge(_)))
         ));
+    }
+
+    fn manifest(media_type: &str, layers: &[(&str, i64)]) -> RawManifest {
+        let layers: Vec<serde_json::Value> = layers
+            .iter()
+            .map(|(m, size)| {
+                serde_json::json!({"mediaType": m, "size": size,
+                    "digest": format!("sha256:{}", "a".repeat(64))})
+            })
+            .collect();
+        let body = serde_json::json!({"schemaVersion": 2, "mediaType": media_type,
+            "config": {"mediaType": content::EMPTY_CONFIG, "size": 2,
+                "digest": format!("sha256:{}", "b".repeat(64))},
+            "layers": layers});
+        RawManifest {
+            digest: format!("sha256:{}", "c".repeat(64)),
+            media_type: media_type.into(),
+            bytes: serde_json::to_vec(&body).unwrap().into(),
+        }
+    }
+
+    #[test]
+    fn a_pull_wants_what_its_layers_can_unpack_to() {
+        let d = Limits::default();
+        let small = manifest(content::MANIFEST_V1, &[("a", 1000), ("b", 1000)]);
+        assert_eq!(unpack_estimate(&d, &small, None), 2 * LAYER_FLOOR);
+        assert_eq!(unpack_estimate(&d, &small, Some("a")), LAYER_FLOOR);
+        let big = manifest(content::MANIFEST_V1, &[("a", 1_000_000)]);
+        assert_eq!(unpack_estimate(&d, &big, None), 200_000_000);
+        let huge = manifest(content::MANIFEST_V1, &[("a", i64::MAX)]);
+        assert_eq!(unpack_estimate(&d, &huge, None), d.max_unpacked_bytes);
+        // An index (layers unknown) or an unreadable manifest: the default.
+        let index = manifest(content::INDEX_V1, &[("a", 1)]);
+        assert_eq!(unpack_estimate(&d, &index, None), d.max_unpacked_bytes);
+        let mut broken = manifest(content::MANIFEST_V1, &[]);
+        broken.bytes = b"{".to_vec().into();
+        assert_eq!(unpack_estimate(&d, &broken, None), d.max_unpacked_bytes);
     }
 
     fn held(namespace: &str, uid: &str, revisions: [Option<&str>; 3]) -> Held {

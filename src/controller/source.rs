@@ -474,8 +474,10 @@ async fn pull_and_store(
         message: format!("content store: {e}"),
         retry_after: None,
     };
+    // Reserved before the staging directory exists and given back after it is removed.
+    let media_type = target.selection.layer_media_type.as_deref();
+    let budget = super::quota::pull_budget(ctx, source, &target.manifest, media_type).await;
     let staging = ctx.store.staging_dir().map_err(|e| store_failure(&e))?;
-    let budget = super::quota::pull_budget(ctx).await;
     let options = PullOptions {
         platform: target.selection.platform.clone(),
         layer_media_type: target.selection.layer_media_type.clone(),
@@ -512,7 +514,7 @@ async fn pull_and_store(
         selection: target.selection.clone(),
         files,
     };
-    let _admitted = super::quota::admit(ctx, source, incoming.clone()).await?;
+    let _admitted = super::quota::admit(ctx, source, incoming.clone(), Some(&budget)).await?;
     let store = ctx.store.clone();
     tokio::task::spawn_blocking(move || {
         let r = store.commit_selection(

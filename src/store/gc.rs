@@ -1,11 +1,38 @@
-//! Garbage collection and usage of the store.
+//! Garbage collection and usage of the store. What the store holds is counted once when
+//! it is opened and then kept up to date by each commit and collection, so that a quota
+//! check does not scan the store.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::{GcReport, Store, StoreError, StoreUsage, is_sha256_hex};
+use super::{
+    GcReport, Store, StoreError, StoreUsage, blob_charge, encode_index, index_charge,
+    is_sha256_hex, quota::whole_blocks,
+};
+
+/// The running figures behind [`Store::usage`].
+#[derive(Debug, Default)]
+pub(super) struct Totals {
+    blobs: u64,
+    blob_bytes: u64,
+    /// The charge of each revision index, by the hex of its key.
+    indexes: HashMap<String, u64>,
+}
+
+impl Totals {
+    fn usage(&self) -> StoreUsage {
+        StoreUsage {
+            revisions: self.indexes.len() as u64,
+            blobs: self.blobs,
+            bytes: self
+                .indexes
+                .values()
+                .fold(self.blob_bytes, |sum, c| sum.saturating_add(*c)),
+        }
+    }
+}
 
 impl Store {
     /// Removes every revision index whose key is not in `keep`, then every blob that no
@@ -15,9 +42,7 @@ impl Store {
         let _guard = self.guard();
         let mut report = GcReport::default();
         let mut referenced = HashSet::new();
-        for (hex, path) in list_dir(&self.revisions_dir(), |name| {
-            name.strip_suffix(".json").filter(|h| is_sha256_hex(h))
-        })? {
+        for (hex, path) in list_dir(&self.revisions_dir(), index_name)? {
             let key = format!("sha256:{hex}");
             let kept = if keep.contains(&key) {
                 self.index(&key)
@@ -28,6 +53,7 @@ impl Store {
                 Some(index) => referenced.extend(index.files.into_iter().map(|f| f.digest)),
                 None => {
                     remove(&path)?;
+                    self.totals().indexes.remove(&hex);
                     report.removed_revisions += 1;
                 }
             }
@@ -43,34 +69,74 @@ impl Store {
                 continue;
             }
             remove(&path)?;
+            if is_sha256_hex(&hex) && meta.is_file() {
+                let mut totals = self.totals();
+                totals.blobs = totals.blobs.saturating_sub(1);
+                totals.blob_bytes = totals.blob_bytes.saturating_sub(blob_charge(meta.len()));
+            }
             report.removed_blobs += 1;
             report.freed_bytes = report.freed_bytes.saturating_add(meta.len());
         }
         Ok(report)
     }
 
-    /// Counts revisions and blobs. Best effort: entries that cannot be read are skipped.
+    /// What the store holds: revisions, blobs and their charge. Kept up to date by commit
+    /// and gc, so it costs no I/O.
     pub fn usage(&self) -> StoreUsage {
-        let mut usage = StoreUsage::default();
-        if let Ok(revisions) = list_dir(&self.revisions_dir(), |name| {
-            name.strip_suffix(".json").filter(|h| is_sha256_hex(h))
-        }) {
-            usage.revisions = revisions.len() as u64;
+        self.totals().usage()
+    }
+
+    fn totals(&self) -> std::sync::MutexGuard<'_, Totals> {
+        // Plain counters: a poisoned lock still holds usable figures.
+        self.totals.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a blob of `size` bytes just stored.
+    pub(super) fn count_blob(&self, size: u64) {
+        let mut totals = self.totals();
+        totals.blobs = totals.blobs.saturating_add(1);
+        totals.blob_bytes = totals.blob_bytes.saturating_add(blob_charge(size));
+    }
+
+    /// Counts the index of revision `key` just written, with its `charge`.
+    pub(super) fn count_index(&self, key: &str, charge: u64) {
+        if let Some(hex) = super::digest_hex(key) {
+            self.totals().indexes.insert(hex.to_string(), charge);
         }
-        if let Ok(blobs) = list_dir(&self.blobs_dir(), |name| {
-            Some(name).filter(|h| is_sha256_hex(h))
-        }) {
-            for (_, path) in blobs {
-                if let Ok(meta) = fs::metadata(&path)
-                    && meta.is_file()
-                {
-                    usage.blobs += 1;
-                    usage.bytes = usage.bytes.saturating_add(meta.len());
+    }
+
+    /// Counts what the store holds from its directories (once, when it is opened). An
+    /// index that cannot be read is charged its own bytes: it is removed by the next gc.
+    pub(super) fn rescan(&self) -> io::Result<()> {
+        let mut totals = Totals::default();
+        let listed = |e: StoreError| io::Error::other(e.to_string());
+        for (hex, path) in list_dir(&self.revisions_dir(), index_name).map_err(listed)? {
+            let charge = match self.index(&format!("sha256:{hex}")) {
+                Some(index) => {
+                    index_charge(&index, encode_index(&index).map_or(0, |j| j.len() as u64))
                 }
+                None => fs::metadata(&path).map_or(0, |m| whole_blocks(m.len())),
+            };
+            totals.indexes.insert(hex, charge);
+        }
+        for (_, path) in
+            list_dir(&self.blobs_dir(), |n| Some(n).filter(|h| is_sha256_hex(h))).map_err(listed)?
+        {
+            if let Ok(meta) = fs::metadata(&path)
+                && meta.is_file()
+            {
+                totals.blobs += 1;
+                totals.blob_bytes = totals.blob_bytes.saturating_add(blob_charge(meta.len()));
             }
         }
-        usage
+        *self.totals() = totals;
+        Ok(())
     }
+}
+
+/// Selects revision indexes (`<hex>.json`) by the hex of their key.
+fn index_name(name: &str) -> Option<&str> {
+    name.strip_suffix(".json").filter(|h| is_sha256_hex(h))
 }
 
 /// The entries of `dir` whose file name `select` maps to a key, as `(key, path)`.

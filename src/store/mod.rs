@@ -32,7 +32,10 @@ mod quota;
 mod tests;
 
 pub use key::{Selection, revision_key};
-pub use quota::{Admission, QuotaExceeded, QuotaScope, StoreLimits, admit, charge, global_limit};
+pub use quota::{
+    Admission, BLOCK, NamespaceRoom, QuotaExceeded, QuotaScope, Reservation, StoreLimits, admit,
+    blob_charge, charge, global_limit, grant, index_charge,
+};
 
 /// One file of a revision.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,7 +84,9 @@ pub struct GcReport {
 pub struct StoreUsage {
     pub revisions: u64,
     pub blobs: u64,
-    /// Bytes of all blobs.
+    /// What the blobs and revision indexes take, as counted against the store's limit:
+    /// each blob in whole [`BLOCK`]s (at least one), each index a block per entry plus
+    /// its own bytes in whole blocks (see [`blob_charge`] and [`index_charge`]).
     pub bytes: u64,
 }
 
@@ -174,6 +179,10 @@ pub struct Store {
     limits: StoreLimits,
     /// Held from a quota check to the commit it admits (see [`Store::admission`]).
     admissions: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// What the store holds, kept up to date by commit and gc (scanned once by `open`).
+    totals: Mutex<gc::Totals>,
+    /// What the pulls in progress have reserved (see [`Store::reserve`]).
+    book: std::sync::Arc<quota::Book>,
 }
 
 impl Store {
@@ -185,6 +194,8 @@ impl Store {
             lock: Mutex::new(()),
             limits: StoreLimits::default(),
             admissions: Default::default(),
+            totals: Default::default(),
+            book: Default::default(),
         };
         fs::create_dir_all(store.blobs_dir())?;
         fs::create_dir_all(store.revisions_dir())?;
@@ -198,6 +209,7 @@ impl Store {
                 fs::remove_file(&path)?;
             }
         }
+        store.rescan()?;
         Ok(store)
     }
 
@@ -284,7 +296,9 @@ impl Store {
 
         let _guard = self.guard();
         for (n, file) in files.iter().enumerate() {
-            self.commit_file(staging, file, n)?;
+            if self.commit_file(staging, file, n)? {
+                self.count_blob(file.size);
+            }
         }
         let mut sorted = files.to_vec();
         sorted.sort_by(|a, b| a.path.cmp(&b.path));
@@ -297,13 +311,14 @@ impl Store {
         Ok(index)
     }
 
-    /// Verifies one staged file and moves it to its blob unless that blob exists.
-    fn commit_file(&self, staging: &Path, file: &IndexFile, n: usize) -> Result<(), StoreError> {
+    /// Verifies one staged file and moves it to its blob unless that blob exists; whether
+    /// it stored a new blob.
+    fn commit_file(&self, staging: &Path, file: &IndexFile, n: usize) -> Result<bool, StoreError> {
         let staged = staged_regular_file(staging, &file.path)?;
         let hex = digest_hex(&file.digest).ok_or_else(|| invalid_digest(&file.digest))?;
         let blob = self.blobs_dir().join(hex);
         if fs::symlink_metadata(&blob).is_ok() {
-            return verify(&staged, file).map(drop);
+            return verify(&staged, file).map(|_| false);
         }
         // Move the file out of the caller's reach before hashing it, so that what is
         // verified is what ends up in the store.
@@ -327,13 +342,12 @@ impl Store {
         if result.is_err() {
             let _ = fs::remove_file(&private);
         }
-        result
+        result.map(|()| true)
     }
 
     /// Writes an index atomically: a temporary file in `tmp/`, synced, then renamed.
     fn write_index(&self, index: &RevisionIndex, dest: &Path) -> Result<(), StoreError> {
-        let json = serde_json::to_vec_pretty(index)
-            .map_err(|e| StoreError::io("encode revision index", io::Error::other(e)))?;
+        let json = encode_index(index)?;
         let context = || format!("write revision index {}", index.digest);
         let mut tmp = tempfile::Builder::new()
             .prefix("index-")
@@ -344,6 +358,7 @@ impl Store {
             .map_err(|e| StoreError::io(context(), e))?;
         tmp.persist(dest)
             .map_err(|e| StoreError::io(context(), e.error))?;
+        self.count_index(&index.key(), index_charge(index, json.len() as u64));
         Ok(())
     }
 
@@ -379,6 +394,12 @@ impl Store {
             .filter(|m| m.is_file())
             .map(|_| path)
     }
+}
+
+/// The bytes of `index` as it is stored.
+fn encode_index(index: &RevisionIndex) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec_pretty(index)
+        .map_err(|e| StoreError::io("encode revision index", io::Error::other(e)))
 }
 
 /// `staging/rel`, checked to be a regular file reached through real directories only (no

@@ -6,12 +6,19 @@
 //! [`BLOCK`]s, plus one block for every entry of every revision, where the directories a
 //! revision's paths imply count as entries like its files. A revision of many empty files
 //! or deep directories is therefore not free: it costs index space here and inodes on
-//! every node the agent writes it to.
+//! every node the agent writes it to. The global limit counts the store the same way,
+//! plus each revision index file's own bytes ([`index_charge`]).
+//!
+//! Pulls in progress unpack into `tmp/` before they are admitted; each first reserves
+//! the room it may fill ([`Store::try_reserve`]) out of what the store and its namespace
+//! have left after what the other pulls in progress reserved, so that concurrent pulls
+//! cannot together fill the volume.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
+use std::sync::Arc;
 
-use super::{RevisionIndex, Store, digest_hex};
+use super::{RevisionIndex, Store, digest_hex, encode_index};
 
 /// The unit of the charge: a filesystem block.
 pub const BLOCK: u64 = 4096;
@@ -31,10 +38,13 @@ pub struct StoreLimits {
 /// The figures a quota decision is taken on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Admission {
-    /// Bytes of the blobs stored now.
+    /// What the store holds now ([`StoreUsage::bytes`](super::StoreUsage::bytes)).
     pub stored_bytes: u64,
-    /// Bytes of the incoming revision's blobs not stored yet.
+    /// What storing the incoming revision adds: its blobs not stored yet and its index if
+    /// that is not stored yet.
     pub new_bytes: u64,
+    /// What the other pulls in progress have reserved.
+    pub reserved_bytes: u64,
     /// What the namespace's revisions cost with the incoming one.
     pub namespace_bytes: u64,
 }
@@ -77,7 +87,9 @@ fn describe(e: &QuotaExceeded) -> String {
             "this namespace's stored revisions would cost {needed} bytes, over its quota of {limit} bytes"
         ),
         (QuotaScope::Namespace, None) => {
-            format!("the artifact unpacks to more than this namespace's quota of {limit} bytes")
+            format!(
+                "the artifact unpacks to more than is left of this namespace's quota of {limit} bytes"
+            )
         }
     }
 }
@@ -85,7 +97,10 @@ fn describe(e: &QuotaExceeded) -> String {
 /// Whether a revision may be stored: the store stays within `max_bytes` and the
 /// namespace within `namespace_max_bytes`.
 pub fn admit(limits: &StoreLimits, a: &Admission) -> Result<(), QuotaExceeded> {
-    let stored = a.stored_bytes.saturating_add(a.new_bytes);
+    let stored = a
+        .stored_bytes
+        .saturating_add(a.new_bytes)
+        .saturating_add(a.reserved_bytes);
     if let Some(limit) = limits.max_bytes
         && a.new_bytes > 0
         && stored > limit
@@ -114,22 +129,114 @@ pub fn charge<'a>(revisions: impl IntoIterator<Item = &'a RevisionIndex>) -> u64
     let mut blobs: HashMap<&str, u64> = HashMap::new();
     let mut entries = 0u64;
     for revision in revisions {
-        let mut dirs = BTreeSet::new();
-        for file in &revision.files {
-            blobs.insert(file.digest.as_str(), file.size);
-            let mut parts: Vec<&str> = file.path.split('/').collect();
-            parts.pop();
-            for depth in 1..=parts.len() {
-                dirs.insert(parts[..depth].join("/"));
+        blobs.extend(revision.files.iter().map(|f| (f.digest.as_str(), f.size)));
+        entries = entries.saturating_add(entries_of(revision));
+    }
+    blobs
+        .values()
+        .map(|size| blob_charge(*size))
+        .fold(entries.saturating_mul(BLOCK), u64::saturating_add)
+}
+
+/// `bytes` rounded up to whole [`BLOCK`]s.
+pub(super) fn whole_blocks(bytes: u64) -> u64 {
+    bytes.div_ceil(BLOCK).saturating_mul(BLOCK)
+}
+
+/// What a blob of `size` bytes costs: whole blocks, at least one (an empty file too).
+pub fn blob_charge(size: u64) -> u64 {
+    whole_blocks(size).max(BLOCK)
+}
+
+/// The entries of a revision: its files and the directories their paths imply.
+fn entries_of(revision: &RevisionIndex) -> u64 {
+    let mut dirs = BTreeSet::new();
+    for file in &revision.files {
+        let mut parts: Vec<&str> = file.path.split('/').collect();
+        parts.pop();
+        for depth in 1..=parts.len() {
+            dirs.insert(parts[..depth].join("/"));
+        }
+    }
+    (revision.files.len() as u64).saturating_add(dirs.len() as u64)
+}
+
+/// What a revision's index costs the store: a block per entry, plus its own
+/// `index_bytes` in whole blocks.
+pub fn index_charge(revision: &RevisionIndex, index_bytes: u64) -> u64 {
+    entries_of(revision)
+        .saturating_mul(BLOCK)
+        .saturating_add(whole_blocks(index_bytes))
+}
+
+/// How much of `want` a pull gets when `free` is left after the `others` reserved by the
+/// pulls in progress: all of it if it fits, else what is free if no other pull holds
+/// anything; `None` (wait for one to end) when others hold room the pull needs.
+pub fn grant(want: u64, free: u64, others: u64) -> Option<u64> {
+    (want <= free || others == 0).then_some(want.min(free))
+}
+
+/// What the pulls in progress have reserved.
+#[derive(Debug, Default)]
+pub(super) struct Book {
+    booked: std::sync::Mutex<Booked>,
+    released: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct Booked {
+    store: u64,
+    namespaces: HashMap<String, u64>,
+}
+
+impl Book {
+    fn booked(&self) -> std::sync::MutexGuard<'_, Booked> {
+        // Plain counters: a poisoned lock still holds usable figures.
+        self.booked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The namespace a pull is for, and what its sources keep in the store (as [`charge`]d).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamespaceRoom {
+    pub namespace: String,
+    pub kept: u64,
+}
+
+/// Room reserved for one pull in progress, in the store and in its namespace; given back
+/// when dropped (after the pull is committed, or has failed).
+#[must_use = "the room is given back when this is dropped"]
+#[derive(Debug)]
+pub struct Reservation {
+    book: Arc<Book>,
+    bytes: u64,
+    namespace: Option<String>,
+    /// The limit that made the reservation smaller than wanted, if one did.
+    pub lowered_by: Option<QuotaExceeded>,
+}
+
+impl Reservation {
+    /// The bytes reserved.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut booked = self.book.booked();
+        booked.store = booked.store.saturating_sub(self.bytes);
+        if let Some(ns) = &self.namespace
+            && let Some(held) = booked.namespaces.get_mut(ns)
+        {
+            *held = held.saturating_sub(self.bytes);
+            if *held == 0 {
+                booked.namespaces.remove(ns);
             }
         }
-        entries = entries.saturating_add(revision.files.len() as u64 + dirs.len() as u64);
+        drop(booked);
+        self.book.released.notify_waiters();
     }
-    let blob_blocks: u64 = blobs
-        .values()
-        .map(|size| size.div_ceil(BLOCK).max(1))
-        .fold(0, u64::saturating_add);
-    blob_blocks.saturating_add(entries).saturating_mul(BLOCK)
 }
 
 /// The store's size limit: `max_bytes` if given, else 90% of the volume, which is the
@@ -173,25 +280,112 @@ impl Store {
         Ok(stat.f_blocks.saturating_mul(stat.f_frsize))
     }
 
-    /// Bytes of the blobs of `revision` that are not stored yet (each blob once).
+    /// What storing `revision` adds to the store: its blobs not stored yet (each once,
+    /// in whole blocks) and its index if that is not stored yet.
     pub fn missing_bytes(&self, revision: &RevisionIndex) -> u64 {
         let mut seen = BTreeSet::new();
-        revision
+        let blobs = revision
             .files
             .iter()
             .filter(|f| digest_hex(&f.digest).is_some() && seen.insert(f.digest.as_str()))
             .filter(|f| self.blob_path(&f.digest).is_none())
-            .map(|f| f.size)
-            .fold(0, u64::saturating_add)
+            .map(|f| blob_charge(f.size))
+            .fold(0, u64::saturating_add);
+        let stored = self.index_path(&revision.key()).is_some_and(|p| p.exists());
+        let index = match stored {
+            true => 0,
+            false => index_charge(
+                revision,
+                encode_index(revision).map_or(u64::MAX, |j| j.len() as u64),
+            ),
+        };
+        blobs.saturating_add(index)
+    }
+
+    /// Reserves room for a pull that may unpack `want` bytes (as charged), in the store
+    /// and in `namespace` if given: what it wants, or what is left when that is less and
+    /// no other pull holds room. `None` when other pulls hold room it needs: wait for one
+    /// to end ([`Store::released`]) and ask again, or ask with `wait: false` to take
+    /// what is left now.
+    pub fn try_reserve(
+        &self,
+        want: u64,
+        namespace: Option<&NamespaceRoom>,
+        wait: bool,
+    ) -> Option<Reservation> {
+        let mut booked = self.book.booked();
+        let stored = self.usage().bytes;
+        let scopes = [
+            self.limits.max_bytes.map(|limit| {
+                let others = booked.store;
+                (
+                    limit,
+                    stored.saturating_add(others),
+                    others,
+                    QuotaScope::Store,
+                )
+            }),
+            namespace
+                .zip(self.limits.namespace_max_bytes)
+                .map(|(ns, limit)| {
+                    let others = booked.namespaces.get(&ns.namespace).copied().unwrap_or(0);
+                    (
+                        limit,
+                        ns.kept.saturating_add(others),
+                        others,
+                        QuotaScope::Namespace,
+                    )
+                }),
+        ];
+        let (mut bytes, mut lowered_by) = (want, None);
+        for (limit, used, others, scope) in scopes.into_iter().flatten() {
+            let free = limit.saturating_sub(used);
+            let granted = match wait {
+                true => grant(want, free, others)?,
+                false => want.min(free),
+            };
+            if granted < bytes {
+                bytes = granted;
+                lowered_by = Some(QuotaExceeded {
+                    scope,
+                    needed: None,
+                    limit,
+                });
+            }
+        }
+        booked.store = booked.store.saturating_add(bytes);
+        let namespace = namespace.map(|ns| ns.namespace.clone());
+        if let Some(ns) = &namespace {
+            let held = booked.namespaces.entry(ns.clone()).or_default();
+            *held = held.saturating_add(bytes);
+        }
+        Some(Reservation {
+            book: self.book.clone(),
+            bytes,
+            namespace,
+            lowered_by,
+        })
+    }
+
+    /// Completes when a pull gives back its reservation after this is called.
+    pub fn released(&self) -> tokio::sync::futures::Notified<'_> {
+        self.book.released.notified()
+    }
+
+    /// What the pulls in progress have reserved in the store, less `own`.
+    pub fn reserved_by_others(&self, own: Option<&Reservation>) -> u64 {
+        let total = self.book.booked().store;
+        total.saturating_sub(own.map_or(0, Reservation::bytes))
     }
 
     /// Whether `incoming` may be stored for a namespace whose sources would then keep
     /// `kept` (the keys of the other stored revisions they need; unreadable ones are
-    /// skipped).
+    /// skipped), while other pulls in progress hold `reserved` bytes of the store.
     pub fn check_quota(
         &self,
         incoming: &RevisionIndex,
         kept: &[String],
+        reserved: u64,
     ) -> Result<(), QuotaExceeded> {
         let incoming_key = incoming.key();
         let mut revisions: Vec<RevisionIndex> = kept
@@ -203,6 +397,7 @@ impl Store {
         let admission = Admission {
             stored_bytes: self.usage().bytes,
             new_bytes: self.missing_bytes(incoming),
+            reserved_bytes: reserved,
             namespace_bytes: charge(&revisions),
         };
         admit(&self.limits, &admission)
@@ -280,6 +475,7 @@ mod tests {
         let full = Admission {
             stored_bytes: 90 * MIB,
             new_bytes: 20 * MIB,
+            reserved_bytes: 0,
             namespace_bytes: 0,
         };
         let refused = admit(&limits(Some(100 * MIB), None), &full).unwrap_err();
@@ -300,9 +496,27 @@ mod tests {
         let stored = Admission {
             stored_bytes: 200 * MIB,
             new_bytes: 0,
+            reserved_bytes: 0,
             namespace_bytes: 0,
         };
         assert_eq!(admit(&limits(Some(100 * MIB), None), &stored), Ok(()));
+    }
+
+    #[test]
+    fn the_store_limit_counts_what_other_pulls_reserved() {
+        let a = Admission {
+            stored_bytes: 50 * MIB,
+            new_bytes: 10 * MIB,
+            reserved_bytes: 40 * MIB,
+            namespace_bytes: 0,
+        };
+        assert_eq!(admit(&limits(Some(100 * MIB), None), &a), Ok(()));
+        let over = Admission {
+            reserved_bytes: 40 * MIB + 1,
+            ..a
+        };
+        let refused = admit(&limits(Some(100 * MIB), None), &over).unwrap_err();
+        assert_eq!(refused.needed, Some(100 * MIB + 1));
     }
 
     #[test]
@@ -310,6 +524,7 @@ mod tests {
         let a = Admission {
             stored_bytes: 0,
             new_bytes: 0,
+            reserved_bytes: 0,
             namespace_bytes: 10 * MIB,
         };
         assert_eq!(admit(&limits(None, Some(10 * MIB)), &a), Ok(()));
@@ -320,6 +535,7 @@ mod tests {
         let both = Admission {
             stored_bytes: 100 * MIB,
             new_bytes: MIB,
+            reserved_bytes: 0,
             namespace_bytes: 10 * MIB,
         };
         let refused = admit(&limits(Some(100 * MIB), Some(MIB)), &both).unwrap_err();
@@ -369,7 +585,8 @@ mod tests {
             selection: Default::default(),
             files: vec![file.clone()],
         };
-        assert_eq!(store.missing_bytes(&first), 5000);
+        // two blocks of content, one entry, one block of index
+        assert_eq!(store.missing_bytes(&first), 4 * BLOCK);
         store
             .commit(&first.digest, staging.path(), &first.files)
             .unwrap();
@@ -384,16 +601,16 @@ mod tests {
             });
         }
         let kept = [first.digest.clone()];
-        assert_eq!(store.check_quota(&second, &kept), Ok(()));
+        assert_eq!(store.check_quota(&second, &kept, 0), Ok(()));
         second.files.push(IndexFile {
             path: "d/f16".into(),
             ..file.clone()
         });
-        let refused = store.check_quota(&second, &kept).unwrap_err();
+        let refused = store.check_quota(&second, &kept, 0).unwrap_err();
         assert_eq!(refused.scope, QuotaScope::Namespace);
         assert_eq!(refused.needed, Some(21 * BLOCK));
         // Without the old revision it fits.
-        assert_eq!(store.check_quota(&second, &[]), Ok(()));
+        assert_eq!(store.check_quota(&second, &[], 0), Ok(()));
     }
 
     #[test]
@@ -422,20 +639,216 @@ mod tests {
         // selection b of the same manifest: 2 blocks, with a's 2 blocks at the quota
         let mut incoming = revision(1, &[("b", 2, 1)]);
         incoming.selection = layers("b");
-        assert_eq!(store.check_quota(&incoming, &[kept.key()]), Ok(()));
+        assert_eq!(store.check_quota(&incoming, &[kept.key()], 0), Ok(()));
         incoming.files.push(IndexFile {
             path: "c".into(),
             digest: digest(3),
             size: 1,
         });
-        let refused = store.check_quota(&incoming, &[kept.key()]).unwrap_err();
+        let refused = store.check_quota(&incoming, &[kept.key()], 0).unwrap_err();
         assert_eq!(refused.needed, Some(6 * BLOCK), "a's revision is counted");
         // the incoming revision itself among the kept is counted once
-        assert_eq!(store.check_quota(&incoming, &[incoming.key()]), Ok(()));
+        assert_eq!(store.check_quota(&incoming, &[incoming.key()], 0), Ok(()));
         incoming.files.pop();
         assert_eq!(
-            store.check_quota(&incoming, &[incoming.key(), kept.key()]),
+            store.check_quota(&incoming, &[incoming.key(), kept.key()], 0),
             Ok(())
         );
+    }
+
+    /// A store at `root` with a global limit of `max` bytes.
+    fn limited(root: &std::path::Path, max: Option<u64>, namespace: Option<u64>) -> Store {
+        Store::open(root)
+            .unwrap()
+            .with_limits(limits(max, namespace))
+    }
+
+    /// `n` empty files under `dir/`, staged.
+    fn empty_files(store: &Store, dir: &str, n: usize) -> (tempfile::TempDir, Vec<IndexFile>) {
+        let staging = store.staging_dir().unwrap();
+        std::fs::create_dir_all(staging.path().join(dir)).unwrap();
+        let empty = format!(
+            "sha256:{}",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b""))
+        );
+        let files = (0..n)
+            .map(|i| {
+                let path = format!("{dir}/f{i}");
+                std::fs::write(staging.path().join(&path), b"").unwrap();
+                IndexFile {
+                    path,
+                    digest: empty.clone(),
+                    size: 0,
+                }
+            })
+            .collect();
+        (staging, files)
+    }
+
+    #[test]
+    fn many_empty_files_are_refused_by_a_small_store() {
+        let root = tempfile::tempdir().unwrap();
+        let store = limited(root.path(), Some(64 * BLOCK), None);
+        let (staging, files) = empty_files(&store, "d", 10);
+        let first = revision(1, &[]);
+        let first = RevisionIndex { files, ..first };
+        // one empty blob, 11 entries, one block of index
+        assert_eq!(store.missing_bytes(&first), 13 * BLOCK);
+        assert_eq!(store.check_quota(&first, &[], 0), Ok(()));
+        store
+            .commit(&first.digest, staging.path(), &first.files)
+            .unwrap();
+        assert_eq!(store.usage().bytes, 13 * BLOCK);
+        // 100 more empty files: no new blob at all, yet 101 entries and their index.
+        let (_staging, files) = empty_files(&store, "e", 100);
+        let second = RevisionIndex {
+            files,
+            ..revision(2, &[])
+        };
+        let added = store.missing_bytes(&second);
+        assert!(added > 101 * BLOCK, "{added}");
+        let refused = store.check_quota(&second, &[], 0).unwrap_err();
+        assert_eq!(refused.scope, QuotaScope::Store);
+        assert_eq!(refused.needed, Some(13 * BLOCK + added));
+        // What is stored already costs nothing more, even over the limit.
+        let over = limited(root.path(), Some(BLOCK), None);
+        assert_eq!(over.missing_bytes(&first), 0);
+        assert_eq!(over.check_quota(&first, &[], 0), Ok(()));
+    }
+
+    #[test]
+    fn index_bytes_are_counted_and_the_running_total_matches_a_scan() {
+        let root = tempfile::tempdir().unwrap();
+        let store = limited(root.path(), None, None);
+        // 300 files with long names: their index is over 20 blocks by itself.
+        let dir = "x".repeat(200);
+        let (staging, files) = empty_files(&store, &dir, 300);
+        let incoming = RevisionIndex {
+            files,
+            ..revision(1, &[])
+        };
+        let added = store.missing_bytes(&incoming);
+        store
+            .commit(&incoming.digest, staging.path(), &incoming.files)
+            .unwrap();
+        let hex = digest_hex(&incoming.digest).unwrap();
+        let index_len = std::fs::metadata(root.path().join(format!("revisions/{hex}.json")))
+            .unwrap()
+            .len();
+        assert!(index_len > 20 * BLOCK, "{index_len}");
+        let expected = BLOCK + 301 * BLOCK + index_len.div_ceil(BLOCK) * BLOCK;
+        assert_eq!((added, store.usage().bytes), (expected, expected));
+        // A second revision sharing nothing, then gc of the first: the running figures
+        // are what a fresh scan finds.
+        let (staging, files) = empty_files(&store, "y", 3);
+        std::fs::write(staging.path().join("y/f0"), b"not empty").unwrap();
+        let mut files = files;
+        files[0].digest = format!(
+            "sha256:{}",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"not empty"))
+        );
+        files[0].size = 9;
+        store.commit(&digest(2), staging.path(), &files).unwrap();
+        let fresh = || Store::open(root.path()).unwrap().usage();
+        assert_eq!(store.usage(), fresh());
+        let keep = [digest(2)].into_iter().collect();
+        let report = store.gc(&keep).unwrap();
+        assert_eq!((report.removed_revisions, report.removed_blobs), (1, 0));
+        assert_eq!(store.usage(), fresh());
+        assert_eq!(store.gc(&Default::default()).unwrap().removed_blobs, 2);
+        assert_eq!(store.usage(), crate::store::StoreUsage::default());
+        assert_eq!(fresh(), crate::store::StoreUsage::default());
+    }
+
+    #[test]
+    fn concurrent_reservations_cannot_together_exceed_the_room() {
+        let root = tempfile::tempdir().unwrap();
+        let store = limited(root.path(), Some(100 * MIB), None);
+        let first = store.try_reserve(60 * MIB, None, true).unwrap();
+        assert_eq!((first.bytes(), first.lowered_by), (60 * MIB, None));
+        // The second wants 60 MiB as well: only 40 are left while the first holds its room.
+        assert!(store.try_reserve(60 * MIB, None, true).is_none(), "waits");
+        let second = store.try_reserve(60 * MIB, None, false).unwrap();
+        assert_eq!(second.bytes(), 40 * MIB);
+        assert_eq!(second.lowered_by.map(|q| q.scope), Some(QuotaScope::Store));
+        let third = store.try_reserve(MIB, None, false).unwrap();
+        assert_eq!(third.bytes(), 0);
+        assert_eq!(store.reserved_by_others(Some(&second)), 60 * MIB);
+        // Room given back is room again; a small pull fits beside the others.
+        drop((first, third));
+        assert_eq!(store.reserved_by_others(None), 40 * MIB);
+        let small = store.try_reserve(10 * MIB, None, true).unwrap();
+        assert_eq!((small.bytes(), small.lowered_by), (10 * MIB, None));
+        drop((second, small));
+        assert_eq!(store.reserved_by_others(None), 0);
+        // Alone, a pull takes what is left rather than wait for nobody.
+        let alone = store.try_reserve(500 * MIB, None, true).unwrap();
+        assert_eq!(alone.bytes(), 100 * MIB);
+        // Stored content is not room.
+        drop(alone);
+        let (staging, files) = empty_files(&store, "d", 1);
+        store.commit(&digest(1), staging.path(), &files).unwrap();
+        let stored = store.usage().bytes;
+        let after = store.try_reserve(500 * MIB, None, true).unwrap();
+        assert_eq!(after.bytes(), 100 * MIB - stored);
+    }
+
+    #[tokio::test]
+    async fn a_released_reservation_wakes_a_waiting_pull() {
+        let root = tempfile::tempdir().unwrap();
+        let store = limited(root.path(), Some(MIB), None);
+        let held = store.try_reserve(MIB, None, true).unwrap();
+        let released = store.released();
+        drop(held);
+        tokio::time::timeout(std::time::Duration::from_secs(5), released)
+            .await
+            .expect("woken");
+        assert!(store.try_reserve(MIB, None, true).is_some());
+    }
+
+    #[test]
+    fn a_namespaces_second_pull_gets_only_what_is_left() {
+        let root = tempfile::tempdir().unwrap();
+        let store = limited(root.path(), None, Some(100 * MIB));
+        let ns = |name: &str, kept: u64| NamespaceRoom {
+            namespace: name.into(),
+            kept,
+        };
+        // The namespace's sources keep 30 MiB: 70 are left.
+        let first = store
+            .try_reserve(50 * MIB, Some(&ns("a", 30 * MIB)), true)
+            .unwrap();
+        assert_eq!(first.bytes(), 50 * MIB);
+        assert!(
+            store
+                .try_reserve(50 * MIB, Some(&ns("a", 30 * MIB)), true)
+                .is_none()
+        );
+        let second = store
+            .try_reserve(50 * MIB, Some(&ns("a", 30 * MIB)), false)
+            .unwrap();
+        assert_eq!(second.bytes(), 20 * MIB);
+        assert_eq!(
+            second.lowered_by.map(|q| q.scope),
+            Some(QuotaScope::Namespace)
+        );
+        // Another namespace has its whole quota.
+        let other = store
+            .try_reserve(100 * MIB, Some(&ns("b", 0)), true)
+            .unwrap();
+        assert_eq!((other.bytes(), other.lowered_by), (100 * MIB, None));
+        drop((first, second));
+        let again = store
+            .try_reserve(50 * MIB, Some(&ns("a", 30 * MIB)), true)
+            .unwrap();
+        assert_eq!(again.bytes(), 50 * MIB);
+    }
+
+    #[test]
+    fn reservations_are_granted_only_when_they_fit_or_nobody_else_holds_room() {
+        assert_eq!(grant(10, 20, 5), Some(10));
+        assert_eq!(grant(10, 5, 0), Some(5));
+        assert_eq!(grant(10, 5, 1), None);
+        assert_eq!(grant(10, 0, 0), Some(0));
     }
 }
