@@ -28,8 +28,8 @@ use super::condition::Condition;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RuleBundleSpec {
-    /// The ArtifactSources to take files from; order matters only for listing.
-    #[schemars(length(min = 1))]
+    /// The ArtifactSources to take files from (at most 32); order matters only for listing.
+    #[schemars(length(min = 1, max = 32))]
     pub sources: Vec<BundleSource>,
     /// Write the selected files into a ConfigMap in the bundle's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -48,8 +48,10 @@ pub struct RuleBundleSpec {
 pub struct BundleSource {
     /// An ArtifactSource in the same namespace.
     pub source_ref: LocalObjectReference,
-    /// Glob patterns over the artifact's file paths (`*.yaml`); default: every file.
+    /// Glob patterns over the artifact's file paths (`*.yaml`), at most 64 of at most 256
+    /// characters each; default: every file.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 256)))]
     pub include: Vec<String>,
 }
 

@@ -82,9 +82,32 @@ impl Plan {
     }
 }
 
-/// Checks what the CRD schema cannot: every glob compiles. A failure stalls the bundle.
+/// The most sources a bundle names, patterns one source includes, and characters in a
+/// pattern (the CRD says the same).
+const MAX_SOURCES: usize = 32;
+const MAX_INCLUDES: usize = 64;
+const MAX_PATTERN: usize = 256;
+
+/// Checks what the CRD schema cannot (every glob compiles), and its limits again. A failure
+/// stalls the bundle.
 pub fn validate(spec: &RuleBundleSpec) -> Result<(), Problem> {
+    // the CRD's limits, checked here too: matching is sources × patterns × files
+    let invalid = |m: String| Err(Problem::new(reason::INVALID_SPEC, m));
+    if spec.sources.len() > MAX_SOURCES {
+        return invalid(format!("more than {MAX_SOURCES} spec.sources"));
+    }
     for (i, s) in spec.sources.iter().enumerate() {
+        if s.include.len() > MAX_INCLUDES {
+            return invalid(format!(
+                "spec.sources[{i}].include has more than {MAX_INCLUDES} patterns"
+            ));
+        }
+        if let Some(long) = s.include.iter().find(|p| p.chars().count() > MAX_PATTERN) {
+            let start: String = long.chars().take(32).collect();
+            return invalid(format!(
+                "spec.sources[{i}].include pattern {start:?}… is longer than {MAX_PATTERN} characters"
+            ));
+        }
         if s.source_ref.name.is_empty() {
             return Err(Problem::new(
                 reason::INVALID_SPEC,

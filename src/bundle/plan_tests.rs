@@ -163,6 +163,25 @@ fn a_file_list_too_large_for_the_status_is_refused() {
 }
 
 #[test]
+fn include_lists_are_bounded() {
+    let many: Vec<String> = (0..65).map(|i| format!("f{i}*")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let e = validate(&spec(vec![source("falco", &many)])).unwrap_err();
+    assert_eq!(e.reason, "InvalidSpec");
+    assert!(e.message.contains("more than 64"), "{}", e.message);
+    let long = "a".repeat(257);
+    let e = validate(&spec(vec![source("falco", &[&long])])).unwrap_err();
+    assert!(
+        e.message.len() < 200,
+        "the pattern is not repeated whole: {}",
+        e.message
+    );
+    let sources: Vec<BundleSource> = (0..33).map(|i| source(&format!("s{i}"), &[])).collect();
+    assert!(validate(&spec(sources)).is_err());
+    assert!(validate(&spec(vec![source("falco", &many[..64])])).is_ok());
+}
+
+#[test]
 fn a_bad_glob_is_an_invalid_spec() {
     let err = plan(&spec(vec![source("s", &["[a-"])]), |_| SourceState::Missing).unwrap_err();
     assert_eq!(err.reason, reason::INVALID_SPEC);

@@ -32,6 +32,9 @@ pub struct Memory {
     pub checked_generation: Option<i64>,
     /// A referenced Secret changed since the last check.
     pub secret_changed: bool,
+    /// The last check stopped because another source was pulling the same revision: the
+    /// next one is due at once, not after the interval.
+    pub pull_busy: bool,
     /// The revision being served and the one before it (kept for rollback by GC), by
     /// store key ([`stored_key`]).
     pub current: Option<String>,

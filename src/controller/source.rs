@@ -69,6 +69,11 @@ impl From<QuotaExceeded> for Failure {
     }
 }
 
+/// Not a reason any status carries: the check stopped because another source holds the
+/// pull of the same revision; it is tried again after [`PULL_BUSY_RETRY`].
+const PULL_BUSY: &str = "PullBusy";
+const PULL_BUSY_RETRY: Duration = Duration::from_secs(2);
+
 pub async fn reconcile(source: Arc<ArtifactSource>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = reconcile_inner(&source, &ctx).await;
@@ -138,7 +143,8 @@ async fn reconcile_inner(source: &ArtifactSource, ctx: &Context) -> Result<Outco
         spec_changed: generation != prev.observed_generation
             && generation != memory.checked_generation,
         requested: requested_at.is_some() && requested_at != prev.last_handled_requested_at
-            || memory.secret_changed,
+            || memory.secret_changed
+            || memory.pull_busy,
         content_missing: false,
         failures: memory.failures,
         retry_after: memory.retry_after,
@@ -160,6 +166,7 @@ async fn reconcile_inner(source: &ArtifactSource, ctx: &Context) -> Result<Outco
         m.last_check = Some(Instant::now());
         m.checked_generation = generation;
         m.secret_changed = false;
+        m.pull_busy = false;
         if credentials_may_differ {
             // another Secret or registry: what this source proved before no longer counts
             m.proven = None;
@@ -178,6 +185,10 @@ async fn reconcile_inner(source: &ArtifactSource, ctx: &Context) -> Result<Outco
                 failed: false,
                 next: schedule::next_delay(valid.interval, 0, None, seed),
             })
+        }
+        Err(f) if f.reason == PULL_BUSY => {
+            ctx.remember(&uid, |m| m.pull_busy = true);
+            Ok(Outcome::Waiting(PULL_BUSY_RETRY))
         }
         Err(f) => {
             let next = status::failed(
@@ -268,7 +279,15 @@ async fn check(
     // the first source pulls, the others (each having proved access above) reuse the
     // stored artifact.
     let lock = ctx.pull_lock(&store_key);
-    let _pulling = lock.lock().await;
+    // Never queue behind another source's pull (a slow registry, maybe a hostile one, on
+    // the same digest): come back shortly, without holding a worker or a failure.
+    let Ok(_pulling) = lock.try_lock() else {
+        return Err(Failure {
+            reason: PULL_BUSY,
+            message: "another source is pulling this revision".into(),
+            retry_after: Some(PULL_BUSY_RETRY),
+        });
+    };
     let known = match ctx.known_artifact(&store_key) {
         Some(a) if has_revision(ctx, &store_key).await => Some(a),
         _ => None,

@@ -55,7 +55,10 @@ seccompProfile:
 The path of an agent.allowedDirs entry: {path, namespaces} (or a plain path string).
 */}}
 {{- define "ocisync.allowedDirPath" -}}
-{{- if kindIs "map" . }}{{ required "agent.allowedDirs entries need a path" .path }}{{ else }}{{ . }}{{ end }}
+{{- $path := . -}}
+{{- if kindIs "map" . }}{{ $path = required "agent.allowedDirs entries need a path" .path }}{{ end -}}
+{{- if contains "=" $path }}{{ fail (printf "agent.allowedDirs: %q: a path cannot contain '=' (it separates the path from the namespaces in --allowed-dir)" $path) }}{{ end -}}
+{{ $path }}
 {{- end }}
 
 {{/*
