@@ -130,14 +130,17 @@ fn unpack_estimate(defaults: &Limits, manifest: &RawManifest, media_type: Option
         .min(defaults.max_unpacked_bytes)
 }
 
-/// The limits of a pull with `reservation`: the `estimate` and the default file count if
-/// it got all it wanted; else fewer files (at most a quarter of the room in their
+/// The limits of a pull with `reservation`: the `estimate` (plus the entries' cost) and the
+/// default file count if it got all it wanted; else fewer files (at most a quarter of the room in their
 /// overhead) and the rest of the room in bytes.
 fn limits_for(defaults: Limits, estimate: u64, reservation: &Reservation) -> Limits {
     let bytes = reservation.bytes();
     if reservation.lowered_by.is_none() {
+        // the unpacker charges every file and directory it creates ENTRY_COST besides its
+        // bytes; the reservation holds FILE_OVERHEAD (more) per possible file for that
+        let entries = (defaults.max_files as u64).saturating_mul(crate::oci::unpack::ENTRY_COST);
         return Limits {
-            max_unpacked_bytes: estimate,
+            max_unpacked_bytes: estimate.saturating_add(entries),
             ..defaults
         };
     }
@@ -310,7 +313,12 @@ mod tests {
         let defaults = Limits::default();
         let (_root, roomy) = store(None, None);
         let b = budget(&roomy, 20 * MIB, 100 * MIB);
-        assert_eq!(b.limits().max_unpacked_bytes, 20 * MIB, "the estimate");
+        let entries = defaults.max_files as u64 * crate::oci::unpack::ENTRY_COST;
+        assert_eq!(
+            b.limits().max_unpacked_bytes,
+            20 * MIB + entries,
+            "the estimate, and what the unpacker charges per entry"
+        );
         assert_eq!(b.limits().max_files, defaults.max_files);
         assert!(b.reservation.lowered_by.is_none());
 
