@@ -54,8 +54,10 @@ pub struct Options {
     pub listen: std::net::SocketAddr,
 }
 
-/// RuleBundles per page of the watch's list: each page is held whole before its bundles
-/// are trimmed, and a bundle can be near the API server's 1.5 MiB object limit.
+/// RuleBundles per page of the watch's list, where the API server paginates: each page is
+/// held whole before its bundles are trimmed, and a bundle can be near the 1.5 MiB object
+/// limit. (A list served from the API server's watch cache, as `any_semantic` asks for to
+/// spare etcd, comes whole on servers that ignore the limit there.)
 const LIST_PAGE: u32 = 20;
 
 /// After a failed pass, the next one comes this soon (doubling up to `resync`).

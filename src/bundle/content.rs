@@ -14,8 +14,14 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, Visitor};
 
 use crate::oci::content::ContentKind;
 
-/// The largest file a content check reads.
-pub const MAX_CHECKED_BYTES: u64 = 1024 * 1024;
+/// The largest file a content check reads (a Falco rules file for nodes can be larger than
+/// a ConfigMap's 1 MiB).
+pub const MAX_CHECKED_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The most YAML parser events a checked document may need, as [`yaml_events_estimate`]
+/// counts them: the parser holds every event of a document (about 130 bytes each) before
+/// anything is measured. Upstream Falco rules files need under 5% of it.
+pub const MAX_YAML_EVENTS: u64 = 200_000;
 
 /// The most a YAML document may hold once its aliases are followed, as an estimate of the
 /// memory its parsed form takes: [`YAML_NODE_COST`] per node plus the length of each
@@ -111,15 +117,20 @@ pub fn falco_rules(bytes: &[u8]) -> Result<(), String> {
 /// allocates nothing beyond the parser's own event list, which is in proportion to the
 /// text, and stops as soon as the budget is spent.
 pub fn bounded_yaml(bytes: &[u8]) -> Result<serde_yaml_ng::Value, String> {
-    let spent = Cell::new(0u64);
-    let measured =
-        Measure { spent: &spent }.deserialize(serde_yaml_ng::Deserializer::from_slice(bytes));
+    let events = yaml_events_estimate(bytes);
+    if events > MAX_YAML_EVENTS {
+        return Err(format!(
+            "its {} bytes of YAML hold about {events} values, over the {MAX_YAML_EVENTS} a content check parses: split the file",
+            bytes.len()
+        ));
+    }
+    let (spent, measured) = measure(bytes);
     // serde_yaml_ng's own limit on alias uses (100 per event) can stop it first; it has no
     // error kind to match, only its message
     let repeated = measured
         .as_ref()
         .is_err_and(|e| e.to_string().contains("repetition limit exceeded"));
-    if spent.get() > MAX_YAML_EXPANDED || repeated {
+    if spent > MAX_YAML_EXPANDED || repeated {
         return Err(format!(
             "its {} bytes of YAML make more than {MAX_YAML_EXPANDED} bytes of nodes once aliases are followed (each node counts {YAML_NODE_COST} bytes; an alias bomb, or a file of very many small items: split it)",
             bytes.len()
@@ -127,6 +138,35 @@ pub fn bounded_yaml(bytes: &[u8]) -> Result<serde_yaml_ng::Value, String> {
     }
     measured.map_err(|e| format!("not valid YAML: {e}"))?;
     serde_yaml_ng::from_slice(bytes).map_err(|e| format!("not valid YAML: {e}"))
+}
+
+/// What a document costs with its aliases followed (stopping past the budget).
+fn measure(bytes: &[u8]) -> (u64, Result<(), serde_yaml_ng::Error>) {
+    let spent = Cell::new(0u64);
+    let measured = Measure { spent: &spent }
+        .deserialize(serde_yaml_ng::Deserializer::from_slice(bytes))
+        .map(|_| ());
+    (spent.get(), measured)
+}
+
+/// An upper estimate of the parser events a YAML text makes, from one pass over its bytes:
+/// lines that are blank or comments make none; every other line counts a few, and each
+/// separator or bracket on it (`,` `:` `[` `{` `-`) a few more, quoted or not.
+pub fn yaml_events_estimate(bytes: &[u8]) -> u64 {
+    bytes
+        .split(|b| *b == b'\n')
+        .map(|line| {
+            let text = line.trim_ascii_start();
+            if text.is_empty() || text.starts_with(b"#") {
+                return 0;
+            }
+            let marks = text
+                .iter()
+                .filter(|b| matches!(b, b',' | b':' | b'[' | b'{' | b'-'))
+                .count() as u64;
+            4 + 2 * marks
+        })
+        .fold(0u64, u64::saturating_add)
 }
 
 /// Visits every node of a document, following aliases as often as they are used, and adds
@@ -407,9 +447,9 @@ mod tests {
         let per_item = YAML_NODE_COST + 1;
         let fits = ((MAX_YAML_EXPANDED - YAML_NODE_COST) / per_item) as usize;
         let doc = |n: usize| format!("[{}]", vec!["a"; n].join(","));
-        assert!(bounded_yaml(doc(fits).as_bytes()).is_ok());
-        let e = bounded_yaml(doc(fits + 1).as_bytes()).unwrap_err();
-        assert!(e.contains("aliases are followed"), "{e}");
+        let (spent, measured) = measure(doc(fits).as_bytes());
+        assert!(spent <= MAX_YAML_EXPANDED && measured.is_ok(), "{spent}");
+        assert!(measure(doc(fits + 1).as_bytes()).0 > MAX_YAML_EXPANDED);
     }
 
     #[test]
@@ -423,6 +463,28 @@ mod tests {
         assert!(size_ok(ContentKind::Generic, "x.yaml", u64::MAX).is_ok());
         let e = check(ContentKind::Seccomp, "p.json", &vec![b' '; big as usize]).unwrap_err();
         assert!(e.contains("over the"), "{e}");
+    }
+
+    #[test]
+    fn large_files_are_parsed_only_when_their_values_are_few() {
+        // 5 MiB of comments and long strings: a few values, parsed
+        let mut quiet = String::new();
+        while quiet.len() < 5 << 20 {
+            quiet.push_str("# a comment line that takes some room, as generated rules do\n");
+        }
+        quiet.push_str(&format!(
+            "- list: long\n  items: [\"{}\"]\n",
+            "y".repeat(1 << 20)
+        ));
+        assert!(yaml_events_estimate(quiet.as_bytes()) < 100);
+        falco_rules(quiet.as_bytes()).unwrap();
+        // 600 KB of one-character items: refused before the parser holds them
+        let dense = format!("- list: big\n  items: [{}]\n", "y,".repeat(300_000));
+        let e = falco_rules(dense.as_bytes()).unwrap_err();
+        assert!(e.contains("split the file"), "{e}");
+        // block style counts too
+        let block: String = (0..60_000).map(|i| format!("- list: l{i}\n")).collect();
+        assert!(yaml_events_estimate(block.as_bytes()) > MAX_YAML_EVENTS);
     }
 
     #[test]

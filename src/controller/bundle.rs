@@ -194,6 +194,11 @@ async fn read_and_check(
 ) -> Result<Vec<(String, Vec<u8>)>, Problem> {
     let store = ctx.store.clone();
     let files: Vec<PlannedFile> = plan.files.clone();
+    let _permit = ctx
+        .checks
+        .acquire()
+        .await
+        .map_err(|e| Problem::new(reason::SOURCE_NOT_READY, format!("content checks: {e}")))?;
     tokio::task::spawn_blocking(move || read_files(&store, &files, keep_bytes))
         .await
         .map_err(|e| Problem::new(reason::SOURCE_NOT_READY, format!("reading the store: {e}")))?

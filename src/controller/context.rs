@@ -79,7 +79,12 @@ pub struct Context {
     pub artifacts: Mutex<HashMap<String, Artifact>>,
     /// One lock per store key being pulled.
     pub pull_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Content checks running at once (each holds a file of up to 8 MiB and its parse).
+    pub checks: tokio::sync::Semaphore,
 }
+
+/// How many content checks run at once, whatever `--concurrency`: their memory adds up.
+pub const CONCURRENT_CHECKS: usize = 2;
 
 impl Context {
     /// A copy of a source's memory.

@@ -213,6 +213,7 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
         memory: Default::default(),
         artifacts: Default::default(),
         pull_locks: Default::default(),
+        checks: tokio::sync::Semaphore::new(context::CONCURRENT_CHECKS),
     });
     // With --watch-secrets, Secrets by metadata only: a change re-reconciles the sources
     // that use the Secret. Without it (the chart's default) the controller needs only `get`

@@ -73,6 +73,7 @@ impl From<QuotaExceeded> for Failure {
 /// pull of the same revision; it is tried again after [`PULL_BUSY_RETRY`].
 const PULL_BUSY: &str = "PullBusy";
 const PULL_BUSY_RETRY: Duration = Duration::from_secs(2);
+const PULL_BUSY_WAIT: Duration = Duration::from_secs(2);
 
 pub async fn reconcile(source: Arc<ArtifactSource>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
@@ -279,9 +280,10 @@ async fn check(
     // the first source pulls, the others (each having proved access above) reuse the
     // stored artifact.
     let lock = ctx.pull_lock(&store_key);
-    // Never queue behind another source's pull (a slow registry, maybe a hostile one, on
-    // the same digest): come back shortly, without holding a worker or a failure.
-    let Ok(_pulling) = lock.try_lock() else {
+    // Wait a little for another source's pull of the same revision (most take well under
+    // a second), but never queue behind it for long (a slow registry, maybe a hostile
+    // one, on the same digest): come back shortly, without holding a worker or a failure.
+    let Ok(_pulling) = tokio::time::timeout(PULL_BUSY_WAIT, lock.lock()).await else {
         return Err(Failure {
             reason: PULL_BUSY,
             message: "another source is pulling this revision".into(),
