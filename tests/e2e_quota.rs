@@ -48,27 +48,8 @@ fn rules(size: usize) -> Vec<u8> {
 
 /// Pushes a directory holding `files` (relative paths) as Falco rules; the digest.
 fn push_dir(h: &Harness, dir: &std::path::Path, target: &str, files: &[(&str, Vec<u8>)]) -> String {
-    let root = dir.join(common::unique());
-    for (rel, bytes) in files {
-        let path = root.join(rel);
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        std::fs::write(&path, bytes).expect("write");
-    }
-    let out = common::ocisync()
-        .arg("push")
-        .arg(&root)
-        .arg(target)
-        .args(["--type", "falco-rules", "-O", "json"])
-        .args(h.env.cli_flags(Which::Plain, dir))
-        .output()
-        .expect("push");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    v["digest"].as_str().expect("digest").to_string()
+    let files: Vec<(&str, &[u8])> = files.iter().map(|(p, b)| (*p, b.as_slice())).collect();
+    common::controller::push_tree(&h.env, Which::Plain, dir, target, "falco-rules", &files)
 }
 
 async fn create(h: &Harness, name: &str, repo: &str) {

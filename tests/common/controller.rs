@@ -336,6 +336,29 @@ pub fn push_files(
     files: &[(&str, &[u8])],
     extra: &[&str],
 ) -> String {
+    let (_, paths) = write_tree(dir, files);
+    push_paths(env, which, dir, &paths, target, type_, extra)
+}
+
+/// `ocisync push --type <type>` of one directory holding `files` (relative paths, written
+/// fresh under `dir`); the pushed digest.
+pub fn push_tree(
+    env: &Env,
+    which: Which,
+    dir: &Path,
+    target: &str,
+    type_: &str,
+    files: &[(&str, &[u8])],
+) -> String {
+    let (root, _) = write_tree(dir, files);
+    push_paths(env, which, dir, &[root], target, type_, &[])
+}
+
+/// Writes `files` under a new directory below `dir`: that directory and the files' paths.
+fn write_tree(
+    dir: &Path,
+    files: &[(&str, &[u8])],
+) -> (std::path::PathBuf, Vec<std::path::PathBuf>) {
     let root = dir.join(super::unique());
     let mut paths = Vec::new();
     for (name, content) in files {
@@ -344,9 +367,22 @@ pub fn push_files(
         std::fs::write(&file, content).expect("write");
         paths.push(file);
     }
+    (root, paths)
+}
+
+/// `ocisync push` of `paths`, printing JSON; the pushed digest.
+fn push_paths(
+    env: &Env,
+    which: Which,
+    dir: &Path,
+    paths: &[std::path::PathBuf],
+    target: &str,
+    type_: &str,
+    extra: &[&str],
+) -> String {
     let out = super::ocisync()
         .arg("push")
-        .args(&paths)
+        .args(paths)
         .arg(target)
         .args(["--type", type_, "-O", "json"])
         .args(extra)
