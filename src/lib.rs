@@ -3,9 +3,11 @@
 
 pub mod agent;
 pub mod api;
+pub mod backoff;
 pub mod bundle;
 pub mod cli;
 pub mod controller;
+pub mod digest;
 pub mod errors;
 pub mod metrics;
 pub mod oci;

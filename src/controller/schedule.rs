@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::backoff::{Backoff, jitter};
+
 /// The shortest interval a source may ask for.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(10);
 /// First retry delay after a failure; doubles per consecutive failure.
@@ -70,46 +72,17 @@ pub fn next_delay(
     retry_after: Option<Duration>,
     seed: u64,
 ) -> Duration {
-    let base = if failures == 0 {
-        jitter(interval.max(MIN_INTERVAL), seed, 20)
+    if failures == 0 {
+        jitter(interval.max(MIN_INTERVAL), seed, 20).max(retry_after.unwrap_or(Duration::ZERO))
     } else {
-        backoff(failures, seed)
-    };
-    base.max(retry_after.unwrap_or(Duration::ZERO))
-}
-
-/// Exponential backoff: 5 s, 10 s, 20 s … capped at 5 min, with up to +10% jitter so many
-/// sources failing together do not retry in lockstep.
-pub fn backoff(failures: u32, seed: u64) -> Duration {
-    let exp = failures.saturating_sub(1).min(16);
-    let raw = BACKOFF_BASE.saturating_mul(1u32 << exp).min(BACKOFF_MAX);
-    jitter(raw, seed.wrapping_add(u64::from(failures)), 10)
-}
-
-/// Adds up to `1/fraction` of `d`, chosen by `seed` (spreads requeues without randomness,
-/// so tests are exact).
-pub fn jitter(d: Duration, seed: u64, fraction: u32) -> Duration {
-    let spread = d / fraction.max(1);
-    let nanos = spread.as_nanos() as u64;
-    if nanos == 0 {
-        return d;
+        CHECK_BACKOFF.delay(failures, seed, retry_after)
     }
-    d + Duration::from_nanos(mix(seed) % nanos)
 }
 
-/// A stable per-object seed from its uid.
-pub fn seed_of(uid: &str) -> u64 {
-    uid.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
+/// Retries of failed checks: 5 s, 10 s, 20 s … up to 5 min, jittered per source.
+pub const CHECK_BACKOFF: Backoff = Backoff::new(BACKOFF_BASE, BACKOFF_MAX);
 
-fn mix(mut x: u64) -> u64 {
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    x ^= x >> 33;
-    x
-}
+pub use crate::backoff::seed_of;
 
 #[cfg(test)]
 mod tests {
@@ -169,13 +142,16 @@ mod tests {
     fn failures_back_off_exponentially_to_a_cap() {
         let mut last = Duration::ZERO;
         for failures in 1..=10 {
-            let d = backoff(failures, 3);
-            assert!(d >= last.min(BACKOFF_MAX), "{failures}: {d:?} < {last:?}");
-            assert!(d <= BACKOFF_MAX + BACKOFF_MAX / 10, "{d:?}");
+            let d = CHECK_BACKOFF.delay(failures, 3, None);
+            assert!(
+                d >= last.min(BACKOFF_MAX * 3 / 4),
+                "{failures}: {d:?} < {last:?}"
+            );
+            assert!(d <= BACKOFF_MAX, "{d:?}");
             last = d;
         }
-        assert!(backoff(1, 3) < Duration::from_secs(6));
-        assert!(backoff(3, 3) >= Duration::from_secs(20));
+        assert!(CHECK_BACKOFF.delay(1, 3, None) <= Duration::from_secs(5));
+        assert!(CHECK_BACKOFF.delay(3, 3, None) >= Duration::from_secs(15));
         // a failed source waits for the backoff, not the (longer) interval
         let state = CheckState {
             since_last_check: Some(Duration::from_secs(1)),

@@ -1,0 +1,103 @@
+//! The one retry backoff of the controller and the agent: exponential, capped, with jitter
+//! from a per-object (or per-node) seed, so many objects or nodes failing together do not
+//! retry in lockstep, and never sooner than a server's `Retry-After`.
+
+use std::time::Duration;
+
+/// Exponential backoff from `base`, doubling per consecutive failure up to `max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    pub const fn new(base: Duration, max: Duration) -> Self {
+        Backoff { base, max }
+    }
+
+    /// The delay after `failures` consecutive failures (1 for the first): `base`, twice
+    /// that, … capped at `max`, then spread over [75%, 100%] of itself by `seed`, and
+    /// never less than `retry_after`. No failures: zero.
+    pub fn delay(&self, failures: u32, seed: u64, retry_after: Option<Duration>) -> Duration {
+        if failures == 0 {
+            return retry_after.unwrap_or(Duration::ZERO);
+        }
+        let exp = failures.saturating_sub(1).min(20);
+        let raw = self.base.saturating_mul(1u32 << exp).min(self.max);
+        let spread = raw / 4;
+        let delay = raw - spread + jitter_part(spread, seed.wrapping_add(u64::from(failures)));
+        delay.max(retry_after.unwrap_or(Duration::ZERO))
+    }
+}
+
+/// `d` plus up to `1/fraction` of it, chosen by `seed` (spreads requeues; the same seed
+/// gives the same delay, so tests are exact).
+pub fn jitter(d: Duration, seed: u64, fraction: u32) -> Duration {
+    d + jitter_part(d / fraction.max(1), seed)
+}
+
+/// A part of `spread` in [0, spread), chosen by `seed`.
+fn jitter_part(spread: Duration, seed: u64) -> Duration {
+    let nanos = u64::try_from(spread.as_nanos()).unwrap_or(u64::MAX);
+    if nanos == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_nanos(mix(seed) % nanos)
+}
+
+/// A stable seed from a name or uid (FNV-1a).
+pub fn seed_of(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const B: Backoff = Backoff::new(Duration::from_secs(4), Duration::from_secs(60));
+
+    #[test]
+    fn delays_double_up_to_the_cap_within_their_jitter() {
+        for (failures, raw) in [(1u32, 4u64), (2, 8), (3, 16), (5, 60), (40, 60)] {
+            let d = B.delay(failures, 7, None);
+            let raw = Duration::from_secs(raw);
+            assert!(d <= raw && d >= raw * 3 / 4, "{failures}: {d:?}");
+        }
+        assert_eq!(B.delay(0, 7, None), Duration::ZERO);
+        let later = Some(Duration::from_secs(90));
+        assert_eq!(B.delay(1, 7, later), Duration::from_secs(90));
+        assert_eq!(B.delay(0, 7, later), Duration::from_secs(90));
+    }
+
+    #[test]
+    fn seeds_spread_nodes_apart() {
+        let delays: std::collections::HashSet<Duration> = (0..50)
+            .map(|n| B.delay(3, seed_of(&format!("node-{n}")), None))
+            .collect();
+        assert!(delays.len() > 40, "{}", delays.len());
+        assert_eq!(
+            B.delay(3, seed_of("node-1"), None),
+            B.delay(3, seed_of("node-1"), None)
+        );
+    }
+
+    #[test]
+    fn jitter_adds_at_most_its_fraction() {
+        let d = Duration::from_secs(100);
+        for seed in 0..100 {
+            let j = jitter(d, seed, 10);
+            assert!(j >= d && j < d + Duration::from_secs(10));
+        }
+        assert_eq!(jitter(Duration::ZERO, 3, 10), Duration::ZERO);
+    }
+}
