@@ -29,7 +29,7 @@ pub fn spec(bundles: Vec<BundleReport>) -> NodeReportSpec {
 fn spec_within(mut bundles: Vec<BundleReport>, max_bytes: usize) -> NodeReportSpec {
     let applied = bundles
         .iter()
-        .filter(|b| b.reason == reason::APPLIED)
+        .filter(|b| b.reason.as_str() == reason::APPLIED)
         .count();
     let failed = bundles.iter().filter(|b| b.is_failure()).count();
     for b in &mut bundles {
@@ -75,7 +75,7 @@ pub fn withdraw(
     replacement: Option<BundleReport>,
 ) -> Option<NodeReportSpec> {
     let claims_other = |b: &BundleReport| {
-        b.uid == uid && b.reason == reason::APPLIED && b.revision.as_deref() != keeps
+        b.uid == uid && b.reason.as_str() == reason::APPLIED && b.revision.as_deref() != keeps
     };
     if !known.bundles.iter().any(claims_other) {
         return None;

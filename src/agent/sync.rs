@@ -106,7 +106,7 @@ pub async fn pass(
             uid: uid.clone(),
             generation: bundle.metadata.generation,
             revision,
-            reason: reason.to_string(),
+            reason: reason.into(),
             message,
         };
         // An earlier object of this name (another uid) with files in the same directory:

@@ -4,6 +4,7 @@ pub mod artifact_source;
 pub mod condition;
 pub mod duration;
 pub mod node_report;
+pub mod reason;
 pub mod rule_bundle;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{

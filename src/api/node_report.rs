@@ -6,6 +6,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::reason::ReportedReason;
+
 /// The bundles one node's agent has applied or failed to apply. Written only by the agent
 /// on the node of the same name; removed with the Node (owner reference) and by the
 /// controller when its Node is gone.
@@ -63,7 +65,7 @@ pub struct BundleReport {
     /// (`DirectoryNotAllowed`, `FetchFailed`, `DigestMismatch`, `WriteFailed`,
     /// `FileConflict`, `InvalidPath`, `ReportFailed`, `QuotaExceeded`,
     /// `InsufficientSpace`).
-    pub reason: String,
+    pub reason: ReportedReason,
     /// Details for a failure.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
@@ -71,11 +73,8 @@ pub struct BundleReport {
 
 impl BundleReport {
     /// True for a failure: neither applied nor in progress (`Waiting`, `Applying`,
-    /// `Removing`).
+    /// `Removing`); a reason this build does not know (a newer agent's) is a failure.
     pub fn is_failure(&self) -> bool {
-        !matches!(
-            self.reason.as_str(),
-            "Applied" | "Waiting" | "Applying" | "Removing"
-        )
+        self.reason.class().is_failure()
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::api::NodeReport;
+use crate::api::reason::NodeReason;
 use crate::api::rule_bundle::{NodeCounts, NodeFilesTarget};
 
 /// The rollout of one revision over the selected nodes.
@@ -38,7 +39,7 @@ pub fn rollout<'a>(
             .and_then(|rep| rep.spec.bundles.iter().find(|b| b.uid == uid))
             .filter(|e| e.generation.is_some() && e.generation == generation);
         match entry {
-            Some(e) if e.reason == "Applied" && e.revision.as_deref() == revision => {
+            Some(e) if e.reason == NodeReason::Applied && e.revision.as_deref() == revision => {
                 r.counts.updated += 1
             }
             Some(e) if e.is_failure() => {
@@ -72,7 +73,7 @@ mod tests {
                 .iter()
                 .map(|(uid, reason, rev)| BundleReport {
                     uid: uid.to_string(),
-                    reason: reason.to_string(),
+                    reason: (*reason).into(),
                     revision: rev.map(str::to_string),
                     message: "m".into(),
                     generation: Some(generation),
