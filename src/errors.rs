@@ -14,6 +14,19 @@ pub fn one_line(e: &dyn std::error::Error) -> String {
     text.replace('\n', " ")
 }
 
+/// A Kubernetes API error in one line, without request bodies.
+pub fn api_error_summary(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{} ({})", s.message, s.code),
+        other => other
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[derive(Debug, thiserror::Error)]

@@ -490,7 +490,7 @@ async fn bad_servers_and_full_disks_are_reported_and_the_last_good_files_stay() 
     let reports: Api<NodeReport> = Api::all(h.client.clone());
     let r = reports.get(&names[0]).await.expect("report");
     let e = &r.spec.bundles[0];
-    assert_eq!(e.reason, "FetchFailed", "{e:?}");
+    assert_eq!(e.reason.as_str(), "FetchFailed", "{e:?}");
     assert!(e.message.contains("127.0.0.1:1"), "{}", e.message);
     let want: BTreeMap<String, Vec<u8>> =
         [("a.yaml".to_string(), small.clone().into_bytes())].into();

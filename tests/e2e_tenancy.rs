@@ -45,7 +45,7 @@ fn entry_of(r: Option<&NodeReport>, ns: &str, name: &str) -> Option<(String, Str
         .bundles
         .iter()
         .find(|b| b.namespace == ns && b.name == name)?;
-    Some((e.uid.clone(), e.reason.clone(), e.message.clone()))
+    Some((e.uid.clone(), e.reason.to_string(), e.message.clone()))
 }
 
 async fn wait_reason(

@@ -476,7 +476,7 @@ pub async fn publish(
     memory: &mut Memory,
     next: impl FnOnce(&Known) -> Option<NodeReportSpec>,
 ) -> Result<(), String> {
-    let summary = |e: kube::Error| crate::controller::api_error_summary(&e);
+    let summary = |e: kube::Error| crate::errors::api_error_summary(&e);
     let known = match memory.reported.take() {
         Some(k) => k,
         None => env.reporter.read().await.map_err(summary)?,

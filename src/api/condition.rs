@@ -5,6 +5,8 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::reason::Class;
+
 /// One observation of an object's state, as in `metav1.Condition`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -146,6 +148,47 @@ pub fn stall(
         now,
     );
     remove_condition(conditions, ConditionType::Reconciling);
+}
+
+/// A finished reconcile, by the class of its reason: `Ready=True`; under way
+/// (`Ready=False`, `Reconciling=True`); stalled (`Stalled=True`); or not ready
+/// (`Ready=False`, no `Reconciling` or `Stalled`).
+pub fn conclude(
+    conditions: &mut Vec<Condition>,
+    class: Class,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: &str,
+) {
+    match class {
+        Class::Ready => settle(conditions, Status::True, reason, message, generation, now),
+        Class::Stalled => stall(conditions, reason, message, generation, now),
+        Class::Waiting | Class::Transient => {
+            settle(conditions, Status::False, reason, message, generation, now)
+        }
+        Class::Progressing => {
+            for type_ in [ConditionType::Ready, ConditionType::Reconciling] {
+                let status = match type_ {
+                    ConditionType::Ready => Status::False,
+                    _ => Status::True,
+                };
+                set_condition(conditions, type_, status, reason, message, generation, now);
+            }
+            remove_condition(conditions, ConditionType::Stalled);
+        }
+    }
+}
+
+/// Whether a `Ready` condition with `reason` (of `class`) is news: its status or reason
+/// differs from what `conditions` hold. Events are published only for news.
+pub fn is_news(conditions: &[Condition], class: Class, reason: &str) -> bool {
+    let status = match class {
+        Class::Ready => Status::True,
+        _ => Status::False,
+    };
+    find(conditions, ConditionType::Ready)
+        .is_none_or(|c| c.status != status.as_str() || c.reason != reason)
 }
 
 /// Removes a condition type (for example `Reconciling` once done).

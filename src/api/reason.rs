@@ -4,6 +4,7 @@
 //! label and when to look again.
 
 use std::fmt;
+use std::time::Duration;
 
 /// How a reason is handled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -43,6 +44,31 @@ impl Class {
     }
 }
 
+/// A reason of one object kind.
+pub trait Reason: Copy + Eq + fmt::Debug + fmt::Display + Send + Sync + 'static {
+    fn as_str(self) -> &'static str;
+    fn class(self) -> Class;
+}
+
+/// Why an object is not up to date: its reason, a one-line message (never secret data),
+/// and how long a server asked to wait before trying again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem<R> {
+    pub reason: R,
+    pub message: String,
+    pub retry_after: Option<Duration>,
+}
+
+impl<R: Reason> Problem<R> {
+    pub fn new(reason: R, message: impl Into<String>) -> Self {
+        Problem {
+            reason,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
 /// Declares a reason enum: its variants (their names are the strings), each with its class.
 macro_rules! reasons {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $class:ident,)+ }) => {
@@ -73,6 +99,16 @@ macro_rules! reasons {
             /// The reason a string names, if it is one of this kind.
             pub fn parse(text: &str) -> Option<Self> {
                 Self::ALL.iter().copied().find(|r| r.as_str() == text)
+            }
+        }
+
+        impl Reason for $name {
+            fn as_str(self) -> &'static str {
+                $name::as_str(self)
+            }
+
+            fn class(self) -> Class {
+                $name::class(self)
             }
         }
 

@@ -7,7 +7,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
-use super::{Problem, reason};
+use super::{BundleReason, Problem};
 use crate::api::rule_bundle::ConfigMapTarget;
 
 /// The label on every object ocisync writes.
@@ -39,7 +39,7 @@ pub fn fits(sizes: impl IntoIterator<Item = u64>) -> Result<(), Problem> {
     match total {
         Some(total) if total <= MAX_BYTES as u64 => Ok(()),
         _ => Err(Problem::new(
-            reason::TOO_LARGE_FOR_CONFIG_MAP,
+            BundleReason::TooLargeForConfigMap,
             format!(
                 "the {count} selected files hold {}, over the {MAX_BYTES} bytes a ConfigMap can hold; use spec.nodeFiles, or narrow spec.sources[].include",
                 total.map_or_else(
@@ -161,7 +161,7 @@ mod tests {
             ("b".into(), vec![b'b'; MAX_BYTES / 2 + 1]),
         ];
         let e = build(&ConfigMapTarget::default(), "x", "ns", owner(), "r", files).unwrap_err();
-        assert_eq!(e.reason, reason::TOO_LARGE_FOR_CONFIG_MAP);
+        assert_eq!(e.reason, BundleReason::TooLargeForConfigMap);
         assert!(e.message.contains("nodeFiles"));
         let exact = vec![("a".into(), vec![b'a'; MAX_BYTES])];
         assert!(build(&ConfigMapTarget::default(), "x", "ns", owner(), "r", exact).is_ok());
@@ -174,7 +174,7 @@ mod tests {
         let e = fits([MAX_BYTES as u64, 1]).unwrap_err();
         assert!(e.message.contains("1048577 bytes"), "{}", e.message);
         let e = fits([u64::MAX, 2]).unwrap_err();
-        assert_eq!(e.reason, reason::TOO_LARGE_FOR_CONFIG_MAP);
+        assert_eq!(e.reason, BundleReason::TooLargeForConfigMap);
         assert!(e.message.contains("the 2 selected files"), "{}", e.message);
     }
 

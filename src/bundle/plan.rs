@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use globset::GlobMatcher;
 use sha2::{Digest, Sha256};
 
-use super::{Problem, keys, reason};
+use super::{BundleReason, Problem, keys};
 use crate::api::ArtifactSource;
 use crate::api::artifact_source::Artifact;
 use crate::api::condition::{ConditionType, find};
@@ -92,7 +92,7 @@ const MAX_PATTERN: usize = 256;
 /// stalls the bundle.
 pub fn validate(spec: &RuleBundleSpec) -> Result<(), Problem> {
     // the CRD's limits, checked here too: matching is sources × patterns × files
-    let invalid = |m: String| Err(Problem::new(reason::INVALID_SPEC, m));
+    let invalid = |m: String| Err(Problem::new(BundleReason::InvalidSpec, m));
     if spec.sources.len() > MAX_SOURCES {
         return invalid(format!("more than {MAX_SOURCES} spec.sources"));
     }
@@ -110,14 +110,14 @@ pub fn validate(spec: &RuleBundleSpec) -> Result<(), Problem> {
         }
         if s.source_ref.name.is_empty() {
             return Err(Problem::new(
-                reason::INVALID_SPEC,
+                BundleReason::InvalidSpec,
                 format!("spec.sources[{i}].sourceRef.name is empty"),
             ));
         }
         for pattern in &s.include {
             matcher(pattern).map_err(|e| {
                 Problem::new(
-                    reason::INVALID_SPEC,
+                    BundleReason::InvalidSpec,
                     format!("spec.sources[{i}].include {pattern:?}: {e}"),
                 )
             })?;
@@ -170,7 +170,7 @@ fn status_fits<'a>(files: impl Iterator<Item = &'a PlannedFile>) -> Result<(), P
     }
     if bytes > MAX_STATUS_FILES_BYTES {
         return Err(Problem::new(
-            reason::TOO_MANY_FILES,
+            BundleReason::TooManyFiles,
             format!(
                 "the {count} selected files make a file list of about {bytes} bytes, over the {MAX_STATUS_FILES_BYTES} a RuleBundle status holds; narrow spec.sources[].include or split the bundle"
             ),
@@ -198,7 +198,10 @@ pub fn plan<'a>(
         }
     }
     if !waiting.is_empty() {
-        return Err(Problem::new(reason::SOURCE_NOT_READY, waiting.join("; ")));
+        return Err(Problem::new(
+            BundleReason::SourceNotReady,
+            waiting.join("; "),
+        ));
     }
 
     let mut by_key: BTreeMap<String, PlannedFile> = BTreeMap::new();
@@ -218,7 +221,7 @@ pub fn plan<'a>(
             }
             selected += 1;
             let key = keys::key_for(&f.path)
-                .map_err(|e| Problem::new(reason::INVALID_CONTENT, format!("{name}: {e}")))?;
+                .map_err(|e| Problem::new(BundleReason::InvalidContent, format!("{name}: {e}")))?;
             let file = PlannedFile {
                 key: key.clone(),
                 path: f.path.clone(),
@@ -229,7 +232,7 @@ pub fn plan<'a>(
             };
             if let Some(other) = by_key.get(&key) {
                 return Err(Problem::new(
-                    reason::FILE_CONFLICT,
+                    BundleReason::FileConflict,
                     format!(
                         "{} from ArtifactSource {} and {} from ArtifactSource {} are both named {key}; narrow spec.sources[].include",
                         other.path, other.source, file.path, file.source
@@ -252,7 +255,7 @@ pub fn plan<'a>(
                     artifact.revision
                 )
             };
-            return Err(Problem::new(reason::NO_FILES_SELECTED, message));
+            return Err(Problem::new(BundleReason::NoFilesSelected, message));
         }
         for part in [name.as_str(), artifact.digest.as_str()]
             .into_iter()

@@ -86,7 +86,7 @@ fn two_sources_with_one_file_name_conflict() {
         SourceState::Ready(if n == "a" { &a } else { &b })
     })
     .unwrap_err();
-    assert_eq!(err.reason, reason::FILE_CONFLICT);
+    assert_eq!(err.reason, BundleReason::FileConflict);
     assert!(err.message.contains("ArtifactSource a") && err.message.contains("ArtifactSource b"));
     // narrowing one side resolves it
     let ok = plan(
@@ -101,7 +101,7 @@ fn two_sources_with_one_file_name_conflict() {
 fn two_paths_with_one_key_conflict() {
     let a = artifact("1@x", &["a/b.yaml", "a_b.yaml"]);
     let err = plan(&spec(vec![source("s", &[])]), |_| SourceState::Ready(&a)).unwrap_err();
-    assert_eq!(err.reason, reason::FILE_CONFLICT);
+    assert_eq!(err.reason, BundleReason::FileConflict);
     assert!(err.message.contains("a/b.yaml") && err.message.contains("a_b.yaml"));
 }
 
@@ -121,7 +121,7 @@ fn a_source_not_ready_or_missing_holds_the_bundle() {
         },
     )
     .unwrap_err();
-    assert_eq!(err.reason, reason::SOURCE_NOT_READY);
+    assert_eq!(err.reason, BundleReason::SourceNotReady);
     assert!(err.message.contains("gone not found"), "{}", err.message);
     assert!(
         err.message.contains("bad is not ready (Unauthorized: 401)"),
@@ -137,7 +137,7 @@ fn a_glob_matching_nothing_is_reported() {
         SourceState::Ready(&a)
     })
     .unwrap_err();
-    assert_eq!(err.reason, reason::NO_FILES_SELECTED);
+    assert_eq!(err.reason, BundleReason::NoFilesSelected);
     assert!(err.message.contains("*.json"));
 }
 
@@ -150,7 +150,7 @@ fn a_file_list_too_large_for_the_status_is_refused() {
         SourceState::Ready(&a)
     })
     .unwrap_err();
-    assert_eq!(e.reason, "TooManyFiles");
+    assert_eq!(e.reason, BundleReason::TooManyFiles);
     assert!(e.message.contains("10000 selected files"), "{}", e.message);
     // narrowed, it fits: the real size of status.files stays under the bound
     let p = plan(&spec(vec![source("falco", &["rules-00*"])]), |_| {
@@ -167,7 +167,7 @@ fn include_lists_are_bounded() {
     let many: Vec<String> = (0..65).map(|i| format!("f{i}*")).collect();
     let many: Vec<&str> = many.iter().map(String::as_str).collect();
     let e = validate(&spec(vec![source("falco", &many)])).unwrap_err();
-    assert_eq!(e.reason, "InvalidSpec");
+    assert_eq!(e.reason, BundleReason::InvalidSpec);
     assert!(e.message.contains("more than 64"), "{}", e.message);
     let long = "a".repeat(257);
     let e = validate(&spec(vec![source("falco", &[&long])])).unwrap_err();
@@ -184,7 +184,7 @@ fn include_lists_are_bounded() {
 #[test]
 fn a_bad_glob_is_an_invalid_spec() {
     let err = plan(&spec(vec![source("s", &["[a-"])]), |_| SourceState::Missing).unwrap_err();
-    assert_eq!(err.reason, reason::INVALID_SPEC);
+    assert_eq!(err.reason, BundleReason::InvalidSpec);
     assert!(err.message.contains("spec.sources[0].include"));
 }
 

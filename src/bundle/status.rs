@@ -2,10 +2,8 @@
 
 use super::nodes::Rollout;
 use super::plan::Plan;
-use super::{Problem, reason};
-use crate::api::condition::{
-    ConditionType, Status, remove_condition, set_condition, settle, stall,
-};
+use super::{BundleReason, Problem};
+use crate::api::condition::conclude;
 use crate::api::rule_bundle::{ConfigMapStatus, RuleBundleStatus};
 
 /// The ConfigMap (if any) holds `plan`'s revision; `Ready` also waits for the nodes when
@@ -37,68 +35,61 @@ pub fn applied(
     };
     s.config_map = config_map.map(|name| ConfigMapStatus { name });
     s.nodes = rollout.map(|r| r.counts.clone());
+    let (reason, message) = rollout_outcome(rollout, &plan.revision, message);
+    let class = reason.class();
+    conclude(
+        &mut s.conditions,
+        class,
+        reason.as_str(),
+        &message,
+        generation,
+        now,
+    );
+    s
+}
+
+/// The reason of an applied revision: its nodes' failures first, then nodes still
+/// pending, else done.
+pub fn rollout_reason(rollout: Option<&Rollout>) -> BundleReason {
+    rollout_outcome(rollout, "", String::new()).0
+}
+
+/// The reason and message of an applied revision (see [`rollout_reason`]).
+fn rollout_outcome(
+    rollout: Option<&Rollout>,
+    revision: &str,
+    message: String,
+) -> (BundleReason, String) {
     match rollout {
-        Some(r) if r.counts.failed > 0 => settle(
-            &mut s.conditions,
-            Status::False,
-            reason::NODE_FAILED,
-            &format!(
+        Some(r) if r.counts.failed > 0 => (
+            BundleReason::NodeFailed,
+            format!(
                 "{} of {} nodes failed: {}",
                 r.counts.failed,
                 r.counts.desired,
                 r.failures.join("; ")
             ),
-            generation,
-            now,
         ),
-        Some(r) if r.counts.updated < r.counts.desired => {
-            let progress = format!(
-                "{} of {} nodes have revision {}",
-                r.counts.updated, r.counts.desired, plan.revision
-            );
-            set_condition(
-                &mut s.conditions,
-                ConditionType::Ready,
-                Status::False,
-                reason::NODES_PENDING,
-                &progress,
-                generation,
-                now,
-            );
-            set_condition(
-                &mut s.conditions,
-                ConditionType::Reconciling,
-                Status::True,
-                reason::NODES_PENDING,
-                &progress,
-                generation,
-                now,
-            );
-            remove_condition(&mut s.conditions, ConditionType::Stalled);
-        }
-        _ => {
-            let message = match rollout {
-                Some(r) => format!(
-                    "{message}, on {} of {} nodes",
-                    r.counts.updated, r.counts.desired
-                ),
-                None => message,
-            };
-            settle(
-                &mut s.conditions,
-                Status::True,
-                reason::SUCCEEDED,
-                &message,
-                generation,
-                now,
-            )
-        }
+        Some(r) if r.counts.updated < r.counts.desired => (
+            BundleReason::NodesPending,
+            format!(
+                "{} of {} nodes have revision {revision}",
+                r.counts.updated, r.counts.desired
+            ),
+        ),
+        Some(r) => (
+            BundleReason::Succeeded,
+            format!(
+                "{message}, on {} of {} nodes",
+                r.counts.updated, r.counts.desired
+            ),
+        ),
+        None => (BundleReason::Succeeded, message),
     }
-    s
 }
 
 /// The bundle could not be brought up to date: what was applied stays, and says so.
-/// An invalid spec also sets `Stalled`.
+/// A reason of the stalled class (an invalid spec) also sets `Stalled`.
 pub fn failed(
     prev: &RuleBundleStatus,
     generation: Option<i64>,
@@ -111,18 +102,8 @@ pub fn failed(
         Some(r) => format!("{} (keeping revision {r})", problem.message),
         None => problem.message.clone(),
     };
-    if problem.reason == reason::INVALID_SPEC {
-        stall(&mut s.conditions, problem.reason, &message, generation, now);
-    } else {
-        settle(
-            &mut s.conditions,
-            Status::False,
-            problem.reason,
-            &message,
-            generation,
-            now,
-        );
-    }
+    let (class, reason) = (problem.reason.class(), problem.reason.as_str());
+    conclude(&mut s.conditions, class, reason, &message, generation, now);
     s
 }
 
@@ -137,6 +118,7 @@ pub fn without_config_map(prev: &RuleBundleStatus) -> RuleBundleStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::condition::ConditionType;
     use crate::api::condition::find;
     use crate::api::rule_bundle::NodeCounts;
 
@@ -205,7 +187,7 @@ mod tests {
         let bad = failed(
             &ok,
             Some(2),
-            &Problem::new(reason::INVALID_CONTENT, "r.yaml: not valid YAML"),
+            &Problem::new(BundleReason::InvalidContent, "r.yaml: not valid YAML"),
             "t2",
         );
         assert_eq!(bad.revision.as_deref(), Some("sha256:a"));
@@ -224,7 +206,7 @@ mod tests {
         let s = failed(
             &RuleBundleStatus::default(),
             Some(1),
-            &Problem::new(reason::INVALID_SPEC, "bad glob"),
+            &Problem::new(BundleReason::InvalidSpec, "bad glob"),
             "t1",
         );
         assert_eq!(

@@ -14,15 +14,18 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
-use crate::api::condition::{ConditionType, find};
+use crate::api::condition::is_news;
 use crate::api::rule_bundle::ConfigMapTarget;
+use crate::api::rule_bundle::RuleBundleStatus;
 use crate::api::{ArtifactSource, FIELD_MANAGER, RuleBundle};
 use crate::bundle::plan::{self, Plan, PlannedFile};
-use crate::bundle::{Problem, configmap, content, reason, status};
+use crate::bundle::{BundleReason, Problem, configmap, content, status};
 use crate::store::Store;
 
 use super::context::{Context, patch_status};
-use super::{Error, api_error_summary, now_rfc3339};
+use super::outcome;
+use super::{Error, now_rfc3339};
+use crate::errors::api_error_summary;
 
 /// How often a bundle is looked at again with nothing changed (drift repair).
 const RESYNC: Duration = Duration::from_secs(600);
@@ -30,118 +33,134 @@ const RESYNC: Duration = Duration::from_secs(600);
 pub async fn reconcile(bundle: Arc<RuleBundle>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = reconcile_inner(&bundle, &ctx).await;
-    let outcome = match &result {
-        Ok(Some(p)) if p.reason == reason::INVALID_SPEC => "stalled",
-        Ok(Some(_)) => "failure",
-        Ok(None) if bundle.spec.suspend => "skipped",
-        Ok(None) => "success",
-        Err(_) => "error",
+    let uid = bundle.uid().unwrap_or_default();
+    let label = match &result {
+        Ok(_) if bundle.spec.suspend => "skipped",
+        Ok(reason) => reason.class().metric_label(),
+        Err(e) => e.metric_label(),
     };
     ctx.metrics
-        .reconcile("RuleBundle", outcome, started.elapsed().as_secs_f64());
-    Ok(match result? {
-        None if bundle.spec.suspend => Action::await_change(),
-        None => Action::requeue(RESYNC),
-        Some(p) => retry(&p),
-    })
-}
-
-/// When to look again after a problem. Source changes and ConfigMap edits wake the bundle
-/// anyway; these are the fallbacks.
-fn retry(problem: &Problem) -> Action {
-    match problem.reason {
-        reason::INVALID_SPEC => Action::await_change(),
-        reason::SOURCE_NOT_READY => Action::requeue(Duration::from_secs(10)),
-        reason::CONFIG_MAP_FAILED => Action::requeue(Duration::from_secs(15)),
-        _ => Action::requeue(RESYNC),
-    }
-}
-
-/// Brings the bundle up to date; `Some(problem)` when it could not (already in status).
-async fn reconcile_inner(bundle: &RuleBundle, ctx: &Context) -> Result<Option<Problem>, Error> {
+        .reconcile("RuleBundle", label, started.elapsed().as_secs_f64());
+    let reason = result?;
+    let class = reason.class();
+    ctx.reconciled(&uid, class.is_failure());
     if bundle.spec.suspend {
-        return Ok(None);
+        return Ok(Action::await_change());
     }
-    let namespace = bundle.namespace().unwrap_or_default();
-    let name = bundle.name_any();
-    let api: Api<RuleBundle> = Api::namespaced(ctx.client.clone(), &namespace);
+    let failures = if class.is_failure() {
+        ctx.bundle_failed(&uid)
+    } else {
+        0
+    };
+    let seed = crate::backoff::seed_of(&uid);
+    Ok(outcome::requeue(class, failures, seed, None, RESYNC))
+}
+
+/// Brings the bundle up to date; the reason its status now has (`Succeeded` when
+/// suspended: nothing to do).
+async fn reconcile_inner(bundle: &RuleBundle, ctx: &Context) -> Result<BundleReason, Error> {
+    if bundle.spec.suspend {
+        return Ok(BundleReason::Succeeded);
+    }
     let prev = bundle.status.clone().unwrap_or_default();
-    let generation = bundle.meta().generation;
     let now = now_rfc3339();
-
-    let result = async {
-        let plan = plan_of(bundle, ctx, &namespace)?;
-        let cm_name = bundle
-            .spec
-            .config_map
-            .as_ref()
-            .map(|t| configmap::name(t, &name));
-        // What was applied for this generation is still what the plan says: nothing to
-        // read, check or write (status-only wake-ups, node reports).
-        let in_sync = prev.observed_generation == generation
-            && prev.revision.as_deref() == Some(plan.revision.as_str())
-            && cm_name
-                .as_deref()
-                .is_none_or(|n| config_map_in_sync(ctx, bundle, n, &plan.revision));
-        if !in_sync {
-            let files = read_and_check(ctx, &plan, cm_name.is_some()).await?;
-            if let Some(target) = &bundle.spec.config_map {
-                apply_config_map(ctx, bundle, target, &plan, files).await?;
-            }
-        }
-        if let Some(old) = &prev.config_map
-            && cm_name.as_deref() != Some(old.name.as_str())
-        {
-            delete_config_map(ctx, bundle, &old.name).await?;
-        }
-        Ok::<_, Problem>((plan, cm_name))
-    }
-    .await;
-
-    let (next, problem) = match result {
-        Ok((plan, cm_name)) => {
-            let rollout = bundle.spec.node_files.as_ref().map(|t| {
-                let uid = bundle.uid().unwrap_or_default();
-                ctx.rollout(t, &uid, generation, &plan.revision)
-            });
-            let next = status::applied(&prev, generation, &plan, cm_name, rollout.as_ref(), &now);
-            if prev.revision.as_deref() != Some(plan.revision.as_str()) {
-                let note = format!("applied revision {}", plan.revision);
-                ctx.publish(
-                    &bundle.object_ref(&()),
-                    EventType::Normal,
-                    "Applied",
-                    &note,
-                    "Apply",
-                )
-                .await;
-            }
-            (next, None)
-        }
-        Err(problem) => {
-            let was = find(&prev.conditions, ConditionType::Ready)
-                .map(|c| (c.status.as_str(), c.reason.as_str()));
-            if was != Some(("False", problem.reason)) {
-                ctx.publish(
-                    &bundle.object_ref(&()),
-                    EventType::Warning,
-                    problem.reason,
-                    &problem.message,
-                    "Apply",
-                )
-                .await;
-                tracing::warn!(bundle = %format!("{namespace}/{name}"), reason = problem.reason, detail = %problem.message, "bundle not applied");
-            }
-            (
-                status::failed(&prev, generation, &problem, &now),
-                Some(problem),
-            )
-        }
+    let (next, reason) = match bring_up_to_date(bundle, ctx, &prev).await {
+        Ok((plan, cm_name)) => applied(bundle, ctx, &prev, &plan, cm_name, &now).await,
+        Err(problem) => failed(bundle, ctx, &prev, problem, &now).await,
     };
     if next != prev {
-        patch_status(&api, &name, &next).await?;
+        let namespace = bundle.namespace().unwrap_or_default();
+        let api: Api<RuleBundle> = Api::namespaced(ctx.client.clone(), &namespace);
+        patch_status(&api, &bundle.name_any(), &next).await?;
     }
-    Ok(problem)
+    Ok(reason)
+}
+
+/// Plans the bundle, and unless its ConfigMap already holds that plan's revision (and
+/// nobody changed it), reads and checks the files and writes them; deletes a ConfigMap
+/// this bundle no longer targets. Returns the plan and the ConfigMap's name.
+async fn bring_up_to_date(
+    bundle: &RuleBundle,
+    ctx: &Context,
+    prev: &RuleBundleStatus,
+) -> Result<(Plan, Option<String>), Problem> {
+    let name = bundle.name_any();
+    let plan = plan_of(bundle, ctx, &bundle.namespace().unwrap_or_default())?;
+    let cm_name = bundle
+        .spec
+        .config_map
+        .as_ref()
+        .map(|t| configmap::name(t, &name));
+    // What was applied for this generation is still what the plan says: nothing to
+    // read, check or write (status-only wake-ups, node reports).
+    let in_sync = prev.observed_generation == bundle.meta().generation
+        && prev.revision.as_deref() == Some(plan.revision.as_str())
+        && cm_name
+            .as_deref()
+            .is_none_or(|n| config_map_in_sync(ctx, bundle, n, &plan.revision));
+    if !in_sync {
+        let files = read_and_check(ctx, &plan, cm_name.is_some()).await?;
+        if let Some(target) = &bundle.spec.config_map {
+            apply_config_map(ctx, bundle, target, &plan, files).await?;
+        }
+    }
+    if let Some(old) = &prev.config_map
+        && cm_name.as_deref() != Some(old.name.as_str())
+    {
+        delete_config_map(ctx, bundle, &old.name).await?;
+    }
+    Ok((plan, cm_name))
+}
+
+/// The status of an applied plan (with its nodes' rollout), and an Event for a new
+/// revision.
+async fn applied(
+    bundle: &RuleBundle,
+    ctx: &Context,
+    prev: &RuleBundleStatus,
+    plan: &Plan,
+    cm_name: Option<String>,
+    now: &str,
+) -> (RuleBundleStatus, BundleReason) {
+    let generation = bundle.meta().generation;
+    let rollout = bundle.spec.node_files.as_ref().map(|t| {
+        let uid = bundle.uid().unwrap_or_default();
+        ctx.rollout(t, &uid, generation, &plan.revision)
+    });
+    let next = status::applied(prev, generation, plan, cm_name, rollout.as_ref(), now);
+    if prev.revision.as_deref() != Some(plan.revision.as_str()) {
+        let note = format!("applied revision {}", plan.revision);
+        let object = bundle.object_ref(&());
+        ctx.publish(&object, EventType::Normal, "Applied", &note, "Apply")
+            .await;
+    }
+    (next, status::rollout_reason(rollout.as_ref()))
+}
+
+/// The status of a problem (what was applied stays), and an Event and a log line when the
+/// reason is news.
+async fn failed(
+    bundle: &RuleBundle,
+    ctx: &Context,
+    prev: &RuleBundleStatus,
+    problem: Problem,
+    now: &str,
+) -> (RuleBundleStatus, BundleReason) {
+    let (reason, class) = (problem.reason, problem.reason.class());
+    if is_news(&prev.conditions, class, reason.as_str()) {
+        let object = bundle.object_ref(&());
+        let type_ = outcome::event_type(class);
+        ctx.publish(&object, type_, reason.as_str(), &problem.message, "Apply")
+            .await;
+        let name = format!(
+            "{}/{}",
+            bundle.namespace().unwrap_or_default(),
+            bundle.name_any()
+        );
+        tracing::warn!(bundle = %name, %reason, detail = %problem.message, "bundle not applied");
+    }
+    let next = status::failed(prev, bundle.meta().generation, &problem, now);
+    (next, reason)
 }
 
 /// The plan from the sources as the controller's cache sees them.
@@ -173,7 +192,7 @@ fn config_map_in_sync(ctx: &Context, bundle: &RuleBundle, name: &str, revision: 
     else {
         return false;
     };
-    let written = ctx.written.lock().ok().and_then(|w| w.get(&uid).cloned());
+    let written = ctx.written_version(&uid);
     configmap::controlled_by(cm.metadata.owner_references.as_deref(), &uid)
         && cm
             .annotations()
@@ -194,14 +213,16 @@ async fn read_and_check(
 ) -> Result<Vec<(String, Vec<u8>)>, Problem> {
     let store = ctx.store.clone();
     let files: Vec<PlannedFile> = plan.files.clone();
-    let _permit = ctx
-        .checks
-        .acquire()
-        .await
-        .map_err(|e| Problem::new(reason::SOURCE_NOT_READY, format!("content checks: {e}")))?;
+    let internal = |e: &dyn std::fmt::Display| {
+        Problem::new(
+            BundleReason::InternalError,
+            format!("checking content: {e}"),
+        )
+    };
+    let _permit = ctx.check_permit().await.map_err(|e| internal(&e))?;
     tokio::task::spawn_blocking(move || read_files(&store, &files, keep_bytes))
         .await
-        .map_err(|e| Problem::new(reason::SOURCE_NOT_READY, format!("reading the store: {e}")))?
+        .map_err(|e| internal(&e))?
 }
 
 /// The blocking part of [`read_and_check`].
@@ -238,14 +259,14 @@ fn read_files(
 
 fn invalid_content(f: &PlannedFile, e: &str) -> Problem {
     Problem::new(
-        reason::INVALID_CONTENT,
+        BundleReason::InvalidContent,
         format!("{} from ArtifactSource {}: {e}", f.path, f.source),
     )
 }
 
 fn not_stored(f: &PlannedFile) -> Problem {
     Problem::new(
-        reason::SOURCE_NOT_READY,
+        BundleReason::SourceNotReady,
         format!(
             "{} of ArtifactSource {} is not in the content store yet",
             f.path, f.source
@@ -291,7 +312,7 @@ async fn apply_config_map(
     let uid = bundle.uid().unwrap_or_default();
     let owner = bundle
         .controller_owner_ref(&())
-        .ok_or_else(|| Problem::new(reason::CONFIG_MAP_FAILED, "the bundle has no uid yet"))?;
+        .ok_or_else(|| Problem::new(BundleReason::ConfigMapFailed, "the bundle has no uid yet"))?;
     let cm = configmap::build(
         target,
         &bundle_name,
@@ -304,7 +325,7 @@ async fn apply_config_map(
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
     let failed = |e: kube::Error| {
         Problem::new(
-            reason::CONFIG_MAP_FAILED,
+            BundleReason::ConfigMapFailed,
             format!("ConfigMap {name}: {}", api_error_summary(&e)),
         )
     };
@@ -313,7 +334,7 @@ async fn apply_config_map(
         .map_err(failed)?
     {
         return Err(Problem::new(
-            reason::CONFIG_MAP_NOT_OWNED,
+            BundleReason::ConfigMapNotOwned,
             format!(
                 "ConfigMap {name} exists and is not managed by this RuleBundle; delete it or set spec.configMap.name"
             ),
@@ -327,8 +348,8 @@ async fn apply_config_map(
         )
         .await
         .map_err(failed)?;
-    if let (Ok(mut w), Some(rv)) = (ctx.written.lock(), written.metadata.resource_version) {
-        w.insert(uid, rv);
+    if let Some(rv) = written.metadata.resource_version {
+        ctx.remember_written(&uid, rv);
     }
     Ok(())
 }
@@ -361,7 +382,7 @@ async fn delete_config_map(ctx: &Context, bundle: &RuleBundle, name: &str) -> Re
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
     let failed = |e: kube::Error| {
         Problem::new(
-            reason::CONFIG_MAP_FAILED,
+            BundleReason::ConfigMapFailed,
             format!("deleting ConfigMap {name}: {}", api_error_summary(&e)),
         )
     };
@@ -443,15 +464,20 @@ mod tests {
             f.size = 1;
         }
         let e = read_files(&store, &plan, true).unwrap_err();
-        assert_eq!(e.reason, reason::TOO_LARGE_FOR_CONFIG_MAP, "{}", e.message);
+        assert_eq!(
+            e.reason,
+            BundleReason::TooLargeForConfigMap,
+            "{}",
+            e.message
+        );
         assert!(read_files(&store, &plan, false).unwrap().is_empty());
 
         let big = content::MAX_CHECKED_BYTES as usize + 1;
         let (_root, store, plan) = stored(&[("big.yaml", vec![b'#'; big])]);
         let e = read_files(&store, &plan, true).unwrap_err();
-        assert_eq!(e.reason, reason::TOO_LARGE_FOR_CONFIG_MAP);
+        assert_eq!(e.reason, BundleReason::TooLargeForConfigMap);
         let e = read_files(&store, &plan, false).unwrap_err();
-        assert_eq!(e.reason, reason::INVALID_CONTENT);
+        assert_eq!(e.reason, BundleReason::InvalidContent);
         assert!(
             e.message
                 .starts_with("big.yaml from ArtifactSource s: it is"),
@@ -465,6 +491,6 @@ mod tests {
         let (_root, store, mut plan) = stored(&[("a.yaml", b"- rule: a\n".to_vec())]);
         plan[0].digest = crate::oci::registry::sha256_digest(b"elsewhere");
         let e = read_files(&store, &plan, true).unwrap_err();
-        assert_eq!(e.reason, reason::SOURCE_NOT_READY);
+        assert_eq!(e.reason, BundleReason::SourceNotReady);
     }
 }

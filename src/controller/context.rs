@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 
 use super::Error;
 use crate::api::artifact_source::Artifact;
+use crate::api::reason::Class;
 use crate::api::rule_bundle::NodeFilesTarget;
 use crate::api::{ArtifactSource, FIELD_MANAGER, NodeReport, RuleBundle};
 use crate::bundle::nodes::{self, Rollout};
@@ -26,6 +27,8 @@ use crate::store::Store;
 #[derive(Clone, Debug, Default)]
 pub struct Memory {
     pub failures: u32,
+    /// The class of the last failed check's reason.
+    pub failure_class: Option<Class>,
     pub retry_after: Option<Duration>,
     pub last_check: Option<Instant>,
     /// The generation the last check was for (the cached object's status may lag behind).
@@ -68,19 +71,45 @@ pub struct Context {
     /// Nodes by metadata, and the agents' reports (for `RuleBundle.status.nodes`).
     pub nodes: reflector::Store<PartialObjectMeta<Node>>,
     pub reports: reflector::Store<NodeReport>,
+    /// What reconciles remember between runs; private, behind the methods below.
+    pub state: State,
+}
+
+/// The controller's memory that the API objects do not hold. Each map is behind its own
+/// lock, reached only through [`Context`]'s methods; [`Context::prune`] forgets what
+/// belongs to objects that are gone.
+pub struct State {
     /// Per bundle uid: the ConfigMap resourceVersion this controller last wrote, so an edit
     /// by anyone else is put back.
-    pub written: Mutex<HashMap<String, String>>,
-    pub memory: Mutex<HashMap<String, Memory>>,
+    written: Mutex<HashMap<String, String>>,
+    memory: Mutex<HashMap<String, Memory>>,
     /// Stored artifacts by store key (manifest digest and selection, see
     /// [`revision_key`](crate::store::revision_key)), so sources sharing a revision reuse
     /// one pull of its blobs; a source reuses one only after proving it can fetch the
     /// manifest itself ([`Memory::proven`]).
-    pub artifacts: Mutex<HashMap<String, Artifact>>,
+    artifacts: Mutex<HashMap<String, Artifact>>,
     /// One lock per store key being pulled.
-    pub pull_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pull_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per object uid: reconciles in a row that ended with an API error, and bundle
+    /// reconciles in a row that ended with a problem (each drives its backoff).
+    api_failures: Mutex<HashMap<String, u32>>,
+    bundle_failures: Mutex<HashMap<String, u32>>,
     /// Content checks running at once (each holds a file of up to 8 MiB and its parse).
-    pub checks: tokio::sync::Semaphore,
+    checks: tokio::sync::Semaphore,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            written: Mutex::default(),
+            memory: Mutex::default(),
+            artifacts: Mutex::default(),
+            pull_locks: Mutex::default(),
+            api_failures: Mutex::default(),
+            bundle_failures: Mutex::default(),
+            checks: tokio::sync::Semaphore::new(CONCURRENT_CHECKS),
+        }
+    }
 }
 
 /// How many content checks run at once, whatever `--concurrency`: their memory adds up.
@@ -89,7 +118,8 @@ pub const CONCURRENT_CHECKS: usize = 2;
 impl Context {
     /// A copy of a source's memory.
     pub fn memory_of(&self, uid: &str) -> Memory {
-        self.memory
+        self.state
+            .memory
             .lock()
             .ok()
             .and_then(|m| m.get(uid).cloned())
@@ -98,14 +128,55 @@ impl Context {
 
     /// Updates a source's memory.
     pub fn remember(&self, uid: &str, f: impl FnOnce(&mut Memory)) {
-        if let Ok(mut m) = self.memory.lock() {
+        if let Ok(mut m) = self.state.memory.lock() {
             f(m.entry(uid.to_string()).or_default());
         }
     }
 
+    /// The ConfigMap resourceVersion this controller last wrote for the bundle `uid`.
+    pub fn written_version(&self, uid: &str) -> Option<String> {
+        self.state.written.lock().ok()?.get(uid).cloned()
+    }
+
+    pub fn remember_written(&self, uid: &str, resource_version: String) {
+        if let Ok(mut w) = self.state.written.lock() {
+            w.insert(uid.to_string(), resource_version);
+        }
+    }
+
+    /// Counts one more reconcile of `uid` that ended with an API error; returns the count.
+    pub fn api_failed(&self, uid: &str) -> u32 {
+        bump(&self.state.api_failures, uid)
+    }
+
+    /// Counts one more bundle reconcile of `uid` that ended with a problem; returns the
+    /// count.
+    pub fn bundle_failed(&self, uid: &str) -> u32 {
+        bump(&self.state.bundle_failures, uid)
+    }
+
+    /// A reconcile of `uid` went through: its API errors and problems in a row end.
+    pub fn reconciled(&self, uid: &str, problem: bool) {
+        for (counts, clear) in [
+            (&self.state.api_failures, true),
+            (&self.state.bundle_failures, !problem),
+        ] {
+            if let (true, Ok(mut c)) = (clear, counts.lock()) {
+                c.remove(uid);
+            }
+        }
+    }
+
+    /// A permit to run one content check (at most [`CONCURRENT_CHECKS`] at once).
+    pub async fn check_permit(
+        &self,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, tokio::sync::AcquireError> {
+        self.state.checks.acquire().await
+    }
+
     /// The lock that serialises pulls of one store key.
     pub fn pull_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
-        match self.pull_locks.lock() {
+        match self.state.pull_locks.lock() {
             Ok(mut locks) => locks.entry(key.to_string()).or_default().clone(),
             Err(_) => Arc::default(),
         }
@@ -113,11 +184,11 @@ impl Context {
 
     /// A revision this controller stored before under `key` (its files, kind and config).
     pub fn known_artifact(&self, key: &str) -> Option<Artifact> {
-        self.artifacts.lock().ok()?.get(key).cloned()
+        self.state.artifacts.lock().ok()?.get(key).cloned()
     }
 
     pub fn remember_artifact(&self, key: &str, artifact: &Artifact) {
-        if let Ok(mut a) = self.artifacts.lock() {
+        if let Ok(mut a) = self.state.artifacts.lock() {
             a.insert(key.to_string(), artifact.clone());
         }
     }
@@ -229,12 +300,13 @@ impl Context {
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&event, object).await {
-            tracing::debug!(error = %super::api_error_summary(&e), "event not recorded");
+            tracing::debug!(error = %crate::errors::api_error_summary(&e), "event not recorded");
         }
     }
 
-    /// The store keys of every revision some source still needs: each status's and each
-    /// remembered current and previous revision of sources that still exist.
+    /// The store keys of every revision some source still needs: each status's, each
+    /// remembered current and previous revision of sources that still exist, and each
+    /// being pulled (held locks). Changes nothing; see [`Context::prune`].
     pub fn revisions_in_use(&self) -> HashSet<String> {
         let sources = self.sources.state();
         let live: HashSet<String> = sources.iter().filter_map(|s| s.uid()).collect();
@@ -242,26 +314,70 @@ impl Context {
             .iter()
             .filter_map(|s| s.status.as_ref()?.artifact.as_ref().map(stored_key))
             .collect();
-        if let Ok(mut memory) = self.memory.lock() {
-            memory.retain(|uid, _| live.contains(uid));
-            for m in memory.values() {
+        if let Ok(memory) = self.state.memory.lock() {
+            for (_, m) in memory.iter().filter(|(uid, _)| live.contains(*uid)) {
                 keep.extend(m.current.iter().cloned());
                 keep.extend(m.previous.iter().cloned());
             }
         }
-        if let Ok(mut l) = self.pull_locks.lock() {
+        if let Ok(locks) = self.state.pull_locks.lock() {
             // a revision being pulled or just stored, not yet in any status
             keep.extend(
-                l.iter()
+                locks
+                    .iter()
                     .filter(|(_, lock)| Arc::strong_count(lock) > 1)
-                    .map(|(d, _)| d.clone()),
+                    .map(|(key, _)| key.clone()),
             );
-            l.retain(|d, _| keep.contains(d));
-        }
-        if let Ok(mut a) = self.artifacts.lock() {
-            a.retain(|d, _| keep.contains(d));
         }
         keep
+    }
+
+    /// Forgets what belongs to objects that are gone and revisions not in `keep`: the
+    /// memory and failure counts of deleted sources and bundles, idle pull locks and
+    /// known artifacts of revisions no longer kept.
+    pub fn prune(&self, keep: &HashSet<String>) {
+        let sources: HashSet<String> = self
+            .sources
+            .state()
+            .iter()
+            .filter_map(|s| s.uid())
+            .collect();
+        let bundles: HashSet<String> = self
+            .bundles
+            .state()
+            .iter()
+            .filter_map(|b| b.uid())
+            .collect();
+        let objects = |uid: &String| sources.contains(uid) || bundles.contains(uid);
+        if let Ok(mut m) = self.state.memory.lock() {
+            m.retain(|uid, _| sources.contains(uid));
+        }
+        if let Ok(mut w) = self.state.written.lock() {
+            w.retain(|uid, _| bundles.contains(uid));
+        }
+        for counts in [&self.state.api_failures, &self.state.bundle_failures] {
+            if let Ok(mut c) = counts.lock() {
+                c.retain(|uid, _| objects(uid));
+            }
+        }
+        if let Ok(mut l) = self.state.pull_locks.lock() {
+            l.retain(|key, lock| Arc::strong_count(lock) > 1 || keep.contains(key));
+        }
+        if let Ok(mut a) = self.state.artifacts.lock() {
+            a.retain(|key, _| keep.contains(key));
+        }
+    }
+}
+
+/// Adds one to `uid`'s count; returns the new count.
+fn bump(counts: &Mutex<HashMap<String, u32>>, uid: &str) -> u32 {
+    match counts.lock() {
+        Ok(mut c) => {
+            let n = c.entry(uid.to_string()).or_default();
+            *n = n.saturating_add(1);
+            *n
+        }
+        Err(_) => 1,
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod bundle;
 pub mod context;
+pub mod outcome;
 pub mod quota;
 pub mod schedule;
 pub mod secrets;
@@ -23,11 +24,13 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::api::reason::Class;
 use crate::api::{ArtifactSource, NodeReport, RuleBundle};
 use crate::bundle::configmap::MANAGED_BY;
+use crate::errors::api_error_summary;
 use crate::metrics::Metrics;
 use crate::server::{self, ServerLimits, ServerState};
 use crate::store::{Store, StoreLimits};
@@ -40,6 +43,39 @@ use context::Context;
 pub enum Error {
     #[error("Kubernetes API: {}", api_error_summary(.0))]
     Kube(#[source] kube::Error),
+}
+
+impl Error {
+    /// How to retry: a request the API server refused (a 4xx other than a conflict or
+    /// throttling: invalid, forbidden, over a size limit) will not pass by itself soon, so
+    /// it waits on the slow backoff; conflicts, throttling, 5xx and transport errors are
+    /// transient.
+    pub fn class(&self) -> Class {
+        match self {
+            Error::Kube(kube::Error::Api(s)) if s.message.contains("request is too large") => {
+                Class::Waiting // etcd's size limit, which API servers answer with 500
+            }
+            Error::Kube(kube::Error::Api(s)) => match s.code {
+                409 | 429 => Class::Transient,
+                400..=499 => Class::Waiting,
+                _ => Class::Transient,
+            },
+            Error::Kube(_) => Class::Transient,
+        }
+    }
+
+    /// The reason logs and Events give: `ApiRequestRefused` or `ApiUnavailable`.
+    pub fn reason(&self) -> &'static str {
+        match self.class() {
+            Class::Waiting => "ApiRequestRefused",
+            _ => "ApiUnavailable",
+        }
+    }
+
+    /// The `result` label of `ocisync_reconciles_total` for a reconcile that ended early.
+    pub fn metric_label(&self) -> &'static str {
+        "error"
+    }
 }
 
 /// How the controller runs.
@@ -209,11 +245,7 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
         config_maps: cm_reader,
         nodes: node_reader,
         reports: report_reader,
-        written: Default::default(),
-        memory: Default::default(),
-        artifacts: Default::default(),
-        pull_locks: Default::default(),
-        checks: tokio::sync::Semaphore::new(context::CONCURRENT_CHECKS),
+        state: Default::default(),
     });
     // With --watch-secrets, Secrets by metadata only: a change re-reconciles the sources
     // that use the Secret. Without it (the chart's default) the controller needs only `get`
@@ -290,20 +322,40 @@ async fn log_error<T, E: std::fmt::Display>(kind: &'static str, result: Result<T
     }
 }
 
-fn error_policy<K>(_object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(error = %error, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+/// After a reconcile that ended early: the backoff of the error's class, per object (so a
+/// status the API server keeps refusing is retried at most every 10 minutes, not every
+/// few seconds for ever), jittered by its uid.
+fn error_policy<K: Resource>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+    let uid = object.meta().uid.clone().unwrap_or_default();
+    let failures = ctx.api_failed(&uid);
+    let delay = api_retry_delay(error.class(), failures, &uid);
+    let name = object.meta().name.as_deref().unwrap_or_default();
+    tracing::warn!(object = name, reason = error.reason(), error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// When to retry after the `failures`-th API error in a row of `class` for object `uid`.
+fn api_retry_delay(class: Class, failures: u32, uid: &str) -> Duration {
+    outcome::retry_delay(class, failures, crate::backoff::seed_of(uid), None)
+        .unwrap_or(outcome::WAITING_BACKOFF.max)
 }
 
 /// Removes stored revisions no source needs (keeping each source's previous revision).
 pub async fn collect_garbage(ctx: &Context) {
-    if tokio::time::timeout(Duration::from_secs(5), ctx.sources.wait_until_ready())
+    let ready = async {
+        tokio::join!(
+            ctx.sources.wait_until_ready(),
+            ctx.bundles.wait_until_ready()
+        )
+    };
+    if tokio::time::timeout(Duration::from_secs(5), ready)
         .await
         .is_err()
     {
         return; // the full list of sources is not known yet: keep everything
     }
     let keep = ctx.revisions_in_use();
+    ctx.prune(&keep);
     let store = ctx.store.clone();
     let result = tokio::task::spawn_blocking(move || {
         let report = store.gc(&keep);
@@ -359,19 +411,6 @@ pub fn since(time: &str) -> Option<Duration> {
     Duration::try_from(d).ok()
 }
 
-/// A Kubernetes API error in one line, without request bodies.
-pub fn api_error_summary(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) => format!("{} ({})", s.message, s.code),
-        other => other
-            .to_string()
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,5 +421,45 @@ mod tests {
         assert!(now.ends_with('Z') && now.len() == 20, "{now}");
         assert!(since(&now).is_some_and(|d| d < Duration::from_secs(2)));
         assert_eq!(since("not a time"), None);
+    }
+
+    fn api_error(code: u16, message: &str) -> Error {
+        Error::Kube(kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            message: message.into(),
+            ..Default::default()
+        })))
+    }
+
+    #[test]
+    fn refused_requests_back_off_slowly_and_never_every_five_seconds() {
+        // a status over the size limit: 413 from the API server, or etcd's 500
+        for refused in [
+            api_error(413, "Request entity too large"),
+            api_error(422, "status.conditions: Invalid value"),
+            api_error(500, "etcdserver: request is too large"),
+            api_error(403, "forbidden"),
+        ] {
+            assert_eq!(refused.class(), Class::Waiting, "{refused}");
+            assert_eq!(refused.reason(), "ApiRequestRefused");
+        }
+        for passing in [api_error(409, "conflict"), api_error(503, "unavailable")] {
+            assert_eq!(passing.class(), Class::Transient, "{passing}");
+        }
+        let delays: Vec<Duration> = (1..=12)
+            .map(|n| api_retry_delay(Class::Waiting, n, "uid-1"))
+            .collect();
+        assert!(delays[0] >= Duration::from_secs(7), "{delays:?}");
+        assert!(
+            delays
+                .windows(2)
+                .all(|w| w[1] >= w[0] || w[1] >= Duration::from_secs(450))
+        );
+        assert!(delays[11] >= Duration::from_secs(450) && delays[11] <= Duration::from_secs(600));
+        // objects failing together spread out
+        assert_ne!(
+            api_retry_delay(Class::Transient, 3, "uid-1"),
+            api_retry_delay(Class::Transient, 3, "uid-2")
+        );
     }
 }

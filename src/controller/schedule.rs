@@ -3,14 +3,12 @@
 
 use std::time::Duration;
 
-use crate::backoff::{Backoff, jitter};
+use super::outcome::retry_delay;
+use crate::api::reason::Class;
+use crate::backoff::jitter;
 
 /// The shortest interval a source may ask for.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(10);
-/// First retry delay after a failure; doubles per consecutive failure.
-pub const BACKOFF_BASE: Duration = Duration::from_secs(5);
-/// Longest retry delay after failures.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 /// Default of the controller's `--registry-operation-timeout`: the longest any check's
 /// registry work may take as a whole.
@@ -36,6 +34,8 @@ pub struct CheckState {
     pub content_missing: bool,
     /// Consecutive failed checks.
     pub failures: u32,
+    /// The class of the last failed check's reason (`None`: transient).
+    pub failure_class: Option<Class>,
     /// The registry asked to wait this long (429 `Retry-After`).
     pub retry_after: Option<Duration>,
 }
@@ -57,7 +57,8 @@ pub fn due(state: &CheckState, interval: Duration, seed: u64) -> Due {
     if state.spec_changed || state.requested || state.content_missing && state.failures == 0 {
         return Due::Now;
     }
-    let wait = next_delay(interval, state.failures, state.retry_after, seed);
+    let class = state.failure_class.unwrap_or(Class::Transient);
+    let wait = next_delay(interval, state.failures, class, state.retry_after, seed);
     match wait.checked_sub(since) {
         Some(left) if !left.is_zero() => Due::In(left),
         _ => Due::Now,
@@ -65,22 +66,30 @@ pub fn due(state: &CheckState, interval: Duration, seed: u64) -> Due {
 }
 
 /// The delay until the next check after one: the interval with up to +5% jitter on
-/// success, exponential backoff with jitter after failures, never less than `retry_after`.
+/// success; after failures, the backoff of the last failure's class ([`retry_delay`]),
+/// which for a source waiting on the registry's content (or a stalled one, which a spec
+/// change checks at once) never goes past the interval. Never less than `retry_after`.
 pub fn next_delay(
     interval: Duration,
     failures: u32,
+    class: Class,
     retry_after: Option<Duration>,
     seed: u64,
 ) -> Duration {
+    let interval = jitter(interval.max(MIN_INTERVAL), seed, 20);
+    let at_least = retry_after.unwrap_or(Duration::ZERO);
     if failures == 0 {
-        jitter(interval.max(MIN_INTERVAL), seed, 20).max(retry_after.unwrap_or(Duration::ZERO))
-    } else {
-        CHECK_BACKOFF.delay(failures, seed, retry_after)
+        return interval.max(at_least);
+    }
+    match class {
+        Class::Transient | Class::Ready | Class::Progressing => {
+            retry_delay(Class::Transient, failures, seed, retry_after).unwrap_or(interval)
+        }
+        Class::Waiting | Class::Stalled => retry_delay(Class::Waiting, failures, seed, None)
+            .map_or(interval, |d| d.min(interval))
+            .max(at_least),
     }
 }
-
-/// Retries of failed checks: 5 s, 10 s, 20 s … up to 5 min, jittered per source.
-pub const CHECK_BACKOFF: Backoff = Backoff::new(BACKOFF_BASE, BACKOFF_MAX);
 
 pub use crate::backoff::seed_of;
 
@@ -140,18 +149,17 @@ mod tests {
 
     #[test]
     fn failures_back_off_exponentially_to_a_cap() {
+        let max = Duration::from_secs(300);
+        let hour = Duration::from_secs(3600);
         let mut last = Duration::ZERO;
         for failures in 1..=10 {
-            let d = CHECK_BACKOFF.delay(failures, 3, None);
-            assert!(
-                d >= last.min(BACKOFF_MAX * 3 / 4),
-                "{failures}: {d:?} < {last:?}"
-            );
-            assert!(d <= BACKOFF_MAX, "{d:?}");
+            let d = next_delay(hour, failures, Class::Transient, None, 3);
+            assert!(d >= last.min(max * 3 / 4), "{failures}: {d:?} < {last:?}");
+            assert!(d <= max, "{d:?}");
             last = d;
         }
-        assert!(CHECK_BACKOFF.delay(1, 3, None) <= Duration::from_secs(5));
-        assert!(CHECK_BACKOFF.delay(3, 3, None) >= Duration::from_secs(15));
+        assert!(next_delay(hour, 1, Class::Transient, None, 3) <= Duration::from_secs(5));
+        assert!(next_delay(hour, 3, Class::Transient, None, 3) >= Duration::from_secs(15));
         // a failed source waits for the backoff, not the (longer) interval
         let state = CheckState {
             since_last_check: Some(Duration::from_secs(1)),
@@ -171,14 +179,31 @@ mod tests {
     }
 
     #[test]
+    fn waiting_failures_back_off_slower_but_never_past_the_interval() {
+        let hour = Duration::from_secs(3600);
+        let first = next_delay(hour, 1, Class::Waiting, None, 3);
+        assert!(first > Duration::from_secs(5) && first <= Duration::from_secs(10));
+        let late = next_delay(hour, 20, Class::Waiting, None, 3);
+        assert!(late > Duration::from_secs(300) && late <= Duration::from_secs(600));
+        // a source checked every minute still looks every minute for its missing tag
+        let d = next_delay(MIN, 20, Class::Waiting, None, 3);
+        assert!(d <= MIN + MIN / 20, "{d:?}");
+        let d = next_delay(MIN, 20, Class::Stalled, None, 3);
+        assert!(d <= MIN + MIN / 20, "{d:?}");
+    }
+
+    #[test]
     fn retry_after_is_honoured() {
-        let d = next_delay(MIN, 1, Some(Duration::from_secs(120)), 0);
-        assert!(d >= Duration::from_secs(120));
+        for class in [Class::Transient, Class::Waiting] {
+            let d = next_delay(MIN, 1, class, Some(Duration::from_secs(120)), 0);
+            assert!(d >= Duration::from_secs(120), "{class:?}");
+        }
     }
 
     #[test]
     fn intervals_under_the_minimum_are_raised() {
-        assert!(next_delay(Duration::from_secs(1), 0, None, 0) >= MIN_INTERVAL);
+        let d = next_delay(Duration::from_secs(1), 0, Class::Transient, None, 0);
+        assert!(d >= MIN_INTERVAL);
     }
 
     #[test]

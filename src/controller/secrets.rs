@@ -5,17 +5,11 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 
+use crate::api::reason::{Problem, SourceReason};
 use crate::oci::auth::{Credentials, DockerAuths};
 
-use super::status::reason;
-
-/// Why a Secret could not be used: a reason constant and a message that never holds
-/// secret data.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SecretProblem {
-    pub reason: &'static str,
-    pub message: String,
-}
+/// Why a Secret could not be used; the message never holds secret data.
+pub type SecretProblem = Problem<SourceReason>;
 
 const DOCKER_CONFIG_JSON: &str = ".dockerconfigjson";
 const DOCKER_CFG: &str = ".dockercfg";
@@ -39,29 +33,34 @@ pub fn credentials(
         wrapped.push(b'}');
         wrapped
     } else {
-        return Err(SecretProblem {
-            reason: reason::INVALID_SECRET,
-            message: format!(
+        return Err(SecretProblem::new(
+            SourceReason::InvalidSecret,
+            format!(
                 "Secret {name} has no {DOCKER_CONFIG_JSON} key (type kubernetes.io/dockerconfigjson)"
             ),
-        });
+        ));
     };
-    let auths = DockerAuths::parse(&raw).map_err(|e| SecretProblem {
-        reason: reason::INVALID_SECRET,
-        message: format!("Secret {name}: {e}"),
+    let auths = DockerAuths::parse(&raw).map_err(|e| {
+        SecretProblem::new(SourceReason::InvalidSecret, format!("Secret {name}: {e}"))
     })?;
     Ok(auths.for_registry(registry).cloned())
 }
 
-/// The PEM CA bundle under `ca.crt`.
+/// The PEM CA bundle under `ca.crt`, checked to hold at least one certificate.
 pub fn ca_bundle(name: &str, secret: Option<&Secret>) -> Result<Vec<u8>, SecretProblem> {
     let data = data_of(name, secret)?;
     match data.get(CA_KEY) {
-        Some(v) if !v.0.is_empty() => Ok(v.0.clone()),
-        _ => Err(SecretProblem {
-            reason: reason::INVALID_SECRET,
-            message: format!("Secret {name} has no {CA_KEY} key"),
-        }),
+        Some(v) if !v.0.is_empty() => match crate::tls::parse_pem_bundle(&v.0) {
+            Ok(_) => Ok(v.0.clone()),
+            Err(e) => Err(SecretProblem::new(
+                SourceReason::InvalidSecret,
+                format!("Secret {name}: {CA_KEY}: {e}"),
+            )),
+        },
+        _ => Err(SecretProblem::new(
+            SourceReason::InvalidSecret,
+            format!("Secret {name} has no {CA_KEY} key"),
+        )),
     }
 }
 
@@ -71,10 +70,10 @@ fn data_of<'a>(
 ) -> Result<&'a BTreeMap<String, ByteString>, SecretProblem> {
     static EMPTY: BTreeMap<String, ByteString> = BTreeMap::new();
     match secret {
-        None => Err(SecretProblem {
-            reason: reason::SECRET_NOT_FOUND,
-            message: format!("Secret {name} not found in the source's namespace"),
-        }),
+        None => Err(SecretProblem::new(
+            SourceReason::SecretNotFound,
+            format!("Secret {name} not found in the source's namespace"),
+        )),
         Some(s) => Ok(s.data.as_ref().unwrap_or(&EMPTY)),
     }
 }
@@ -121,21 +120,39 @@ mod tests {
     #[test]
     fn problems_name_the_secret_but_never_its_data() {
         let e = credentials("regcred", None, "h").unwrap_err();
-        assert_eq!(e.reason, reason::SECRET_NOT_FOUND);
+        assert_eq!(e.reason, SourceReason::SecretNotFound);
         let e = credentials("regcred", Some(&secret("token", "hunter2")), "h").unwrap_err();
-        assert_eq!(e.reason, reason::INVALID_SECRET);
+        assert_eq!(e.reason, SourceReason::InvalidSecret);
         let e = credentials(
             "regcred",
             Some(&secret(DOCKER_CONFIG_JSON, "hunter2 not json")),
             "h",
         )
         .unwrap_err();
-        assert_eq!(e.reason, reason::INVALID_SECRET);
+        assert_eq!(e.reason, SourceReason::InvalidSecret);
         assert!(!e.message.contains("hunter2"));
         assert!(ca_bundle("ca", Some(&secret("other", "x"))).is_err());
+        let pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         assert_eq!(
-            ca_bundle("ca", Some(&secret(CA_KEY, "PEM"))).unwrap(),
-            b"PEM"
+            ca_bundle("ca", Some(&secret(CA_KEY, pem))).unwrap(),
+            pem.as_bytes()
         );
+    }
+
+    #[test]
+    fn a_ca_that_is_not_pem_is_an_invalid_secret() {
+        // it was reported as InvalidReference, blaming the source's URL
+        for bad in [
+            "PEM",
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        ] {
+            let e = ca_bundle("ca", Some(&secret(CA_KEY, bad))).unwrap_err();
+            assert_eq!(e.reason, SourceReason::InvalidSecret, "{bad}");
+            assert!(
+                e.message.starts_with("Secret ca: ca.crt: "),
+                "{}",
+                e.message
+            );
+        }
     }
 }

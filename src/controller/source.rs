@@ -12,160 +12,132 @@ use kube::{Resource, ResourceExt};
 
 use crate::api::ArtifactSource;
 use crate::api::artifact_source::{Artifact, ArtifactFile, ArtifactSourceStatus};
-use crate::api::condition::{ConditionType, find};
+use crate::api::condition::is_news;
+use crate::api::reason::{Class, Problem, SourceReason};
+use crate::errors::api_error_summary;
 use crate::oci::OciError;
 use crate::oci::pull::{self, Deadline, PullOptions, Pulled};
 use crate::oci::registry::{RawManifest, Registry, RegistryOptions};
 use crate::store::{IndexFile, QuotaExceeded, RevisionIndex, Selection, revision_key};
 
-use super::context::{Context, ProvenRevision, patch_status, stored_key};
+use super::context::{Context, Memory, ProvenRevision, patch_status, stored_key};
+use super::outcome;
 use super::schedule::{self, CheckState, Due};
-use super::secrets::{self, SecretProblem};
+use super::secrets;
 use super::spec::{self, ValidSpec};
-use super::status::{self, reason};
+use super::status;
 use super::{Error, now_rfc3339, since};
 
 /// The annotation that forces a check when its value changes.
 pub const REQUESTED_AT: &str = "ocisync.dev/requested-at";
 
-/// A failed check: the reason for the condition and the message.
-struct Failure {
-    reason: &'static str,
-    message: String,
-    retry_after: Option<Duration>,
-}
+/// A failed check: its reason, message and the registry's `Retry-After`.
+type Failure = Problem<SourceReason>;
 
 impl From<OciError> for Failure {
     fn from(e: OciError) -> Self {
-        let retry_after = match &e {
-            OciError::RateLimited { retry_after } => *retry_after,
-            _ => None,
-        };
         Failure {
-            reason: e.reason().as_str(),
+            reason: e.reason(),
             message: e.to_string(),
-            retry_after,
-        }
-    }
-}
-
-impl From<SecretProblem> for Failure {
-    fn from(p: SecretProblem) -> Self {
-        Failure {
-            reason: p.reason,
-            message: p.message,
-            retry_after: None,
+            retry_after: e.retry_after(),
         }
     }
 }
 
 impl From<QuotaExceeded> for Failure {
     fn from(e: QuotaExceeded) -> Self {
-        Failure {
-            reason: e.reason(),
-            message: e.to_string(),
-            retry_after: None,
-        }
+        Failure::new(SourceReason::QuotaExceeded, e.to_string())
     }
 }
 
-/// Not a reason any status carries: the check stopped because another source holds the
-/// pull of the same revision; it is tried again after [`PULL_BUSY_RETRY`].
-const PULL_BUSY: &str = "PullBusy";
+/// A check that stopped because another source holds the pull of the same revision is
+/// tried again this soon (no status reason: nothing failed).
 const PULL_BUSY_RETRY: Duration = Duration::from_secs(2);
 const PULL_BUSY_WAIT: Duration = Duration::from_secs(2);
+
+/// What a check that did not fail found.
+enum Checked {
+    Stored(Box<Artifact>),
+    /// Another source is pulling this revision: try again in [`PULL_BUSY_RETRY`].
+    PullBusy,
+}
 
 pub async fn reconcile(source: Arc<ArtifactSource>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = reconcile_inner(&source, &ctx).await;
-    let outcome = match &result {
-        Ok(Outcome::Checked { failed: false, .. }) => "success",
-        Ok(Outcome::Checked { failed: true, .. }) => "failure",
-        Ok(Outcome::Stalled) => "stalled",
+    let label = match &result {
+        Ok(Outcome::Checked { reason, .. }) => reason.class().metric_label(),
+        Ok(Outcome::Stalled) => Class::Stalled.metric_label(),
         Ok(Outcome::Waiting(_)) | Ok(Outcome::Suspended) => "skipped",
-        Err(_) => "error",
+        Err(e) => e.metric_label(),
     };
     ctx.metrics
-        .reconcile("ArtifactSource", outcome, started.elapsed().as_secs_f64());
+        .reconcile("ArtifactSource", label, started.elapsed().as_secs_f64());
     match result? {
-        Outcome::Checked { next, .. } | Outcome::Waiting(next) => Ok(Action::requeue(next)),
+        Outcome::Checked { next, .. } => {
+            Ok(next.map_or_else(Action::await_change, Action::requeue))
+        }
+        Outcome::Waiting(next) => Ok(Action::requeue(next)),
         Outcome::Stalled | Outcome::Suspended => Ok(Action::await_change()),
     }
 }
 
 enum Outcome {
-    Checked { failed: bool, next: Duration },
+    /// A check ran and ended with `reason`; the next one is due after `next` (`None`: when
+    /// the spec changes).
+    Checked {
+        reason: SourceReason,
+        next: Option<Duration>,
+    },
+    /// No check was due (or another source was pulling the revision); look again then.
     Waiting(Duration),
     Stalled,
     Suspended,
 }
 
-async fn reconcile_inner(source: &ArtifactSource, ctx: &Context) -> Result<Outcome, Error> {
-    let uid = source.uid().unwrap_or_default();
-    let namespace = source.namespace().unwrap_or_default();
-    let api: Api<ArtifactSource> = Api::namespaced(ctx.client.clone(), &namespace);
-    let prev = source.status.clone().unwrap_or_default();
-    let generation = source.meta().generation;
-    let now = now_rfc3339();
+/// What one reconcile of a source works with.
+struct Reconcile<'a> {
+    source: &'a ArtifactSource,
+    ctx: &'a Context,
+    api: Api<ArtifactSource>,
+    uid: String,
+    prev: ArtifactSourceStatus,
+    generation: Option<i64>,
+    now: String,
+    requested_at: Option<String>,
+    seed: u64,
+}
 
+async fn reconcile_inner(source: &ArtifactSource, ctx: &Context) -> Result<Outcome, Error> {
     if source.spec.suspend {
         return Ok(Outcome::Suspended);
     }
+    let namespace = source.namespace().unwrap_or_default();
+    let uid = source.uid().unwrap_or_default();
+    let r = Reconcile {
+        source,
+        ctx,
+        api: Api::namespaced(ctx.client.clone(), &namespace),
+        seed: schedule::seed_of(&uid),
+        uid,
+        prev: source.status.clone().unwrap_or_default(),
+        generation: source.meta().generation,
+        now: now_rfc3339(),
+        requested_at: source.annotations().get(REQUESTED_AT).cloned(),
+    };
     let valid = match spec::validate(&source.spec) {
         Ok(v) => v,
-        Err(message) => {
-            let next = status::stalled(&prev, generation, &message, &now);
-            if next != prev {
-                publish(
-                    ctx,
-                    source,
-                    EventType::Warning,
-                    reason::INVALID_SPEC,
-                    &message,
-                )
-                .await;
-                patch_status(&api, &source.name_any(), &next).await?;
-            }
-            return Ok(Outcome::Stalled);
-        }
+        Err(message) => return r.stall(&message).await,
     };
-
-    let memory = ctx.memory_of(&uid);
-    let requested_at = source.annotations().get(REQUESTED_AT).cloned();
-    let last_check = [
-        memory.last_check.map(|t| t.elapsed()),
-        prev.last_check_time.as_deref().and_then(since),
-    ]
-    .into_iter()
-    .flatten()
-    .min();
-    let mut state = CheckState {
-        since_last_check: last_check,
-        spec_changed: generation != prev.observed_generation
-            && generation != memory.checked_generation,
-        requested: requested_at.is_some() && requested_at != prev.last_handled_requested_at
-            || memory.secret_changed
-            || memory.pull_busy,
-        content_missing: false,
-        failures: memory.failures,
-        retry_after: memory.retry_after,
-    };
-    let seed = schedule::seed_of(&uid);
-    // The store is consulted only on the first reconcile since start (a fresh store) or
-    // when a check is due anyway, so status-only watch events never touch the disk.
-    if memory.last_check.is_none() || schedule::due(&state, valid.interval, seed) == Due::Now {
-        state.content_missing = match &prev.artifact {
-            Some(a) => !has_revision(ctx, &stored_key(a)).await,
-            None => false,
-        };
-    }
-    if let Due::In(left) = schedule::due(&state, valid.interval, seed) {
+    let memory = ctx.memory_of(&r.uid);
+    let state = r.check_state(&memory, &valid).await;
+    if let Due::In(left) = schedule::due(&state, valid.interval, r.seed) {
         return Ok(Outcome::Waiting(left));
     }
     let credentials_may_differ = state.spec_changed || memory.secret_changed;
-    ctx.remember(&uid, |m| {
+    ctx.remember(&r.uid, |m| {
         m.last_check = Some(Instant::now());
-        m.checked_generation = generation;
+        m.checked_generation = r.generation;
         m.secret_changed = false;
         m.pull_busy = false;
         if credentials_may_differ {
@@ -173,50 +145,128 @@ async fn reconcile_inner(source: &ArtifactSource, ctx: &Context) -> Result<Outco
             m.proven = None;
         }
     });
-
-    match check(source, ctx, &api, &valid, &prev, state.content_missing).await {
-        Ok(artifact) => {
-            let next = status::ready(&prev, generation, artifact, &now, requested_at.as_deref());
-            ctx.remember(&uid, |m| {
-                m.failures = 0;
-                m.retry_after = None;
-            });
-            patch_status(&api, &source.name_any(), &next).await?;
-            Ok(Outcome::Checked {
-                failed: false,
-                next: schedule::next_delay(valid.interval, 0, None, seed),
-            })
-        }
-        Err(f) if f.reason == PULL_BUSY => {
-            ctx.remember(&uid, |m| m.pull_busy = true);
+    let checked = check(source, ctx, &r.api, &valid, &r.prev, state.content_missing).await;
+    match checked {
+        Ok(Checked::Stored(artifact)) => r.stored(*artifact, &valid).await,
+        Ok(Checked::PullBusy) => {
+            ctx.remember(&r.uid, |m| m.pull_busy = true);
             Ok(Outcome::Waiting(PULL_BUSY_RETRY))
         }
-        Err(f) => {
-            let next = status::failed(
-                &prev,
-                generation,
-                f.reason,
-                &f.message,
-                &now,
-                requested_at.as_deref(),
-            );
-            let was = find(&prev.conditions, ConditionType::Ready)
-                .map(|c| (c.status.clone(), c.reason.clone()));
-            if was != Some(("False".to_string(), f.reason.to_string())) {
-                publish(ctx, source, EventType::Warning, f.reason, &f.message).await;
-            }
-            let failures = memory.failures.saturating_add(1);
-            ctx.remember(&uid, |m| {
-                m.failures = failures;
-                m.retry_after = f.retry_after;
-            });
-            tracing::warn!(source = %format!("{namespace}/{}", source.name_any()), reason = f.reason, detail = %f.message, "check failed");
-            patch_status(&api, &source.name_any(), &next).await?;
-            Ok(Outcome::Checked {
-                failed: true,
-                next: schedule::next_delay(valid.interval, failures, f.retry_after, seed),
-            })
+        Err(f) => r.failed(f, memory.failures, &valid).await,
+    }
+}
+
+impl Reconcile<'_> {
+    /// The spec cannot work: Stalled, once (an unchanged status is not written again).
+    async fn stall(&self, message: &str) -> Result<Outcome, Error> {
+        let next = status::stalled(&self.prev, self.generation, message, &self.now);
+        if next != self.prev {
+            self.publish(SourceReason::InvalidSpec, message).await;
+            patch_status(&self.api, &self.source.name_any(), &next).await?;
         }
+        Ok(Outcome::Stalled)
+    }
+
+    /// What decides whether a check is due. The store is consulted only on the first
+    /// reconcile since start (a fresh store) or when a check is due anyway, so status-only
+    /// watch events never touch the disk.
+    async fn check_state(&self, memory: &Memory, valid: &ValidSpec) -> CheckState {
+        let last_check = [
+            memory.last_check.map(|t| t.elapsed()),
+            self.prev.last_check_time.as_deref().and_then(since),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let requested =
+            self.requested_at.is_some() && self.requested_at != self.prev.last_handled_requested_at;
+        let mut state = CheckState {
+            since_last_check: last_check,
+            spec_changed: self.generation != self.prev.observed_generation
+                && self.generation != memory.checked_generation,
+            requested: requested || memory.secret_changed || memory.pull_busy,
+            content_missing: false,
+            failures: memory.failures,
+            failure_class: memory.failure_class,
+            retry_after: memory.retry_after,
+        };
+        let due_now = schedule::due(&state, valid.interval, self.seed) == Due::Now;
+        if memory.last_check.is_none() || due_now {
+            state.content_missing = match &self.prev.artifact {
+                Some(a) => !has_revision(self.ctx, &stored_key(a)).await,
+                None => false,
+            };
+        }
+        state
+    }
+
+    /// The check stored (or found) the revision: Ready.
+    async fn stored(&self, artifact: Artifact, valid: &ValidSpec) -> Result<Outcome, Error> {
+        let requested_at = self.requested_at.as_deref();
+        let next = status::ready(
+            &self.prev,
+            self.generation,
+            artifact,
+            &self.now,
+            requested_at,
+        );
+        self.ctx.remember(&self.uid, |m| {
+            m.failures = 0;
+            m.failure_class = None;
+            m.retry_after = None;
+        });
+        patch_status(&self.api, &self.source.name_any(), &next).await?;
+        Ok(Outcome::Checked {
+            reason: SourceReason::Succeeded,
+            next: Some(schedule::next_delay(
+                valid.interval,
+                0,
+                Class::Ready,
+                None,
+                self.seed,
+            )),
+        })
+    }
+
+    /// The check failed: the reason in status (the last artifact kept), an Event when the
+    /// reason is news, and the backoff of its class.
+    async fn failed(&self, f: Failure, before: u32, valid: &ValidSpec) -> Result<Outcome, Error> {
+        let requested_at = self.requested_at.as_deref();
+        let next = status::failed(
+            &self.prev,
+            self.generation,
+            f.reason,
+            &f.message,
+            &self.now,
+            requested_at,
+        );
+        let class = f.reason.class();
+        if is_news(&self.prev.conditions, class, f.reason.as_str()) {
+            self.publish(f.reason, &f.message).await;
+        }
+        let failures = before.saturating_add(1);
+        self.ctx.remember(&self.uid, |m| {
+            m.failures = failures;
+            m.failure_class = Some(class);
+            m.retry_after = f.retry_after;
+        });
+        let name = format!(
+            "{}/{}",
+            self.source.namespace().unwrap_or_default(),
+            self.source.name_any()
+        );
+        tracing::warn!(source = %name, reason = %f.reason, detail = %f.message, "check failed");
+        patch_status(&self.api, &self.source.name_any(), &next).await?;
+        let delay = schedule::next_delay(valid.interval, failures, class, f.retry_after, self.seed);
+        Ok(Outcome::Checked {
+            reason: f.reason,
+            next: (class != Class::Stalled).then_some(delay),
+        })
+    }
+
+    async fn publish(&self, reason: SourceReason, note: &str) {
+        let type_ = outcome::event_type(reason.class());
+        publish(self.ctx, self.source, type_, reason.as_str(), note).await;
     }
 }
 
@@ -229,7 +279,7 @@ async fn check(
     valid: &ValidSpec,
     prev: &ArtifactSourceStatus,
     content_missing: bool,
-) -> Result<Artifact, Failure> {
+) -> Result<Checked, Failure> {
     let registry = registry_for(source, ctx, valid).await?;
     let deadline = Deadline::after(schedule::registry_deadline(
         valid.timeout,
@@ -260,7 +310,7 @@ async fn check(
         content_missing,
     );
     if let (Step::Reuse, Some(a)) = (step, &prev.artifact) {
-        return Ok(relabelled(a, &resolved));
+        return Ok(Checked::Stored(Box::new(relabelled(a, &resolved))));
     }
     // The proof: this source's registry, with this source's credentials, serves the
     // manifest, and its bytes hash to the digest. Only then may stored content be reused.
@@ -274,7 +324,7 @@ async fn check(
     let manifest = manifest?;
     if let (Step::ProveThenReuse, Some(a)) = (step, &prev.artifact) {
         ctx.remember(&uid, |m| m.proven = Some(key.clone()));
-        return Ok(relabelled(a, &resolved));
+        return Ok(Checked::Stored(Box::new(relabelled(a, &resolved))));
     }
     // One pull of the blobs per revision and selection, however many sources point at it:
     // the first source pulls, the others (each having proved access above) reuse the
@@ -284,11 +334,7 @@ async fn check(
     // a second), but never queue behind it for long (a slow registry, maybe a hostile
     // one, on the same digest): come back shortly, without holding a worker or a failure.
     let Ok(_pulling) = tokio::time::timeout(PULL_BUSY_WAIT, lock.lock()).await else {
-        return Err(Failure {
-            reason: PULL_BUSY,
-            message: "another source is pulling this revision".into(),
-            retry_after: Some(PULL_BUSY_RETRY),
-        });
+        return Ok(Checked::PullBusy);
     };
     let known = match ctx.known_artifact(&store_key) {
         Some(a) if has_revision(ctx, &store_key).await => Some(a),
@@ -346,7 +392,7 @@ async fn check(
     if new {
         super::collect_garbage(ctx).await;
     }
-    Ok(artifact)
+    Ok(Checked::Stored(Box::new(artifact)))
 }
 
 /// What the source takes of the manifest: its platform and layer media type.
@@ -456,11 +502,7 @@ fn status_fits(pulled: &Pulled) -> Result<(), Failure> {
         .iter()
         .map(|(k, v)| k.len() + v.len() + 6)
         .fold(0usize, usize::saturating_add);
-    let too_large = |what: String| Failure {
-        reason: crate::oci::error::Reason::TooLarge.as_str(),
-        message: what,
-        retry_after: None,
-    };
+    let too_large = |what: String| Failure::new(SourceReason::TooLarge, what);
     if files > MAX_STATUS_FILES_BYTES {
         return Err(too_large(format!(
             "its {} files make a file list of about {files} bytes, over the {MAX_STATUS_FILES_BYTES} an ArtifactSource status holds",
@@ -490,10 +532,8 @@ async fn pull_and_store(
     target: Target<'_>,
     deadline: &Deadline,
 ) -> Result<(Pulled, String), Failure> {
-    let store_failure = |e: &dyn std::fmt::Display| Failure {
-        reason: reason::STORE_FAILED,
-        message: format!("content store: {e}"),
-        retry_after: None,
+    let store_failure = |e: &dyn std::fmt::Display| {
+        Failure::new(SourceReason::StoreFailed, format!("content store: {e}"))
     };
     // Reserved before the staging directory exists and given back after it is removed.
     let media_type = target.selection.layer_media_type.as_deref();
@@ -548,7 +588,12 @@ async fn pull_and_store(
         r
     })
     .await
-    .map_err(|e| store_failure(&e))?
+    .map_err(|e| {
+        Failure::new(
+            SourceReason::InternalError,
+            format!("storing the revision: {e}"),
+        )
+    })?
     .map_err(|e| store_failure(&e))?;
     Ok((pulled, now_rfc3339()))
 }
@@ -578,15 +623,20 @@ async fn registry_for(
     Ok(Registry::new(&host, options)?)
 }
 
+/// A Secret of the source's namespace; `None` when it does not exist. Any other error
+/// (refused, for example 403 without RBAC for it, or the API server failing) is
+/// `SecretNotReadable`, not `SecretNotFound`.
 async fn get_secret(api: &Api<Secret>, name: &str) -> Result<Option<Secret>, Failure> {
-    api.get_opt(name).await.map_err(|e| Failure {
-        reason: reason::SECRET_NOT_FOUND,
-        message: format!(
-            "cannot read Secret {name}: {}",
-            super::api_error_summary(&e)
-        ),
-        retry_after: None,
-    })
+    api.get_opt(name)
+        .await
+        .map_err(|e| secret_not_readable(name, &e))
+}
+
+fn secret_not_readable(name: &str, e: &kube::Error) -> Failure {
+    Failure::new(
+        SourceReason::SecretNotReadable,
+        format!("cannot read Secret {name}: {}", api_error_summary(e)),
+    )
 }
 
 async fn has_revision(ctx: &Context, key: &str) -> bool {
@@ -636,7 +686,7 @@ mod tests {
         };
         assert!(status_fits(&pulled(3_000, 100)).is_ok());
         let e = status_fits(&pulled(10_000, 100)).unwrap_err();
-        assert_eq!(e.reason, "TooLarge");
+        assert_eq!(e.reason, SourceReason::TooLarge);
         assert!(e.message.contains("10000 files"), "{}", e.message);
         let e = status_fits(&pulled(1, 100_000)).unwrap_err();
         assert!(e.message.contains("annotations"), "{}", e.message);

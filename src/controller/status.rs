@@ -1,23 +1,8 @@
 //! ArtifactSource status after each kind of outcome: pure functions of the previous status.
 
 use crate::api::artifact_source::{Artifact, ArtifactSourceStatus};
-use crate::api::condition::{ConditionType, Status, set_condition, settle, stall};
-
-/// Reasons set by the controller itself (OCI failures use `oci::Reason` strings).
-pub mod reason {
-    /// Ready=True: the current revision is stored and served.
-    pub const SUCCEEDED: &str = "Succeeded";
-    /// The spec cannot work as written; waits for the object to change.
-    pub const INVALID_SPEC: &str = "InvalidSpec";
-    /// A referenced Secret does not exist.
-    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
-    /// A referenced Secret exists but lacks the expected keys or format.
-    pub const INVALID_SECRET: &str = "InvalidSecret";
-    /// The content store could not take the artifact.
-    pub const STORE_FAILED: &str = "StoreFailed";
-    /// The first check has not finished yet.
-    pub const PROGRESSING: &str = "Progressing";
-}
+use crate::api::condition::{ConditionType, Status, conclude, set_condition, stall};
+use crate::api::reason::SourceReason;
 
 /// The outcome of a check that found the revision stored.
 pub fn ready(
@@ -33,19 +18,19 @@ pub fn ready(
     checked(
         s,
         generation,
-        Status::True,
-        reason::SUCCEEDED,
+        SourceReason::Succeeded,
         &message,
         now,
         requested_at,
     )
 }
 
-/// A check that failed: the last good artifact stays; Ready=False with the reason.
+/// A check that failed: the last good artifact stays; Ready=False with the reason (and
+/// Stalled=True when the reason is of that class).
 pub fn failed(
     prev: &ArtifactSourceStatus,
     generation: Option<i64>,
-    reason: &str,
+    reason: SourceReason,
     message: &str,
     now: &str,
     requested_at: Option<&str>,
@@ -57,7 +42,6 @@ pub fn failed(
     checked(
         prev.clone(),
         generation,
-        Status::False,
         reason,
         &message,
         now,
@@ -65,12 +49,12 @@ pub fn failed(
     )
 }
 
-/// What every finished check records: when, for which generation and request, and Ready.
+/// What every finished check records: when, for which generation and request, and the
+/// conditions of the reason's class.
 fn checked(
     mut s: ArtifactSourceStatus,
     generation: Option<i64>,
-    ready: Status,
-    reason: &str,
+    reason: SourceReason,
     message: &str,
     now: &str,
     requested_at: Option<&str>,
@@ -80,7 +64,15 @@ fn checked(
     if let Some(r) = requested_at {
         s.last_handled_requested_at = Some(r.to_string());
     }
-    settle(&mut s.conditions, ready, reason, message, generation, now);
+    let class = reason.class();
+    conclude(
+        &mut s.conditions,
+        class,
+        reason.as_str(),
+        message,
+        generation,
+        now,
+    );
     s
 }
 
@@ -95,7 +87,7 @@ pub fn stalled(
     s.observed_generation = generation;
     stall(
         &mut s.conditions,
-        reason::INVALID_SPEC,
+        SourceReason::InvalidSpec.as_str(),
         message,
         generation,
         now,
@@ -116,7 +108,7 @@ pub fn reconciling(
         &mut s.conditions,
         ConditionType::Reconciling,
         Status::True,
-        reason::PROGRESSING,
+        SourceReason::Progressing.as_str(),
         message,
         generation,
         now,
@@ -128,7 +120,7 @@ pub fn reconciling(
             &mut s.conditions,
             ConditionType::Ready,
             Status::Unknown,
-            reason::PROGRESSING,
+            SourceReason::Progressing.as_str(),
             message,
             generation,
             now,
@@ -162,7 +154,7 @@ mod tests {
         let bad = failed(
             &ok,
             Some(1),
-            "Unauthorized",
+            SourceReason::Unauthorized,
             "unauthorized: 401",
             "t2",
             Some("now"),

@@ -1,7 +1,9 @@
-//! The typed errors of the registry layer. Each maps to a stable reason used in
-//! conditions, events and metric labels. Messages never carry credentials.
+//! The typed errors of the registry layer. Each maps to an ArtifactSource reason
+//! ([`SourceReason`]) used in conditions, events and metric labels. Messages never carry credentials.
 
 use std::time::Duration;
+
+use crate::api::reason::{Class, SourceReason};
 
 /// A registry or content error.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,8 @@ pub enum OciError {
     InvalidReference(String),
     #[error("invalid manifest: {0}")]
     InvalidManifest(String),
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("local I/O error: {context}: {source}")]
     Io {
         context: String,
@@ -38,71 +42,37 @@ pub enum OciError {
     },
 }
 
-/// The stable, low-cardinality reason for an error (CamelCase, used as condition reason
-/// and metric label).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Reason {
-    NotFound,
-    Unauthorized,
-    DigestMismatch,
-    TooLarge,
-    UnsafeContent,
-    UnsupportedMediaType,
-    RegistryUnavailable,
-    RateLimited,
-    InvalidReference,
-    InvalidManifest,
-    IoError,
-}
-
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::NotFound => "NotFound",
-            Reason::Unauthorized => "Unauthorized",
-            Reason::DigestMismatch => "DigestMismatch",
-            Reason::TooLarge => "TooLarge",
-            Reason::UnsafeContent => "UnsafeContent",
-            Reason::UnsupportedMediaType => "UnsupportedMediaType",
-            Reason::RegistryUnavailable => "RegistryUnavailable",
-            Reason::RateLimited => "RateLimited",
-            Reason::InvalidReference => "InvalidReference",
-            Reason::InvalidManifest => "InvalidManifest",
-            Reason::IoError => "IoError",
-        }
-    }
-}
-
-impl std::fmt::Display for Reason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 impl OciError {
-    pub fn reason(&self) -> Reason {
+    /// The ArtifactSource reason (condition, Event and metric label) of this error.
+    pub fn reason(&self) -> SourceReason {
         match self {
-            OciError::NotFound(_) => Reason::NotFound,
-            OciError::Unauthorized(_) => Reason::Unauthorized,
-            OciError::DigestMismatch { .. } => Reason::DigestMismatch,
-            OciError::TooLarge(_) => Reason::TooLarge,
-            OciError::UnsafeContent(_) => Reason::UnsafeContent,
-            OciError::UnsupportedMediaType(_) => Reason::UnsupportedMediaType,
-            OciError::RegistryUnavailable(_) => Reason::RegistryUnavailable,
-            OciError::RateLimited { .. } => Reason::RateLimited,
-            OciError::InvalidReference(_) => Reason::InvalidReference,
-            OciError::InvalidManifest(_) => Reason::InvalidManifest,
-            OciError::Io { .. } => Reason::IoError,
+            OciError::NotFound(_) => SourceReason::NotFound,
+            OciError::Unauthorized(_) => SourceReason::Unauthorized,
+            OciError::DigestMismatch { .. } => SourceReason::DigestMismatch,
+            OciError::TooLarge(_) => SourceReason::TooLarge,
+            OciError::UnsafeContent(_) => SourceReason::UnsafeContent,
+            OciError::UnsupportedMediaType(_) => SourceReason::UnsupportedMediaType,
+            OciError::RegistryUnavailable(_) => SourceReason::RegistryUnavailable,
+            OciError::RateLimited { .. } => SourceReason::RateLimited,
+            OciError::InvalidReference(_) => SourceReason::InvalidReference,
+            OciError::InvalidManifest(_) => SourceReason::InvalidManifest,
+            OciError::Internal(_) => SourceReason::InternalError,
+            OciError::Io { .. } => SourceReason::IoError,
         }
     }
 
     /// Whether retrying later may succeed without a change to the spec or the registry
     /// content.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            OciError::RegistryUnavailable(_) | OciError::RateLimited { .. } | OciError::Io { .. }
-        )
+        self.reason().class() == Class::Transient
+    }
+
+    /// How long the registry asked to wait, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            OciError::RateLimited { retry_after } => *retry_after,
+            _ => None,
+        }
     }
 
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {

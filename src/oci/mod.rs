@@ -10,4 +10,4 @@ pub mod reference;
 pub mod registry;
 pub mod unpack;
 
-pub use error::{OciError, Reason};
+pub use error::OciError;

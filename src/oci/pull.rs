@@ -506,10 +506,12 @@ impl Writer {
             self.cancelled.store(true, Ordering::Relaxed);
         }
         let Some(task) = self.task.take() else {
-            return Err(OciError::UnsafeContent("unpacking thread failed".into()));
+            return Err(OciError::Internal(
+                "the unpacking task already finished".into(),
+            ));
         };
         task.await
-            .map_err(|_| OciError::UnsafeContent("unpacking thread failed".into()))?
+            .map_err(|e| OciError::Internal(format!("the unpacking task failed: {e}")))?
     }
 }
 

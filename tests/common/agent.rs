@@ -226,5 +226,5 @@ pub async fn source(h: &Harness, name: &str, repo: &impl std::fmt::Display) {
 
 pub fn report_entry(r: Option<&NodeReport>, bundle: &str) -> Option<(String, Option<String>)> {
     let e = r?.spec.bundles.iter().find(|b| b.name == bundle)?;
-    Some((e.reason.clone(), e.revision.clone()))
+    Some((e.reason.to_string(), e.revision.clone()))
 }
