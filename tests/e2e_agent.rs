@@ -17,8 +17,9 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use ocisync::api::{NodeReport, RuleBundle};
 
 #[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn files_follow_selectors_revisions_and_deletion_on_exactly_the_selected_nodes() {
-    let Some(h) = harness().await else { return };
+    let h = harness().await;
     let work = tempfile::tempdir().expect("tempdir");
     let run = common::unique();
     let names: Vec<String> = (1..=3).map(|i| format!("e2e-node-{run}-{i}")).collect();
@@ -276,8 +277,9 @@ fn observe(dir: &Path, link: &str) -> Option<Result<Vec<usize>, String>> {
 }
 
 #[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn sigkill_during_200_rapid_updates_never_shows_a_mixed_or_partial_revision() {
-    let Some(h) = harness().await else { return };
+    let h = harness().await;
     let work = tempfile::tempdir().expect("tempdir");
     let run = common::unique();
     let name = format!("e2e-node-{run}-k");
@@ -437,8 +439,9 @@ fn unmount(dir: &Path) {
 }
 
 #[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn bad_servers_and_full_disks_are_reported_and_the_last_good_files_stay() {
-    let Some(h) = harness().await else { return };
+    let h = harness().await;
     let work = tempfile::tempdir().expect("tempdir");
     let run = common::unique();
     let names: Vec<String> = ["unreachable", "liar", "full"]
@@ -611,9 +614,10 @@ async fn agent_role(h: &Harness, name: &str, write: bool) {
 }
 
 #[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn files_stay_while_the_report_cannot_be_marked_before_a_write() {
     use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-    let Some(h) = harness().await else { return };
+    let h = harness().await;
     let work = tempfile::tempdir().expect("tempdir");
     let run = common::unique();
     let name = format!("e2e-node-{run}-r");

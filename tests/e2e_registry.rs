@@ -28,8 +28,9 @@ fn random_bytes(len: usize) -> Vec<u8> {
 }
 
 #[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn a_pushed_blob_reads_back_identical_on_both_registries() {
-    let Some(env) = common::env() else { return };
+    let env = common::env();
     for which in BOTH {
         let registry = env.registry(which);
         let repo = env.repo(which, "blob");
@@ -60,8 +61,9 @@ async fn a_pushed_blob_reads_back_identical_on_both_registries() {
 }
 
 #[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn wrong_or_missing_credentials_are_unauthorized_and_never_printed() {
-    let Some(env) = common::env() else { return };
+    let env = common::env();
     let repo = env.repo(Which::Tls, "auth");
     let digest = sha256_digest(b"x");
     let mut wrong = env.options(Which::Tls);
@@ -100,8 +102,9 @@ async fn wrong_or_missing_credentials_are_unauthorized_and_never_printed() {
 }
 
 #[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn an_untrusted_certificate_is_a_clear_error() {
-    let Some(env) = common::env() else { return };
+    let env = common::env();
     let mut options = env.options(Which::Tls);
     options.ca_pem = None;
     let registry = Registry::new(&env.tls, options).expect("client");
@@ -114,8 +117,9 @@ async fn an_untrusted_certificate_is_a_clear_error() {
 }
 
 #[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn a_missing_tag_is_not_found() {
-    let Some(env) = common::env() else { return };
+    let env = common::env();
     for which in BOTH {
         let registry = env.registry(which);
         let repo = env.repo(which, "missing");
@@ -222,8 +226,9 @@ async fn a_manifest_over_the_limit_is_refused_without_reading_it_whole() {
 }
 
 #[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn semver_resolution_on_both_registries() {
-    let Some(env) = common::env() else { return };
+    let env = common::env();
     for which in BOTH {
         let registry = env.registry(which);
         let repo = env.repo(which, "semver");
