@@ -6,8 +6,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Stdio;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::Which;
@@ -423,19 +424,85 @@ async fn lying_server() -> String {
     url
 }
 
-/// A small tmpfs over `dir` (needs root); `None` where mounting is not possible here.
-fn small_disk(dir: &Path) -> Option<()> {
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
-        .arg(dir)
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    ok.then_some(())
+/// A 256 KiB tmpfs mounted over a directory, for a disk that fills up; unmounted on drop.
+struct SmallDisk {
+    dir: Option<PathBuf>,
 }
 
-fn unmount(dir: &Path) {
-    let _ = std::process::Command::new("umount").arg(dir).status();
+impl SmallDisk {
+    /// Mounts it over `dir`, with `dir`'s owner and mode (so the agent can write to it). Needs
+    /// root, or sudo without a password (`sudo -n`), as `e2e/testenv.sh` uses; the error says
+    /// why it could not.
+    fn mount(dir: &Path) -> Result<SmallDisk, String> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let options = format!(
+            "size=256k,uid={},gid={},mode={:o}",
+            meta.uid(),
+            meta.gid(),
+            meta.mode() & 0o7777
+        );
+        as_root(&[
+            "mount".as_ref(),
+            "-t".as_ref(),
+            "tmpfs".as_ref(),
+            "-o".as_ref(),
+            options.as_ref(),
+            "tmpfs".as_ref(),
+            dir.as_os_str(),
+        ])?;
+        Ok(SmallDisk {
+            dir: Some(dir.to_path_buf()),
+        })
+    }
+
+    /// Unmounts it; the test fails if that does not work.
+    fn unmount(mut self) {
+        if let Some(dir) = self.dir.take() {
+            as_root(&["umount".as_ref(), dir.as_os_str()]).expect("unmount the small disk");
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    /// Only after a failure (`unmount` took the directory otherwise): best effort, the test
+    /// has already failed and says why.
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.take()
+            && let Err(e) = as_root(&["umount".as_ref(), dir.as_os_str()])
+        {
+            eprintln!("the small disk at {} stays mounted: {e}", dir.display());
+        }
+    }
+}
+
+/// Runs a command as root: directly when we are root, else through `sudo -n` (never asks
+/// for a password). The error has the command's stderr.
+fn as_root(args: &[&OsStr]) -> Result<(), String> {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    let mut c = if root {
+        Command::new(args[0])
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg("-n").arg(args[0]);
+        c
+    };
+    let out = c
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{c:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{c:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
 }
 
 #[tokio::test]
@@ -462,10 +529,17 @@ async fn bad_servers_and_full_disks_are_reported_and_the_last_good_files_stay() 
     );
     full.kill();
     let allowed = full.root.path().join("etc/falco");
-    let mounted = small_disk(&allowed).is_some();
-    if !mounted {
-        eprintln!("skipped the full-disk case: cannot mount a tmpfs here (not root)");
-    }
+    let disk = match SmallDisk::mount(&allowed) {
+        Ok(disk) => Some(disk),
+        Err(why) if common::required() => {
+            panic!("OCISYNC_E2E_REQUIRED=1 but the full-disk case cannot be set up: {why}")
+        }
+        Err(why) => {
+            eprintln!("skipped the full-disk case: cannot mount a small tmpfs here: {why}");
+            None
+        }
+    };
+    let mounted = disk.is_some();
     full.spawn();
 
     let repo = h.env.repo(Which::Plain, "agent-bad");
@@ -558,8 +632,8 @@ async fn bad_servers_and_full_disks_are_reported_and_the_last_good_files_stay() 
         assert!(alive, "the agent keeps running");
         a.kill();
     }
-    if mounted {
-        unmount(&allowed);
+    if let Some(disk) = disk {
+        disk.unmount();
     }
     delete_nodes(&h, &names.iter().map(String::as_str).collect::<Vec<_>>()).await;
     h.cleanup().await;
