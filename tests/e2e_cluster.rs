@@ -103,5 +103,8 @@ async fn crds_become_established_and_validate_objects() {
 
     use k8s_openapi::api::core::v1::Namespace;
     let nsapi: Api<Namespace> = Api::all(client.clone());
-    let _ = nsapi.delete(&ns, &DeleteParams::default()).await;
+    common::deleted(
+        nsapi.delete(&ns, &DeleteParams::default()).await,
+        "the namespace",
+    );
 }

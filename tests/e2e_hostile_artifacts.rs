@@ -59,7 +59,7 @@ fn run_sampling_peak(cmd: &mut Command) -> (Output, u64) {
         std::thread::spawn(move || {
             let mut buf = Vec::new();
             if let Some(mut p) = p {
-                let _ = p.read_to_end(&mut buf);
+                p.read_to_end(&mut buf).expect("read the child's output");
             }
             buf
         })
@@ -75,8 +75,9 @@ fn run_sampling_peak(cmd: &mut Command) -> (Output, u64) {
             break status;
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+            // best effort before failing: the panic below says what went wrong
+            child.kill().ok();
+            child.wait().ok();
             panic!("{cmd:?} still running after 120 s; peak so far {peak} KiB");
         }
         std::thread::sleep(Duration::from_millis(2));

@@ -82,9 +82,12 @@ impl Fake {
                         let fake = fake.clone();
                         async move { Ok::<_, Infallible>(fake.handle(req)) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
+                    // a client that hangs up (a timeout under test) ends its connection: the
+                    // test checks the client's side
+                    hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                        .await
+                        .ok();
                 });
             }
         });
@@ -343,8 +346,8 @@ async fn pull_secret(h: &Harness, name: &str, host: &str, user: &str, password: 
 
 /// Replaces the harness's controller with one on `store` and `extra` flags.
 fn restart_controller(h: &mut Harness, store: &std::path::Path, extra: &[&str]) {
-    let _ = h.controller.kill();
-    let _ = h.controller.wait();
+    h.controller.kill().expect("stop the controller");
+    h.controller.wait().expect("reap the controller");
     let listen = h.base_url.trim_start_matches("http://").to_string();
     let log = std::env::temp_dir().join(format!(
         "ocisync-controller-{}-{}.log",

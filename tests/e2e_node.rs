@@ -476,10 +476,13 @@ async fn real_node_helm_installed_pods_deliver_rules_to_a_configmap_consumer_and
         Some(v3.as_str()),
         "files kept after uninstall"
     );
-    let _ = Api::<Namespace>::all(client.clone())
-        .delete(&ns, &DeleteParams::default())
-        .await;
-    let _ = std::fs::remove_dir_all(&host);
+    common::deleted(
+        Api::<Namespace>::all(client.clone())
+            .delete(&ns, &DeleteParams::default())
+            .await,
+        "the namespace",
+    );
+    std::fs::remove_dir_all(&host).expect("remove the files on the host");
 }
 
 /// Kubelet refreshes ConfigMap volumes on its sync period (10 s here): poll with a deadline.

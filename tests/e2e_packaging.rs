@@ -415,9 +415,12 @@ async fn helm_install_creates_everything_and_its_rbac_holds_for_real() {
             .expect("get")
             .is_none()
     );
-    let _ = Api::<Namespace>::all(admin)
-        .delete(&ns, &DeleteParams::default())
-        .await;
+    common::deleted(
+        Api::<Namespace>::all(admin)
+            .delete(&ns, &DeleteParams::default())
+            .await,
+        "the namespace",
+    );
 }
 
 /// Each YAML document of `path`, created with dryRun=All in `ns` (namespace stripped).
@@ -540,5 +543,8 @@ async fn kustomize_bases_and_every_sample_validate_against_the_server() {
     })
     .await;
     assert!(result.is_err(), "a non-oci URL must be rejected");
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    common::deleted(
+        namespaces.delete(&ns, &DeleteParams::default()).await,
+        "the namespace",
+    );
 }

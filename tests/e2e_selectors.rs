@@ -196,8 +196,8 @@ fn restart(h: &mut Harness) {
         .filter(|a| !a.is_empty())
         .map(|a| OsStr::from_bytes(a).to_owned())
         .collect();
-    let _ = h.controller.kill();
-    let _ = h.controller.wait();
+    h.controller.kill().expect("stop the controller");
+    h.controller.wait().expect("reap the controller");
     let log = std::env::temp_dir().join(format!("ocisync-controller-{}-restarted.log", h.ns));
     h.controller = Command::new(&args[0])
         .args(&args[1..])

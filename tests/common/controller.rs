@@ -27,8 +27,9 @@ pub struct Harness {
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        let _ = self.controller.kill();
-        let _ = self.controller.wait();
+        // best effort: the test is over, perhaps failed, and a panic here would hide why
+        self.controller.kill().ok();
+        self.controller.wait().ok();
     }
 }
 
@@ -197,7 +198,10 @@ impl Harness {
 
     pub async fn cleanup(self) {
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        let _ = namespaces.delete(&self.ns, &DeleteParams::default()).await;
+        super::deleted(
+            namespaces.delete(&self.ns, &DeleteParams::default()).await,
+            &format!("namespace {}", self.ns),
+        );
     }
 }
 

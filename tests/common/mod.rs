@@ -3,7 +3,7 @@
 //! The tests that need that environment are `#[ignore]`d, so a plain `cargo test` reports
 //! them as ignored, not passed; `make test` and `make e2e` run them with `--include-ignored`.
 //! A test that runs without the environment fails: it never passes by doing nothing.
-#![allow(dead_code)]
+#![allow(dead_code)] // each test file uses a part of it
 
 pub mod agent;
 pub mod controller;
@@ -152,6 +152,15 @@ impl Env {
                 ]
             }
         }
+    }
+}
+
+/// Asserts that a cleanup delete worked: accepted, or the object was already gone (404).
+pub fn deleted<T>(result: Result<T, kube::Error>, what: &str) {
+    match result {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => panic!("delete {what}: {e}"),
     }
 }
 
