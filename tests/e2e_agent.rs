@@ -6,8 +6,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Stdio;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::Which;
@@ -17,8 +18,9 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use ocisync::api::{NodeReport, RuleBundle};
 
 #[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn files_follow_selectors_revisions_and_deletion_on_exactly_the_selected_nodes() {
-    let Some(h) = harness().await else { return };
+    let h = harness().await;
     let work = tempfile::tempdir().expect("tempdir");
     let run = common::unique();
     let names: Vec<String> = (1..=3).map(|i| format!("e2e-node-{run}-{i}")).collect();
@@ -137,6 +139,12 @@ async fn files_follow_selectors_revisions_and_deletion_on_exactly_the_selected_n
             .ok_or(format!("{:?}", now.keys()))
     })
     .await;
+    let r = reports.get(&names[0]).await.expect("report");
+    assert_eq!(
+        report_entry(Some(&r), "falco").and_then(|e| e.1),
+        Some(r2),
+        "the repaired files are still the bundle's revision"
+    );
 
     // a directory outside the allow-list is refused on every selected node
     h.apply::<RuleBundle>("passwd", node_bundle(&[], "/etc", selector.clone()))
@@ -190,7 +198,6 @@ async fn files_follow_selectors_revisions_and_deletion_on_exactly_the_selected_n
         .filter(|n| n.starts_with("..ocisync"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    let _ = r2;
 
     // a deleted Node's report goes with it
     agents[2].kill();
@@ -276,8 +283,9 @@ fn observe(dir: &Path, link: &str) -> Option<Result<Vec<usize>, String>> {
 }
 
 #[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn sigkill_during_200_rapid_updates_never_shows_a_mixed_or_partial_revision() {
-    let Some(h) = harness().await else { return };
+    let h = harness().await;
     let work = tempfile::tempdir().expect("tempdir");
     let run = common::unique();
     let name = format!("e2e-node-{run}-k");
@@ -409,36 +417,106 @@ async fn lying_server() -> String {
         while let Ok((mut conn, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
-                let _ = conn.read(&mut buf).await;
-                let _ = conn
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nlies!\n",
-                    )
-                    .await;
+                // the agent under test may hang up at any point: the test checks its report
+                if !matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {
+                    return; // no request came
+                }
+                conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nlies!\n",
+                )
+                .await
+                .ok();
             });
         }
     });
     url
 }
 
-/// A small tmpfs over `dir` (needs root); `None` where mounting is not possible here.
-fn small_disk(dir: &Path) -> Option<()> {
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
-        .arg(dir)
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    ok.then_some(())
+/// A 256 KiB tmpfs mounted over a directory, for a disk that fills up; unmounted on drop.
+struct SmallDisk {
+    dir: Option<PathBuf>,
 }
 
-fn unmount(dir: &Path) {
-    let _ = std::process::Command::new("umount").arg(dir).status();
+impl SmallDisk {
+    /// Mounts it over `dir`, with `dir`'s owner and mode (so the agent can write to it). Needs
+    /// root, or sudo without a password (`sudo -n`), as `e2e/testenv.sh` uses; the error says
+    /// why it could not.
+    fn mount(dir: &Path) -> Result<SmallDisk, String> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let options = format!(
+            "size=256k,uid={},gid={},mode={:o}",
+            meta.uid(),
+            meta.gid(),
+            meta.mode() & 0o7777
+        );
+        as_root(&[
+            "mount".as_ref(),
+            "-t".as_ref(),
+            "tmpfs".as_ref(),
+            "-o".as_ref(),
+            options.as_ref(),
+            "tmpfs".as_ref(),
+            dir.as_os_str(),
+        ])?;
+        Ok(SmallDisk {
+            dir: Some(dir.to_path_buf()),
+        })
+    }
+
+    /// Unmounts it; the test fails if that does not work.
+    fn unmount(mut self) {
+        if let Some(dir) = self.dir.take() {
+            as_root(&["umount".as_ref(), dir.as_os_str()]).expect("unmount the small disk");
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    /// Only after a failure (`unmount` took the directory otherwise): best effort, the test
+    /// has already failed and says why.
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.take()
+            && let Err(e) = as_root(&["umount".as_ref(), dir.as_os_str()])
+        {
+            eprintln!("the small disk at {} stays mounted: {e}", dir.display());
+        }
+    }
+}
+
+/// Runs a command as root: directly when we are root, else through `sudo -n` (never asks
+/// for a password). The error has the command's stderr.
+fn as_root(args: &[&OsStr]) -> Result<(), String> {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    let mut c = if root {
+        Command::new(args[0])
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg("-n").arg(args[0]);
+        c
+    };
+    let out = c
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{c:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{c:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
 }
 
 #[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn bad_servers_and_full_disks_are_reported_and_the_last_good_files_stay() {
-    let Some(h) = harness().await else { return };
+    let h = harness().await;
     let work = tempfile::tempdir().expect("tempdir");
     let run = common::unique();
     let names: Vec<String> = ["unreachable", "liar", "full"]
@@ -459,10 +537,17 @@ async fn bad_servers_and_full_disks_are_reported_and_the_last_good_files_stay() 
     );
     full.kill();
     let allowed = full.root.path().join("etc/falco");
-    let mounted = small_disk(&allowed).is_some();
-    if !mounted {
-        eprintln!("skipped the full-disk case: cannot mount a tmpfs here (not root)");
-    }
+    let disk = match SmallDisk::mount(&allowed) {
+        Ok(disk) => Some(disk),
+        Err(why) if common::required() => {
+            panic!("OCISYNC_E2E_REQUIRED=1 but the full-disk case cannot be set up: {why}")
+        }
+        Err(why) => {
+            eprintln!("skipped the full-disk case: cannot mount a small tmpfs here: {why}");
+            None
+        }
+    };
+    let mounted = disk.is_some();
     full.spawn();
 
     let repo = h.env.repo(Which::Plain, "agent-bad");
@@ -555,8 +640,8 @@ async fn bad_servers_and_full_disks_are_reported_and_the_last_good_files_stay() 
         assert!(alive, "the agent keeps running");
         a.kill();
     }
-    if mounted {
-        unmount(&allowed);
+    if let Some(disk) = disk {
+        disk.unmount();
     }
     delete_nodes(&h, &names.iter().map(String::as_str).collect::<Vec<_>>()).await;
     h.cleanup().await;
@@ -611,9 +696,10 @@ async fn agent_role(h: &Harness, name: &str, write: bool) {
 }
 
 #[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn files_stay_while_the_report_cannot_be_marked_before_a_write() {
     use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-    let Some(h) = harness().await else { return };
+    let h = harness().await;
     let work = tempfile::tempdir().expect("tempdir");
     let run = common::unique();
     let name = format!("e2e-node-{run}-r");
@@ -726,12 +812,18 @@ async fn files_stay_while_the_report_cannot_be_marked_before_a_write() {
         .expect_err("a write at the predecessor's version");
     assert!(matches!(&e, kube::Error::Api(s) if s.code == 409), "{e}");
     agent.kill();
-    let _ = Api::<ClusterRoleBinding>::all(h.client.clone())
-        .delete(&role, &DeleteParams::default())
-        .await;
-    let _ = Api::<ClusterRole>::all(h.client.clone())
-        .delete(&role, &DeleteParams::default())
-        .await;
+    common::deleted(
+        Api::<ClusterRoleBinding>::all(h.client.clone())
+            .delete(&role, &DeleteParams::default())
+            .await,
+        "the ClusterRoleBinding",
+    );
+    common::deleted(
+        Api::<ClusterRole>::all(h.client.clone())
+            .delete(&role, &DeleteParams::default())
+            .await,
+        "the ClusterRole",
+    );
     delete_nodes(&h, &[name.as_str()]).await;
     h.cleanup().await;
 }

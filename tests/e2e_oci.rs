@@ -107,8 +107,9 @@ fn salt() -> String {
 }
 
 #[test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 fn every_kind_round_trips_on_both_registries() {
-    let Some(env) = common::env() else { return };
+    let env = common::env();
     for which in BOTH {
         let work = tempfile::tempdir().expect("tempdir");
         let input = work.path().join("in");
@@ -253,8 +254,9 @@ fn every_kind_round_trips_on_both_registries() {
 }
 
 #[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn floating_tags_and_platform_indexes() {
-    let Some(env) = common::env() else { return };
+    let env = common::env();
     let which = Which::Plain;
     let work = tempfile::tempdir().expect("tempdir");
     let repo = env.repo(which, "floating");
@@ -359,8 +361,9 @@ fn blob_file(root: &Path, digest: &str) -> PathBuf {
 }
 
 #[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn a_tampered_blob_is_a_digest_mismatch_and_nothing_is_written() {
-    let Some(env) = common::env() else { return };
+    let env = common::env();
     for which in BOTH {
         let work = tempfile::tempdir().expect("tempdir");
         let repo = env.repo(which, "tamper");
@@ -503,8 +506,9 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 #[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn hostile_content_gets_a_typed_reason_and_nothing_is_written() {
-    let Some(env) = common::env() else { return };
+    let env = common::env();
     use tar::EntryType as T;
     let bomb = {
         let mut b = tar::Builder::new(Vec::new());
@@ -630,8 +634,9 @@ async fn hostile_content_gets_a_typed_reason_and_nothing_is_written() {
 }
 
 #[test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 fn oversized_artifacts_are_refused_before_download() {
-    let Some(env) = common::env() else { return };
+    let env = common::env();
     let which = Which::Tls;
     let work = tempfile::tempdir().expect("tempdir");
     let repo = env.repo(which, "big");

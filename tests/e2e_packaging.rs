@@ -225,8 +225,9 @@ fn forbidden<T: std::fmt::Debug>(r: Result<T, kube::Error>, what: &str) {
 }
 
 #[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn helm_install_creates_everything_and_its_rbac_holds_for_real() {
-    let Some(env) = common::env() else { return };
+    let env = common::env();
     let admin = env.client().await;
     let ns = format!("e2e-helm-{}", common::unique());
     let release = format!("r{}", common::unique());
@@ -414,9 +415,12 @@ async fn helm_install_creates_everything_and_its_rbac_holds_for_real() {
             .expect("get")
             .is_none()
     );
-    let _ = Api::<Namespace>::all(admin)
-        .delete(&ns, &DeleteParams::default())
-        .await;
+    common::deleted(
+        Api::<Namespace>::all(admin)
+            .delete(&ns, &DeleteParams::default())
+            .await,
+        "the namespace",
+    );
 }
 
 /// Each YAML document of `path`, created with dryRun=All in `ns` (namespace stripped).
@@ -455,8 +459,9 @@ async fn dry_run_file(client: &kube::Client, ns: &str, path: &Path) -> usize {
 }
 
 #[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn kustomize_bases_and_every_sample_validate_against_the_server() {
-    let Some(env) = common::env() else { return };
+    let env = common::env();
     let admin = env.client().await;
     // CRDs first (idempotent), so the samples have schemas to meet
     let out = Command::new("kubectl")
@@ -538,5 +543,8 @@ async fn kustomize_bases_and_every_sample_validate_against_the_server() {
     })
     .await;
     assert!(result.is_err(), "a non-oci URL must be rejected");
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    common::deleted(
+        namespaces.delete(&ns, &DeleteParams::default()).await,
+        "the namespace",
+    );
 }

@@ -93,12 +93,11 @@ async fn status_of(url: &str) -> u16 {
 }
 
 #[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn a_namespace_over_its_quota_keeps_its_last_good_revision_and_others_go_on() {
     // 64 KiB: the small revisions (two 4 KiB blocks each) fit many times, the 100 KiB one
     // does not.
-    let Some(h) = harness_with(&["--namespace-quota", "64Ki"]).await else {
-        return;
-    };
+    let h = harness_with(&["--namespace-quota", "64Ki"]).await;
     let work = tempfile::tempdir().expect("tempdir");
     let big_repo = h.env.repo(Which::Plain, "quota-big").to_string();
     let other_repo = h.env.repo(Which::Plain, "quota-other").to_string();
@@ -184,10 +183,9 @@ async fn a_namespace_over_its_quota_keeps_its_last_good_revision_and_others_go_o
 }
 
 #[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn directories_count_against_the_quota() {
-    let Some(h) = harness_with(&["--namespace-quota", "64Ki"]).await else {
-        return;
-    };
+    let h = harness_with(&["--namespace-quota", "64Ki"]).await;
     let work = tempfile::tempdir().expect("tempdir");
     let repo = h.env.repo(Which::Plain, "quota-dirs").to_string();
     let small = push(
@@ -212,10 +210,9 @@ async fn directories_count_against_the_quota() {
 }
 
 #[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn a_pull_larger_than_the_store_fails_with_quota_exceeded() {
-    let Some(h) = harness_with(&["--store-max-bytes", "64Ki"]).await else {
-        return;
-    };
+    let h = harness_with(&["--store-max-bytes", "64Ki"]).await;
     let work = tempfile::tempdir().expect("tempdir");
     let repo = h.env.repo(Which::Plain, "quota-store").to_string();
     let small = push(
@@ -274,11 +271,10 @@ fn ready_message(o: &ArtifactSource) -> String {
 }
 
 #[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn entries_and_empty_files_count_against_the_store_limit() {
     const LIMIT: u64 = 256 * 1024;
-    let Some(h) = harness_with(&["--store-max-bytes", "256Ki"]).await else {
-        return;
-    };
+    let h = harness_with(&["--store-max-bytes", "256Ki"]).await;
     let work = tempfile::tempdir().expect("tempdir");
     let deep_repo = h.env.repo(Which::Plain, "quota-store-deep").to_string();
     let empty_repo = h.env.repo(Which::Plain, "quota-store-empty").to_string();

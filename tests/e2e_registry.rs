@@ -28,8 +28,9 @@ fn random_bytes(len: usize) -> Vec<u8> {
 }
 
 #[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn a_pushed_blob_reads_back_identical_on_both_registries() {
-    let Some(env) = common::env() else { return };
+    let env = common::env();
     for which in BOTH {
         let registry = env.registry(which);
         let repo = env.repo(which, "blob");
@@ -60,8 +61,9 @@ async fn a_pushed_blob_reads_back_identical_on_both_registries() {
 }
 
 #[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn wrong_or_missing_credentials_are_unauthorized_and_never_printed() {
-    let Some(env) = common::env() else { return };
+    let env = common::env();
     let repo = env.repo(Which::Tls, "auth");
     let digest = sha256_digest(b"x");
     let mut wrong = env.options(Which::Tls);
@@ -100,8 +102,9 @@ async fn wrong_or_missing_credentials_are_unauthorized_and_never_printed() {
 }
 
 #[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn an_untrusted_certificate_is_a_clear_error() {
-    let Some(env) = common::env() else { return };
+    let env = common::env();
     let mut options = env.options(Which::Tls);
     options.ca_pem = None;
     let registry = Registry::new(&env.tls, options).expect("client");
@@ -114,8 +117,9 @@ async fn an_untrusted_certificate_is_a_clear_error() {
 }
 
 #[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn a_missing_tag_is_not_found() {
-    let Some(env) = common::env() else { return };
+    let env = common::env();
     for which in BOTH {
         let registry = env.registry(which);
         let repo = env.repo(which, "missing");
@@ -133,11 +137,15 @@ async fn fake_server(response: Option<Vec<u8>>) -> String {
         let mut held = Vec::new();
         while let Ok((mut socket, _)) = listener.accept().await {
             let mut buf = vec![0u8; 8192];
-            let _ = socket.read(&mut buf).await;
+            // the client under test may hang up at any point (that is what some cases check):
+            // what it does is asserted on its side, not here
+            if !matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {
+                continue; // no request came
+            }
             match &response {
                 Some(r) => {
-                    let _ = socket.write_all(r).await;
-                    let _ = socket.shutdown().await;
+                    socket.write_all(r).await.ok();
+                    socket.shutdown().await.ok();
                 }
                 None => held.push(socket), // keep it open, say nothing
             }
@@ -222,8 +230,9 @@ async fn a_manifest_over_the_limit_is_refused_without_reading_it_whole() {
 }
 
 #[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn semver_resolution_on_both_registries() {
-    let Some(env) = common::env() else { return };
+    let env = common::env();
     for which in BOTH {
         let registry = env.registry(which);
         let repo = env.repo(which, "semver");
@@ -346,8 +355,9 @@ async fn paginating_registry(requests: Arc<Mutex<Vec<String>>>) -> String {
             } else {
                 "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into()
             };
-            let _ = socket.write_all(response.as_bytes()).await;
-            let _ = socket.shutdown().await;
+            // a client that hangs up early is the test's to notice, not the server's
+            socket.write_all(response.as_bytes()).await.ok();
+            socket.shutdown().await.ok();
         }
     });
     addr

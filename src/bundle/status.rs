@@ -107,14 +107,6 @@ pub fn failed(
     s
 }
 
-/// The ConfigMap target was removed from the spec and its ConfigMap deleted.
-pub fn without_config_map(prev: &RuleBundleStatus) -> RuleBundleStatus {
-    RuleBundleStatus {
-        config_map: None,
-        ..prev.clone()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -71,8 +71,8 @@ impl Agent {
 
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill(); // SIGKILL
-            let _ = c.wait();
+            c.kill().expect("kill the agent"); // SIGKILL
+            c.wait().expect("reap the agent");
         }
     }
 
@@ -101,7 +101,11 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        self.kill();
+        if let Some(mut c) = self.child.take() {
+            // best effort: the test is over, perhaps failed, and a panic here would hide why
+            c.kill().ok();
+            c.wait().ok();
+        }
     }
 }
 
@@ -145,7 +149,10 @@ pub async fn relabel(h: &Harness, name: &str, labels: serde_json::Value) {
 pub async fn delete_nodes(h: &Harness, names: &[&str]) {
     let nodes: Api<Node> = Api::all(h.client.clone());
     for n in names {
-        let _ = nodes.delete(n, &DeleteParams::default()).await;
+        super::deleted(
+            nodes.delete(n, &DeleteParams::default()).await,
+            &format!("node {n}"),
+        );
     }
 }
 

@@ -27,8 +27,9 @@ pub struct Harness {
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        let _ = self.controller.kill();
-        let _ = self.controller.wait();
+        // best effort: the test is over, perhaps failed, and a panic here would hide why
+        self.controller.kill().ok();
+        self.controller.wait().ok();
     }
 }
 
@@ -39,13 +40,13 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
-pub async fn harness() -> Option<Harness> {
+pub async fn harness() -> Harness {
     harness_with(&[]).await
 }
 
 /// [`harness`] with more `ocisync controller` arguments.
-pub async fn harness_with(extra_args: &[&str]) -> Option<Harness> {
-    let env = super::env()?;
+pub async fn harness_with(extra_args: &[&str]) -> Harness {
+    let env = super::env();
     let client = env.client().await;
     // CRDs (idempotent) and a namespace of our own
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
@@ -110,7 +111,7 @@ pub async fn harness_with(extra_args: &[&str]) -> Option<Harness> {
         .spawn()
         .expect("start controller");
     let api = Api::namespaced(client.clone(), &ns);
-    Some(Harness {
+    Harness {
         env,
         client,
         ns,
@@ -118,7 +119,7 @@ pub async fn harness_with(extra_args: &[&str]) -> Option<Harness> {
         base_url,
         controller,
         _store: store,
-    })
+    }
 }
 
 impl Harness {
@@ -197,7 +198,10 @@ impl Harness {
 
     pub async fn cleanup(self) {
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        let _ = namespaces.delete(&self.ns, &DeleteParams::default()).await;
+        super::deleted(
+            namespaces.delete(&self.ns, &DeleteParams::default()).await,
+            &format!("namespace {}", self.ns),
+        );
     }
 }
 
