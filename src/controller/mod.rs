@@ -135,185 +135,286 @@ async fn open_store(dir: PathBuf, sizing: StoreSizing) -> anyhow::Result<Store> 
     .with_context(|| format!("cannot open the content store at {shown}"))
 }
 
-/// Runs until SIGTERM/SIGINT: the artifact server and the ArtifactSource controller.
+/// Runs until SIGTERM/SIGINT: the artifact server, the ArtifactSource and RuleBundle
+/// controllers and the garbage collector, then stops them in that order's reverse.
 pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
-    use anyhow::Context as _;
     let store = Arc::new(open_store(options.store_dir.clone(), options.store_limits).await?);
     let metrics = Arc::new(Metrics::new());
-    let ready = Arc::new(AtomicBool::new(false));
-    let shutdown = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", options.listen))?;
-    tracing::info!(listen = %options.listen, base_url = %options.base_url, "artifact server listening");
-    let server = tokio::spawn(server::serve_with(
-        listener,
-        Arc::new(ServerState {
-            store: Some(store.clone()),
-            metrics: metrics.clone(),
-            ready: ready.clone(),
-        }),
-        options.server,
-        shutdown.clone(),
-    ));
-
-    #[allow(clippy::type_complexity)]
-    let (sources, secrets, bundles, config_maps): (
-        Api<ArtifactSource>,
-        Api<PartialObjectMeta<Secret>>,
-        Api<RuleBundle>,
-        Api<PartialObjectMeta<ConfigMap>>,
-    ) = match &options.namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-        ),
-    };
-    // One watch of ArtifactSources feeds both controllers: their own, and the bundles'
-    // (a new source revision reaches the bundles that use it at once).
-    let (source_reader, source_writer) = reflector::store_shared::<ArtifactSource>(1024);
-    let subscribe = || {
-        source_writer
-            .subscribe()
-            .ok_or_else(|| anyhow::anyhow!("the ArtifactSource store is not shared"))
-    };
-    let (source_events, source_events_for_bundles) = (subscribe()?, subscribe()?);
-    let source_watch = watcher(sources, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .reflect_shared(source_writer)
-        .for_each(|event| async move {
-            if let Err(e) = event {
-                tracing::warn!(error = %e, "ArtifactSource watch");
-            }
-        });
-    let source_watch = tokio::spawn(source_watch);
-    let source_controller = Controller::for_shared_stream(source_events, source_reader.clone())
-        .with_config(controller::Config::default().concurrency(options.concurrency));
+    let server = Served::start(&options, store.clone(), metrics.clone()).await?;
+    let apis = Apis::new(&client, options.namespace.as_deref());
+    let sources = SourceWatch::start(apis.sources)?;
     let bundle_controller: Controller<RuleBundle> =
-        Controller::new(bundles, watcher::Config::default().any_semantic())
+        Controller::new(apis.bundles, watcher::Config::default().any_semantic())
             .with_config(controller::Config::default().concurrency(options.concurrency));
-    // The ConfigMaps ocisync wrote, by label and metadata only: an edit or a deletion wakes
-    // the owning bundle, which puts it back.
-    let (cm_reader, cm_writer) = reflector::store();
-    let managed = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
-    let cm_events = watcher(
-        config_maps,
-        watcher::Config::default().labels(&managed).any_semantic(),
-    )
-    .default_backoff()
-    .reflect(cm_writer)
-    .touched_objects();
-    // Nodes (labels only matter) and the agents' reports: they move `status.nodes`.
-    let (node_reader, node_writer) = reflector::store();
-    let node_events = watcher(
-        Api::<PartialObjectMeta<Node>>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff()
-    .reflect(node_writer)
-    .touched_objects()
-    .predicate_filter(predicates::labels, Default::default());
-    let (report_reader, report_writer) = reflector::store();
-    let report_events = watcher(
-        Api::<NodeReport>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff()
-    .reflect(report_writer)
-    .touched_objects();
-    let reporter = Reporter {
-        controller: "ocisync-controller".into(),
-        instance: std::env::var("POD_NAME").ok(),
-    };
+    let (cm_reader, cm_events) = managed_config_maps(apis.config_maps);
+    let (node_reader, node_events) = node_labels(client.clone());
+    let (report_reader, report_events) = node_reports(client.clone());
     let ctx = Arc::new(Context {
         client: client.clone(),
         store,
         metrics,
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: Recorder::new(client.clone(), reporter()),
         base_url: options.base_url.trim_end_matches('/').to_string(),
         registry_timeout: options.registry_timeout,
-        sources: source_reader,
+        sources: sources.reader.clone(),
         bundles: bundle_controller.store(),
         config_maps: cm_reader,
         nodes: node_reader,
         reports: report_reader,
         state: Default::default(),
     });
-    // With --watch-secrets, Secrets by metadata only: a change re-reconciles the sources
-    // that use the Secret. Without it (the chart's default) the controller needs only `get`
-    // on Secrets, reads the ones sources name at each check, and cannot list any.
-    let source_controller = if options.watch_secrets {
-        let secret_changes = watcher(secrets, watcher::Config::default().any_semantic())
+    let gc = spawn_gc(ctx.clone(), server.shutdown.clone());
+    server.ready.store(true, Ordering::Relaxed);
+    let source_controller = sources.controller(&options, apis.secrets, &ctx);
+    let bundles_done = bundle_controller
+        .owns_stream(cm_events)
+        .watches_shared_stream(sources.for_bundles, {
+            let ctx = ctx.clone();
+            move |s| ctx.bundles_using(&s)
+        })
+        .watches_stream(node_events, {
+            let ctx = ctx.clone();
+            move |_| ctx.bundles_on_nodes()
+        })
+        .watches_stream(report_events, {
+            let ctx = ctx.clone();
+            move |r| ctx.bundles_in_report(&r)
+        })
+        .shutdown_on_signal()
+        .run(bundle::reconcile, error_policy, ctx.clone())
+        .for_each(|r| log_error("RuleBundle", r));
+    let sources_done = source_controller
+        .shutdown_on_signal()
+        .run(source::reconcile, error_policy, ctx)
+        .for_each(|r| log_error("ArtifactSource", r));
+    tokio::join!(sources_done, bundles_done);
+    tracing::info!("shutting down");
+    sources.watch.abort();
+    gc.abort();
+    server.stop().await;
+    Ok(())
+}
+
+/// The artifact server (with metrics and health), and what stops it.
+struct Served {
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+}
+
+impl Served {
+    async fn start(
+        options: &Options,
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let listener = tokio::net::TcpListener::bind(options.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", options.listen))?;
+        tracing::info!(listen = %options.listen, base_url = %options.base_url, "artifact server listening");
+        let ready = Arc::new(AtomicBool::new(false));
+        let shutdown = CancellationToken::new();
+        let state = Arc::new(ServerState {
+            store: Some(store),
+            metrics,
+            ready: ready.clone(),
+        });
+        let task = tokio::spawn(server::serve_with(
+            listener,
+            state,
+            options.server,
+            shutdown.clone(),
+        ));
+        Ok(Served {
+            task,
+            ready,
+            shutdown,
+        })
+    }
+
+    /// Not ready any more, then stops, letting requests in flight finish (up to 15 s).
+    async fn stop(self) {
+        self.ready.store(false, Ordering::Relaxed);
+        self.shutdown.cancel();
+        match tokio::time::timeout(Duration::from_secs(15), self.task).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "artifact server"),
+            Err(_) => tracing::warn!("artifact server did not stop within 15s"),
+            _ => {}
+        }
+    }
+}
+
+/// The APIs the controller watches: in one namespace (`--namespace`) or all.
+struct Apis {
+    sources: Api<ArtifactSource>,
+    secrets: Api<PartialObjectMeta<Secret>>,
+    bundles: Api<RuleBundle>,
+    config_maps: Api<PartialObjectMeta<ConfigMap>>,
+}
+
+impl Apis {
+    fn new(client: &Client, namespace: Option<&str>) -> Self {
+        fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+        where
+            K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+            <K as kube::Resource>::DynamicType: Default,
+        {
+            match namespace {
+                Some(ns) => Api::namespaced(client.clone(), ns),
+                None => Api::all(client.clone()),
+            }
+        }
+        Apis {
+            sources: api(client, namespace),
+            secrets: api(client, namespace),
+            bundles: api(client, namespace),
+            config_maps: api(client, namespace),
+        }
+    }
+}
+
+/// One watch of ArtifactSources feeds both controllers: their own, and the bundles' (a new
+/// source revision reaches the bundles that use it at once).
+struct SourceWatch {
+    reader: reflector::Store<ArtifactSource>,
+    events: reflector::ReflectHandle<ArtifactSource>,
+    for_bundles: reflector::ReflectHandle<ArtifactSource>,
+    watch: tokio::task::JoinHandle<()>,
+}
+
+impl SourceWatch {
+    fn start(api: Api<ArtifactSource>) -> anyhow::Result<Self> {
+        let (reader, writer) = reflector::store_shared::<ArtifactSource>(1024);
+        let subscribe = || {
+            writer
+                .subscribe()
+                .ok_or_else(|| anyhow::anyhow!("the ArtifactSource store is not shared"))
+        };
+        let (events, for_bundles) = (subscribe()?, subscribe()?);
+        let watch = watcher(api, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .reflect_shared(writer)
+            .for_each(|event| async move {
+                if let Err(e) = event {
+                    tracing::warn!(error = %e, "ArtifactSource watch");
+                }
+            });
+        Ok(SourceWatch {
+            reader,
+            events,
+            for_bundles,
+            watch: tokio::spawn(watch),
+        })
+    }
+
+    /// The ArtifactSource controller. With `--watch-secrets`, Secrets by metadata only: a
+    /// change re-checks the sources that use the Secret. Without it (the chart's default)
+    /// the controller needs only `get` on Secrets, reads the ones sources name at each
+    /// check, and cannot list any.
+    fn controller(
+        &self,
+        options: &Options,
+        secrets: Api<PartialObjectMeta<Secret>>,
+        ctx: &Arc<Context>,
+    ) -> Controller<ArtifactSource> {
+        let controller = Controller::for_shared_stream(self.events.clone(), self.reader.clone())
+            .with_config(controller::Config::default().concurrency(options.concurrency));
+        if !options.watch_secrets {
+            return controller;
+        }
+        let changes = watcher(secrets, watcher::Config::default().any_semantic())
             .touched_objects()
-            .predicate_filter(
-                kube::runtime::predicates::resource_version,
-                Default::default(),
-            );
-        let mapper_ctx = ctx.clone();
-        source_controller.watches_stream(secret_changes, move |s| mapper_ctx.sources_using(&s))
-    } else {
-        source_controller
-    };
-    let bundle_mapper_ctx = ctx.clone();
-    let node_mapper_ctx = ctx.clone();
-    let report_mapper_ctx = ctx.clone();
-    let gc_ctx = ctx.clone();
-    let gc_stop = shutdown.clone();
-    // Every minute: reports of deleted nodes; every fifth minute: the store's garbage.
-    let gc = tokio::spawn(async move {
+            .predicate_filter(predicates::resource_version, Default::default());
+        let ctx = ctx.clone();
+        controller.watches_stream(changes, move |s| ctx.sources_using(&s))
+    }
+}
+
+/// The ConfigMaps ocisync wrote, by label and metadata only: an edit or a deletion wakes
+/// the owning bundle, which puts it back.
+fn managed_config_maps(
+    api: Api<PartialObjectMeta<ConfigMap>>,
+) -> (
+    reflector::Store<PartialObjectMeta<ConfigMap>>,
+    impl futures_util::Stream<Item = Result<PartialObjectMeta<ConfigMap>, watcher::Error>>,
+) {
+    let (reader, writer) = reflector::store();
+    let managed = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+    let events = watcher(
+        api,
+        watcher::Config::default().labels(&managed).any_semantic(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .touched_objects();
+    (reader, events)
+}
+
+/// Nodes by metadata; only label changes wake bundles (they move `status.nodes`).
+fn node_labels(
+    client: Client,
+) -> (
+    reflector::Store<PartialObjectMeta<Node>>,
+    impl futures_util::Stream<Item = Result<PartialObjectMeta<Node>, watcher::Error>>,
+) {
+    let (reader, writer) = reflector::store();
+    let events = watcher(
+        Api::<PartialObjectMeta<Node>>::all(client),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .touched_objects()
+    .predicate_filter(predicates::labels, Default::default());
+    (reader, events)
+}
+
+/// The agents' reports, which move `status.nodes`.
+fn node_reports(
+    client: Client,
+) -> (
+    reflector::Store<NodeReport>,
+    impl futures_util::Stream<Item = Result<NodeReport, watcher::Error>>,
+) {
+    let (reader, writer) = reflector::store();
+    let events = watcher(
+        Api::<NodeReport>::all(client),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .touched_objects();
+    (reader, events)
+}
+
+/// How this controller signs its Events.
+fn reporter() -> Reporter {
+    Reporter {
+        controller: "ocisync-controller".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    }
+}
+
+/// Every minute: the reports of deleted nodes; every fifth minute: the store's garbage.
+fn spawn_gc(ctx: Arc<Context>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         tick.tick().await;
         let mut n = 0u32;
         loop {
             tokio::select! {
-                _ = gc_stop.cancelled() => break,
+                _ = stop.cancelled() => break,
                 _ = tick.tick() => {
                     n = n.wrapping_add(1);
-                    prune_reports(&gc_ctx).await;
+                    prune_reports(&ctx).await;
                     if n.is_multiple_of(5) {
-                        collect_garbage(&gc_ctx).await;
+                        collect_garbage(&ctx).await;
                     }
                 }
             }
         }
-    });
-    ready.store(true, Ordering::Relaxed);
-    let sources_done = source_controller
-        .shutdown_on_signal()
-        .run(source::reconcile, error_policy, ctx.clone())
-        .for_each(|r| log_error("ArtifactSource", r));
-    let bundles_done = bundle_controller
-        .owns_stream(cm_events)
-        .watches_shared_stream(source_events_for_bundles, move |s| {
-            bundle_mapper_ctx.bundles_using(&s)
-        })
-        .watches_stream(node_events, move |_| node_mapper_ctx.bundles_on_nodes())
-        .watches_stream(report_events, move |r| {
-            report_mapper_ctx.bundles_in_report(&r)
-        })
-        .shutdown_on_signal()
-        .run(bundle::reconcile, error_policy, ctx)
-        .for_each(|r| log_error("RuleBundle", r));
-    tokio::join!(sources_done, bundles_done);
-    source_watch.abort();
-    tracing::info!("shutting down");
-    ready.store(false, Ordering::Relaxed);
-    shutdown.cancel();
-    gc.abort();
-    match tokio::time::timeout(Duration::from_secs(15), server).await {
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "artifact server"),
-        Err(_) => tracing::warn!("artifact server did not stop within 15s"),
-        _ => {}
-    }
-    Ok(())
+    })
 }
 
 async fn log_error<T, E: std::fmt::Display>(kind: &'static str, result: Result<T, E>) {
