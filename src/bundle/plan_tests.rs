@@ -7,13 +7,13 @@ use crate::api::rule_bundle::BundleSource;
 fn artifact(revision: &str, files: &[&str]) -> Artifact {
     Artifact {
         revision: revision.into(),
-        digest: format!("sha256:{}", hex::encode(Sha256::digest(revision))),
+        digest: Digest::of(revision.as_bytes()).to_string(),
         kind: ContentKind::FalcoRules,
         files: files
             .iter()
             .map(|p| ArtifactFile {
                 path: (*p).into(),
-                digest: format!("sha256:{}", hex::encode(Sha256::digest(p))),
+                digest: Digest::of(p.as_bytes()).to_string(),
                 size: 10,
             })
             .collect(),

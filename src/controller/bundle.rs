@@ -264,10 +264,7 @@ fn stored_size(store: &Store, f: &PlannedFile) -> Result<u64, Problem> {
 
 /// Reads the file's blob, never more than the `size` it had when its size was checked.
 fn read_stored(store: &Store, f: &PlannedFile, size: u64) -> Result<Vec<u8>, Problem> {
-    let file = store
-        .blob_location(&f.digest)
-        .and_then(|p| std::fs::File::open(p).ok())
-        .ok_or_else(|| not_stored(f))?;
+    let file = std::fs::File::open(store.blob_location(&f.digest)).map_err(|_| not_stored(f))?;
     let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     file.take(size.saturating_add(1))
         .read_to_end(&mut bytes)

@@ -303,7 +303,12 @@ pub async fn collect_garbage(ctx: &Context) {
     {
         return; // the full list of sources is not known yet: keep everything
     }
-    let keep = ctx.revisions_in_use();
+    // keys that are not digests name nothing stored
+    let keep = ctx
+        .revisions_in_use()
+        .iter()
+        .filter_map(|k| crate::digest::Digest::parse(k).ok())
+        .collect();
     let store = ctx.store.clone();
     let result = tokio::task::spawn_blocking(move || {
         let report = store.gc(&keep);

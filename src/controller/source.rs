@@ -13,6 +13,7 @@ use kube::{Resource, ResourceExt};
 use crate::api::ArtifactSource;
 use crate::api::artifact_source::{Artifact, ArtifactFile, ArtifactSourceStatus};
 use crate::api::condition::{ConditionType, find};
+use crate::digest::Digest;
 use crate::oci::OciError;
 use crate::oci::pull::{self, Deadline, PullOptions, Pulled};
 use crate::oci::registry::{RawManifest, Registry, RegistryOptions};
@@ -245,11 +246,11 @@ async fn check(
     let key = ProvenRevision {
         registry: repo.registry.clone(),
         repository: repo.name.clone(),
-        digest: digest.clone(),
+        digest: digest.to_string(),
     };
     // what this source takes of the manifest, and the key the store holds that under
     let selection = selection_of(source);
-    let store_key = revision_key(&digest, &selection);
+    let store_key = revision_key(&digest, &selection).to_string();
     let uid = source.uid().unwrap_or_default();
     let proven = ctx.memory_of(&uid).proven;
     let step = next_step(
@@ -267,7 +268,7 @@ async fn check(
     let manifest = deadline
         .run(
             "manifest",
-            registry.fetch_manifest(repo, &digest, Some(&digest)),
+            registry.fetch_manifest(repo, digest.as_str(), Some(&digest)),
         )
         .await;
     ctx.metrics.registry_request("manifest", outcome(&manifest));
@@ -317,7 +318,7 @@ async fn check(
             };
             let (pulled, stored_at) =
                 pull_and_store(source, ctx, &registry, valid, target, &deadline).await?;
-            let artifact = artifact_of(ctx, &digest, &store_key, &pulled, stored_at);
+            let artifact = artifact_of(ctx, digest.as_str(), &store_key, &pulled, stored_at);
             ctx.remember_artifact(&store_key, &artifact);
             (artifact, true)
         }
@@ -423,7 +424,7 @@ fn artifact_of(
             .iter()
             .map(|f| ArtifactFile {
                 path: f.path.clone(),
-                digest: f.digest.clone(),
+                digest: f.digest.to_string(),
                 size: i64::try_from(f.size).unwrap_or(i64::MAX),
             })
             .collect(),
@@ -449,7 +450,7 @@ fn status_fits(pulled: &Pulled) -> Result<(), Failure> {
     let files = pulled
         .files
         .iter()
-        .map(|f| f.path.len() + f.digest.len() + 50)
+        .map(|f| f.path.len() + f.digest.as_str().len() + 50)
         .fold(0usize, usize::saturating_add);
     let annotations = pulled
         .annotations
@@ -477,7 +478,7 @@ fn status_fits(pulled: &Pulled) -> Result<(), Failure> {
 
 /// What [`pull_and_store`] pulls: a selection of a verified manifest.
 struct Target<'a> {
-    digest: &'a str,
+    digest: &'a Digest,
     selection: &'a Selection,
     manifest: RawManifest,
 }
@@ -531,7 +532,7 @@ async fn pull_and_store(
         })
         .collect();
     let incoming = RevisionIndex {
-        digest: target.digest.to_string(),
+        digest: target.digest.clone(),
         selection: target.selection.clone(),
         files,
     };
@@ -591,7 +592,9 @@ async fn get_secret(api: &Api<Secret>, name: &str) -> Result<Option<Secret>, Fai
 
 async fn has_revision(ctx: &Context, key: &str) -> bool {
     let store = ctx.store.clone();
-    let key = key.to_string();
+    let Ok(key) = Digest::parse(key) else {
+        return false;
+    };
     tokio::task::spawn_blocking(move || store.has(&key))
         .await
         .unwrap_or(false)

@@ -18,7 +18,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::sync::Arc;
 
-use super::{RevisionIndex, Store, digest_hex, encode_index};
+use super::{RevisionIndex, Store, encode_index};
+use crate::digest::Digest;
 
 /// The unit of the charge: a filesystem block.
 pub const BLOCK: u64 = 4096;
@@ -126,10 +127,10 @@ pub fn admit(limits: &StoreLimits, a: &Admission) -> Result<(), QuotaExceeded> {
 /// What `revisions` cost together: their distinct blobs in whole blocks, plus a block
 /// per entry (file or implied directory) of each revision.
 pub fn charge<'a>(revisions: impl IntoIterator<Item = &'a RevisionIndex>) -> u64 {
-    let mut blobs: HashMap<&str, u64> = HashMap::new();
+    let mut blobs: HashMap<&Digest, u64> = HashMap::new();
     let mut entries = 0u64;
     for revision in revisions {
-        blobs.extend(revision.files.iter().map(|f| (f.digest.as_str(), f.size)));
+        blobs.extend(revision.files.iter().map(|f| (&f.digest, f.size)));
         entries = entries.saturating_add(entries_of(revision));
     }
     blobs
@@ -287,11 +288,11 @@ impl Store {
         let blobs = revision
             .files
             .iter()
-            .filter(|f| digest_hex(&f.digest).is_some() && seen.insert(f.digest.as_str()))
+            .filter(|f| seen.insert(&f.digest))
             .filter(|f| self.blob_path(&f.digest).is_none())
             .map(|f| blob_charge(f.size))
             .fold(0, u64::saturating_add);
-        let stored = self.index_path(&revision.key()).is_some_and(|p| p.exists());
+        let stored = self.index_path(&revision.key()).exists();
         let index = match stored {
             true => 0,
             false => index_charge(
@@ -384,7 +385,7 @@ impl Store {
     pub fn check_quota(
         &self,
         incoming: &RevisionIndex,
-        kept: &[String],
+        kept: &[Digest],
         reserved: u64,
     ) -> Result<(), QuotaExceeded> {
         let incoming_key = incoming.key();
