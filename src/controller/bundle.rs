@@ -397,7 +397,7 @@ mod tests {
         let mut planned = Vec::new();
         for (path, bytes) in files {
             std::fs::write(staging.path().join(path), bytes).unwrap();
-            let digest = crate::oci::registry::sha256_digest(bytes);
+            let digest = crate::digest::Digest::of(bytes);
             index.push(IndexFile {
                 path: path.to_string(),
                 digest: digest.clone(),
@@ -412,7 +412,7 @@ mod tests {
                 size: bytes.len() as u64,
             });
         }
-        let manifest = crate::oci::registry::sha256_digest(b"manifest");
+        let manifest = crate::digest::Digest::of(b"manifest");
         store.commit(&manifest, staging.path(), &index).unwrap();
         (root, store, planned)
     }
@@ -460,7 +460,7 @@ mod tests {
     #[test]
     fn a_missing_blob_is_not_ready() {
         let (_root, store, mut plan) = stored(&[("a.yaml", b"- rule: a\n".to_vec())]);
-        plan[0].digest = crate::oci::registry::sha256_digest(b"elsewhere");
+        plan[0].digest = crate::digest::Digest::of(b"elsewhere");
         let e = read_files(&store, &plan, true).unwrap_err();
         assert_eq!(e.reason, reason::SOURCE_NOT_READY);
     }

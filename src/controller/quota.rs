@@ -389,7 +389,7 @@ mod tests {
                 "digest": format!("sha256:{}", "b".repeat(64))},
             "layers": layers});
         RawManifest {
-            digest: format!("sha256:{}", "c".repeat(64)),
+            digest: Digest::of(b"c"),
             media_type: media_type.into(),
             bytes: serde_json::to_vec(&body).unwrap().into(),
         }

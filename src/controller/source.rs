@@ -625,14 +625,14 @@ mod tests {
     #[test]
     fn an_artifact_whose_status_could_not_be_written_is_refused() {
         let pulled = |files: usize, annotation: usize| Pulled {
-            manifest_digest: String::new(),
+            manifest_digest: Digest::of(b""),
             kind: crate::oci::content::ContentKind::FalcoRules,
             config: None,
             annotations: [("a".to_string(), "x".repeat(annotation))].into(),
             files: (0..files)
                 .map(|i| crate::oci::unpack::WrittenFile {
                     path: format!("rules/{i:05}.yaml"),
-                    digest: format!("sha256:{}", "0".repeat(64)),
+                    digest: Digest::of(b""),
                     size: 1,
                 })
                 .collect(),
@@ -707,8 +707,9 @@ mod tests {
             platform: None,
             layer_media_type: Some(m.into()),
         };
-        let key_a = revision_key(&digest, &layers("application/vnd.a"));
-        let key_b = revision_key(&digest, &layers("application/vnd.b"));
+        let parsed = Digest::parse(&digest).unwrap();
+        let key_a = revision_key(&parsed, &layers("application/vnd.a")).to_string();
+        let key_b = revision_key(&parsed, &layers("application/vnd.b")).to_string();
         let status = Artifact {
             digest: digest.clone(),
             url: Some(format!("http://s{}", crate::server::revision_path(&key_a))),

@@ -631,8 +631,9 @@ mod tests {
 
     #[test]
     fn revision_strings() {
+        let digest = Digest::of(b"x");
         let head = ManifestHead {
-            digest: "sha256:x".into(),
+            digest: digest.clone(),
             media_type: String::new(),
             size: None,
         };
@@ -640,12 +641,12 @@ mod tests {
             label: "3".into(),
             head: head.clone(),
         };
-        assert_eq!(r.revision(), "3@sha256:x");
+        assert_eq!(r.revision(), format!("3@{digest}"));
         let r = Resolved {
-            label: "sha256:x".into(),
+            label: digest.to_string(),
             head,
         };
-        assert_eq!(r.revision(), "sha256:x");
+        assert_eq!(r.revision(), digest.as_str());
     }
 
     fn descriptor(size: i64) -> OciDescriptor {
@@ -670,8 +671,7 @@ mod tests {
 
     #[test]
     fn a_pin_is_the_revision_or_the_check_fails() {
-        let a = format!("sha256:{}", "a".repeat(64));
-        let b = format!("sha256:{}", "b".repeat(64));
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
         let pinned = Reference::parse_cli(&format!("h/r@{a}")).expect("reference");
         assert!(check_pin(&pinned, &a).is_ok());
         let e = check_pin(&pinned, &b).expect_err("other digest");

@@ -412,8 +412,8 @@ mod tests {
 
     const MIB: u64 = 1024 * 1024;
 
-    fn digest(n: u8) -> String {
-        format!("sha256:{}", hex::encode([n; 32]))
+    fn digest(n: u8) -> Digest {
+        Digest::from_hex(&hex::encode([n; 32])).unwrap()
     }
 
     fn revision(n: u8, files: &[(&str, u8, u64)]) -> RevisionIndex {
@@ -575,10 +575,7 @@ mod tests {
         std::fs::write(staging.path().join("big"), &bytes).unwrap();
         let file = IndexFile {
             path: "big".into(),
-            digest: format!(
-                "sha256:{}",
-                hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes))
-            ),
+            digest: Digest::of(&bytes),
             size: 5000,
         };
         let first = RevisionIndex {
@@ -628,10 +625,7 @@ mod tests {
         };
         let a_file = IndexFile {
             path: "a".into(),
-            digest: format!(
-                "sha256:{}",
-                hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"a"))
-            ),
+            digest: Digest::of(b"a"),
             size: 1,
         };
         let kept = store
@@ -668,10 +662,7 @@ mod tests {
     fn empty_files(store: &Store, dir: &str, n: usize) -> (tempfile::TempDir, Vec<IndexFile>) {
         let staging = store.staging_dir().unwrap();
         std::fs::create_dir_all(staging.path().join(dir)).unwrap();
-        let empty = format!(
-            "sha256:{}",
-            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b""))
-        );
+        let empty = Digest::of(b"");
         let files = (0..n)
             .map(|i| {
                 let path = format!("{dir}/f{i}");
@@ -732,7 +723,7 @@ mod tests {
         store
             .commit(&incoming.digest, staging.path(), &incoming.files)
             .unwrap();
-        let hex = digest_hex(&incoming.digest).unwrap();
+        let hex = incoming.digest.hex();
         let index_len = std::fs::metadata(root.path().join(format!("revisions/{hex}.json")))
             .unwrap()
             .len();
@@ -744,10 +735,7 @@ mod tests {
         let (staging, files) = empty_files(&store, "y", 3);
         std::fs::write(staging.path().join("y/f0"), b"not empty").unwrap();
         let mut files = files;
-        files[0].digest = format!(
-            "sha256:{}",
-            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"not empty"))
-        );
+        files[0].digest = Digest::of(b"not empty");
         files[0].size = 9;
         store.commit(&digest(2), staging.path(), &files).unwrap();
         let fresh = || Store::open(root.path()).unwrap().usage();
