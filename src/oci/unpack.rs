@@ -727,6 +727,30 @@ mod tests {
     }
 
     #[test]
+    fn both_copies_hash_what_they_write_and_stop_past_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..3 * CHUNK + 17).map(|i| (i % 251) as u8).collect();
+        let len = data.len() as u64;
+        let create = |name: &str| File::create(dir.path().join(name)).unwrap();
+        for pipelined in [false, true] {
+            let copy = |file: File, limit: u64| {
+                let mut reader = data.as_slice();
+                if pipelined {
+                    copy_pipelined(&mut reader, file, "f", limit)
+                } else {
+                    copy_inline(&mut reader, file, "f", limit)
+                }
+            };
+            let name = format!("{pipelined}");
+            let (digest, size) = copy(create(&name), len).unwrap();
+            assert_eq!((digest, size), (Digest::of(&data), len), "{name}");
+            assert_eq!(fs::read(dir.path().join(&name)).unwrap(), data, "{name}");
+            let e = copy(create("over"), len - 1).unwrap_err();
+            assert_eq!(e.reason().as_str(), "TooLarge", "{name}: {e}");
+        }
+    }
+
+    #[test]
     fn unpacks_plain_files_with_digests() {
         let t = tar_with(&[
             ("./rules/", tar::EntryType::Directory, b"", None),
