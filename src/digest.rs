@@ -26,9 +26,25 @@ impl Digest {
         }
     }
 
+    /// Parses the 64 lowercase hex characters of a `sha256:` digest (a file name or URL
+    /// segment that holds only the hex part).
+    pub fn from_hex(hex: &str) -> Result<Self, InvalidDigest> {
+        if is_sha256_hex(hex) {
+            Ok(Digest(format!("sha256:{hex}")))
+        } else {
+            Err(InvalidDigest(hex.chars().take(80).collect()))
+        }
+    }
+
     /// The digest of `bytes`.
     pub fn of(bytes: &[u8]) -> Self {
         Digest::from_hash(Sha256::digest(bytes).into())
+    }
+
+    /// The digest a SHA-256 hasher fed with structured data ends with (for keys hashed
+    /// from fields, not from a stream of bytes).
+    pub fn from_sha256(sha: Sha256) -> Self {
+        Digest::from_hash(sha.finalize().into())
     }
 
     fn from_hash(hash: [u8; 32]) -> Self {
@@ -147,6 +163,48 @@ impl Hasher {
     }
 }
 
+/// A writer that hashes and counts what goes through it to the inner writer, refusing
+/// (with an [`OverLimit`] error, nothing written) any write that would pass its limit. For
+/// a copy whose reading and writing happen on different threads: the writing side hashes.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Hasher,
+}
+
+impl<W: Write> HashingWriter<W> {
+    /// Wraps `inner`, taking at most `limit` bytes.
+    pub fn new(inner: W, limit: u64) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Hasher::with_limit(limit),
+        }
+    }
+
+    /// The digest and size of everything written. Flushing first is the caller's part.
+    pub fn finish(self) -> (Digest, u64) {
+        self.hasher.finish()
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = self.hasher.limit.saturating_sub(self.hasher.size);
+        if buf.len() as u64 > room {
+            return Err(io::Error::other(OverLimit {
+                limit: self.hasher.limit,
+            }));
+        }
+        let n = self.inner.write(buf)?;
+        // within the room checked above: cannot fail
+        self.hasher.update(&buf[..n]).map_err(io::Error::other)?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Why [`copy_hashed`] stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
@@ -227,6 +285,47 @@ mod tests {
         let e = copy_hashed(&mut data.as_slice(), &mut Vec::new(), 10).unwrap_err();
         assert!(matches!(e, CopyError::OverLimit(OverLimit { limit: 10 })));
         assert_eq!(hash_all(&mut &b""[..], 0).unwrap().0.as_str(), EMPTY);
+    }
+
+    #[test]
+    fn hex_parts_and_structured_hashes_make_digests() {
+        let d = Digest::from_hex(&EMPTY["sha256:".len()..]).unwrap();
+        assert_eq!(d.as_str(), EMPTY);
+        for bad in ["", "../x", &EMPTY.to_uppercase()["SHA256:".len()..], EMPTY] {
+            assert!(Digest::from_hex(bad).is_err(), "{bad}");
+        }
+        let mut sha = Sha256::new();
+        sha.update(b"ab");
+        sha.update(b"c");
+        assert_eq!(Digest::from_sha256(sha), Digest::of(b"abc"));
+    }
+
+    #[test]
+    fn a_hashing_writer_hashes_what_it_writes_up_to_its_limit() {
+        let mut w = HashingWriter::new(Vec::new(), 5);
+        w.write_all(b"abc").unwrap();
+        let e = w.write_all(b"def").unwrap_err();
+        assert!(e.get_ref().is_some_and(|i| i.is::<OverLimit>()), "{e}");
+        w.write_all(b"de").unwrap();
+        w.flush().unwrap();
+        assert_eq!(w.inner, b"abcde");
+        assert_eq!(w.finish(), (Digest::of(b"abcde"), 5));
+
+        /// Takes at most two bytes a call, as a pipe or socket may.
+        struct Short(Vec<u8>);
+        impl Write for Short {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                let n = buf.len().min(2);
+                self.0.extend_from_slice(&buf[..n]);
+                Ok(n)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut w = HashingWriter::new(Short(Vec::new()), 100);
+        w.write_all(b"hello world").unwrap();
+        assert_eq!(w.finish(), (Digest::of(b"hello world"), 11));
     }
 
     #[test]

@@ -669,7 +669,7 @@ async fn a_digest_named_by_another_tenant_is_served_only_after_it_proves_access(
     let liar = Fake::start().await;
     let real = env
         .registry(Which::Tls)
-        .fetch_manifest(&private, &d, Some(&d))
+        .fetch_manifest(&private, &d, Some(&d.parse().expect("digest")))
         .await
         .expect("manifest");
     lock(&liar.manifests).insert(d.clone(), real.bytes.clone());
@@ -715,7 +715,7 @@ async fn a_digest_named_by_another_tenant_is_served_only_after_it_proves_access(
     }
     for b in &blobs {
         let bytes = tls
-            .fetch_small_blob(&private, b, 1024 * 1024)
+            .fetch_small_blob(&private, &b.parse().expect("digest"), 1024 * 1024)
             .await
             .expect("blob");
         plain.push_blob(&own, b, bytes).await.expect("push blob");

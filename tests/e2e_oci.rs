@@ -607,7 +607,7 @@ async fn hostile_content_gets_a_typed_reason_and_nothing_is_written() {
             let e = pull::pull_into(
                 &registry,
                 &repo,
-                &digest,
+                &digest.parse().expect("digest"),
                 &dest,
                 &PullOptions::default(),
                 &|_| {},

@@ -53,7 +53,7 @@ async fn a_pushed_blob_reads_back_identical_on_both_registries() {
                 .expect("HEAD blob")
         );
         let back = registry
-            .fetch_small_blob(&repo, &digest, 1 << 20)
+            .fetch_small_blob(&repo, &digest.parse().expect("digest"), 1 << 20)
             .await
             .unwrap_or_else(|e| panic!("{which:?}: fetch: {e}"));
         assert_eq!(back.as_ref(), data.as_slice(), "{which:?}");

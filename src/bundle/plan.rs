@@ -3,13 +3,14 @@
 use std::collections::BTreeMap;
 
 use globset::GlobMatcher;
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 
 use super::{BundleReason, Problem, keys};
 use crate::api::ArtifactSource;
 use crate::api::artifact_source::Artifact;
 use crate::api::condition::{ConditionType, find};
 use crate::api::rule_bundle::{BundleFile, RuleBundleSpec, SourceRevision};
+use crate::digest::Digest;
 use crate::oci::content::ContentKind;
 
 /// What the bundle sees of one of its sources.
@@ -53,7 +54,7 @@ pub struct PlannedFile {
     /// The source's name.
     pub source: String,
     pub kind: ContentKind,
-    pub digest: String,
+    pub digest: Digest,
     pub size: u64,
 }
 
@@ -75,7 +76,7 @@ impl Plan {
             .map(|f| BundleFile {
                 path: f.key.clone(),
                 source: f.source.clone(),
-                digest: f.digest.clone(),
+                digest: f.digest.to_string(),
                 size: i64::try_from(f.size).unwrap_or(i64::MAX),
             })
             .collect()
@@ -165,7 +166,7 @@ fn status_fits<'a>(files: impl Iterator<Item = &'a PlannedFile>) -> Result<(), P
     for f in files {
         count += 1;
         // {"path":"","source":"","digest":"","size":}, and the separator
-        let entry = f.key.len() + f.source.len() + f.digest.len() + 20 + 40;
+        let entry = f.key.len() + f.source.len() + f.digest.as_str().len() + 20 + 40;
         bytes = bytes.saturating_add(entry);
     }
     if bytes > MAX_STATUS_FILES_BYTES {
@@ -222,12 +223,22 @@ pub fn plan<'a>(
             selected += 1;
             let key = keys::key_for(&f.path)
                 .map_err(|e| Problem::new(BundleReason::InvalidContent, format!("{name}: {e}")))?;
+            // a status digest that is not one cannot name stored content
+            let digest = Digest::parse(&f.digest).map_err(|_| {
+                Problem::new(
+                    BundleReason::SourceNotReady,
+                    format!(
+                        "ArtifactSource {name} lists {} with an invalid digest",
+                        f.path
+                    ),
+                )
+            })?;
             let file = PlannedFile {
                 key: key.clone(),
                 path: f.path.clone(),
                 source: name.clone(),
                 kind: artifact.kind,
-                digest: f.digest.clone(),
+                digest,
                 size: u64::try_from(f.size).unwrap_or(0),
             };
             if let Some(other) = by_key.get(&key) {
@@ -274,11 +285,11 @@ pub fn plan<'a>(
     for f in by_key.values() {
         hasher.update(f.key.as_bytes());
         hasher.update([0]);
-        hasher.update(f.digest.as_bytes());
+        hasher.update(f.digest.as_str().as_bytes());
         hasher.update([1]);
     }
     Ok(Plan {
-        revision: format!("sha256:{}", hex::encode(hasher.finalize())),
+        revision: Digest::from_sha256(hasher).to_string(),
         sources,
         files: by_key.into_values().collect(),
     })

@@ -7,13 +7,13 @@ use crate::api::rule_bundle::BundleSource;
 fn artifact(revision: &str, files: &[&str]) -> Artifact {
     Artifact {
         revision: revision.into(),
-        digest: format!("sha256:{}", hex::encode(Sha256::digest(revision))),
+        digest: Digest::of(revision.as_bytes()).to_string(),
         kind: ContentKind::FalcoRules,
         files: files
             .iter()
             .map(|p| ArtifactFile {
                 path: (*p).into(),
-                digest: format!("sha256:{}", hex::encode(Sha256::digest(p))),
+                digest: Digest::of(p.as_bytes()).to_string(),
                 size: 10,
             })
             .collect(),
@@ -128,6 +128,21 @@ fn a_source_not_ready_or_missing_holds_the_bundle() {
         "{}",
         err.message
     );
+}
+
+#[test]
+fn a_status_file_digest_that_is_not_one_holds_the_bundle() {
+    let good = artifact("1@x", &["a.yaml", "b.yaml"]);
+    let p = plan(&spec(vec![source("s", &[])]), |_| SourceState::Ready(&good)).unwrap();
+    assert_eq!(p.files[0].digest, Digest::of(b"a.yaml"));
+    assert_eq!(p.status_files()[0].digest, good.files[0].digest);
+    for bad in ["sha256:../../x", "", &good.files[1].digest.to_uppercase()] {
+        let mut a = good.clone();
+        a.files[1].digest = bad.to_string();
+        let err = plan(&spec(vec![source("s", &[])]), |_| SourceState::Ready(&a)).unwrap_err();
+        assert_eq!(err.reason, BundleReason::SourceNotReady, "{bad}");
+        assert!(err.message.contains("b.yaml"), "{}", err.message);
+    }
 }
 
 #[test]

@@ -285,10 +285,7 @@ fn stored_size(store: &Store, f: &PlannedFile) -> Result<u64, Problem> {
 
 /// Reads the file's blob, never more than the `size` it had when its size was checked.
 fn read_stored(store: &Store, f: &PlannedFile, size: u64) -> Result<Vec<u8>, Problem> {
-    let file = store
-        .blob_location(&f.digest)
-        .and_then(|p| std::fs::File::open(p).ok())
-        .ok_or_else(|| not_stored(f))?;
+    let file = std::fs::File::open(store.blob_location(&f.digest)).map_err(|_| not_stored(f))?;
     let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     file.take(size.saturating_add(1))
         .read_to_end(&mut bytes)
@@ -421,7 +418,7 @@ mod tests {
         let mut planned = Vec::new();
         for (path, bytes) in files {
             std::fs::write(staging.path().join(path), bytes).unwrap();
-            let digest = crate::oci::registry::sha256_digest(bytes);
+            let digest = crate::digest::Digest::of(bytes);
             index.push(IndexFile {
                 path: path.to_string(),
                 digest: digest.clone(),
@@ -436,7 +433,7 @@ mod tests {
                 size: bytes.len() as u64,
             });
         }
-        let manifest = crate::oci::registry::sha256_digest(b"manifest");
+        let manifest = crate::digest::Digest::of(b"manifest");
         store.commit(&manifest, staging.path(), &index).unwrap();
         (root, store, planned)
     }
@@ -489,7 +486,7 @@ mod tests {
     #[test]
     fn a_missing_blob_is_not_ready() {
         let (_root, store, mut plan) = stored(&[("a.yaml", b"- rule: a\n".to_vec())]);
-        plan[0].digest = crate::oci::registry::sha256_digest(b"elsewhere");
+        plan[0].digest = crate::digest::Digest::of(b"elsewhere");
         let e = read_files(&store, &plan, true).unwrap_err();
         assert_eq!(e.reason, BundleReason::SourceNotReady);
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use kube::ResourceExt;
 
 use crate::api::ArtifactSource;
+use crate::digest::Digest;
 use crate::oci::OciError;
 use crate::oci::content;
 use crate::oci::registry::RawManifest;
@@ -89,7 +90,7 @@ async fn namespace_room(ctx: &Context, source: &ArtifactSource) -> Option<Namesp
     if ctx.store.limits().namespace_max_bytes.is_none() {
         return Some(NamespaceRoom { namespace, kept: 0 });
     }
-    let kept: Vec<String> = kept_by_namespace(ctx, source).into_iter().collect();
+    let kept = stored_keys(kept_by_namespace(ctx, source));
     let store = ctx.store.clone();
     let kept = tokio::task::spawn_blocking(move || {
         let indexes: Vec<RevisionIndex> = kept.iter().filter_map(|k| store.index(k)).collect();
@@ -166,7 +167,7 @@ pub async fn admit(
 ) -> Result<Admitted, QuotaExceeded> {
     let admission = ctx.store.admission().await;
     incoming.files.sort_by(|a, b| a.path.cmp(&b.path));
-    let kept: Vec<String> = kept_by_namespace(ctx, source).into_iter().collect();
+    let kept = stored_keys(kept_by_namespace(ctx, source));
     let check = || {
         let store = ctx.store.clone();
         let (incoming, kept) = (incoming.clone(), kept.clone());
@@ -209,7 +210,9 @@ pub async fn admit_stored(
     key: &str,
 ) -> Result<(), QuotaExceeded> {
     let store = ctx.store.clone();
-    let lookup = key.to_string();
+    let Ok(lookup) = Digest::parse(key) else {
+        return Ok(()); // not a key: nothing is stored under it
+    };
     let index = tokio::task::spawn_blocking(move || store.index(&lookup))
         .await
         .ok()
@@ -218,6 +221,11 @@ pub async fn admit_stored(
         Some(index) => admit(ctx, source, index, None).await.map(drop),
         None => Ok(()),
     }
+}
+
+/// The store keys among `keys` (the others name nothing stored).
+fn stored_keys(keys: BTreeSet<String>) -> Vec<Digest> {
+    keys.iter().filter_map(|k| Digest::parse(k).ok()).collect()
 }
 
 /// The store keys of the revisions the sources of `source`'s namespace keep once `source`
@@ -381,7 +389,7 @@ mod tests {
                 "digest": format!("sha256:{}", "b".repeat(64))},
             "layers": layers});
         RawManifest {
-            digest: format!("sha256:{}", "c".repeat(64)),
+            digest: Digest::of(b"c"),
             media_type: media_type.into(),
             bytes: serde_json::to_vec(&body).unwrap().into(),
         }

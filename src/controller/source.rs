@@ -14,6 +14,7 @@ use crate::api::ArtifactSource;
 use crate::api::artifact_source::{Artifact, ArtifactFile, ArtifactSourceStatus};
 use crate::api::condition::is_news;
 use crate::api::reason::{Class, Problem, SourceReason};
+use crate::digest::Digest;
 use crate::errors::api_error_summary;
 use crate::oci::OciError;
 use crate::oci::pull::{self, Deadline, PullOptions, Pulled};
@@ -295,11 +296,11 @@ async fn check(
     let key = ProvenRevision {
         registry: repo.registry.clone(),
         repository: repo.name.clone(),
-        digest: digest.clone(),
+        digest: digest.to_string(),
     };
     // what this source takes of the manifest, and the key the store holds that under
     let selection = selection_of(source);
-    let store_key = revision_key(&digest, &selection);
+    let store_key = revision_key(&digest, &selection).to_string();
     let uid = source.uid().unwrap_or_default();
     let proven = ctx.memory_of(&uid).proven;
     let step = next_step(
@@ -317,7 +318,7 @@ async fn check(
     let manifest = deadline
         .run(
             "manifest",
-            registry.fetch_manifest(repo, &digest, Some(&digest)),
+            registry.fetch_manifest(repo, digest.as_str(), Some(&digest)),
         )
         .await;
     ctx.metrics.registry_request("manifest", outcome(&manifest));
@@ -363,7 +364,7 @@ async fn check(
             };
             let (pulled, stored_at) =
                 pull_and_store(source, ctx, &registry, valid, target, &deadline).await?;
-            let artifact = artifact_of(ctx, &digest, &store_key, &pulled, stored_at);
+            let artifact = artifact_of(ctx, digest.as_str(), &store_key, &pulled, stored_at);
             ctx.remember_artifact(&store_key, &artifact);
             (artifact, true)
         }
@@ -469,7 +470,7 @@ fn artifact_of(
             .iter()
             .map(|f| ArtifactFile {
                 path: f.path.clone(),
-                digest: f.digest.clone(),
+                digest: f.digest.to_string(),
                 size: i64::try_from(f.size).unwrap_or(i64::MAX),
             })
             .collect(),
@@ -495,7 +496,7 @@ fn status_fits(pulled: &Pulled) -> Result<(), Failure> {
     let files = pulled
         .files
         .iter()
-        .map(|f| f.path.len() + f.digest.len() + 50)
+        .map(|f| f.path.len() + f.digest.as_str().len() + 50)
         .fold(0usize, usize::saturating_add);
     let annotations = pulled
         .annotations
@@ -519,7 +520,7 @@ fn status_fits(pulled: &Pulled) -> Result<(), Failure> {
 
 /// What [`pull_and_store`] pulls: a selection of a verified manifest.
 struct Target<'a> {
-    digest: &'a str,
+    digest: &'a Digest,
     selection: &'a Selection,
     manifest: RawManifest,
 }
@@ -571,7 +572,7 @@ async fn pull_and_store(
         })
         .collect();
     let incoming = RevisionIndex {
-        digest: target.digest.to_string(),
+        digest: target.digest.clone(),
         selection: target.selection.clone(),
         files,
     };
@@ -641,7 +642,9 @@ fn secret_not_readable(name: &str, e: &kube::Error) -> Failure {
 
 async fn has_revision(ctx: &Context, key: &str) -> bool {
     let store = ctx.store.clone();
-    let key = key.to_string();
+    let Ok(key) = Digest::parse(key) else {
+        return false;
+    };
     tokio::task::spawn_blocking(move || store.has(&key))
         .await
         .unwrap_or(false)
@@ -672,14 +675,14 @@ mod tests {
     #[test]
     fn an_artifact_whose_status_could_not_be_written_is_refused() {
         let pulled = |files: usize, annotation: usize| Pulled {
-            manifest_digest: String::new(),
+            manifest_digest: Digest::of(b""),
             kind: crate::oci::content::ContentKind::FalcoRules,
             config: None,
             annotations: [("a".to_string(), "x".repeat(annotation))].into(),
             files: (0..files)
                 .map(|i| crate::oci::unpack::WrittenFile {
                     path: format!("rules/{i:05}.yaml"),
-                    digest: format!("sha256:{}", "0".repeat(64)),
+                    digest: Digest::of(b""),
                     size: 1,
                 })
                 .collect(),
@@ -754,8 +757,9 @@ mod tests {
             platform: None,
             layer_media_type: Some(m.into()),
         };
-        let key_a = revision_key(&digest, &layers("application/vnd.a"));
-        let key_b = revision_key(&digest, &layers("application/vnd.b"));
+        let parsed = Digest::parse(&digest).unwrap();
+        let key_a = revision_key(&parsed, &layers("application/vnd.a")).to_string();
+        let key_b = revision_key(&parsed, &layers("application/vnd.b")).to_string();
         let status = Artifact {
             digest: digest.clone(),
             url: Some(format!("http://s{}", crate::server::revision_path(&key_a))),

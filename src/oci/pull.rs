@@ -14,7 +14,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use oci_client::manifest::{OciDescriptor, OciImageIndex, OciImageManifest};
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::content::{self, ContentKind, FalcoConfig, LayerForm};
@@ -22,6 +21,7 @@ use super::error::{OciError, Result};
 use super::reference::{self, RefSelector, Reference, Repository};
 use super::registry::{ManifestHead, RawManifest, Registry};
 use super::unpack::{self, Budget, Limits, WrittenFile};
+use crate::digest::{Digest, Hasher};
 
 /// What to take from an artifact.
 #[derive(Clone, Debug, Default)]
@@ -44,8 +44,8 @@ pub struct Resolved {
 impl Resolved {
     /// `<tag or version>@<digest>`, the revision string of ArtifactSource status.
     pub fn revision(&self) -> String {
-        if self.label == self.head.digest {
-            self.head.digest.clone()
+        if self.head.digest == self.label {
+            self.head.digest.to_string()
         } else {
             format!("{}@{}", self.label, self.head.digest)
         }
@@ -56,7 +56,7 @@ impl Resolved {
 #[derive(Clone, Debug)]
 pub struct Pulled {
     /// The digest of the image manifest used (after platform selection).
-    pub manifest_digest: String,
+    pub manifest_digest: Digest,
     pub kind: ContentKind,
     pub config: Option<FalcoConfig>,
     pub annotations: BTreeMap<String, String>,
@@ -116,11 +116,11 @@ pub async fn resolve(registry: &Registry, reference: &Reference) -> Result<Resol
 
 /// A digest pin is a promise: whatever the registry answered, the revision is the pinned
 /// digest or the check fails.
-pub fn check_pin(reference: &Reference, digest: &str) -> Result<()> {
+pub fn check_pin(reference: &Reference, digest: &Digest) -> Result<()> {
     match &reference.selector {
         RefSelector::Digest(pin) if pin != digest => Err(OciError::DigestMismatch {
             what: format!("pinned {reference}"),
-            expected: pin.clone(),
+            expected: pin.to_string(),
             actual: digest.to_string(),
         }),
         _ => Ok(()),
@@ -136,7 +136,7 @@ pub async fn resolve_with_manifest(
 ) -> Result<(Resolved, RawManifest)> {
     let (label, by) = choose(registry, reference).await?;
     let pin = match &reference.selector {
-        RefSelector::Digest(pin) => Some(pin.as_str()),
+        RefSelector::Digest(pin) => Some(pin),
         _ => None,
     };
     let raw = registry
@@ -157,7 +157,7 @@ async fn choose(registry: &Registry, reference: &Reference) -> Result<(String, S
     let repo = &reference.repository;
     match &reference.selector {
         RefSelector::Tag(tag) => Ok((tag.clone(), tag.clone())),
-        RefSelector::Digest(digest) => Ok((digest.clone(), digest.clone())),
+        RefSelector::Digest(digest) => Ok((digest.to_string(), digest.to_string())),
         RefSelector::Semver(range) => {
             let tags = registry.list_tags(repo, 100_000).await?;
             let (tag, version) =
@@ -174,12 +174,14 @@ async fn choose(registry: &Registry, reference: &Reference) -> Result<(String, S
 pub async fn pull_into(
     registry: &Registry,
     repo: &Repository,
-    digest: &str,
+    digest: &Digest,
     dest: &Path,
     options: &PullOptions,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Pulled> {
-    let raw = registry.fetch_manifest(repo, digest, Some(digest)).await?;
+    let raw = registry
+        .fetch_manifest(repo, digest.as_str(), Some(digest))
+        .await?;
     pull_manifest_into(registry, repo, raw, dest, options, progress).await
 }
 
@@ -193,11 +195,16 @@ pub async fn pull_manifest_into(
     options: &PullOptions,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Pulled> {
-    let (manifest_digest, manifest) = image_manifest(registry, repo, raw, options).await?;
-    let layers: Vec<&OciDescriptor> = manifest
+    let ImageManifest {
+        digest: manifest_digest,
+        manifest,
+        layer_digests,
+    } = image_manifest(registry, repo, raw, options).await?;
+    let layers: Vec<(&OciDescriptor, &Digest)> = manifest
         .layers
         .iter()
-        .filter(|l| {
+        .zip(&layer_digests)
+        .filter(|(l, _)| {
             options
                 .layer_media_type
                 .as_deref()
@@ -212,7 +219,8 @@ pub async fn pull_manifest_into(
             },
         ));
     }
-    check_total_size(&layers, options.limits.max_artifact_bytes)?;
+    let descriptors: Vec<&OciDescriptor> = layers.iter().map(|(l, _)| *l).collect();
+    check_total_size(&descriptors, options.limits.max_artifact_bytes)?;
     let layer_types: Vec<&str> = manifest
         .layers
         .iter()
@@ -227,17 +235,17 @@ pub async fn pull_manifest_into(
         ContentKind::FalcoRules | ContentKind::FalcoPlugin | ContentKind::FalcoAsset
             if manifest.config.size > 0 =>
         {
-            check_descriptor(&manifest.config)?;
+            let config_digest = check_descriptor(&manifest.config)?;
             let raw = registry
-                .fetch_small_blob(repo, &manifest.config.digest, 1024 * 1024)
+                .fetch_small_blob(repo, &config_digest, 1024 * 1024)
                 .await?;
             FalcoConfig::parse(&raw)
         }
         _ => None,
     };
     let mut budget = Budget::new(options.limits);
-    for layer in layers {
-        budget = pull_layer(registry, repo, layer, dest, budget, progress).await?;
+    for (layer, digest) in layers {
+        budget = pull_layer(registry, repo, layer, digest, dest, budget, progress).await?;
     }
     let mut files = budget.files;
     files.sort_by(|a, b| a.path.cmp(&b.path));
@@ -257,30 +265,39 @@ pub struct Progress {
     pub total: u64,
 }
 
+/// An image manifest, with the digests of its layers parsed (in the order of its layers).
+struct ImageManifest {
+    digest: Digest,
+    manifest: OciImageManifest,
+    layer_digests: Vec<Digest>,
+}
+
 /// The image manifest `raw` is, or the one its image index has for the wanted platform.
 async fn image_manifest(
     registry: &Registry,
     repo: &Repository,
     raw: RawManifest,
     options: &PullOptions,
-) -> Result<(String, OciImageManifest)> {
+) -> Result<ImageManifest> {
     match raw.media_type.as_str() {
         content::INDEX_V1 | content::DOCKER_MANIFEST_LIST_V2 => {
             let index: OciImageIndex = serde_json::from_slice(&raw.bytes)
                 .map_err(|e| OciError::InvalidManifest(format!("image index: {e}")))?;
             let wanted = options.platform.clone().unwrap_or_else(default_platform);
             let entry = pick_platform(&index, &wanted)?;
-            let inner = registry.fetch_manifest(repo, &entry, Some(&entry)).await?;
+            let inner = registry
+                .fetch_manifest(repo, entry.as_str(), Some(&entry))
+                .await?;
             if matches!(
                 inner.media_type.as_str(),
                 content::INDEX_V1 | content::DOCKER_MANIFEST_LIST_V2
             ) {
                 return Err(OciError::UnsupportedMediaType("nested image index".into()));
             }
-            Ok((inner.digest, parse_manifest(&inner.bytes)?))
+            parse_manifest(inner.digest, &inner.bytes)
         }
         content::MANIFEST_V1 | content::DOCKER_MANIFEST_V2 => {
-            Ok((raw.digest, parse_manifest(&raw.bytes)?))
+            parse_manifest(raw.digest, &raw.bytes)
         }
         other => Err(OciError::UnsupportedMediaType(format!(
             "manifest media type {other}"
@@ -304,17 +321,25 @@ fn check_total_size(layers: &[&OciDescriptor], limit: u64) -> Result<()> {
     }
 }
 
-fn parse_manifest(bytes: &[u8]) -> Result<OciImageManifest> {
+/// Parses the image manifest `digest`, and the digest of each of its layers.
+fn parse_manifest(digest: Digest, bytes: &[u8]) -> Result<ImageManifest> {
     let manifest: OciImageManifest = serde_json::from_slice(bytes)
         .map_err(|e| OciError::InvalidManifest(format!("image manifest: {e}")))?;
-    for layer in &manifest.layers {
-        check_descriptor(layer)?;
-    }
-    Ok(manifest)
+    let layer_digests = manifest
+        .layers
+        .iter()
+        .map(check_descriptor)
+        .collect::<Result<Vec<Digest>>>()?;
+    Ok(ImageManifest {
+        digest,
+        manifest,
+        layer_digests,
+    })
 }
 
-fn check_descriptor(d: &OciDescriptor) -> Result<()> {
-    reference::validate_digest(&d.digest).map_err(|_| {
+/// The descriptor's digest, parsed; its size must not be negative.
+fn check_descriptor(d: &OciDescriptor) -> Result<Digest> {
+    let digest = Digest::parse(&d.digest).map_err(|_| {
         OciError::InvalidManifest(format!("descriptor digest {:?} is not sha256", d.digest))
     })?;
     if d.size < 0 {
@@ -323,7 +348,7 @@ fn check_descriptor(d: &OciDescriptor) -> Result<()> {
             d.digest
         )));
     }
-    Ok(())
+    Ok(digest)
 }
 
 /// This machine's platform in Go's naming (`linux/amd64`).
@@ -339,7 +364,7 @@ pub fn default_platform() -> String {
 }
 
 /// The digest of the index entry for `wanted` (`os/arch[/variant]`), checked to be one.
-pub fn pick_platform(index: &OciImageIndex, wanted: &str) -> Result<String> {
+pub fn pick_platform(index: &OciImageIndex, wanted: &str) -> Result<Digest> {
     let mut parts = wanted.split('/');
     let (os, arch, variant) = (
         parts.next().unwrap_or(""),
@@ -366,13 +391,12 @@ pub fn pick_platform(index: &OciImageIndex, wanted: &str) -> Result<String> {
         })
         .and_then(|m| {
             // the digest goes into a URL: it must be a digest, nothing else
-            reference::validate_digest(&m.digest).map_err(|_| {
+            Digest::parse(&m.digest).map_err(|_| {
                 OciError::InvalidManifest(format!(
                     "the image index entry for {wanted} has digest {:?}, not a sha256 digest",
                     m.digest.chars().take(80).collect::<String>()
                 ))
-            })?;
-            Ok(m.digest.clone())
+            })
         })
 }
 
@@ -386,6 +410,7 @@ async fn pull_layer(
     registry: &Registry,
     repo: &Repository,
     layer: &OciDescriptor,
+    digest: &Digest,
     dest: &Path,
     budget: Budget,
     progress: &(dyn Fn(Progress) + Sync),
@@ -396,15 +421,13 @@ async fn pull_layer(
         .get(content::ANNOTATION_ORAS_UNPACK)
         .is_some_and(|v| v == "true");
     let form = content::layer_form(&layer.media_type, title.is_some(), oras_unpack);
-    let expected_size = u64::try_from(layer.size).map_err(|_| {
-        OciError::InvalidManifest(format!("layer {} has a negative size", layer.digest))
-    })?;
-    let name = title.unwrap_or_else(|| layer.digest.replace(':', "-"));
+    let expected_size = u64::try_from(layer.size)
+        .map_err(|_| OciError::InvalidManifest(format!("layer {digest} has a negative size")))?;
+    let name = title.unwrap_or_else(|| digest.as_str().replace(':', "-"));
 
-    let mut stream = registry.blob_stream(repo, &layer.digest).await?;
+    let mut stream = registry.blob_stream(repo, digest).await?;
     let (writer, tx) = Writer::start(form, dest, expected_size, name, budget);
-    let mut hasher = Sha256::new();
-    let mut received = 0u64;
+    let mut hasher = Hasher::with_limit(expected_size);
     let mut sender = Some(tx);
     let mut failure = None;
     while let Some(chunk) = stream.next().await {
@@ -415,18 +438,16 @@ async fn pull_layer(
                 break;
             }
         };
-        received = received.saturating_add(chunk.len() as u64);
-        if received > expected_size {
+        if hasher.update(&chunk).is_err() {
             failure = Some(OciError::DigestMismatch {
-                what: format!("layer {}", layer.digest),
+                what: format!("layer {digest}"),
                 expected: format!("{expected_size} bytes"),
                 actual: "more bytes".into(),
             });
             break;
         }
-        hasher.update(&chunk);
         progress(Progress {
-            done: received,
+            done: hasher.size(),
             total: expected_size,
         });
         if let Some(tx) = &sender
@@ -441,12 +462,12 @@ async fn pull_layer(
     if let Some(e) = failure {
         return Err(e);
     }
-    let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
-    if received != expected_size || actual != layer.digest {
+    let (actual, received) = hasher.finish();
+    if received != expected_size || actual != *digest {
         return Err(OciError::DigestMismatch {
-            what: format!("layer {}", layer.digest),
-            expected: layer.digest.clone(),
-            actual,
+            what: format!("layer {digest}"),
+            expected: digest.to_string(),
+            actual: actual.to_string(),
         });
     }
     written
@@ -612,8 +633,9 @@ mod tests {
 
     #[test]
     fn revision_strings() {
+        let digest = Digest::of(b"x");
         let head = ManifestHead {
-            digest: "sha256:x".into(),
+            digest: digest.clone(),
             media_type: String::new(),
             size: None,
         };
@@ -621,12 +643,12 @@ mod tests {
             label: "3".into(),
             head: head.clone(),
         };
-        assert_eq!(r.revision(), "3@sha256:x");
+        assert_eq!(r.revision(), format!("3@{digest}"));
         let r = Resolved {
-            label: "sha256:x".into(),
+            label: digest.to_string(),
             head,
         };
-        assert_eq!(r.revision(), "sha256:x");
+        assert_eq!(r.revision(), digest.as_str());
     }
 
     fn descriptor(size: i64) -> OciDescriptor {
@@ -651,8 +673,7 @@ mod tests {
 
     #[test]
     fn a_pin_is_the_revision_or_the_check_fails() {
-        let a = format!("sha256:{}", "a".repeat(64));
-        let b = format!("sha256:{}", "b".repeat(64));
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
         let pinned = Reference::parse_cli(&format!("h/r@{a}")).expect("reference");
         assert!(check_pin(&pinned, &a).is_ok());
         let e = check_pin(&pinned, &b).expect_err("other digest");

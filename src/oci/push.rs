@@ -11,7 +11,8 @@ use oci_client::manifest::{ImageIndexEntry, OciDescriptor, OciImageIndex, OciIma
 use super::content::{self, ContentKind};
 use super::error::{OciError, Result};
 use super::reference::{Repository, validate_tag};
-use super::registry::{Registry, sha256_digest};
+use super::registry::Registry;
+use crate::digest::Digest;
 
 /// An artifact ready to push: blobs and the manifest that ties them.
 #[derive(Debug)]
@@ -19,7 +20,7 @@ pub struct Package {
     pub config: (OciDescriptor, Bytes),
     pub layers: Vec<(OciDescriptor, Bytes)>,
     pub manifest: Bytes,
-    pub manifest_digest: String,
+    pub manifest_digest: Digest,
 }
 
 /// What to package.
@@ -163,7 +164,7 @@ pub fn package(request: &PackageRequest) -> Result<Package> {
         serde_json::to_vec(&manifest).map_err(|e| OciError::InvalidManifest(e.to_string()))?,
     );
     Ok(Package {
-        manifest_digest: sha256_digest(&manifest_bytes),
+        manifest_digest: Digest::of(&manifest_bytes),
         manifest: manifest_bytes,
         config,
         layers,
@@ -177,7 +178,7 @@ fn blob(
 ) -> (OciDescriptor, Bytes) {
     let descriptor = OciDescriptor {
         media_type: media_type.to_string(),
-        digest: sha256_digest(&data),
+        digest: Digest::of(&data).to_string(),
         size: data.len() as i64,
         urls: None,
         annotations: (!annotations.is_empty()).then_some(annotations),
@@ -286,7 +287,7 @@ pub async fn push(
     package: &Package,
     tags: &[String],
     platform: Option<&str>,
-) -> Result<String> {
+) -> Result<Digest> {
     registry
         .push_blob(repo, &package.config.0.digest, package.config.1.clone())
         .await?;
@@ -298,7 +299,7 @@ pub async fn push(
     registry
         .push_manifest(
             repo,
-            &package.manifest_digest,
+            package.manifest_digest.as_str(),
             content::MANIFEST_V1,
             package.manifest.clone(),
         )
@@ -315,7 +316,7 @@ pub async fn push(
             let bytes = Bytes::from(
                 serde_json::to_vec(&index).map_err(|e| OciError::InvalidManifest(e.to_string()))?,
             );
-            let digest = sha256_digest(&bytes);
+            let digest = Digest::of(&bytes);
             (content::INDEX_V1, bytes, digest)
         }
     };

@@ -2,6 +2,7 @@
 //! CLI forms `host/repo:tag` and `host/repo@sha256:...`.
 
 use super::error::{OciError, Result};
+use crate::digest::Digest;
 
 /// A repository on a registry.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -17,7 +18,7 @@ pub struct Repository {
 pub enum RefSelector {
     Tag(String),
     Semver(semver::VersionReq),
-    Digest(String),
+    Digest(Digest),
 }
 
 /// A repository plus a selector.
@@ -99,20 +100,13 @@ pub fn validate_tag(tag: &str) -> Result<()> {
     }
 }
 
-/// Validates a `sha256:<64 hex>` digest.
-pub fn validate_digest(digest: &str) -> Result<()> {
-    let ok = digest.strip_prefix("sha256:").is_some_and(|h| {
-        h.len() == 64
-            && h.chars()
-                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(OciError::InvalidReference(format!(
+/// Parses a `sha256:<64 lowercase hex>` digest written in a reference.
+pub fn parse_digest(digest: &str) -> Result<Digest> {
+    Digest::parse(digest).map_err(|_| {
+        OciError::InvalidReference(format!(
             "invalid digest {digest:?}: expected sha256:<64 lowercase hex>"
-        )))
-    }
+        ))
+    })
 }
 
 /// Parses a semver range as users write it (`>=3.0.0 <4`, `~3.1`, `3.x`).
@@ -173,10 +167,7 @@ impl Reference {
                 RefSelector::Tag(t.to_string())
             }
             (None, Some(r), None) => RefSelector::Semver(parse_semver_range(r)?),
-            (None, None, Some(d)) => {
-                validate_digest(d)?;
-                RefSelector::Digest(d.to_string())
-            }
+            (None, None, Some(d)) => RefSelector::Digest(parse_digest(d)?),
             _ => {
                 return Err(OciError::InvalidReference(
                     "set at most one of ref.tag, ref.semver, ref.digest".into(),
@@ -193,8 +184,7 @@ impl Reference {
     pub fn parse_cli(input: &str) -> Result<Self> {
         let plain = input.strip_prefix("oci://").unwrap_or(input);
         let (rest, selector) = if let Some((rest, digest)) = plain.split_once('@') {
-            validate_digest(digest)?;
-            (rest, RefSelector::Digest(digest.to_string()))
+            (rest, RefSelector::Digest(parse_digest(digest)?))
         } else {
             // The tag is after the last ':' that follows the last '/' (a port comes before it).
             let last_slash = plain.rfind('/').unwrap_or(0);
@@ -228,7 +218,7 @@ mod tests {
         assert_eq!(r.selector, RefSelector::Tag("3".into()));
         let d = format!("sha256:{}", "a".repeat(64));
         let r = Reference::parse_cli(&format!("ghcr.io/x/y@{d}")).unwrap();
-        assert_eq!(r.selector, RefSelector::Digest(d));
+        assert_eq!(r.selector, RefSelector::Digest(Digest::parse(&d).unwrap()));
         let r = Reference::parse_cli("localhost:5000/x").unwrap();
         assert_eq!(r.selector, RefSelector::Tag("latest".into()));
         assert_eq!(r.repository.registry, "localhost:5000");

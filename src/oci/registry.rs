@@ -10,12 +10,12 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
-use sha2::{Digest, Sha256};
 
 use super::auth::Credentials;
 use super::content::{DOCKER_MANIFEST_LIST_V2, DOCKER_MANIFEST_V2, INDEX_V1, MANIFEST_V1};
 use super::error::{OciError, Result};
 use super::reference::Repository;
+use crate::digest::Digest;
 
 /// How to reach a registry.
 #[derive(Clone, Debug)]
@@ -52,7 +52,7 @@ impl Default for RegistryOptions {
 /// A manifest's identity as the registry reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ManifestHead {
-    pub digest: String,
+    pub digest: Digest,
     pub media_type: String,
     pub size: Option<u64>,
 }
@@ -60,7 +60,7 @@ pub struct ManifestHead {
 /// A fetched manifest, verified against its digest.
 #[derive(Clone, Debug)]
 pub struct RawManifest {
-    pub digest: String,
+    pub digest: Digest,
     pub media_type: String,
     pub bytes: Bytes,
 }
@@ -318,13 +318,12 @@ impl Registry {
             .await?;
         if response.status().is_success() {
             let headers = response.headers();
-            let digest = header_str(headers, "docker-content-digest");
+            let digest =
+                header_str(headers, "docker-content-digest").and_then(|d| Digest::parse(&d).ok());
             let media_type = header_str(headers, header::CONTENT_TYPE.as_str());
             let size =
                 header_str(headers, header::CONTENT_LENGTH.as_str()).and_then(|s| s.parse().ok());
-            if let (Some(digest), Some(media_type)) = (digest, media_type)
-                && super::reference::validate_digest(&digest).is_ok()
-            {
+            if let (Some(digest), Some(media_type)) = (digest, media_type) {
                 check_manifest_digest(reference, None, None, &digest)
                     .map_err(|e| mismatch(&what, e))?;
                 return Ok(ManifestHead {
@@ -351,7 +350,7 @@ impl Registry {
         &self,
         repo: &Repository,
         reference: &str,
-        expected: Option<&str>,
+        expected: Option<&Digest>,
     ) -> Result<RawManifest> {
         let url = self.url(&format!("{}/manifests/{reference}", repo.name));
         let what = format!("manifest {repo}:{reference}");
@@ -366,7 +365,7 @@ impl Registry {
         let announced = header_str(response.headers(), "docker-content-digest")
             .filter(|d| d.starts_with("sha256:"));
         let bytes = read_limited(response, self.options.max_manifest_bytes, &what).await?;
-        let digest = sha256_digest(&bytes);
+        let digest = Digest::of(&bytes);
         check_manifest_digest(reference, expected, announced.as_deref(), &digest)
             .map_err(|e| mismatch(&what, e))?;
         let media_type = effective_media_type(&media_type, &bytes);
@@ -429,7 +428,7 @@ impl Registry {
     pub async fn blob_stream(
         &self,
         repo: &Repository,
-        digest: &str,
+        digest: &Digest,
     ) -> Result<impl futures_util::Stream<Item = Result<Bytes>> + use<>> {
         let url = self.url(&format!("{}/blobs/{digest}", repo.name));
         let what = format!("blob {digest}");
@@ -446,7 +445,7 @@ impl Registry {
     pub async fn fetch_small_blob(
         &self,
         repo: &Repository,
-        digest: &str,
+        digest: &Digest,
         limit: u64,
     ) -> Result<Bytes> {
         let url = self.url(&format!("{}/blobs/{digest}", repo.name));
@@ -456,12 +455,12 @@ impl Registry {
             .await?;
         let response = check_status(response, &what).await?;
         let bytes = read_limited(response, limit, &what).await?;
-        let actual = sha256_digest(&bytes);
-        if actual != digest {
+        let actual = Digest::of(&bytes);
+        if actual != *digest {
             return Err(OciError::DigestMismatch {
                 what,
                 expected: digest.to_string(),
-                actual,
+                actual: actual.to_string(),
             });
         }
         Ok(bytes)
@@ -699,13 +698,14 @@ fn mismatch(what: &str, m: Mismatch) -> OciError {
 /// `Docker-Content-Digest` (`announced`, sha256 only).
 fn check_manifest_digest(
     reference: &str,
-    expected: Option<&str>,
+    expected: Option<&Digest>,
     announced: Option<&str>,
-    actual: &str,
+    actual: &Digest,
 ) -> Result<(), Mismatch> {
     let pinned = reference.starts_with("sha256:").then_some(reference);
+    let expected = expected.map(Digest::as_str);
     for want in [expected, pinned, announced].into_iter().flatten() {
-        if want != actual {
+        if want != actual.as_str() {
             return Err(Mismatch {
                 expected: want.to_string(),
                 actual: actual.to_string(),
@@ -722,9 +722,10 @@ fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-/// `sha256:<hex>` of a byte slice.
+/// `sha256:<hex>` of a byte slice, as text: [`Digest::of`] for the integration tests and
+/// tools that build manifests by hand.
 pub fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    Digest::of(bytes).to_string()
 }
 
 /// The manifest's media type: the header's when it names a manifest type, else the
@@ -995,23 +996,23 @@ mod tests {
 
     #[test]
     fn a_manifest_digest_must_match_every_claim() {
-        let a = format!("sha256:{}", "a".repeat(64));
-        let b = format!("sha256:{}", "b".repeat(64));
+        let (da, db) = (Digest::of(b"a"), Digest::of(b"b"));
+        let (a, b) = (da.to_string(), db.to_string());
         // the bytes hash to the pin: fine, with or without a (matching) header
-        assert_eq!(check_manifest_digest(&a, None, None, &a), Ok(()));
-        assert_eq!(check_manifest_digest(&a, Some(&a), Some(&a), &a), Ok(()));
-        assert_eq!(check_manifest_digest("1.0", None, None, &b), Ok(()));
+        assert_eq!(check_manifest_digest(&a, None, None, &da), Ok(()));
+        assert_eq!(check_manifest_digest(&a, Some(&da), Some(&a), &da), Ok(()));
+        assert_eq!(check_manifest_digest("1.0", None, None, &db), Ok(()));
         // a pin answered with another manifest, even one whose header matches its body
-        let e = check_manifest_digest(&a, None, Some(&b), &b).expect_err("pin");
+        let e = check_manifest_digest(&a, None, Some(&b), &db).expect_err("pin");
         assert_eq!(
             (e.expected.as_str(), e.actual.as_str()),
             (a.as_str(), b.as_str())
         );
         // the caller's expectation
-        assert!(check_manifest_digest("1.0", Some(&a), None, &b).is_err());
+        assert!(check_manifest_digest("1.0", Some(&da), None, &db).is_err());
         // a header that disagrees with the body
-        assert!(check_manifest_digest("1.0", None, Some(&a), &b).is_err());
-        assert!(check_manifest_digest(&b, Some(&b), Some(&a), &b).is_err());
+        assert!(check_manifest_digest("1.0", None, Some(&a), &db).is_err());
+        assert!(check_manifest_digest(&b, Some(&db), Some(&a), &db).is_err());
     }
 
     #[test]

@@ -13,9 +13,8 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use sha2::{Digest, Sha256};
-
 use super::error::{OciError, Result};
+use crate::digest::{self, CopyError, Digest, HashingWriter};
 
 /// Limits on what one artifact may contain. Defaults are safe for rules and profiles.
 #[derive(Clone, Copy, Debug)]
@@ -53,8 +52,8 @@ impl Default for Limits {
 pub struct WrittenFile {
     /// Relative path with `/` separators.
     pub path: String,
-    /// `sha256:<hex>` of its bytes.
-    pub digest: String,
+    /// The digest of its bytes.
+    pub digest: Digest,
     pub size: u64,
 }
 
@@ -606,44 +605,30 @@ fn write_file(
 /// Files that may be larger than this are hashed and written on a second thread while the
 /// reader (usually the inflater) produces the next buffer.
 const PIPELINE_MIN_BYTES: u64 = 1024 * 1024;
-const CHUNK: usize = 256 * 1024;
+const CHUNK: usize = digest::COPY_CHUNK;
 
 fn too_large(rel: &str) -> OciError {
     OciError::TooLarge(format!("{rel:?} is over the size limit"))
 }
 
 /// Reads, hashes and writes on this thread (small files).
-fn copy_inline(reader: &mut impl Read, file: File, rel: &str, limit: u64) -> Result<(String, u64)> {
+fn copy_inline(reader: &mut impl Read, file: File, rel: &str, limit: u64) -> Result<(Digest, u64)> {
     let mut out = BufWriter::with_capacity(CHUNK, file);
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut size = 0u64;
-    loop {
-        let n = reader.read(&mut buf).map_err(|e| read_error(rel, e))?;
-        if n == 0 {
-            break;
-        }
-        size = size.saturating_add(n as u64);
-        if size > limit {
-            return Err(too_large(rel));
-        }
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .map_err(|e| OciError::io(format!("write {rel}"), e))?;
-    }
-    out.flush()
-        .map_err(|e| OciError::io(format!("write {rel}"), e))?;
-    Ok((format!("sha256:{}", hex::encode(hasher.finalize())), size))
+    digest::copy_hashed(reader, &mut out, limit).map_err(|e| match e {
+        CopyError::Read(e) => read_error(rel, e),
+        CopyError::Write(e) => OciError::io(format!("write {rel}"), e),
+        CopyError::OverLimit(_) => too_large(rel),
+    })
 }
 
 /// Reads on this thread; hashes and writes on a scoped second thread. Buffers go round
 /// between the two (four in flight), so memory stays at about 1 MiB per file.
 fn copy_pipelined(
     reader: &mut impl Read,
-    mut file: File,
+    file: File,
     rel: &str,
     limit: u64,
-) -> Result<(String, u64)> {
+) -> Result<(Digest, u64)> {
     use std::sync::mpsc::sync_channel;
     let (full_tx, full_rx) = sync_channel::<(Vec<u8>, usize)>(4);
     let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(4);
@@ -651,15 +636,15 @@ fn copy_pipelined(
         let _ = empty_tx.send(vec![0u8; CHUNK]);
     }
     std::thread::scope(|scope| {
-        let writer = scope.spawn(move || -> io::Result<String> {
-            let mut hasher = Sha256::new();
+        let writer = scope.spawn(move || -> io::Result<(Digest, u64)> {
+            // the reader refuses bytes past the limit first, with its own error
+            let mut out = HashingWriter::new(file, limit);
             for (buf, n) in full_rx {
-                hasher.update(&buf[..n]);
-                file.write_all(&buf[..n])?;
+                out.write_all(&buf[..n])?;
                 // the reader may have stopped; a closed return channel is fine
                 let _ = empty_tx.send(buf);
             }
-            Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+            Ok(out.finish())
         });
         let mut size = 0u64;
         let read_result = (|| -> Result<()> {
@@ -686,7 +671,9 @@ fn copy_pipelined(
             .map_err(|_| OciError::UnsafeContent(format!("writing {rel} failed")))?
             .map_err(|e| OciError::io(format!("write {rel}"), e));
         read_result?;
-        Ok((written?, size))
+        // what the reader counted is what went to the writer
+        let (digest, _) = written?;
+        Ok((digest, size))
     })
 }
 
@@ -740,6 +727,30 @@ mod tests {
     }
 
     #[test]
+    fn both_copies_hash_what_they_write_and_stop_past_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..3 * CHUNK + 17).map(|i| (i % 251) as u8).collect();
+        let len = data.len() as u64;
+        let create = |name: &str| File::create(dir.path().join(name)).unwrap();
+        for pipelined in [false, true] {
+            let copy = |file: File, limit: u64| {
+                let mut reader = data.as_slice();
+                if pipelined {
+                    copy_pipelined(&mut reader, file, "f", limit)
+                } else {
+                    copy_inline(&mut reader, file, "f", limit)
+                }
+            };
+            let name = format!("{pipelined}");
+            let (digest, size) = copy(create(&name), len).unwrap();
+            assert_eq!((digest, size), (Digest::of(&data), len), "{name}");
+            assert_eq!(fs::read(dir.path().join(&name)).unwrap(), data, "{name}");
+            let e = copy(create("over"), len - 1).unwrap_err();
+            assert_eq!(e.reason().as_str(), "TooLarge", "{name}: {e}");
+        }
+    }
+
+    #[test]
     fn unpacks_plain_files_with_digests() {
         let t = tar_with(&[
             ("./rules/", tar::EntryType::Directory, b"", None),
@@ -758,10 +769,7 @@ mod tests {
             fs::read(dir.path().join("rules/a.yaml")).unwrap(),
             b"- rule: x\n"
         );
-        assert_eq!(
-            b.files[0].digest,
-            crate::oci::registry::sha256_digest(b"- rule: x\n")
-        );
+        assert_eq!(b.files[0].digest, Digest::of(b"- rule: x\n"));
     }
 
     #[test]

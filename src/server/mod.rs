@@ -45,8 +45,9 @@ use tokio_util::io::ReaderStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::digest::Digest;
 use crate::metrics::Metrics;
-use crate::store::{Store, is_sha256_hex};
+use crate::store::Store;
 
 mod stall;
 #[cfg(test)]
@@ -255,25 +256,28 @@ async fn refuse(mut stream: TcpStream) {
 type Body = BoxBody<Bytes, io::Error>;
 
 /// Which route a path belongs to; also the `route` metric label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Route<'a> {
-    /// `/blobs/...`, with the hex when the rest is a valid `sha256/<hex>`.
-    Blob(Option<&'a str>),
-    /// `/revisions/...`, with the hex when valid.
-    Revision(Option<&'a str>),
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Route {
+    /// `/blobs/...`, with the digest when the rest is a valid `sha256/<hex>`.
+    Blob(Option<Digest>),
+    /// `/revisions/...`, with the key when valid.
+    Revision(Option<Digest>),
     Metrics,
     Healthz,
     Readyz,
     Other,
 }
 
-impl<'a> Route<'a> {
-    fn parse(path: &'a str) -> Route<'a> {
-        let hex = |rest: &'a str| rest.strip_prefix("sha256/").filter(|h| is_sha256_hex(h));
+impl Route {
+    fn parse(path: &str) -> Route {
+        let digest = |rest: &str| {
+            rest.strip_prefix("sha256/")
+                .and_then(|hex| Digest::from_hex(hex).ok())
+        };
         if let Some(rest) = path.strip_prefix("/blobs/") {
-            Route::Blob(hex(rest))
+            Route::Blob(digest(rest))
         } else if let Some(rest) = path.strip_prefix("/revisions/") {
-            Route::Revision(hex(rest))
+            Route::Revision(digest(rest))
         } else {
             match path {
                 "/metrics" => Route::Metrics,
@@ -284,7 +288,7 @@ impl<'a> Route<'a> {
         }
     }
 
-    fn label(self) -> &'static str {
+    fn label(&self) -> &'static str {
         match self {
             Route::Blob(_) => "blob",
             Route::Revision(_) => "revision",
@@ -308,9 +312,9 @@ async fn handle(state: &Arc<ServerState>, request: Request<Incoming>) -> Respons
         response
     } else {
         let headers = request.headers();
-        match route {
-            Route::Blob(Some(hex)) => blob(state, hex, headers).await,
-            Route::Revision(Some(hex)) => revision(state, hex, headers).await,
+        match &route {
+            Route::Blob(Some(digest)) => blob(state, digest, headers).await,
+            Route::Revision(Some(key)) => revision(state, key, headers).await,
             Route::Blob(None) | Route::Revision(None) | Route::Other => not_found(),
             Route::Metrics => {
                 let body = state.metrics.encode();
@@ -333,9 +337,8 @@ async fn handle(state: &Arc<ServerState>, request: Request<Incoming>) -> Respons
 }
 
 /// `GET /blobs/sha256/<hex>`: the file, streamed.
-async fn blob(state: &ServerState, hex: &str, request: &HeaderMap) -> Response<Body> {
-    let digest = format!("sha256:{hex}");
-    let Some(path) = state.store.as_ref().and_then(|s| s.blob_location(&digest)) else {
+async fn blob(state: &ServerState, digest: &Digest, request: &HeaderMap) -> Response<Body> {
+    let Some(path) = state.store.as_ref().map(|s| s.blob_location(digest)) else {
         return not_found();
     };
     let file = match tokio::fs::File::open(&path).await {
@@ -352,7 +355,7 @@ async fn blob(state: &ServerState, hex: &str, request: &HeaderMap) -> Response<B
     let mut builder = Response::builder()
         .header(header::ETAG, &etag)
         .header(header::CACHE_CONTROL, CACHE_IMMUTABLE)
-        .header(X_CONTENT_DIGEST, &digest);
+        .header(X_CONTENT_DIGEST, digest.as_str());
     if etag_matches(request, &etag) {
         builder = builder.status(StatusCode::NOT_MODIFIED);
         return builder.body(empty()).unwrap_or_else(|_| fallback_error());
@@ -367,13 +370,12 @@ async fn blob(state: &ServerState, hex: &str, request: &HeaderMap) -> Response<B
 }
 
 /// `GET /revisions/sha256/<hex>`: the revision index as JSON.
-async fn revision(state: &ServerState, hex: &str, request: &HeaderMap) -> Response<Body> {
-    let digest = format!("sha256:{hex}");
-    let etag = format!("\"{digest}\"");
+async fn revision(state: &ServerState, key: &Digest, request: &HeaderMap) -> Response<Body> {
+    let etag = format!("\"{key}\"");
     let Some(store) = state.store.clone() else {
         return not_found();
     };
-    let lookup = digest.clone();
+    let lookup = key.clone();
     let index = match tokio::task::spawn_blocking(move || store.index(&lookup)).await {
         Ok(Some(index)) => index,
         Ok(None) => return not_found(),

@@ -3,7 +3,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -17,7 +16,7 @@ struct TestServer {
     state: Arc<ServerState>,
     shutdown: CancellationToken,
     task: JoinHandle<io::Result<()>>,
-    manifest: String,
+    manifest: Digest,
     big: Vec<u8>,
     _root: tempfile::TempDir,
 }
@@ -37,8 +36,8 @@ impl Reply {
     }
 }
 
-fn digest_of(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+fn digest_of(bytes: &[u8]) -> Digest {
+    Digest::of(bytes)
 }
 
 /// A server over a store holding one revision: `rules.yaml` and a 3 MiB `big.bin`.
@@ -61,7 +60,7 @@ async fn start_with(limits: ServerLimits, big_size: u32) -> TestServer {
             size: bytes.len() as u64,
         });
     }
-    let manifest = format!("sha256:{}", "c".repeat(64));
+    let manifest = Digest::from_hex(&"c".repeat(64)).unwrap();
     store.commit(&manifest, staging.path(), &files).unwrap();
 
     let state = Arc::new(ServerState {
@@ -132,7 +131,7 @@ async fn get(server: &TestServer, path: &str) -> Reply {
 async fn blobs_are_streamed_with_headers() {
     let server = start().await;
     let digest = digest_of(&server.big);
-    let reply = get(&server, &blob_url_path(&digest)).await;
+    let reply = get(&server, &blob_url_path(digest.as_str())).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body, server.big);
     assert_eq!(
@@ -149,7 +148,7 @@ async fn blobs_are_streamed_with_headers() {
         reply.header("cache-control"),
         Some("public, max-age=31536000, immutable")
     );
-    let small = get(&server, &blob_url_path(&digest_of(b"- rule: x\n"))).await;
+    let small = get(&server, &blob_url_path(digest_of(b"- rule: x\n").as_str())).await;
     assert_eq!(small.body, b"- rule: x\n");
 }
 
@@ -157,7 +156,7 @@ async fn blobs_are_streamed_with_headers() {
 async fn matching_etags_give_304() {
     let server = start().await;
     let digest = digest_of(&server.big);
-    let path = blob_url_path(&digest);
+    let path = blob_url_path(digest.as_str());
     let etag = format!("\"{digest}\"");
     for value in [
         etag.clone(),
@@ -174,7 +173,7 @@ async fn matching_etags_give_304() {
     let reply = request(server.addr, "GET", &path, &[("If-None-Match", &other)]).await;
     assert_eq!(reply.status, 200);
 
-    let path = revision_path(&server.manifest);
+    let path = revision_path(server.manifest.as_str());
     let etag = format!("\"{}\"", server.manifest);
     let reply = request(server.addr, "GET", &path, &[("If-None-Match", &etag)]).await;
     assert_eq!(reply.status, 304);
@@ -184,7 +183,7 @@ async fn matching_etags_give_304() {
 #[tokio::test]
 async fn head_has_headers_and_no_body() {
     let server = start().await;
-    let path = blob_url_path(&digest_of(&server.big));
+    let path = blob_url_path(digest_of(&server.big).as_str());
     let reply = request(server.addr, "HEAD", &path, &[]).await;
     assert_eq!(reply.status, 200);
     assert!(reply.body.is_empty());
@@ -202,10 +201,10 @@ async fn head_has_headers_and_no_body() {
 async fn revision_index_is_json() {
     let server = start().await;
     assert_eq!(
-        revision_path(&server.manifest),
+        revision_path(server.manifest.as_str()),
         format!("/revisions/sha256/{}", "c".repeat(64))
     );
-    let reply = get(&server, &revision_path(&server.manifest)).await;
+    let reply = get(&server, &revision_path(server.manifest.as_str())).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.header("content-type"), Some("application/json"));
     assert_eq!(
@@ -254,7 +253,7 @@ async fn unknown_and_malformed_paths_are_404() {
 #[tokio::test]
 async fn other_methods_are_405() {
     let server = start().await;
-    let path = blob_url_path(&digest_of(&server.big));
+    let path = blob_url_path(digest_of(&server.big).as_str());
     for (method, path) in [
         ("POST", path.as_str()),
         ("PUT", path.as_str()),
@@ -284,7 +283,7 @@ async fn readyz_follows_the_flag() {
 #[tokio::test]
 async fn metrics_count_responses() {
     let server = start().await;
-    get(&server, &blob_url_path(&digest_of(&server.big))).await;
+    get(&server, &blob_url_path(digest_of(&server.big).as_str())).await;
     get(&server, "/nope").await;
     get(&server, "/readyz").await;
     request(server.addr, "POST", "/healthz", &[("Content-Length", "0")]).await;
@@ -452,7 +451,7 @@ async fn connections_over_the_limit_are_refused_at_once() {
 async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
     let size = 32 * 1024 * 1024;
     let server = start_with(tight(1), size).await;
-    let path = blob_url_path(&digest_of(&server.big));
+    let path = blob_url_path(digest_of(&server.big).as_str());
     let started = std::time::Instant::now();
     let mut stalled = stalled_get(server.addr, &path).await;
     // The stalled client holds the only slot until the write timeout drops it.
@@ -503,6 +502,6 @@ fn url_paths() {
     assert_eq!(Route::parse("/blobs/sha256/xyz"), Route::Blob(None));
     assert_eq!(
         Route::parse(&format!("/revisions/sha256/{hex}")),
-        Route::Revision(Some(hex.as_str()))
+        Route::Revision(Some(Digest::from_hex(&hex).unwrap()))
     );
 }

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 
 use super::{
     GcReport, Store, StoreError, StoreUsage, blob_charge, encode_index, index_charge,
-    is_sha256_hex, quota::whole_blocks,
+    quota::whole_blocks,
 };
+use crate::digest::{Digest, is_sha256_hex};
 
 /// The running figures behind [`Store::usage`].
 #[derive(Debug, Default)]
@@ -38,17 +39,15 @@ impl Store {
     /// Removes every revision index whose key is not in `keep`, then every blob that no
     /// remaining index references. An unreadable index in `keep` is removed too (it could
     /// not be served).
-    pub fn gc(&self, keep: &HashSet<String>) -> Result<GcReport, StoreError> {
+    pub fn gc(&self, keep: &HashSet<Digest>) -> Result<GcReport, StoreError> {
         let _guard = self.guard();
         let mut report = GcReport::default();
         let mut referenced = HashSet::new();
         for (hex, path) in list_dir(&self.revisions_dir(), index_name)? {
-            let key = format!("sha256:{hex}");
-            let kept = if keep.contains(&key) {
-                self.index(&key)
-            } else {
-                None
-            };
+            let kept = Digest::from_hex(&hex)
+                .ok()
+                .filter(|key| keep.contains(key))
+                .and_then(|key| self.index(&key));
             match kept {
                 Some(index) => referenced.extend(index.files.into_iter().map(|f| f.digest)),
                 None => {
@@ -58,8 +57,9 @@ impl Store {
                 }
             }
         }
-        for (hex, path) in list_dir(&self.blobs_dir(), any_name)? {
-            if referenced.contains(&format!("sha256:{hex}")) {
+        for (name, path) in list_dir(&self.blobs_dir(), any_name)? {
+            let blob = Digest::from_hex(&name).ok();
+            if blob.as_ref().is_some_and(|d| referenced.contains(d)) {
                 continue;
             }
             let Ok(meta) = fs::symlink_metadata(&path) else {
@@ -69,7 +69,7 @@ impl Store {
                 continue;
             }
             remove(&path)?;
-            if is_sha256_hex(&hex) && meta.is_file() {
+            if blob.is_some() && meta.is_file() {
                 let mut totals = self.totals();
                 totals.blobs = totals.blobs.saturating_sub(1);
                 totals.blob_bytes = totals.blob_bytes.saturating_sub(blob_charge(meta.len()));
@@ -99,10 +99,8 @@ impl Store {
     }
 
     /// Counts the index of revision `key` just written, with its `charge`.
-    pub(super) fn count_index(&self, key: &str, charge: u64) {
-        if let Some(hex) = super::digest_hex(key) {
-            self.totals().indexes.insert(hex.to_string(), charge);
-        }
+    pub(super) fn count_index(&self, key: &Digest, charge: u64) {
+        self.totals().indexes.insert(key.hex().to_string(), charge);
     }
 
     /// Counts what the store holds from its directories (once, when it is opened). An
@@ -111,7 +109,7 @@ impl Store {
         let mut totals = Totals::default();
         let listed = |e: StoreError| io::Error::other(e.to_string());
         for (hex, path) in list_dir(&self.revisions_dir(), index_name).map_err(listed)? {
-            let charge = match self.index(&format!("sha256:{hex}")) {
+            let charge = match Digest::from_hex(&hex).ok().and_then(|k| self.index(&k)) {
                 Some(index) => {
                     index_charge(&index, encode_index(&index).map_or(0, |j| j.len() as u64))
                 }

@@ -8,7 +8,9 @@
 //! before selections were keyed stay valid.
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::Digest;
 
 /// What a revision holds of its manifest: the platform picked from an image index and
 /// the media type of the layers kept; `None` is the default (the controller's platform,
@@ -32,17 +34,17 @@ impl Selection {
 /// Marks the version of the encoding hashed by [`revision_key`].
 const KEY_DOMAIN: &str = "ocisync.dev/revision-key/v1";
 
-/// The key of the revision holding `selection` of `manifest_digest`, `sha256:<hex>`: the
-/// manifest digest for the default selection, else the SHA-256 of an unambiguous encoding
-/// of the three (each field length-prefixed, an absent field told apart from an empty one).
-pub fn revision_key(manifest_digest: &str, selection: &Selection) -> String {
+/// The key of the revision holding `selection` of `manifest_digest`: the manifest digest
+/// for the default selection, else the SHA-256 of an unambiguous encoding of the three
+/// (each field length-prefixed, an absent field told apart from an empty one).
+pub fn revision_key(manifest_digest: &Digest, selection: &Selection) -> Digest {
     if selection.is_default() {
-        return manifest_digest.to_string();
+        return manifest_digest.clone();
     }
     let mut hasher = Sha256::new();
     hasher.update(KEY_DOMAIN.as_bytes());
     let fields = [
-        ("manifest", Some(manifest_digest)),
+        ("manifest", Some(manifest_digest.as_str())),
         ("platform", selection.platform.as_deref()),
         ("layerMediaType", selection.layer_media_type.as_deref()),
     ];
@@ -57,15 +59,15 @@ pub fn revision_key(manifest_digest: &str, selection: &Selection) -> String {
             None => hasher.update(b"-"),
         }
     }
-    format!("sha256:{}", hex::encode(hasher.finalize()))
+    Digest::from_sha256(hasher)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn manifest(n: u8) -> String {
-        format!("sha256:{}", hex::encode([n; 32]))
+    fn manifest(n: u8) -> Digest {
+        Digest::from_hex(&hex::encode([n; 32])).unwrap()
     }
 
     fn selection(platform: Option<&str>, media_type: Option<&str>) -> Selection {
@@ -97,16 +99,13 @@ mod tests {
             selection(Some("a\nlayerMediaType=b"), None),
             selection(Some("a"), Some("b")),
         ];
-        let mut keys: Vec<String> = selections
+        let mut keys: Vec<Digest> = selections
             .iter()
             .flat_map(|s| [revision_key(&manifest(1), s), revision_key(&manifest(2), s)])
             .collect();
         keys.push(manifest(1));
         keys.push(manifest(2));
-        for key in &keys {
-            assert!(crate::store::digest_hex(key).is_some(), "{key} is a digest");
-        }
-        let distinct: std::collections::HashSet<&String> = keys.iter().collect();
+        let distinct: std::collections::HashSet<&Digest> = keys.iter().collect();
         assert_eq!(distinct.len(), keys.len(), "keys collide: {keys:?}");
     }
 

@@ -11,9 +11,9 @@
 //! - `tmp/`: staging directories and half-written indexes, on the same filesystem so that
 //!   moving a file into the store is a rename. Cleared by [`Store::open`].
 //!
-//! The API is blocking (`std::fs`); async callers use `spawn_blocking`. Every digest given
-//! to the store is validated as `sha256:` plus 64 lowercase hex characters before it is
-//! turned into a path, because these strings come from registries.
+//! The API is blocking (`std::fs`); async callers use `spawn_blocking`. Digests are
+//! [`Digest`]s, validated where they come in (a registry's answer, an index read from
+//! disk), so whatever the store turns into a path is `sha256:` plus 64 lowercase hex.
 
 use std::collections::HashSet;
 use std::fs;
@@ -23,7 +23,8 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+
+use crate::digest::{self, Digest};
 
 mod gc;
 mod key;
@@ -43,8 +44,8 @@ pub use quota::{
 pub struct IndexFile {
     /// Relative path with `/` separators.
     pub path: String,
-    /// `sha256:<hex>` of the file's bytes.
-    pub digest: String,
+    /// The digest of the file's bytes.
+    pub digest: Digest,
     /// Size in bytes.
     pub size: u64,
 }
@@ -54,8 +55,8 @@ pub struct IndexFile {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RevisionIndex {
-    /// The manifest digest, `sha256:<hex>`.
-    pub digest: String,
+    /// The manifest digest.
+    pub digest: Digest,
     /// What of the manifest the files are; absent for the default (every layer).
     #[serde(default, skip_serializing_if = "Selection::is_default")]
     pub selection: Selection,
@@ -65,7 +66,7 @@ pub struct RevisionIndex {
 
 impl RevisionIndex {
     /// The key the revision is stored and served under.
-    pub fn key(&self) -> String {
+    pub fn key(&self) -> Digest {
         revision_key(&self.digest, &self.selection)
     }
 }
@@ -93,8 +94,6 @@ pub struct StoreUsage {
 /// A store error.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("invalid digest {0:?}: expected sha256:<64 lowercase hex>")]
-    InvalidDigest(String),
     #[error("unsafe file path {0:?}")]
     UnsafePath(String),
     #[error("digest mismatch for {path}: expected {expected}, got {actual}")]
@@ -115,7 +114,6 @@ impl StoreError {
     /// The stable, low-cardinality reason (CamelCase, for conditions and metric labels).
     pub fn reason(&self) -> &'static str {
         match self {
-            StoreError::InvalidDigest(_) => "InvalidDigest",
             StoreError::UnsafePath(_) => "UnsafePath",
             StoreError::DigestMismatch { .. } => "DigestMismatch",
             StoreError::Io { .. } => "IoError",
@@ -137,19 +135,8 @@ pub const MAX_INDEX_BYTES: u64 = 64 * 1024 * 1024;
 /// The longest part of a rejected string kept in an error message.
 const MAX_ECHO: usize = 100;
 
-fn invalid_digest(digest: &str) -> StoreError {
-    StoreError::InvalidDigest(digest.chars().take(MAX_ECHO).collect())
-}
-
-/// Whether `hex` is exactly 64 lowercase hexadecimal characters.
-pub fn is_sha256_hex(hex: &str) -> bool {
-    hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-/// The hex part of a valid `sha256:<64 lowercase hex>` digest, or `None`.
-pub fn digest_hex(digest: &str) -> Option<&str> {
-    digest.strip_prefix("sha256:").filter(|h| is_sha256_hex(h))
-}
+/// Kept for the agent, which checks digests with it: [`crate::digest::is_sha256_hex`].
+pub use crate::digest::is_sha256_hex;
 
 /// Checks that `path` is a relative path of plain components (no `..`, `.`, root or
 /// empty segment, no NUL).
@@ -235,14 +222,14 @@ impl Store {
         self.lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn index_path(&self, key: &str) -> Option<PathBuf> {
-        digest_hex(key).map(|hex| self.revisions_dir().join(format!("{hex}.json")))
+    fn index_path(&self, key: &Digest) -> PathBuf {
+        self.revisions_dir().join(format!("{}.json", key.hex()))
     }
 
-    /// Where the blob of `file_digest` lives, without checking that it exists; `None` for
-    /// an invalid digest. For callers that open the file themselves (the async server).
-    pub fn blob_location(&self, file_digest: &str) -> Option<PathBuf> {
-        digest_hex(file_digest).map(|hex| self.blobs_dir().join(hex))
+    /// Where the blob of `file_digest` lives, without checking that it exists. For callers
+    /// that open the file themselves (the async server).
+    pub fn blob_location(&self, file_digest: &Digest) -> PathBuf {
+        self.blobs_dir().join(file_digest.hex())
     }
 
     /// A fresh, empty staging directory under `tmp/` (removed when dropped).
@@ -255,7 +242,7 @@ impl Store {
     /// [`Store::commit_selection`] of every layer of manifest `digest`.
     pub fn commit(
         &self,
-        digest: &str,
+        digest: &Digest,
         staging: &Path,
         files: &[IndexFile],
     ) -> Result<RevisionIndex, StoreError> {
@@ -269,23 +256,15 @@ impl Store {
     /// `staging` may have lost some files.
     pub fn commit_selection(
         &self,
-        digest: &str,
+        digest: &Digest,
         selection: &Selection,
         staging: &Path,
         files: &[IndexFile],
     ) -> Result<RevisionIndex, StoreError> {
-        if digest_hex(digest).is_none() {
-            return Err(invalid_digest(digest));
-        }
-        let index_path = self
-            .index_path(&revision_key(digest, selection))
-            .ok_or_else(|| invalid_digest(digest))?;
+        let index_path = self.index_path(&revision_key(digest, selection));
         let mut seen = HashSet::new();
         for file in files {
             check_relative_path(&file.path)?;
-            if digest_hex(&file.digest).is_none() {
-                return Err(invalid_digest(&file.digest));
-            }
             if !seen.insert(file.path.as_str()) {
                 return Err(StoreError::UnsafePath(format!(
                     "{} (listed twice)",
@@ -303,7 +282,7 @@ impl Store {
         let mut sorted = files.to_vec();
         sorted.sort_by(|a, b| a.path.cmp(&b.path));
         let index = RevisionIndex {
-            digest: digest.to_string(),
+            digest: digest.clone(),
             selection: selection.clone(),
             files: sorted,
         };
@@ -315,8 +294,8 @@ impl Store {
     /// it stored a new blob.
     fn commit_file(&self, staging: &Path, file: &IndexFile, n: usize) -> Result<bool, StoreError> {
         let staged = staged_regular_file(staging, &file.path)?;
-        let hex = digest_hex(&file.digest).ok_or_else(|| invalid_digest(&file.digest))?;
-        let blob = self.blobs_dir().join(hex);
+        let hex = file.digest.hex();
+        let blob = self.blob_location(&file.digest);
         if fs::symlink_metadata(&blob).is_ok() {
             return verify(&staged, file).map(|_| false);
         }
@@ -363,7 +342,7 @@ impl Store {
     }
 
     /// Whether the revision `key` is complete: its index and every blob it lists exist.
-    pub fn has(&self, key: &str) -> bool {
+    pub fn has(&self, key: &Digest) -> bool {
         self.index(key).is_some_and(|index| {
             index
                 .files
@@ -374,21 +353,22 @@ impl Store {
 
     /// The index of the revision `key`, if stored, readable, at most [`MAX_INDEX_BYTES`]
     /// long (checked before it is read) and really the index of that key.
-    pub fn index(&self, key: &str) -> Option<RevisionIndex> {
-        let file = fs::File::open(self.index_path(key)?).ok()?;
+    pub fn index(&self, key: &Digest) -> Option<RevisionIndex> {
+        let file = fs::File::open(self.index_path(key)).ok()?;
         let len = file.metadata().ok()?.len();
         if len > MAX_INDEX_BYTES {
             return None;
         }
         let mut raw = Vec::with_capacity(usize::try_from(len).ok()?);
         file.take(MAX_INDEX_BYTES).read_to_end(&mut raw).ok()?;
+        // every digest in it is parsed, and must be valid, as it is read
         let index: RevisionIndex = serde_json::from_slice(&raw).ok()?;
-        (digest_hex(&index.digest).is_some() && index.key() == key).then_some(index)
+        (index.key() == *key).then_some(index)
     }
 
-    /// The path of the blob `file_digest`, if the digest is valid and the blob exists.
-    pub fn blob_path(&self, file_digest: &str) -> Option<PathBuf> {
-        let path = self.blob_location(file_digest)?;
+    /// The path of the blob `file_digest`, if it exists.
+    pub fn blob_path(&self, file_digest: &Digest) -> Option<PathBuf> {
+        let path = self.blob_location(file_digest);
         fs::metadata(&path)
             .ok()
             .filter(|m| m.is_file())
@@ -427,23 +407,15 @@ fn staged_regular_file(staging: &Path, rel: &str) -> Result<PathBuf, StoreError>
 fn verify(path: &Path, file: &IndexFile) -> Result<fs::File, StoreError> {
     let context = || format!("hash staged {}", file.path);
     let mut f = fs::File::open(path).map_err(|e| StoreError::io(context(), e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf).map_err(|e| StoreError::io(context(), e))?;
-        if n == 0 {
-            break;
-        }
-        size = size.saturating_add(n as u64);
-        hasher.update(&buf[..n]);
-    }
-    let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+    let (actual, size) = digest::hash_all(&mut f, u64::MAX).map_err(|e| match e {
+        digest::CopyError::Read(e) | digest::CopyError::Write(e) => StoreError::io(context(), e),
+        digest::CopyError::OverLimit(e) => StoreError::io(context(), io::Error::other(e)),
+    })?;
     if actual != file.digest {
         return Err(StoreError::DigestMismatch {
             path: file.path.clone(),
-            expected: file.digest.clone(),
-            actual,
+            expected: file.digest.to_string(),
+            actual: actual.to_string(),
         });
     }
     if size != file.size {

@@ -18,7 +18,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::sync::Arc;
 
-use super::{RevisionIndex, Store, digest_hex, encode_index};
+use super::{RevisionIndex, Store, encode_index};
+use crate::digest::Digest;
 
 /// The unit of the charge: a filesystem block.
 pub const BLOCK: u64 = 4096;
@@ -126,10 +127,10 @@ pub fn admit(limits: &StoreLimits, a: &Admission) -> Result<(), QuotaExceeded> {
 /// What `revisions` cost together: their distinct blobs in whole blocks, plus a block
 /// per entry (file or implied directory) of each revision.
 pub fn charge<'a>(revisions: impl IntoIterator<Item = &'a RevisionIndex>) -> u64 {
-    let mut blobs: HashMap<&str, u64> = HashMap::new();
+    let mut blobs: HashMap<&Digest, u64> = HashMap::new();
     let mut entries = 0u64;
     for revision in revisions {
-        blobs.extend(revision.files.iter().map(|f| (f.digest.as_str(), f.size)));
+        blobs.extend(revision.files.iter().map(|f| (&f.digest, f.size)));
         entries = entries.saturating_add(entries_of(revision));
     }
     blobs
@@ -287,11 +288,11 @@ impl Store {
         let blobs = revision
             .files
             .iter()
-            .filter(|f| digest_hex(&f.digest).is_some() && seen.insert(f.digest.as_str()))
+            .filter(|f| seen.insert(&f.digest))
             .filter(|f| self.blob_path(&f.digest).is_none())
             .map(|f| blob_charge(f.size))
             .fold(0, u64::saturating_add);
-        let stored = self.index_path(&revision.key()).is_some_and(|p| p.exists());
+        let stored = self.index_path(&revision.key()).exists();
         let index = match stored {
             true => 0,
             false => index_charge(
@@ -384,7 +385,7 @@ impl Store {
     pub fn check_quota(
         &self,
         incoming: &RevisionIndex,
-        kept: &[String],
+        kept: &[Digest],
         reserved: u64,
     ) -> Result<(), QuotaExceeded> {
         let incoming_key = incoming.key();
@@ -411,8 +412,8 @@ mod tests {
 
     const MIB: u64 = 1024 * 1024;
 
-    fn digest(n: u8) -> String {
-        format!("sha256:{}", hex::encode([n; 32]))
+    fn digest(n: u8) -> Digest {
+        Digest::from_hex(&hex::encode([n; 32])).unwrap()
     }
 
     fn revision(n: u8, files: &[(&str, u8, u64)]) -> RevisionIndex {
@@ -574,10 +575,7 @@ mod tests {
         std::fs::write(staging.path().join("big"), &bytes).unwrap();
         let file = IndexFile {
             path: "big".into(),
-            digest: format!(
-                "sha256:{}",
-                hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes))
-            ),
+            digest: Digest::of(&bytes),
             size: 5000,
         };
         let first = RevisionIndex {
@@ -627,10 +625,7 @@ mod tests {
         };
         let a_file = IndexFile {
             path: "a".into(),
-            digest: format!(
-                "sha256:{}",
-                hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"a"))
-            ),
+            digest: Digest::of(b"a"),
             size: 1,
         };
         let kept = store
@@ -667,10 +662,7 @@ mod tests {
     fn empty_files(store: &Store, dir: &str, n: usize) -> (tempfile::TempDir, Vec<IndexFile>) {
         let staging = store.staging_dir().unwrap();
         std::fs::create_dir_all(staging.path().join(dir)).unwrap();
-        let empty = format!(
-            "sha256:{}",
-            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b""))
-        );
+        let empty = Digest::of(b"");
         let files = (0..n)
             .map(|i| {
                 let path = format!("{dir}/f{i}");
@@ -731,7 +723,7 @@ mod tests {
         store
             .commit(&incoming.digest, staging.path(), &incoming.files)
             .unwrap();
-        let hex = digest_hex(&incoming.digest).unwrap();
+        let hex = incoming.digest.hex();
         let index_len = std::fs::metadata(root.path().join(format!("revisions/{hex}.json")))
             .unwrap()
             .len();
@@ -743,10 +735,7 @@ mod tests {
         let (staging, files) = empty_files(&store, "y", 3);
         std::fs::write(staging.path().join("y/f0"), b"not empty").unwrap();
         let mut files = files;
-        files[0].digest = format!(
-            "sha256:{}",
-            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"not empty"))
-        );
+        files[0].digest = Digest::of(b"not empty");
         files[0].size = 9;
         store.commit(&digest(2), staging.path(), &files).unwrap();
         let fresh = || Store::open(root.path()).unwrap().usage();
