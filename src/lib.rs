@@ -10,6 +10,8 @@ pub mod controller;
 pub mod digest;
 pub mod errors;
 pub mod metrics;
+#[cfg(test)]
+pub(crate) mod mock_api;
 pub mod oci;
 pub mod server;
 pub mod store;

@@ -518,6 +518,9 @@ pub fn since(time: &str) -> Option<Duration> {
 }
 
 #[cfg(test)]
+mod mock_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

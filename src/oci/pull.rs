@@ -582,6 +582,20 @@ impl std::io::BufRead for ChannelReader {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_failed_unpacking_task_is_an_internal_error_not_unsafe_content() {
+        let task = tokio::task::spawn_blocking(|| -> Result<Budget> {
+            panic!("a bug in the unpacker");
+        });
+        let writer = Writer {
+            task: Some(task),
+            cancelled: Arc::default(),
+        };
+        let e = writer.finish(false).await.unwrap_err();
+        assert_eq!(e.reason(), crate::api::reason::SourceReason::InternalError);
+        assert!(e.is_transient(), "{e}");
+    }
+
     #[test]
     fn picks_platforms_from_an_index() {
         let index: OciImageIndex = serde_json::from_str(&format!(

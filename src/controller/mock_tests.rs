@@ -1,0 +1,230 @@
+//! The controller's effectful steps against a mocked API server: the exact requests a
+//! reconcile or the GC makes (see [`crate::mock_api`]).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Client;
+use kube::core::PartialObjectMeta;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store as Cache};
+use kube::runtime::watcher;
+use serde_json::json;
+
+use super::context::Context;
+use crate::api::artifact_source::{Artifact, ArtifactSourceSpec, ArtifactSourceStatus};
+use crate::api::node_report::NodeReportSpec;
+use crate::api::{ArtifactSource, NodeReport};
+use crate::digest::Digest;
+use crate::metrics::Metrics;
+use crate::mock_api::{self, ApiServer};
+use crate::store::{IndexFile, Store};
+
+/// A reflector cache holding `objects`, ready.
+fn cache<K>(objects: Vec<K>) -> Cache<K>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (reader, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for o in objects {
+        writer.apply_watcher_event(&watcher::Event::InitApply(o));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    reader
+}
+
+fn meta(name: &str, namespace: Option<&str>, uid: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: namespace.map(str::to_string),
+        uid: Some(uid.into()),
+        generation: Some(1),
+        ..Default::default()
+    }
+}
+
+/// A context on `client` over `store`, with these sources, nodes and reports cached.
+fn context(
+    client: Client,
+    store: Store,
+    sources: Vec<ArtifactSource>,
+    nodes: &[&str],
+    reports: &[&str],
+) -> Arc<Context> {
+    let node = |n: &&str| PartialObjectMeta {
+        metadata: meta(n, None, n),
+        ..Default::default()
+    };
+    let report = |n: &&str| NodeReport {
+        metadata: meta(n, None, n),
+        spec: NodeReportSpec::default(),
+    };
+    let reporter = Reporter {
+        controller: "ocisync-controller".into(),
+        instance: None,
+    };
+    Arc::new(Context {
+        client: client.clone(),
+        store: Arc::new(store),
+        metrics: Arc::new(Metrics::new()),
+        recorder: Recorder::new(client, reporter),
+        base_url: "http://ocisync.test:9090".into(),
+        registry_timeout: Duration::from_secs(5),
+        sources: cache(sources),
+        bundles: cache(Vec::new()),
+        config_maps: cache(Vec::new()),
+        nodes: cache(nodes.iter().map(node).collect()),
+        reports: cache(reports.iter().map(report).collect()),
+        state: Default::default(),
+    })
+}
+
+/// A store holding one revision per name (one file each); their store keys.
+fn store_with(names: &[&str]) -> (tempfile::TempDir, Store, Vec<Digest>) {
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(root.path()).unwrap();
+    let mut keys = Vec::new();
+    for name in names {
+        let staging = store.staging_dir().unwrap();
+        std::fs::write(staging.path().join("f.yaml"), name.as_bytes()).unwrap();
+        let file = IndexFile {
+            path: "f.yaml".into(),
+            digest: Digest::of(name.as_bytes()),
+            size: name.len() as u64,
+        };
+        let manifest = Digest::of(format!("manifest {name}").as_bytes());
+        store.commit(&manifest, staging.path(), &[file]).unwrap();
+        keys.push(manifest);
+    }
+    (root, store, keys)
+}
+
+fn source_serving(name: &str, uid: &str, key: &Digest) -> ArtifactSource {
+    let mut s = ArtifactSource::new(name, ArtifactSourceSpec::default());
+    s.metadata = meta(name, Some("team"), uid);
+    s.status = Some(ArtifactSourceStatus {
+        artifact: Some(Artifact {
+            digest: key.to_string(),
+            url: Some(format!(
+                "http://ocisync.test:9090{}",
+                crate::server::revision_path(key.as_str())
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    s
+}
+
+#[tokio::test]
+async fn gc_keeps_what_sources_use_and_deletes_only_reports_of_gone_nodes() {
+    let (client, mut server) = mock_api::pair();
+    let (_root, store, keys) = store_with(&["served", "previous", "of-a-gone-source", "unused"]);
+    let [served, previous, gone, unused] = [&keys[0], &keys[1], &keys[2], &keys[3]];
+    let sources = vec![source_serving("rules", "uid-1", served)];
+    let ctx = context(client, store, sources, &["node-a"], &["node-a", "node-b"]);
+    ctx.remember("uid-1", |m| m.previous = Some(previous.to_string()));
+    ctx.remember("uid-gone", |m| m.current = Some(gone.to_string()));
+
+    // in use: the status's revision and the one before it of a source that still exists
+    let in_use = ctx.revisions_in_use();
+    let expected: HashSet<String> = [served, previous].iter().map(|d| d.to_string()).collect();
+    assert_eq!(in_use, expected);
+    // asking changes nothing: the deleted source's memory is pruned only by prune
+    assert!(ctx.memory_of("uid-gone").current.is_some());
+
+    let gc = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            super::prune_reports(&ctx).await;
+            super::collect_garbage(&ctx).await;
+        })
+    };
+    // exactly one request: the report of the node that is gone
+    server
+        .expect(
+            "DELETE",
+            "/apis/ocisync.dev/v1alpha1/nodereports/node-b",
+            200,
+            mock_api::status(200, "", ""),
+        )
+        .await;
+    gc.await.unwrap();
+    for (key, kept) in [
+        (served, true),
+        (previous, true),
+        (gone, false),
+        (unused, false),
+    ] {
+        assert_eq!(ctx.store.has(key), kept, "{key}");
+    }
+    assert!(ctx.memory_of("uid-gone").current.is_none());
+    drop(ctx);
+    server.expect_no_more().await;
+}
+
+#[tokio::test]
+async fn a_secret_the_controller_may_not_read_is_not_reported_missing() {
+    let (client, mut server) = mock_api::pair();
+    let (_root, store, _) = store_with(&[]);
+    let mut source = ArtifactSource::new("rules", ArtifactSourceSpec::default());
+    source.metadata = meta("rules", Some("team"), "uid-1");
+    source.spec.url = "oci://127.0.0.1:9/team/rules".into();
+    source.spec.interval = "1m".into();
+    source.spec.reference = Some(crate::api::artifact_source::OciRefSpec {
+        tag: Some("1".into()),
+        ..Default::default()
+    });
+    source.spec.secret_ref = Some(crate::api::artifact_source::LocalObjectReference {
+        name: "regcred".into(),
+    });
+    let ctx = context(client, store, vec![source.clone()], &[], &[]);
+    let reconcile = tokio::spawn(super::source::reconcile(Arc::new(source), ctx.clone()));
+    server
+        .expect(
+            "GET",
+            "/api/v1/namespaces/team/secrets/regcred",
+            403,
+            mock_api::status(403, "Forbidden", "secrets \"regcred\" is forbidden"),
+        )
+        .await;
+    let event = server
+        .expect(
+            "POST",
+            "/apis/events.k8s.io/v1/namespaces/team/events",
+            201,
+            json!({}),
+        )
+        .await;
+    assert_eq!(event.body["reason"], "SecretNotReadable", "{}", event.body);
+    assert_eq!(event.body["type"], "Warning");
+    let patch = server
+        .expect(
+            "PATCH",
+            "/apis/ocisync.dev/v1alpha1/namespaces/team/artifactsources/rules/status",
+            200,
+            serde_json::to_value(&*ctx.sources.state()[0]).unwrap(),
+        )
+        .await;
+    let conditions = &patch.body["status"]["conditions"];
+    let ready = conditions
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(ready["reason"], "SecretNotReadable", "{conditions}");
+    assert_eq!(ready["status"], "False");
+    assert!(
+        ready["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("forbidden") && m.contains("(403)")),
+        "{ready}"
+    );
+    reconcile.await.unwrap().unwrap();
+    drop(ctx);
+    server.expect_no_more().await;
+}
