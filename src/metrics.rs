@@ -23,6 +23,7 @@ const RECONCILE_BUCKETS: [f64; 14] = [
 struct ReconcileLabels {
     kind: &'static str,
     result: &'static str,
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -76,7 +77,7 @@ impl Metrics {
         let reconciles = Family::<ReconcileLabels, Counter>::default();
         registry.register(
             "ocisync_reconciles",
-            "Reconciles by kind and result",
+            "Reconciles by kind, result (the class of their reason) and reason",
             reconciles.clone(),
         );
         let reconcile_duration =
@@ -140,11 +141,25 @@ impl Metrics {
         }
     }
 
-    /// Records one reconcile of `kind` (`ArtifactSource`, `RuleBundle`) that ended with
-    /// `result` (`Success` or an error reason) after `seconds`.
-    pub fn reconcile(&self, kind: &'static str, result: &'static str, seconds: f64) {
+    /// Records one reconcile of `kind` (`ArtifactSource`, `RuleBundle`, the agent's
+    /// `NodeFiles`) after `seconds`. `result` is the class of the reason it ended with
+    /// (`success`, `progressing`, `stalled`, `waiting`, `transient`; see
+    /// [`Class::metric_label`](crate::api::reason::Class::metric_label)), `skipped` (no
+    /// check due, suspended) or `error` (an API request failed); `reason` is the condition
+    /// reason (or the API error's), empty when skipped.
+    pub fn reconcile(
+        &self,
+        kind: &'static str,
+        result: &'static str,
+        reason: &'static str,
+        seconds: f64,
+    ) {
         self.reconciles
-            .get_or_create(&ReconcileLabels { kind, result })
+            .get_or_create(&ReconcileLabels {
+                kind,
+                result,
+                reason,
+            })
             .inc();
         self.reconcile_duration
             .get_or_create(&KindLabels { kind })
@@ -204,9 +219,9 @@ mod tests {
     #[test]
     fn records_and_encodes() {
         let metrics = Metrics::new();
-        metrics.reconcile("ArtifactSource", "Success", 0.2);
-        metrics.reconcile("ArtifactSource", "Success", 3.0);
-        metrics.reconcile("RuleBundle", "NotFound", 0.001);
+        metrics.reconcile("ArtifactSource", "success", "Succeeded", 0.2);
+        metrics.reconcile("ArtifactSource", "success", "Succeeded", 3.0);
+        metrics.reconcile("RuleBundle", "waiting", "SourceNotReady", 0.001);
         metrics.registry_request("manifest", "Success");
         metrics.registry_request("blob", "Unauthorized");
         metrics.pulled_bytes(1000);
@@ -223,8 +238,8 @@ mod tests {
 
         for line in [
             "# TYPE ocisync_reconciles counter",
-            r#"ocisync_reconciles_total{kind="ArtifactSource",result="Success"} 2"#,
-            r#"ocisync_reconciles_total{kind="RuleBundle",result="NotFound"} 1"#,
+            r#"ocisync_reconciles_total{kind="ArtifactSource",result="success",reason="Succeeded"} 2"#,
+            r#"ocisync_reconciles_total{kind="RuleBundle",result="waiting",reason="SourceNotReady"} 1"#,
             "# TYPE ocisync_reconcile_duration_seconds histogram",
             "# UNIT ocisync_reconcile_duration_seconds seconds",
             r#"ocisync_reconcile_duration_seconds_count{kind="ArtifactSource"} 2"#,

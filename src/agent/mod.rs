@@ -181,6 +181,7 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
                 metrics.reconcile(
                     "NodeFiles",
                     if failed { "failure" } else { "success" },
+                    "",
                     started.elapsed().as_secs_f64(),
                 );
                 ready.store(true, Ordering::Relaxed);

@@ -34,13 +34,13 @@ pub async fn reconcile(bundle: Arc<RuleBundle>, ctx: Arc<Context>) -> Result<Act
     let started = Instant::now();
     let result = reconcile_inner(&bundle, &ctx).await;
     let uid = bundle.uid().unwrap_or_default();
-    let label = match &result {
-        Ok(_) if bundle.spec.suspend => "skipped",
-        Ok(reason) => reason.class().metric_label(),
-        Err(e) => e.metric_label(),
+    let (label, reason) = match &result {
+        Ok(_) if bundle.spec.suspend => ("skipped", ""),
+        Ok(reason) => (reason.class().metric_label(), reason.as_str()),
+        Err(e) => (e.metric_label(), e.reason()),
     };
-    ctx.metrics
-        .reconcile("RuleBundle", label, started.elapsed().as_secs_f64());
+    let seconds = started.elapsed().as_secs_f64();
+    ctx.metrics.reconcile("RuleBundle", label, reason, seconds);
     let reason = result?;
     let class = reason.class();
     ctx.reconciled(&uid, class.is_failure());

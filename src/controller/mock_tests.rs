@@ -19,7 +19,7 @@ use crate::api::node_report::NodeReportSpec;
 use crate::api::{ArtifactSource, NodeReport};
 use crate::digest::Digest;
 use crate::metrics::Metrics;
-use crate::mock_api::{self, ApiServer};
+use crate::mock_api;
 use crate::store::{IndexFile, Store};
 
 /// A reflector cache holding `objects`, ready.

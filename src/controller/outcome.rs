@@ -9,7 +9,7 @@ use std::time::Duration;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
-use crate::api::reason::{Class, Problem, Reason};
+use crate::api::reason::Class;
 use crate::backoff::{Backoff, jitter};
 
 /// Retries of transient failures: 5 s, 10 s … up to 5 min, jittered per object.
@@ -59,26 +59,6 @@ pub fn event_type(class: Class) -> EventType {
     match class {
         Class::Ready | Class::Progressing => EventType::Normal,
         Class::Stalled | Class::Waiting | Class::Transient => EventType::Warning,
-    }
-}
-
-/// A reconcile's result for metrics and logs: its class, and its reason when there is one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Result {
-    pub class: Class,
-    pub reason: &'static str,
-}
-
-impl Result {
-    pub fn of<R: Reason>(reason: R) -> Self {
-        Result {
-            class: reason.class(),
-            reason: reason.as_str(),
-        }
-    }
-
-    pub fn of_problem<R: Reason>(problem: &Problem<R>) -> Self {
-        Result::of(problem.reason)
     }
 }
 

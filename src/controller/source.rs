@@ -66,14 +66,15 @@ enum Checked {
 pub async fn reconcile(source: Arc<ArtifactSource>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = reconcile_inner(&source, &ctx).await;
-    let label = match &result {
-        Ok(Outcome::Checked { reason, .. }) => reason.class().metric_label(),
-        Ok(Outcome::Stalled) => Class::Stalled.metric_label(),
-        Ok(Outcome::Waiting(_)) | Ok(Outcome::Suspended) => "skipped",
-        Err(e) => e.metric_label(),
+    let (label, reason) = match &result {
+        Ok(Outcome::Checked { reason, .. }) => (reason.class().metric_label(), reason.as_str()),
+        Ok(Outcome::Stalled) => (Class::Stalled.metric_label(), "InvalidSpec"),
+        Ok(Outcome::Waiting(_)) | Ok(Outcome::Suspended) => ("skipped", ""),
+        Err(e) => (e.metric_label(), e.reason()),
     };
+    let seconds = started.elapsed().as_secs_f64();
     ctx.metrics
-        .reconcile("ArtifactSource", label, started.elapsed().as_secs_f64());
+        .reconcile("ArtifactSource", label, reason, seconds);
     match result? {
         Outcome::Checked { next, .. } => {
             Ok(next.map_or_else(Action::await_change, Action::requeue))
