@@ -361,7 +361,7 @@ mod tests {
         let lowered_budget = budget(&small, 10 * MIB, 10 * MIB);
         let quota = lowered_budget.blame(too_large()).unwrap_err();
         assert_eq!(quota.scope, QuotaScope::Store);
-        assert_eq!(quota.reason(), "QuotaExceeded");
+        assert_eq!(quota.reason().as_str(), "QuotaExceeded");
         assert_eq!(
             quota.to_string(),
             "the artifact unpacks to more than the content store has room for (its limit is 1048576 bytes)"

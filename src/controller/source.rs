@@ -47,7 +47,7 @@ impl From<OciError> for Failure {
 
 impl From<QuotaExceeded> for Failure {
     fn from(e: QuotaExceeded) -> Self {
-        Failure::new(SourceReason::QuotaExceeded, e.to_string())
+        Failure::new(e.reason(), e.to_string())
     }
 }
 
@@ -596,7 +596,7 @@ async fn pull_and_store(
             format!("storing the revision: {e}"),
         )
     })?
-    .map_err(|e| store_failure(&e))?;
+    .map_err(|e| Failure::new(e.reason(), format!("content store: {e}")))?;
     Ok((pulled, now_rfc3339()))
 }
 

@@ -24,6 +24,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::reason::SourceReason;
 use crate::digest::{self, Digest};
 
 mod gc;
@@ -111,12 +112,13 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// The stable, low-cardinality reason (CamelCase, for conditions and metric labels).
-    pub fn reason(&self) -> &'static str {
+    /// The ArtifactSource reason of a revision the store could not take: a path that is
+    /// not safe is the artifact's fault; a staged file that no longer hashes to its digest,
+    /// or a failed read or write, is the store's.
+    pub fn reason(&self) -> SourceReason {
         match self {
-            StoreError::UnsafePath(_) => "UnsafePath",
-            StoreError::DigestMismatch { .. } => "DigestMismatch",
-            StoreError::Io { .. } => "IoError",
+            StoreError::UnsafePath(_) => SourceReason::UnsafeContent,
+            StoreError::DigestMismatch { .. } | StoreError::Io { .. } => SourceReason::StoreFailed,
         }
     }
 

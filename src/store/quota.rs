@@ -16,6 +16,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
+
+use crate::api::reason::SourceReason;
 use std::sync::Arc;
 
 use super::{RevisionIndex, Store, encode_index};
@@ -70,8 +72,8 @@ pub struct QuotaExceeded {
 
 impl QuotaExceeded {
     /// The condition reason.
-    pub fn reason(&self) -> &'static str {
-        "QuotaExceeded"
+    pub fn reason(&self) -> SourceReason {
+        SourceReason::QuotaExceeded
     }
 }
 
@@ -485,7 +487,7 @@ mod tests {
             (refused.needed, refused.limit),
             (Some(110 * MIB), 100 * MIB)
         );
-        assert_eq!(refused.reason(), "QuotaExceeded");
+        assert_eq!(refused.reason().as_str(), "QuotaExceeded");
         assert!(
             refused
                 .to_string()
