@@ -20,6 +20,7 @@ use crate::api::reason::Class;
 use crate::api::rule_bundle::NodeFilesTarget;
 use crate::api::{ArtifactSource, FIELD_MANAGER, NodeReport, RuleBundle};
 use crate::bundle::nodes::{self, Rollout};
+use crate::digest::Digest;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -40,8 +41,8 @@ pub struct Memory {
     pub pull_busy: bool,
     /// The revision being served and the one before it (kept for rollback by GC), by
     /// store key ([`stored_key`]).
-    pub current: Option<String>,
-    pub previous: Option<String>,
+    pub current: Option<Digest>,
+    pub previous: Option<Digest>,
     /// The revision this source last proved it can fetch itself (a verified GET of the
     /// manifest by digest, from its own registry and repository, with its own credentials).
     pub proven: Option<ProvenRevision>,
@@ -52,7 +53,7 @@ pub struct Memory {
 pub struct ProvenRevision {
     pub registry: String,
     pub repository: String,
-    pub digest: String,
+    pub digest: Digest,
 }
 
 pub struct Context {
@@ -87,9 +88,9 @@ pub struct State {
     /// [`revision_key`](crate::store::revision_key)), so sources sharing a revision reuse
     /// one pull of its blobs; a source reuses one only after proving it can fetch the
     /// manifest itself ([`Memory::proven`]).
-    artifacts: Mutex<HashMap<String, Artifact>>,
+    artifacts: Mutex<HashMap<Digest, Artifact>>,
     /// One lock per store key being pulled.
-    pull_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pull_locks: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     /// Per object uid: reconciles in a row that ended with an API error, and bundle
     /// reconciles in a row that ended with a problem (each drives its backoff).
     api_failures: Mutex<HashMap<String, u32>>,
@@ -175,21 +176,21 @@ impl Context {
     }
 
     /// The lock that serialises pulls of one store key.
-    pub fn pull_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub fn pull_lock(&self, key: &Digest) -> Arc<tokio::sync::Mutex<()>> {
         match self.state.pull_locks.lock() {
-            Ok(mut locks) => locks.entry(key.to_string()).or_default().clone(),
+            Ok(mut locks) => locks.entry(key.clone()).or_default().clone(),
             Err(_) => Arc::default(),
         }
     }
 
     /// A revision this controller stored before under `key` (its files, kind and config).
-    pub fn known_artifact(&self, key: &str) -> Option<Artifact> {
+    pub fn known_artifact(&self, key: &Digest) -> Option<Artifact> {
         self.state.artifacts.lock().ok()?.get(key).cloned()
     }
 
-    pub fn remember_artifact(&self, key: &str, artifact: &Artifact) {
+    pub fn remember_artifact(&self, key: &Digest, artifact: &Artifact) {
         if let Ok(mut a) = self.state.artifacts.lock() {
-            a.insert(key.to_string(), artifact.clone());
+            a.insert(key.clone(), artifact.clone());
         }
     }
 
@@ -307,12 +308,12 @@ impl Context {
     /// The store keys of every revision some source still needs: each status's, each
     /// remembered current and previous revision of sources that still exist, and each
     /// being pulled (held locks). Changes nothing; see [`Context::prune`].
-    pub fn revisions_in_use(&self) -> HashSet<String> {
+    pub fn revisions_in_use(&self) -> HashSet<Digest> {
         let sources = self.sources.state();
         let live: HashSet<String> = sources.iter().filter_map(|s| s.uid()).collect();
-        let mut keep: HashSet<String> = sources
+        let mut keep: HashSet<Digest> = sources
             .iter()
-            .filter_map(|s| s.status.as_ref()?.artifact.as_ref().map(stored_key))
+            .filter_map(|s| stored_key(s.status.as_ref()?.artifact.as_ref()?))
             .collect();
         if let Ok(memory) = self.state.memory.lock() {
             for (_, m) in memory.iter().filter(|(uid, _)| live.contains(*uid)) {
@@ -335,7 +336,7 @@ impl Context {
     /// Forgets what belongs to objects that are gone and revisions not in `keep`: the
     /// memory and failure counts of deleted sources and bundles, idle pull locks and
     /// known artifacts of revisions no longer kept.
-    pub fn prune(&self, keep: &HashSet<String>) {
+    pub fn prune(&self, keep: &HashSet<Digest>) {
         let sources: HashSet<String> = self
             .sources
             .state()
@@ -384,15 +385,14 @@ fn bump(counts: &Mutex<HashMap<String, u32>>, uid: &str) -> u32 {
 /// The store key of a status artifact: the one its URL names (`.../revisions/sha256/<hex>`),
 /// else its manifest digest (the key of every layer, which is what a status without a
 /// URL was stored under).
-pub fn stored_key(artifact: &Artifact) -> String {
+/// `None` when neither is a digest (a status someone else wrote).
+pub fn stored_key(artifact: &Artifact) -> Option<Digest> {
     artifact
         .url
         .as_deref()
         .and_then(|url| url.rsplit_once("/revisions/sha256/"))
-        .map(|(_, hex)| hex)
-        .filter(|hex| crate::store::is_sha256_hex(hex))
-        .map(|hex| format!("sha256:{hex}"))
-        .unwrap_or_else(|| artifact.digest.clone())
+        .and_then(|(_, hex)| Digest::from_hex(hex).ok())
+        .or_else(|| Digest::parse(&artifact.digest).ok())
 }
 
 /// Writes an object's status with server-side apply under ocisync's field manager.
@@ -421,10 +421,10 @@ mod tests {
 
     #[test]
     fn a_status_names_its_store_key_in_its_url() {
-        let digest = format!("sha256:{}", "a".repeat(64));
-        let key = format!("sha256:{}", "b".repeat(64));
+        let digest = Some(Digest::parse(&format!("sha256:{}", "a".repeat(64))).unwrap());
+        let key = Some(Digest::parse(&format!("sha256:{}", "b".repeat(64))).unwrap());
         let artifact = |url: Option<String>| Artifact {
-            digest: digest.clone(),
+            digest: format!("sha256:{}", "a".repeat(64)),
             url,
             ..Default::default()
         };
@@ -442,5 +442,11 @@ mod tests {
         ] {
             assert_eq!(stored_key(&artifact(url.clone())), digest, "{url:?}");
         }
+        // a status naming no digest at all names nothing stored
+        let broken = Artifact {
+            digest: "sha256:a".into(),
+            ..Default::default()
+        };
+        assert_eq!(stored_key(&broken), None);
     }
 }

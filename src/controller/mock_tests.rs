@@ -127,12 +127,12 @@ async fn gc_keeps_what_sources_use_and_deletes_only_reports_of_gone_nodes() {
     let [served, previous, gone, unused] = [&keys[0], &keys[1], &keys[2], &keys[3]];
     let sources = vec![source_serving("rules", "uid-1", served)];
     let ctx = context(client, store, sources, &["node-a"], &["node-a", "node-b"]);
-    ctx.remember("uid-1", |m| m.previous = Some(previous.to_string()));
-    ctx.remember("uid-gone", |m| m.current = Some(gone.to_string()));
+    ctx.remember("uid-1", |m| m.previous = Some(previous.clone()));
+    ctx.remember("uid-gone", |m| m.current = Some(gone.clone()));
 
     // in use: the status's revision and the one before it of a source that still exists
     let in_use = ctx.revisions_in_use();
-    let expected: HashSet<String> = [served, previous].iter().map(|d| d.to_string()).collect();
+    let expected: HashSet<Digest> = [served.clone(), previous.clone()].into();
     assert_eq!(in_use, expected);
     // asking changes nothing: the deleted source's memory is pruned only by prune
     assert!(ctx.memory_of("uid-gone").current.is_some());

@@ -457,11 +457,6 @@ pub async fn collect_garbage(ctx: &Context) {
     }
     let keep = ctx.revisions_in_use();
     ctx.prune(&keep);
-    // keys that are not digests name nothing stored
-    let keep = keep
-        .iter()
-        .filter_map(|k| crate::digest::Digest::parse(k).ok())
-        .collect();
     let store = ctx.store.clone();
     let result = tokio::task::spawn_blocking(move || {
         let report = store.gc(&keep);

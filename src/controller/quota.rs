@@ -90,7 +90,7 @@ async fn namespace_room(ctx: &Context, source: &ArtifactSource) -> Option<Namesp
     if ctx.store.limits().namespace_max_bytes.is_none() {
         return Some(NamespaceRoom { namespace, kept: 0 });
     }
-    let kept = stored_keys(kept_by_namespace(ctx, source));
+    let kept = kept_by_namespace(ctx, source);
     let store = ctx.store.clone();
     let kept = tokio::task::spawn_blocking(move || {
         let indexes: Vec<RevisionIndex> = kept.iter().filter_map(|k| store.index(k)).collect();
@@ -167,7 +167,7 @@ pub async fn admit(
 ) -> Result<Admitted, QuotaExceeded> {
     let admission = ctx.store.admission().await;
     incoming.files.sort_by(|a, b| a.path.cmp(&b.path));
-    let kept = stored_keys(kept_by_namespace(ctx, source));
+    let kept = kept_by_namespace(ctx, source);
     let check = || {
         let store = ctx.store.clone();
         let (incoming, kept) = (incoming.clone(), kept.clone());
@@ -207,12 +207,10 @@ pub struct Admitted {
 pub async fn admit_stored(
     ctx: &Context,
     source: &ArtifactSource,
-    key: &str,
+    key: &Digest,
 ) -> Result<(), QuotaExceeded> {
     let store = ctx.store.clone();
-    let Ok(lookup) = Digest::parse(key) else {
-        return Ok(()); // not a key: nothing is stored under it
-    };
+    let lookup = key.clone();
     let index = tokio::task::spawn_blocking(move || store.index(&lookup))
         .await
         .ok()
@@ -223,16 +221,11 @@ pub async fn admit_stored(
     }
 }
 
-/// The store keys among `keys` (the others name nothing stored).
-fn stored_keys(keys: BTreeSet<String>) -> Vec<Digest> {
-    keys.iter().filter_map(|k| Digest::parse(k).ok()).collect()
-}
-
 /// The store keys of the revisions the sources of `source`'s namespace keep once `source`
 /// moves on.
-fn kept_by_namespace(ctx: &Context, source: &ArtifactSource) -> BTreeSet<String> {
+fn kept_by_namespace(ctx: &Context, source: &ArtifactSource) -> Vec<Digest> {
     let sources = ctx.sources.state();
-    let held: Vec<Held> = sources
+    let held: Vec<Held<Digest>> = sources
         .iter()
         .map(|s| {
             let memory = s.uid().map(|uid| ctx.memory_of(&uid)).unwrap_or_default();
@@ -243,34 +236,37 @@ fn kept_by_namespace(ctx: &Context, source: &ArtifactSource) -> BTreeSet<String>
                     .status
                     .as_ref()
                     .and_then(|st| st.artifact.as_ref())
-                    .map(stored_key),
+                    .and_then(stored_key),
                 current: memory.current,
                 previous: memory.previous,
             }
         })
         .collect();
-    kept(
-        &held,
-        source.namespace().as_deref(),
-        source.uid().as_deref(),
-    )
+    let namespace = source.namespace();
+    kept(&held, namespace.as_deref(), source.uid().as_deref())
+        .into_iter()
+        .collect()
 }
 
 /// What one source holds in the store: the revision in its status and the current and
 /// previous ones the controller remembers.
 #[derive(Clone, Debug, Default)]
-struct Held {
+struct Held<K> {
     namespace: Option<String>,
     uid: Option<String>,
-    status: Option<String>,
-    current: Option<String>,
-    previous: Option<String>,
+    status: Option<K>,
+    current: Option<K>,
+    previous: Option<K>,
 }
 
 /// The revisions the sources of `namespace` keep once the source `this` takes a new
 /// revision: each other source's revisions, and of `this` only its current one (its
 /// previous one is dropped when the new one comes in).
-fn kept(sources: &[Held], namespace: Option<&str>, this: Option<&str>) -> BTreeSet<String> {
+fn kept<K: Ord + Clone>(
+    sources: &[Held<K>],
+    namespace: Option<&str>,
+    this: Option<&str>,
+) -> BTreeSet<K> {
     let mut kept = BTreeSet::new();
     for s in sources
         .iter()
@@ -413,7 +409,7 @@ mod tests {
         assert_eq!(unpack_estimate(&d, &broken, None), d.max_unpacked_bytes);
     }
 
-    fn held(namespace: &str, uid: &str, revisions: [Option<&str>; 3]) -> Held {
+    fn held(namespace: &str, uid: &str, revisions: [Option<&str>; 3]) -> Held<String> {
         let [status, current, previous] = revisions.map(|r| r.map(String::from));
         Held {
             namespace: Some(namespace.into()),

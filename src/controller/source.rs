@@ -195,7 +195,10 @@ impl Reconcile<'_> {
         let due_now = schedule::due(&state, valid.interval, self.seed) == Due::Now;
         if memory.last_check.is_none() || due_now {
             state.content_missing = match &self.prev.artifact {
-                Some(a) => !has_revision(self.ctx, &stored_key(a)).await,
+                Some(a) => match stored_key(a) {
+                    Some(key) => !has_revision(self.ctx, &key).await,
+                    None => true,
+                },
                 None => false,
             };
         }
@@ -297,11 +300,11 @@ async fn check(
     let key = ProvenRevision {
         registry: repo.registry.clone(),
         repository: repo.name.clone(),
-        digest: digest.to_string(),
+        digest: digest.clone(),
     };
     // what this source takes of the manifest, and the key the store holds that under
     let selection = selection_of(source);
-    let store_key = revision_key(&digest, &selection).to_string();
+    let store_key = revision_key(&digest, &selection);
     let uid = source.uid().unwrap_or_default();
     let proven = ctx.memory_of(&uid).proven;
     let step = next_step(
@@ -365,7 +368,7 @@ async fn check(
             };
             let (pulled, stored_at) =
                 pull_and_store(source, ctx, &registry, valid, target, &deadline).await?;
-            let artifact = artifact_of(ctx, digest.as_str(), &store_key, &pulled, stored_at);
+            let artifact = artifact_of(ctx, &digest, &store_key, &pulled, stored_at);
             ctx.remember_artifact(&store_key, &artifact);
             (artifact, true)
         }
@@ -373,15 +376,15 @@ async fn check(
     artifact.revision = resolved.revision();
     ctx.remember(&uid, |m| {
         m.proven = Some(key.clone());
-        if m.current.as_deref() != Some(store_key.as_str()) {
+        if m.current.as_ref() != Some(&store_key) {
             m.previous = m
                 .current
                 .take()
-                .or_else(|| prev.artifact.as_ref().map(stored_key));
+                .or_else(|| prev.artifact.as_ref().and_then(stored_key));
             m.current = Some(store_key.clone());
         }
     });
-    if prev.artifact.as_ref().map(stored_key) != Some(store_key) {
+    if prev.artifact.as_ref().and_then(stored_key) != Some(store_key) {
         publish(
             ctx,
             source,
@@ -430,12 +433,13 @@ enum Step {
 /// what the source asks for.
 fn next_step(
     status: Option<&Artifact>,
-    store_key: &str,
+    store_key: &Digest,
     key: &ProvenRevision,
     proven: Option<&ProvenRevision>,
     content_missing: bool,
 ) -> Step {
-    let unchanged = status.is_some_and(|a| a.digest == key.digest && stored_key(a) == store_key)
+    let unchanged = status
+        .is_some_and(|a| key.digest == a.digest && stored_key(a).as_ref() == Some(store_key))
         && !content_missing;
     match (unchanged, proven == Some(key)) {
         (true, true) => Step::Reuse,
@@ -455,8 +459,8 @@ fn relabelled(artifact: &Artifact, resolved: &pull::Resolved) -> Artifact {
 /// `digest` is the manifest digest, the URL names the index under its store `key`.
 fn artifact_of(
     ctx: &Context,
-    digest: &str,
-    key: &str,
+    digest: &Digest,
+    key: &Digest,
     pulled: &Pulled,
     stored_at: String,
 ) -> Artifact {
@@ -478,7 +482,7 @@ fn artifact_of(
         url: Some(format!(
             "{}{}",
             ctx.base_url,
-            crate::server::revision_path(key)
+            crate::server::revision_path(key.as_str())
         )),
         last_update_time: Some(stored_at),
         annotations: pulled.annotations.clone(),
@@ -641,11 +645,9 @@ fn secret_not_readable(name: &str, e: &kube::Error) -> Failure {
     )
 }
 
-async fn has_revision(ctx: &Context, key: &str) -> bool {
+async fn has_revision(ctx: &Context, key: &Digest) -> bool {
     let store = ctx.store.clone();
-    let Ok(key) = Digest::parse(key) else {
-        return false;
-    };
+    let key = key.clone();
     tokio::task::spawn_blocking(move || store.has(&key))
         .await
         .unwrap_or(false)
@@ -700,21 +702,26 @@ mod tests {
         ProvenRevision {
             registry: registry.into(),
             repository: repository.into(),
-            digest: digest.into(),
+            digest: Digest::parse(digest).unwrap(),
         }
     }
 
-    /// Store keys of the default selection are the manifest digests.
-    const A: &str = "sha256:a";
-    const B: &str = "sha256:b";
+    fn digest(c: char) -> String {
+        format!("sha256:{}", c.to_string().repeat(64))
+    }
 
     #[test]
     fn only_what_this_source_proved_skips_the_manifest_fetch() {
+        // store keys of the default selection are the manifest digests
+        let (a, b) = (digest('a'), digest('b'));
+        let (key_a, key_b) = (Digest::parse(&a).unwrap(), Digest::parse(&b).unwrap());
+        #[allow(non_snake_case)]
+        let (A, B) = (&key_a, &key_b);
         let status = Artifact {
-            digest: "sha256:a".into(),
+            digest: a.clone(),
             ..Default::default()
         };
-        let here = key("r", "team-a/rules", "sha256:a");
+        let here = key("r", "team-a/rules", &a);
         assert_eq!(
             next_step(Some(&status), A, &here, Some(&here), false),
             Step::Reuse
@@ -726,8 +733,8 @@ mod tests {
         );
         // proved from another repository or registry: no proof for this one
         for other in [
-            key("r", "team-b/rules", "sha256:a"),
-            key("evil", "team-a/rules", "sha256:a"),
+            key("r", "team-b/rules", &a),
+            key("evil", "team-a/rules", &a),
         ] {
             assert_eq!(
                 next_step(Some(&status), A, &here, Some(&other), false),
@@ -735,7 +742,7 @@ mod tests {
             );
         }
         // a new digest, no status yet, or the content gone from the store
-        let newer = key("r", "team-a/rules", "sha256:b");
+        let newer = key("r", "team-a/rules", &b);
         assert_eq!(
             next_step(Some(&status), B, &newer, Some(&newer), false),
             Step::ProveThenStore
@@ -759,11 +766,14 @@ mod tests {
             layer_media_type: Some(m.into()),
         };
         let parsed = Digest::parse(&digest).unwrap();
-        let key_a = revision_key(&parsed, &layers("application/vnd.a")).to_string();
-        let key_b = revision_key(&parsed, &layers("application/vnd.b")).to_string();
+        let key_a = revision_key(&parsed, &layers("application/vnd.a"));
+        let key_b = revision_key(&parsed, &layers("application/vnd.b"));
         let status = Artifact {
             digest: digest.clone(),
-            url: Some(format!("http://s{}", crate::server::revision_path(&key_a))),
+            url: Some(format!(
+                "http://s{}",
+                crate::server::revision_path(key_a.as_str())
+            )),
             ..Default::default()
         };
         assert_eq!(
@@ -771,7 +781,7 @@ mod tests {
             Step::Reuse
         );
         // the layer selector changed, or an old status stored every layer under the digest
-        for other in [key_b, digest.clone()] {
+        for other in [key_b, parsed.clone()] {
             assert_eq!(
                 next_step(Some(&status), &other, &here, Some(&here), false),
                 Step::ProveThenStore,
