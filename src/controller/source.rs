@@ -294,110 +294,171 @@ async fn check(
         .run("resolve", pull::resolve(&registry, &valid.reference))
         .await;
     ctx.metrics.registry_request("resolve", outcome(&resolved));
-    let resolved = resolved?;
-    let digest = resolved.head.digest.clone();
-    let repo = &valid.reference.repository;
-    let key = ProvenRevision {
-        registry: repo.registry.clone(),
-        repository: repo.name.clone(),
-        digest: digest.clone(),
-    };
-    // what this source takes of the manifest, and the key the store holds that under
-    let selection = selection_of(source);
-    let store_key = revision_key(&digest, &selection);
+    let found = Found::new(source, valid, resolved?);
     let uid = source.uid().unwrap_or_default();
     let proven = ctx.memory_of(&uid).proven;
+    let (status, proof) = (prev.artifact.as_ref(), &found.proof);
     let step = next_step(
-        prev.artifact.as_ref(),
-        &store_key,
-        &key,
+        status,
+        &found.store_key,
+        proof,
         proven.as_ref(),
         content_missing,
     );
-    if let (Step::Reuse, Some(a)) = (step, &prev.artifact) {
-        return Ok(Checked::Stored(Box::new(relabelled(a, &resolved))));
+    if let (Step::Reuse, Some(a)) = (step, status) {
+        return Ok(Checked::Stored(Box::new(relabelled(a, &found.resolved))));
     }
     // The proof: this source's registry, with this source's credentials, serves the
     // manifest, and its bytes hash to the digest. Only then may stored content be reused.
+    let digest = &found.proof.digest;
+    let repo = &valid.reference.repository;
     let manifest = deadline
         .run(
             "manifest",
-            registry.fetch_manifest(repo, digest.as_str(), Some(&digest)),
+            registry.fetch_manifest(repo, digest.as_str(), Some(digest)),
         )
         .await;
     ctx.metrics.registry_request("manifest", outcome(&manifest));
     let manifest = manifest?;
-    if let (Step::ProveThenReuse, Some(a)) = (step, &prev.artifact) {
-        ctx.remember(&uid, |m| m.proven = Some(key.clone()));
-        return Ok(Checked::Stored(Box::new(relabelled(a, &resolved))));
+    if let (Step::ProveThenReuse, Some(a)) = (step, status) {
+        ctx.remember(&uid, |m| m.proven = Some(found.proof.clone()));
+        return Ok(Checked::Stored(Box::new(relabelled(a, &found.resolved))));
     }
-    // One pull of the blobs per revision and selection, however many sources point at it:
-    // the first source pulls, the others (each having proved access above) reuse the
-    // stored artifact.
-    let lock = ctx.pull_lock(&store_key);
-    // Wait a little for another source's pull of the same revision (most take well under
-    // a second), but never queue behind it for long (a slow registry, maybe a hostile
-    // one, on the same digest): come back shortly, without holding a worker or a failure.
-    let Ok(_pulling) = tokio::time::timeout(PULL_BUSY_WAIT, lock.lock()).await else {
+    let pull = Pull {
+        source,
+        ctx,
+        api,
+        valid,
+        prev,
+        registry: &registry,
+        deadline: &deadline,
+    };
+    let Some((mut artifact, new)) = pull.take_or_pull(&found, manifest).await? else {
         return Ok(Checked::PullBusy);
     };
-    let known = match ctx.known_artifact(&store_key) {
-        Some(a) if has_revision(ctx, &store_key).await => Some(a),
-        _ => None,
-    };
-    let (mut artifact, new) = match known {
-        Some(a) => {
-            super::quota::admit_stored(ctx, source, &store_key).await?;
-            (a, false)
-        }
-        None => {
-            let progress = status::reconciling(
-                prev,
-                source.meta().generation,
-                &format!("pulling {}", resolved.revision()),
-                &now_rfc3339(),
-            );
-            if &progress != prev {
-                // best effort: progress is informational
-                let _ = patch_status(api, &source.name_any(), &progress).await;
-            }
-            let target = Target {
-                digest: &digest,
-                selection: &selection,
-                manifest,
-            };
-            let (pulled, stored_at) =
-                pull_and_store(source, ctx, &registry, valid, target, &deadline).await?;
-            let artifact = artifact_of(ctx, &digest, &store_key, &pulled, stored_at);
-            ctx.remember_artifact(&store_key, &artifact);
-            (artifact, true)
-        }
-    };
-    artifact.revision = resolved.revision();
-    ctx.remember(&uid, |m| {
-        m.proven = Some(key.clone());
-        if m.current.as_ref() != Some(&store_key) {
-            m.previous = m
-                .current
-                .take()
-                .or_else(|| prev.artifact.as_ref().and_then(stored_key));
-            m.current = Some(store_key.clone());
-        }
-    });
-    if prev.artifact.as_ref().and_then(stored_key) != Some(store_key) {
-        publish(
-            ctx,
-            source,
-            EventType::Normal,
-            "NewArtifact",
-            &format!("stored revision {}", artifact.revision),
-        )
-        .await;
+    artifact.revision = found.resolved.revision();
+    remember_stored(ctx, source, prev, &found);
+    if prev.artifact.as_ref().and_then(stored_key) != Some(found.store_key) {
+        let note = format!("stored revision {}", artifact.revision);
+        publish(ctx, source, EventType::Normal, "NewArtifact", &note).await;
     }
     if new {
         super::collect_garbage(ctx).await;
     }
     Ok(Checked::Stored(Box::new(artifact)))
+}
+
+/// What a check resolved: the revision, the proof this source would hold of it, and the
+/// key the store holds this source's selection of it under.
+struct Found {
+    resolved: pull::Resolved,
+    proof: ProvenRevision,
+    selection: Selection,
+    store_key: Digest,
+}
+
+impl Found {
+    fn new(source: &ArtifactSource, valid: &ValidSpec, resolved: pull::Resolved) -> Self {
+        let repo = &valid.reference.repository;
+        let digest = resolved.head.digest.clone();
+        let selection = selection_of(source);
+        Found {
+            store_key: revision_key(&digest, &selection),
+            proof: ProvenRevision {
+                registry: repo.registry.clone(),
+                repository: repo.name.clone(),
+                digest,
+            },
+            selection,
+            resolved,
+        }
+    }
+}
+
+/// What taking or pulling a proved revision works with.
+struct Pull<'a> {
+    source: &'a ArtifactSource,
+    ctx: &'a Context,
+    api: &'a Api<ArtifactSource>,
+    valid: &'a ValidSpec,
+    prev: &'a ArtifactSourceStatus,
+    registry: &'a Registry,
+    deadline: &'a Deadline,
+}
+
+impl Pull<'_> {
+    /// One pull of the blobs per revision and selection, however many sources point at it:
+    /// the first source pulls, the others (each having proved access) take the stored
+    /// artifact. `None` when another source's pull of it is still running. Returns the
+    /// artifact and whether it was pulled now.
+    async fn take_or_pull(
+        &self,
+        found: &Found,
+        manifest: RawManifest,
+    ) -> Result<Option<(Artifact, bool)>, Failure> {
+        let (ctx, key) = (self.ctx, &found.store_key);
+        let lock = ctx.pull_lock(key);
+        // Wait a little for another source's pull of the same revision (most take well
+        // under a second), but never queue behind it for long (a slow registry, maybe a
+        // hostile one, on the same digest): come back shortly, holding no worker.
+        let Ok(_pulling) = tokio::time::timeout(PULL_BUSY_WAIT, lock.lock()).await else {
+            return Ok(None);
+        };
+        let known = match ctx.known_artifact(key) {
+            Some(a) if has_revision(ctx, key).await => Some(a),
+            _ => None,
+        };
+        if let Some(a) = known {
+            super::quota::admit_stored(ctx, self.source, key).await?;
+            return Ok(Some((a, false)));
+        }
+        self.show_progress(&found.resolved).await;
+        let target = Target {
+            digest: &found.proof.digest,
+            selection: &found.selection,
+            manifest,
+        };
+        let (source, registry, valid) = (self.source, self.registry, self.valid);
+        let (pulled, stored_at) =
+            pull_and_store(source, ctx, registry, valid, target, self.deadline).await?;
+        let artifact = artifact_of(ctx, &found.proof.digest, key, &pulled, stored_at);
+        ctx.remember_artifact(key, &artifact);
+        Ok(Some((artifact, true)))
+    }
+
+    /// Reconciling=True (and Ready=Unknown on a first pull) while the pull runs; best
+    /// effort, as progress is informational.
+    async fn show_progress(&self, resolved: &pull::Resolved) {
+        let message = format!("pulling {}", resolved.revision());
+        let generation = self.source.meta().generation;
+        let progress = status::reconciling(self.prev, generation, &message, &now_rfc3339());
+        if &progress != self.prev
+            && let Err(e) = patch_status(self.api, &self.source.name_any(), &progress).await
+        {
+            tracing::debug!(error = %e, "progress not recorded");
+        }
+    }
+}
+
+/// Remembers the proof and the revision now served, moving the one before to `previous`
+/// (kept for rollback by GC).
+fn remember_stored(
+    ctx: &Context,
+    source: &ArtifactSource,
+    prev: &ArtifactSourceStatus,
+    found: &Found,
+) {
+    let uid = source.uid().unwrap_or_default();
+    ctx.remember(&uid, |m| {
+        m.proven = Some(found.proof.clone());
+        if m.current.as_ref() != Some(&found.store_key) {
+            m.previous = m
+                .current
+                .take()
+                .or_else(|| prev.artifact.as_ref().and_then(stored_key));
+            m.current = Some(found.store_key.clone());
+        }
+    });
 }
 
 /// What the source takes of the manifest: its platform and layer media type.
