@@ -7,9 +7,9 @@ use sha2::{Digest as _, Sha256};
 
 use super::{BundleReason, Problem, keys};
 use crate::api::ArtifactSource;
-use crate::api::artifact_source::Artifact;
+use crate::api::artifact_source::{Artifact, ArtifactFile};
 use crate::api::condition::{ConditionType, find};
-use crate::api::rule_bundle::{BundleFile, RuleBundleSpec, SourceRevision};
+use crate::api::rule_bundle::{BundleFile, BundleSource, RuleBundleSpec, SourceRevision};
 use crate::digest::Digest;
 use crate::oci::content::ContentKind;
 
@@ -186,25 +186,7 @@ pub fn plan<'a>(
     lookup: impl Fn(&str) -> SourceState<'a>,
 ) -> Result<Plan, Problem> {
     validate(spec)?;
-    let mut waiting = Vec::new();
-    let mut ready = Vec::new();
-    for s in &spec.sources {
-        let name = s.source_ref.name.as_str();
-        match lookup(name) {
-            SourceState::Missing => waiting.push(format!("ArtifactSource {name} not found")),
-            SourceState::NotReady(why) => {
-                waiting.push(format!("ArtifactSource {name} is not ready ({why})"))
-            }
-            SourceState::Ready(artifact) => ready.push((s, artifact)),
-        }
-    }
-    if !waiting.is_empty() {
-        return Err(Problem::new(
-            BundleReason::SourceNotReady,
-            waiting.join("; "),
-        ));
-    }
-
+    let ready = ready_sources(spec, lookup)?;
     let mut by_key: BTreeMap<String, PlannedFile> = BTreeMap::new();
     let mut hasher = Sha256::new();
     let mut sources = Vec::new();
@@ -215,58 +197,21 @@ pub fn plan<'a>(
             .iter()
             .filter_map(|p| matcher(p).ok()) // validated above
             .collect();
-        let mut selected = 0usize;
-        for f in &artifact.files {
-            if !includes.is_empty() && !includes.iter().any(|i| i.matches(&f.path)) {
-                continue;
+        let selected = artifact
+            .files
+            .iter()
+            .filter(|f| includes.is_empty() || includes.iter().any(|i| i.matches(&f.path)));
+        let mut count = 0usize;
+        for f in selected {
+            count += 1;
+            let file = planned_file(name, artifact, f)?;
+            if let Some(other) = by_key.get(&file.key) {
+                return Err(conflict(other, &file));
             }
-            selected += 1;
-            let key = keys::key_for(&f.path)
-                .map_err(|e| Problem::new(BundleReason::InvalidContent, format!("{name}: {e}")))?;
-            // a status digest that is not one cannot name stored content
-            let digest = Digest::parse(&f.digest).map_err(|_| {
-                Problem::new(
-                    BundleReason::SourceNotReady,
-                    format!(
-                        "ArtifactSource {name} lists {} with an invalid digest",
-                        f.path
-                    ),
-                )
-            })?;
-            let file = PlannedFile {
-                key: key.clone(),
-                path: f.path.clone(),
-                source: name.clone(),
-                kind: artifact.kind,
-                digest,
-                size: u64::try_from(f.size).unwrap_or(0),
-            };
-            if let Some(other) = by_key.get(&key) {
-                return Err(Problem::new(
-                    BundleReason::FileConflict,
-                    format!(
-                        "{} from ArtifactSource {} and {} from ArtifactSource {} are both named {key}; narrow spec.sources[].include",
-                        other.path, other.source, file.path, file.source
-                    ),
-                ));
-            }
-            by_key.insert(key, file);
+            by_key.insert(file.key.clone(), file);
         }
-        if selected == 0 {
-            let message = if s.include.is_empty() {
-                format!(
-                    "ArtifactSource {name} revision {} has no files",
-                    artifact.revision
-                )
-            } else {
-                format!(
-                    "include {:?} matches none of the {} files of ArtifactSource {name} revision {}",
-                    s.include,
-                    artifact.files.len(),
-                    artifact.revision
-                )
-            };
-            return Err(Problem::new(BundleReason::NoFilesSelected, message));
+        if count == 0 {
+            return Err(no_files_selected(s, artifact));
         }
         for part in [name.as_str(), artifact.digest.as_str()]
             .into_iter()
@@ -293,6 +238,80 @@ pub fn plan<'a>(
         sources,
         files: by_key.into_values().collect(),
     })
+}
+
+/// Each source of the spec with its artifact, when every one is ready; else why not.
+fn ready_sources<'a, 's>(
+    spec: &'s RuleBundleSpec,
+    lookup: impl Fn(&str) -> SourceState<'a>,
+) -> Result<Vec<(&'s BundleSource, &'a Artifact)>, Problem> {
+    let mut waiting = Vec::new();
+    let mut ready = Vec::new();
+    for s in &spec.sources {
+        let name = s.source_ref.name.as_str();
+        match lookup(name) {
+            SourceState::Missing => waiting.push(format!("ArtifactSource {name} not found")),
+            SourceState::NotReady(why) => {
+                waiting.push(format!("ArtifactSource {name} is not ready ({why})"))
+            }
+            SourceState::Ready(artifact) => ready.push((s, artifact)),
+        }
+    }
+    if !waiting.is_empty() {
+        let message = waiting.join("; ");
+        return Err(Problem::new(BundleReason::SourceNotReady, message));
+    }
+    Ok(ready)
+}
+
+/// File `f` of source `name`'s artifact under its flat name; its digest parsed (a status
+/// digest that is not one cannot name stored content).
+fn planned_file(name: &str, artifact: &Artifact, f: &ArtifactFile) -> Result<PlannedFile, Problem> {
+    let key = keys::key_for(&f.path)
+        .map_err(|e| Problem::new(BundleReason::InvalidContent, format!("{name}: {e}")))?;
+    let digest = Digest::parse(&f.digest).map_err(|_| {
+        let message = format!(
+            "ArtifactSource {name} lists {} with an invalid digest",
+            f.path
+        );
+        Problem::new(BundleReason::SourceNotReady, message)
+    })?;
+    Ok(PlannedFile {
+        key,
+        path: f.path.clone(),
+        source: name.to_string(),
+        kind: artifact.kind,
+        digest,
+        size: u64::try_from(f.size).unwrap_or(0),
+    })
+}
+
+fn conflict(other: &PlannedFile, file: &PlannedFile) -> Problem {
+    Problem::new(
+        BundleReason::FileConflict,
+        format!(
+            "{} from ArtifactSource {} and {} from ArtifactSource {} are both named {}; narrow spec.sources[].include",
+            other.path, other.source, file.path, file.source, file.key
+        ),
+    )
+}
+
+fn no_files_selected(s: &BundleSource, artifact: &Artifact) -> Problem {
+    let name = &s.source_ref.name;
+    let message = if s.include.is_empty() {
+        format!(
+            "ArtifactSource {name} revision {} has no files",
+            artifact.revision
+        )
+    } else {
+        format!(
+            "include {:?} matches none of the {} files of ArtifactSource {name} revision {}",
+            s.include,
+            artifact.files.len(),
+            artifact.revision
+        )
+    };
+    Problem::new(BundleReason::NoFilesSelected, message)
 }
 
 #[cfg(test)]
