@@ -42,14 +42,15 @@ pub async fn reconcile(bundle: Arc<RuleBundle>, ctx: Arc<Context>) -> Result<Act
     let seconds = started.elapsed().as_secs_f64();
     ctx.metrics.reconcile("RuleBundle", label, reason, seconds);
     let reason = result?;
+    ctx.api_succeeded(&uid);
     let class = reason.class();
-    ctx.reconciled(&uid, class.is_failure());
     if bundle.spec.suspend {
         return Ok(Action::await_change());
     }
     let failures = if class.is_failure() {
         ctx.bundle_failed(&uid)
     } else {
+        ctx.bundle_succeeded(&uid);
         0
     };
     let seed = crate::backoff::seed_of(&uid);
@@ -99,7 +100,7 @@ async fn bring_up_to_date(
             .as_deref()
             .is_none_or(|n| config_map_in_sync(ctx, bundle, n, &plan.revision));
     if !in_sync {
-        let files = read_and_check(ctx, &plan, cm_name.is_some()).await?;
+        let files = checked_files(ctx, bundle, &plan, cm_name.is_some()).await?;
         if let Some(target) = &bundle.spec.config_map {
             apply_config_map(ctx, bundle, target, &plan, files).await?;
         }
@@ -201,6 +202,24 @@ fn config_map_in_sync(ctx: &Context, bundle: &RuleBundle, name: &str, revision: 
             == Some(revision)
         && written.is_some()
         && written == cm.metadata.resource_version
+}
+
+/// [`read_and_check`], unless it failed before for this generation and plan (a hostile
+/// tenant's many bad bundles cost one check each, not one per wake-up).
+async fn checked_files(
+    ctx: &Context,
+    bundle: &RuleBundle,
+    plan: &Plan,
+    keep_bytes: bool,
+) -> Result<Vec<(String, Vec<u8>)>, Problem> {
+    let uid = bundle.uid().unwrap_or_default();
+    let checked = (bundle.meta().generation, plan.revision.clone());
+    if let Some(problem) = ctx.failed_check(&uid, &checked) {
+        return Err(problem);
+    }
+    let result = read_and_check(ctx, plan, keep_bytes).await;
+    ctx.remember_check(&uid, checked, result.as_ref().err());
+    result
 }
 
 /// Reads each file the targets need from the store and checks it by kind. Bytes are kept

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use super::Error;
 use crate::api::artifact_source::Artifact;
-use crate::api::reason::Class;
+use crate::api::reason::{BundleReason, Class, Problem};
 use crate::api::rule_bundle::NodeFilesTarget;
 use crate::api::{ArtifactSource, FIELD_MANAGER, NodeReport, RuleBundle};
 use crate::bundle::nodes::{self, Rollout};
@@ -95,6 +95,10 @@ pub struct State {
     /// reconciles in a row that ended with a problem (each drives its backoff).
     api_failures: Mutex<HashMap<String, u32>>,
     bundle_failures: Mutex<HashMap<String, u32>>,
+    /// Per bundle uid: the content check that failed for a generation and plan revision.
+    /// Files are named by digest, so the same check fails the same way: it is not run
+    /// again (every wake-up of a bad bundle would parse its files anew).
+    failed_checks: Mutex<HashMap<String, (CheckedPlan, Problem<BundleReason>)>>,
     /// Content checks running at once (each holds a file of up to 8 MiB and its parse).
     checks: tokio::sync::Semaphore,
 }
@@ -108,6 +112,7 @@ impl Default for State {
             pull_locks: Mutex::default(),
             api_failures: Mutex::default(),
             bundle_failures: Mutex::default(),
+            failed_checks: Mutex::default(),
             checks: tokio::sync::Semaphore::new(CONCURRENT_CHECKS),
         }
     }
@@ -156,14 +161,42 @@ impl Context {
         bump(&self.state.bundle_failures, uid)
     }
 
-    /// A reconcile of `uid` went through: its API errors and problems in a row end.
-    pub fn reconciled(&self, uid: &str, problem: bool) {
-        for (counts, clear) in [
-            (&self.state.api_failures, true),
-            (&self.state.bundle_failures, !problem),
-        ] {
-            if let (true, Ok(mut c)) = (clear, counts.lock()) {
-                c.remove(uid);
+    /// A reconcile of `uid` went through without an API error: its API errors in a row end.
+    pub fn api_succeeded(&self, uid: &str) {
+        clear(&self.state.api_failures, uid);
+    }
+
+    /// A bundle reconcile of `uid` ended without a problem: its problems in a row end.
+    pub fn bundle_succeeded(&self, uid: &str) {
+        clear(&self.state.bundle_failures, uid);
+    }
+
+    /// The problem the content check of this bundle's `plan` found, if it ran and failed.
+    pub fn failed_check(&self, uid: &str, plan: &CheckedPlan) -> Option<Problem<BundleReason>> {
+        let checks = self.state.failed_checks.lock().ok()?;
+        checks
+            .get(uid)
+            .filter(|(checked, _)| checked == plan)
+            .map(|(_, problem)| problem.clone())
+    }
+
+    /// Remembers a content check's failure when it can only fail the same way again (the
+    /// files' content or size), and forgets an earlier one otherwise.
+    pub fn remember_check(
+        &self,
+        uid: &str,
+        plan: CheckedPlan,
+        problem: Option<&Problem<BundleReason>>,
+    ) {
+        let Ok(mut checks) = self.state.failed_checks.lock() else {
+            return;
+        };
+        match problem {
+            Some(p) if is_final(p.reason) => {
+                checks.insert(uid.to_string(), (plan, p.clone()));
+            }
+            _ => {
+                checks.remove(uid);
             }
         }
     }
@@ -334,9 +367,10 @@ impl Context {
     }
 
     /// Forgets what belongs to objects that are gone and revisions not in `keep`: the
-    /// memory and failure counts of deleted sources and bundles, idle pull locks and
-    /// known artifacts of revisions no longer kept.
-    pub fn prune(&self, keep: &HashSet<Digest>) {
+    /// memory and failure counts of deleted sources (and of deleted bundles when
+    /// `bundles_known`: the bundle cache holds every bundle), idle pull locks and known
+    /// artifacts of revisions no longer kept.
+    pub fn prune(&self, keep: &HashSet<Digest>, bundles_known: bool) {
         let sources: HashSet<String> = self
             .sources
             .state()
@@ -349,16 +383,19 @@ impl Context {
             .iter()
             .filter_map(|b| b.uid())
             .collect();
-        let objects = |uid: &String| sources.contains(uid) || bundles.contains(uid);
+        let bundle = |uid: &String| !bundles_known || bundles.contains(uid);
         if let Ok(mut m) = self.state.memory.lock() {
             m.retain(|uid, _| sources.contains(uid));
         }
         if let Ok(mut w) = self.state.written.lock() {
-            w.retain(|uid, _| bundles.contains(uid));
+            w.retain(|uid, _| bundle(uid));
+        }
+        if let Ok(mut f) = self.state.failed_checks.lock() {
+            f.retain(|uid, _| bundle(uid));
         }
         for counts in [&self.state.api_failures, &self.state.bundle_failures] {
             if let Ok(mut c) = counts.lock() {
-                c.retain(|uid, _| objects(uid));
+                c.retain(|uid, _| sources.contains(uid) || bundle(uid));
             }
         }
         if let Ok(mut l) = self.state.pull_locks.lock() {
@@ -367,6 +404,25 @@ impl Context {
         if let Ok(mut a) = self.state.artifacts.lock() {
             a.retain(|key, _| keep.contains(key));
         }
+    }
+}
+
+/// A bundle's generation (its targets) and plan revision (its files, by digest): what a
+/// content check's outcome depends on.
+pub type CheckedPlan = (Option<i64>, String);
+
+/// Whether a content check that failed with `reason` fails the same way for the same plan
+/// (a file missing from the store may be there next time).
+fn is_final(reason: BundleReason) -> bool {
+    matches!(
+        reason,
+        BundleReason::InvalidContent | BundleReason::TooLargeForConfigMap
+    )
+}
+
+fn clear(counts: &Mutex<HashMap<String, u32>>, uid: &str) {
+    if let Ok(mut c) = counts.lock() {
+        c.remove(uid);
     }
 }
 

@@ -228,3 +228,68 @@ async fn a_secret_the_controller_may_not_read_is_not_reported_missing() {
     drop(ctx);
     server.expect_no_more().await;
 }
+
+#[tokio::test]
+async fn a_reconcile_without_api_errors_ends_the_run_of_them() {
+    let (client, server) = mock_api::pair();
+    let (_root, store, _) = store_with(&[]);
+    let mut source = ArtifactSource::new("rules", ArtifactSourceSpec::default());
+    source.metadata = meta("rules", Some("team"), "uid-1");
+    source.spec.suspend = true; // a reconcile that asks the API server nothing
+    let ctx = context(client, store, vec![source.clone()], &[], &[]);
+    for n in 1..=3 {
+        assert_eq!(ctx.api_failed("uid-1"), n);
+    }
+    super::source::reconcile(Arc::new(source), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(ctx.api_failed("uid-1"), 1, "the backoff starts over");
+    drop(ctx);
+    server.expect_no_more().await;
+}
+
+#[tokio::test]
+async fn pruning_keeps_a_held_pull_lock_and_forgets_idle_ones() {
+    let (client, _server) = mock_api::pair();
+    let (_root, store, keys) = store_with(&["a", "b"]);
+    let ctx = context(client, store, Vec::new(), &[], &[]);
+    let held = ctx.pull_lock(&keys[0]);
+    let guard = held.clone().lock_owned().await;
+    let idle = ctx.pull_lock(&keys[1]);
+    drop(idle);
+    ctx.prune(&HashSet::new(), true);
+    // the same lock object while it is held; a new one for the idle key
+    assert!(Arc::ptr_eq(&held, &ctx.pull_lock(&keys[0])));
+    assert!(ctx.revisions_in_use().contains(&keys[0]));
+    assert!(!ctx.revisions_in_use().contains(&keys[1]));
+    drop(guard);
+}
+
+#[test]
+fn a_content_check_that_can_only_fail_again_is_not_run_again() {
+    use crate::api::reason::{BundleReason, Problem};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let (client, _server) = mock_api::pair();
+    let (_root, store, _) = store_with(&[]);
+    let ctx = context(client, store, Vec::new(), &[], &[]);
+    let plan = (Some(1), "sha256:plan".to_string());
+    let bad = Problem::new(BundleReason::InvalidContent, "r.yaml: not a list");
+    ctx.remember_check("b", plan.clone(), Some(&bad));
+    assert_eq!(ctx.failed_check("b", &plan), Some(bad.clone()));
+    // another generation (targets) or plan (files) is checked anew
+    assert_eq!(ctx.failed_check("b", &(Some(2), plan.1.clone())), None);
+    assert_eq!(
+        ctx.failed_check("b", &(Some(1), "sha256:other".into())),
+        None
+    );
+    // a file not stored yet may be there next time; a pass forgets the failure
+    let missing = Problem::new(BundleReason::SourceNotReady, "not stored yet");
+    ctx.remember_check("b", plan.clone(), Some(&missing));
+    assert_eq!(ctx.failed_check("b", &plan), None);
+    ctx.remember_check("b", plan.clone(), Some(&bad));
+    ctx.remember_check("b", plan.clone(), None);
+    assert_eq!(ctx.failed_check("b", &plan), None);
+}

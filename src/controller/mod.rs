@@ -443,20 +443,19 @@ fn api_retry_delay(class: Class, failures: u32, uid: &str) -> Duration {
 
 /// Removes stored revisions no source needs (keeping each source's previous revision).
 pub async fn collect_garbage(ctx: &Context) {
-    let ready = async {
-        tokio::join!(
-            ctx.sources.wait_until_ready(),
-            ctx.bundles.wait_until_ready()
-        )
-    };
-    if tokio::time::timeout(Duration::from_secs(5), ready)
+    let wait = Duration::from_secs(5);
+    if tokio::time::timeout(wait, ctx.sources.wait_until_ready())
         .await
         .is_err()
     {
         return; // the full list of sources is not known yet: keep everything
     }
     let keep = ctx.revisions_in_use();
-    ctx.prune(&keep);
+    // what belongs to bundles is forgotten only once every bundle is known
+    let bundles_known = tokio::time::timeout(Duration::ZERO, ctx.bundles.wait_until_ready())
+        .await
+        .is_ok();
+    ctx.prune(&keep, bundles_known);
     let store = ctx.store.clone();
     let result = tokio::task::spawn_blocking(move || {
         let report = store.gc(&keep);

@@ -7,6 +7,7 @@ use std::time::Duration;
 use kube::ResourceExt;
 
 use crate::api::ArtifactSource;
+use crate::api::reason::{Problem, SourceReason};
 use crate::digest::Digest;
 use crate::oci::OciError;
 use crate::oci::content;
@@ -164,7 +165,7 @@ pub async fn admit(
     source: &ArtifactSource,
     mut incoming: RevisionIndex,
     budget: Option<&PullBudget>,
-) -> Result<Admitted, QuotaExceeded> {
+) -> Result<Admitted, Problem<SourceReason>> {
     let admission = ctx.store.admission().await;
     incoming.files.sort_by(|a, b| a.path.cmp(&b.path));
     let kept = kept_by_namespace(ctx, source);
@@ -173,28 +174,26 @@ pub async fn admit(
         let (incoming, kept) = (incoming.clone(), kept.clone());
         // The room the other pulls in progress hold is not this revision's to take.
         let others = store.reserved_by_others(budget.map(|b| &b.reservation));
-        async move {
-            match tokio::task::spawn_blocking(move || store.check_quota(&incoming, &kept, others))
-                .await
-            {
-                Ok(decision) => decision,
-                Err(e) => {
-                    tracing::warn!(error = %e, "quota check failed; admitting the revision");
-                    Ok(())
-                }
-            }
-        }
+        tokio::task::spawn_blocking(move || store.check_quota(&incoming, &kept, others))
     };
-    match check().await {
-        Err(e) if e.scope == QuotaScope::Store => {
+    let decision = match check().await {
+        Ok(Err(e)) if e.scope == QuotaScope::Store => {
             super::collect_garbage(ctx).await;
             check().await
         }
         other => other,
+    };
+    match decision {
+        Ok(Ok(())) => Ok(Admitted {
+            _admission: admission,
+        }),
+        Ok(Err(e)) => Err(Problem::new(e.reason(), e.to_string())),
+        // a failed check admits nothing (the quota would not hold)
+        Err(e) => Err(Problem::new(
+            SourceReason::InternalError,
+            format!("quota check: {e}"),
+        )),
     }
-    .map(|()| Admitted {
-        _admission: admission,
-    })
 }
 
 /// A revision admitted by [`admit`]; no other is admitted until this is dropped.
@@ -208,7 +207,7 @@ pub async fn admit_stored(
     ctx: &Context,
     source: &ArtifactSource,
     key: &Digest,
-) -> Result<(), QuotaExceeded> {
+) -> Result<(), Problem<SourceReason>> {
     let store = ctx.store.clone();
     let lookup = key.clone();
     let index = tokio::task::spawn_blocking(move || store.index(&lookup))

@@ -75,21 +75,20 @@ pub async fn reconcile(source: Arc<ArtifactSource>, ctx: Arc<Context>) -> Result
     let seconds = started.elapsed().as_secs_f64();
     ctx.metrics
         .reconcile("ArtifactSource", label, reason, seconds);
-    match result? {
-        Outcome::Checked { next, .. } => {
-            Ok(next.map_or_else(Action::await_change, Action::requeue))
-        }
-        Outcome::Waiting(next) => Ok(Action::requeue(next)),
+    let outcome = result?;
+    ctx.api_succeeded(&source.uid().unwrap_or_default());
+    match outcome {
+        Outcome::Checked { next, .. } | Outcome::Waiting(next) => Ok(Action::requeue(next)),
         Outcome::Stalled | Outcome::Suspended => Ok(Action::await_change()),
     }
 }
 
 enum Outcome {
-    /// A check ran and ended with `reason`; the next one is due after `next` (`None`: when
-    /// the spec changes).
+    /// A check ran and ended with `reason`; the next one is due after `next` (a spec change
+    /// or a request checks at once).
     Checked {
         reason: SourceReason,
-        next: Option<Duration>,
+        next: Duration,
     },
     /// No check was due (or another source was pulling the revision); look again then.
     Waiting(Duration),
@@ -223,13 +222,7 @@ impl Reconcile<'_> {
         patch_status(&self.api, &self.source.name_any(), &next).await?;
         Ok(Outcome::Checked {
             reason: SourceReason::Succeeded,
-            next: Some(schedule::next_delay(
-                valid.interval,
-                0,
-                Class::Ready,
-                None,
-                self.seed,
-            )),
+            next: schedule::next_delay(valid.interval, 0, Class::Ready, None, self.seed),
         })
     }
 
@@ -265,7 +258,7 @@ impl Reconcile<'_> {
         let delay = schedule::next_delay(valid.interval, failures, class, f.retry_after, self.seed);
         Ok(Outcome::Checked {
             reason: f.reason,
-            next: (class != Class::Stalled).then_some(delay),
+            next: delay,
         })
     }
 
@@ -333,7 +326,13 @@ async fn check(
         registry: &registry,
         deadline: &deadline,
     };
-    let Some((mut artifact, new)) = pull.take_or_pull(&found, manifest).await? else {
+    // the pull lock is held until GC ran: a revision pulled now is in use before any status
+    let Some(Taken {
+        mut artifact,
+        new,
+        _pulling,
+    }) = pull.take_or_pull(&found, manifest).await?
+    else {
         return Ok(Checked::PullBusy);
     };
     artifact.revision = found.resolved.revision();
@@ -375,6 +374,14 @@ impl Found {
     }
 }
 
+/// A revision taken from the store or pulled now, with the pull lock of its store key.
+struct Taken {
+    artifact: Artifact,
+    /// Pulled now (not taken from another source's pull).
+    new: bool,
+    _pulling: tokio::sync::OwnedMutexGuard<()>,
+}
+
 /// What taking or pulling a proved revision works with.
 struct Pull<'a> {
     source: &'a ArtifactSource,
@@ -389,19 +396,18 @@ struct Pull<'a> {
 impl Pull<'_> {
     /// One pull of the blobs per revision and selection, however many sources point at it:
     /// the first source pulls, the others (each having proved access) take the stored
-    /// artifact. `None` when another source's pull of it is still running. Returns the
-    /// artifact and whether it was pulled now.
+    /// artifact. `None` when another source's pull of it is still running.
     async fn take_or_pull(
         &self,
         found: &Found,
         manifest: RawManifest,
-    ) -> Result<Option<(Artifact, bool)>, Failure> {
+    ) -> Result<Option<Taken>, Failure> {
         let (ctx, key) = (self.ctx, &found.store_key);
         let lock = ctx.pull_lock(key);
         // Wait a little for another source's pull of the same revision (most take well
         // under a second), but never queue behind it for long (a slow registry, maybe a
         // hostile one, on the same digest): come back shortly, holding no worker.
-        let Ok(_pulling) = tokio::time::timeout(PULL_BUSY_WAIT, lock.lock()).await else {
+        let Ok(pulling) = tokio::time::timeout(PULL_BUSY_WAIT, lock.lock_owned()).await else {
             return Ok(None);
         };
         let known = match ctx.known_artifact(key) {
@@ -410,7 +416,11 @@ impl Pull<'_> {
         };
         if let Some(a) = known {
             super::quota::admit_stored(ctx, self.source, key).await?;
-            return Ok(Some((a, false)));
+            return Ok(Some(Taken {
+                artifact: a,
+                new: false,
+                _pulling: pulling,
+            }));
         }
         self.show_progress(&found.resolved).await;
         let target = Target {
@@ -423,7 +433,11 @@ impl Pull<'_> {
             pull_and_store(source, ctx, registry, valid, target, self.deadline).await?;
         let artifact = artifact_of(ctx, &found.proof.digest, key, &pulled, stored_at);
         ctx.remember_artifact(key, &artifact);
-        Ok(Some((artifact, true)))
+        Ok(Some(Taken {
+            artifact,
+            new: true,
+            _pulling: pulling,
+        }))
     }
 
     /// Reconciling=True (and Ready=Unknown on a first pull) while the pull runs; best

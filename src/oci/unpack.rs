@@ -668,7 +668,7 @@ fn copy_pipelined(
         drop(full_tx);
         let written = writer
             .join()
-            .map_err(|_| OciError::UnsafeContent(format!("writing {rel} failed")))?
+            .map_err(|_| OciError::Internal(format!("the thread writing {rel} failed")))?
             .map_err(|e| OciError::io(format!("write {rel}"), e));
         read_result?;
         // what the reader counted is what went to the writer
