@@ -206,9 +206,10 @@ impl Target {
         self.current().map(|c| c.written.revision)
     }
 
-    /// What the revision visible now takes on disk, as its record says (0: none).
-    pub fn current_bytes(&self) -> u64 {
-        self.current().map_or(0, |c| c.written.bytes)
+    /// The revision visible now and what it takes on disk, as its record says.
+    pub fn current_state(&self) -> Option<(String, u64)> {
+        self.current()
+            .map(|c| (c.written.revision, c.written.bytes))
     }
 
     /// Bytes free on the directory's filesystem.

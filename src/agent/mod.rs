@@ -8,6 +8,7 @@ pub mod cache;
 pub mod desired;
 pub mod disk;
 pub mod fetch;
+mod host;
 pub mod records;
 pub mod report;
 pub mod safedir;
@@ -66,6 +67,8 @@ const RETRY: Duration = Duration::from_secs(5);
 /// Runs until SIGTERM/SIGINT.
 pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
     use anyhow::Context as _;
+    let http = fetch::client(options.timeout)
+        .context("cannot set up the HTTP client for the controller's artifact server")?;
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
     let stop_server = CancellationToken::new();
@@ -136,11 +139,14 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
         Api::<NodeReport>::all(client.clone()),
         options.node_name.clone(),
     );
-    let http = fetch::client(options.timeout);
+    let host = host::Host::new(
+        options.host_root.clone(),
+        options.state_dir.clone(),
+        options.allow.clone(),
+    );
     let env = sync::Env {
-        host_root: &options.host_root,
-        state_dir: &options.state_dir,
-        allow: &options.allow,
+        host: &host,
+        seed: crate::backoff::seed_of(&options.node_name),
         budget: &options.budget,
         controller_url: options.controller_url.trim_end_matches('/'),
         http: &http,

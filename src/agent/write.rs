@@ -6,20 +6,9 @@ use std::fs::File;
 
 use super::desired::reason;
 use super::disk::{Staging, Target, WantedFile};
+use super::host::{Failed, on_disk};
 use super::sync::{Env, Memory, Wanted, before_swap, changing};
 use super::{budget, fetch};
-
-/// A failed step: (reason, message), as the node report carries it.
-type Failed = (&'static str, String);
-
-/// Runs disk work off the async runtime.
-pub(super) async fn on_disk<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, Failed> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| (reason::WRITE_FAILED, format!("disk task: {e}")))
-}
 
 /// A revision staged, with the new files still to fetch into.
 struct Staged {
@@ -51,14 +40,9 @@ pub(super) async fn write(
     };
     let fetched = async {
         for (f, out) in fetch {
-            fetch::fetch(
-                env.http,
-                env.controller_url,
-                &f,
-                tokio::fs::File::from_std(out),
-            )
-            .await
-            .map_err(|e| (e.reason(), e.to_string()))?;
+            fetch::fetch(env.http, env.controller_url, &f, out)
+                .await
+                .map_err(|e| (e.reason(), e.to_string()))?;
         }
         let applying = changing(
             record,
