@@ -463,6 +463,26 @@ pub(super) async fn before_swap(
     .await
 }
 
+/// Writes a pass's report when it differs from what the report holds or another agent
+/// process wrote it, and after every full pass. The error (the API's reason) is logged.
+pub async fn report_pass(
+    env: &Env<'_>,
+    memory: &mut Memory,
+    spec: NodeReportSpec,
+    full: bool,
+) -> Result<(), String> {
+    let instance = env.reporter.instance.as_str();
+    let written = publish(env, memory, |known| {
+        let stale = known.spec != spec || known.instance.as_deref() != Some(instance);
+        (full || stale).then_some(spec)
+    })
+    .await;
+    if let Err(e) = &written {
+        tracing::warn!(error = %e, "cannot write the NodeReport");
+    }
+    written
+}
+
 /// Writes the report when `next` asks for a change to what it holds now (read first when
 /// unknown), on the condition that it still holds that. The error is the API's reason.
 pub async fn publish(
