@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::disk::WantedFile;
 use crate::api::RuleBundle;
-use crate::store::is_sha256_hex;
+use crate::digest::Digest;
 
 /// Reasons a bundle is not applied on a node.
 pub mod reason {
@@ -236,15 +236,16 @@ pub fn decide(
                 message: format!("file name {:?} is not a plain file name", f.path),
             };
         }
-        if !f.digest.strip_prefix("sha256:").is_some_and(is_sha256_hex) {
+        // Parsed once here: a digest is a file name on the artifact server's URL path.
+        let Ok(digest) = Digest::parse(&f.digest) else {
             return Decision::Refuse {
                 reason: reason::INVALID_PATH,
                 message: format!("file {} has an invalid digest {:?}", f.path, f.digest),
             };
-        }
+        };
         files.push(WantedFile {
             key: f.path.clone(),
-            digest: f.digest.clone(),
+            digest,
             size: u64::try_from(f.size).unwrap_or(0),
         });
     }

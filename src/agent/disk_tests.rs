@@ -1,9 +1,9 @@
 use super::*;
 use std::os::unix::fs::symlink;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-fn digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+fn digest(bytes: &[u8]) -> Digest {
+    Digest::of(bytes)
 }
 
 /// Writes a revision the way the agent does, with `content` standing in for the fetch.

@@ -73,7 +73,10 @@ pub async fn fetch(
     file: &WantedFile,
     out: File,
 ) -> Result<(), FetchError> {
-    let url = format!("{base}{}", crate::server::blob_url_path(&file.digest));
+    let url = format!(
+        "{base}{}",
+        crate::server::blob_url_path(file.digest.as_str())
+    );
     let unreachable = |message: String| FetchError::Unreachable {
         url: url.clone(),
         message,

@@ -100,7 +100,7 @@ pub(crate) fn record() -> Record {
 pub(crate) fn wanted_file(bytes: &[u8]) -> WantedFile {
     WantedFile {
         key: "rules.yaml".into(),
-        digest: Digest::of(bytes).to_string(),
+        digest: Digest::of(bytes),
         size: bytes.len() as u64,
     }
 }
