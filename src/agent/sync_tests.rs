@@ -5,6 +5,7 @@ use crate::agent::desired::AllowList;
 use crate::agent::disk::Target;
 use crate::agent::records;
 use crate::agent::safedir::SafeDir;
+use crate::api::NodeReport;
 use crate::api::rule_bundle::{BundleFile, NodeFilesTarget, RuleBundleSpec, RuleBundleStatus};
 use crate::digest::Digest;
 use http::{Request, Response};
@@ -198,4 +199,139 @@ async fn pass_over_a_pipe() -> Vec<BundleReport> {
     let reports = pass(&env, &mut memory, &wanted, &labels, true).await;
     feeder.await.unwrap();
     reports
+}
+
+/// What the API server saw of one request: method, path, the (reason, revision) of each
+/// entry in the report written, and what the bundle's visible file held at that moment.
+type Seen = (String, String, Vec<(String, Option<String>)>, String);
+
+/// A pass that applies a new revision marks the bundle `Applying` in the NodeReport before
+/// the files swap (a report never claims a revision a crash mid-write replaced), and the
+/// loop's report after the pass says `Applied`.
+#[tokio::test]
+async fn the_report_says_applying_before_the_swap_and_applied_after() {
+    let (fixture, mut api) = Fixture::new();
+    let (old, new) = ("- rule: old\n", "- rule: new\n");
+    fixture.applied("r1", old.as_bytes());
+    let (blobs, fetched) = serve_blob(new.as_bytes().to_vec()).await;
+    let env = fixture.env(&blobs);
+    let mut memory = Memory {
+        node_uid: "node-uid".into(),
+        ..Memory::default()
+    };
+    let agent = async {
+        let bundles = [bundle("r2", new.as_bytes())];
+        let outcome = pass(&env, &mut memory, &bundles, &BTreeMap::new(), false).await;
+        report_pass(&env, &mut memory, report::spec(outcome), false).await
+    };
+    let mut seen: Vec<Seen> = Vec::new();
+    let visible = fixture.dir().join("rules.yaml");
+    let server = answer(&mut api, &visible, &mut seen);
+    let written = tokio::select! {
+        written = agent => written,
+        _ = server => unreachable!("the API server answers until the agent is done"),
+    };
+    written.unwrap();
+    let entry = |reason: &str, revision: Option<&str>| {
+        vec![(reason.to_string(), revision.map(str::to_string))]
+    };
+    let path = "/apis/ocisync.dev/v1alpha1/nodereports/node-1".to_string();
+    assert_eq!(
+        seen,
+        [
+            ("GET".into(), path.clone(), vec![], old.into()),
+            (
+                "PATCH".into(),
+                path.clone(),
+                entry("Applying", None),
+                old.into()
+            ),
+            (
+                "PATCH".into(),
+                path,
+                entry("Applied", Some("r2")),
+                new.into()
+            ),
+        ]
+    );
+    let hex = Digest::of(new.as_bytes()).hex().to_string();
+    assert_eq!(*fetched.lock().unwrap(), [format!("/blobs/sha256/{hex}")]);
+}
+
+/// Answers the agent's NodeReport requests as the API server would (the report starts as
+/// `Applied` at `r1`, at resourceVersion 1; each write stores its spec and bumps the
+/// version), noting each request in `seen`.
+async fn answer(api: &mut ApiHandle, visible: &Path, seen: &mut Vec<Seen>) {
+    use http_body_util::BodyExt as _;
+    let mut stored = NodeReport::new(
+        NODE,
+        NodeReportSpec {
+            applied: 1,
+            bundles: vec![BundleReport {
+                namespace: "ns".into(),
+                name: "b".into(),
+                uid: UID.into(),
+                generation: Some(1),
+                revision: Some("r1".into()),
+                reason: "Applied".into(),
+                message: String::new(),
+            }],
+            ..NodeReportSpec::default()
+        },
+    );
+    let mut version = 1;
+    stored.metadata.resource_version = Some(version.to_string());
+    while let Some((request, respond)) = api.next_request().await {
+        let on_disk = std::fs::read_to_string(visible).unwrap();
+        let (parts, body) = request.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        let mut entries = Vec::new();
+        if parts.method == http::Method::PATCH {
+            let patch: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            // every write is conditional on the version last seen
+            let expected = version.to_string();
+            assert_eq!(patch["metadata"]["resourceVersion"], expected.as_str());
+            stored.spec = serde_json::from_value(patch["spec"].clone()).unwrap();
+            version += 1;
+            stored.metadata.resource_version = Some(version.to_string());
+            entries = (stored.spec.bundles.iter())
+                .map(|b| (b.reason.clone(), b.revision.clone()))
+                .collect();
+        }
+        let json = serde_json::to_vec(&stored).unwrap();
+        respond.send_response(Response::new(Body::from(json)));
+        let method = parts.method.to_string();
+        seen.push((method, parts.uri.path().to_string(), entries, on_disk));
+    }
+}
+
+/// Serves `bytes` to every GET on a local port (the controller's artifact server, for the
+/// fetch); returns its base URL and the paths requested.
+async fn serve_blob(bytes: Vec<u8>) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let paths = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let noted = paths.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let mut stream = tokio::io::BufReader::new(stream);
+            let mut line = String::new();
+            stream.read_line(&mut line).await.unwrap();
+            let path = line.split(' ').nth(1).unwrap_or_default().to_string();
+            noted.lock().unwrap().push(path);
+            while line != "\r\n" {
+                line.clear();
+                stream.read_line(&mut line).await.unwrap();
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                bytes.len()
+            );
+            let stream = stream.get_mut();
+            stream.write_all(head.as_bytes()).await.unwrap();
+            stream.write_all(&bytes).await.unwrap();
+        }
+    });
+    (base, paths)
 }
