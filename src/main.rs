@@ -11,10 +11,11 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     init_logging();
-    // The long-running commands use every core; a one-shot push or pull is faster on one
-    // thread (its file writes still run beside it on the blocking pool).
+    // The controller uses every core; a one-shot push or pull is faster on one thread (its
+    // file writes still run beside it on the blocking pool).
     let mut builder = match cli.command {
-        Command::Controller(_) | Command::Agent(_) => tokio::runtime::Builder::new_multi_thread(),
+        Command::Controller(_) => tokio::runtime::Builder::new_multi_thread(),
+        Command::Agent(_) => agent_runtime(),
         _ => tokio::runtime::Builder::new_current_thread(),
     };
     let runtime = match builder.enable_all().build() {
@@ -33,6 +34,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The agent, one per node, runs few tasks at a time (two watches, its health server, one
+/// pass whose disk work runs one blocking task at a time): two workers and a few blocking
+/// threads, whatever the node's cores. Each thread that allocates can get its own malloc
+/// arena, which keeps what it once held, so fewer threads keep the agent's memory small.
+fn agent_runtime() -> tokio::runtime::Builder {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2).max_blocking_threads(4);
+    builder
 }
 
 /// Structured logs on stderr: JSON when not on a terminal, `RUST_LOG` filters (default info).

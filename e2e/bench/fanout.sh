@@ -74,16 +74,21 @@ sys.exit(0 if n.get("updated") == int(sys.argv[2]) == n.get("desired") else 1)' 
 end=$(now)
 bgets=$(tail -n +"$((before + 1))" "$log" | grep -cE '"GET /v2/'"$ns"'/rules/blobs/' || true)
 blobs=$(curl -fsS "http://127.0.0.1:$port/metrics" | awk '/^ocisync_artifact_server_requests_total\{.*route="blob"/ {s += $2} END {print s + 0}')
-rss_total=0 rss_max=0 # KiB
+# RSS counts the binary's pages mapped in (shared by every agent); RssAnon is each
+# agent's own memory.
+rss_total=0 rss_max=0 anon_total=0 # KiB
 for p in "${agents[@]}"; do
 	kib=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status")
+	anon_total=$((anon_total + $(awk '/^RssAnon:/ {print $2}' "/proc/$p/status")))
 	rss_total=$((rss_total + kib))
 	if ((kib > rss_max)); then rss_max=$kib; fi
 done
-rss_mean=$(python3 -c 'import sys; print(f"{int(sys.argv[1]) / int(sys.argv[2]) / 1024:.1f}")' "$rss_total" "$AGENTS")
+mean_mib() { python3 -c 'import sys; print(f"{int(sys.argv[1]) / int(sys.argv[2]) / 1024:.1f}")' "$1" "$AGENTS"; }
+rss_mean=$(mean_mib "$rss_total")
+anon_mean=$(mean_mib "$anon_total")
 files=$(find "$work" -path '*/etc/falco/rules.d/big_rules.yaml' -type l | wc -l)
 echo "$AGENTS nodes have the $MIB MiB bundle $(elapsed "$start" "$end") s after it was created ($files files checked present)"
-echo "registry blob GETs: $bgets (config + layer, once); artifact-server blob responses: $blobs; agents' mean RSS $rss_mean MiB (max $((rss_max / 1024)) MiB)"
+echo "registry blob GETs: $bgets (config + layer, once); artifact-server blob responses: $blobs; agents' mean RSS $rss_mean MiB (max $((rss_max / 1024)) MiB; anonymous $anon_mean MiB)"
 row Fan-out "$AGENTS agents receive a $MIB MiB bundle: until every node reports it" "$(elapsed "$start" "$end") s" "—" "—"
 row Fan-out "registry blob GETs for it (goal: one per blob: config + layer)" "$bgets" "falcoctl: one per node per blob ($((AGENTS * 2)))" "$(ratio "$bgets" "$((AGENTS * 2))")"
 row Fan-out "artifact-server blob responses (in-cluster)" "$blobs" "—" "—"

@@ -60,9 +60,10 @@ pub fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
         .build()
 }
 
-/// Chunks of a response body on their way from the network to the blocking writer: a few,
-/// so a fetch holds little of a file however large it is.
-const CHUNKS_IN_FLIGHT: usize = 4;
+/// Chunks of a response body on their way from the network to the blocking writer: two
+/// (a chunk is at most hyper's read buffer, some 400 KiB), so a fetch holds little of a
+/// file however large it is.
+const CHUNKS_IN_FLIGHT: usize = 2;
 
 /// Streams `file` from `<base>/blobs/sha256/<hex>` into `out` (a new file in a staged
 /// revision): the body's chunks go to a blocking thread that hashes and writes them and

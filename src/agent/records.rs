@@ -2,7 +2,7 @@
 //! a bundle deleted while the agent was down is still cleaned up, and only its files.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -51,6 +51,9 @@ impl Record {
     }
 }
 
+/// The largest record read (a record names one bundle and a few directories).
+const MAX_RECORD: u64 = 1 << 20;
+
 fn path_of(dir: &Path, uid: &str) -> Option<PathBuf> {
     let safe = !uid.is_empty() && uid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
     safe.then(|| dir.join(format!("{uid}.json")))
@@ -65,9 +68,9 @@ pub fn load_all(dir: &Path) -> Vec<Record> {
         .flatten()
         .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
         .filter_map(|e| {
-            let parsed = fs::read(e.path())
+            let parsed = fs::File::open(e.path())
                 .ok()
-                .and_then(|b| serde_json::from_slice::<Record>(&b).ok());
+                .and_then(|f| serde_json::from_reader::<_, Record>(f.take(MAX_RECORD)).ok());
             if parsed.is_none() {
                 tracing::warn!(path = %e.path().display(), "unreadable agent record skipped");
             }
