@@ -60,7 +60,7 @@ fn path_of(dir: &Path, uid: &str) -> Option<PathBuf> {
 }
 
 /// Every record in `dir` (unreadable ones are skipped with a warning).
-pub fn load_all(dir: &Path) -> Vec<Record> {
+pub(super) fn load_all(dir: &Path) -> Vec<Record> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -80,7 +80,7 @@ pub fn load_all(dir: &Path) -> Vec<Record> {
 }
 
 /// Writes a record atomically (temporary file, fsync, rename).
-pub fn save(dir: &Path, record: &Record) -> io::Result<()> {
+pub(super) fn save(dir: &Path, record: &Record) -> io::Result<()> {
     let path = path_of(dir, &record.uid)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "invalid uid"))?;
     fs::create_dir_all(dir)?;
@@ -92,7 +92,7 @@ pub fn save(dir: &Path, record: &Record) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
-pub fn delete(dir: &Path, uid: &str) -> io::Result<()> {
+pub(super) fn delete(dir: &Path, uid: &str) -> io::Result<()> {
     match path_of(dir, uid).map(fs::remove_file) {
         Some(Err(e)) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
