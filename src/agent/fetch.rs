@@ -1,14 +1,14 @@
 //! Fetching a file from the controller's artifact server by digest, verified on the way in.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Write};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::digest::{CopyError, Digest, copy_hashed};
+use crate::digest::{CopyError, Digest, Hasher};
 
 use super::desired::reason;
 use super::disk::WantedFile;
@@ -67,7 +67,7 @@ const CHUNKS_IN_FLIGHT: usize = 2;
 
 /// Streams `file` from `<base>/blobs/sha256/<hex>` into `out` (a new file in a staged
 /// revision): the body's chunks go to a blocking thread that hashes and writes them and
-/// fsyncs the file; any byte beyond the expected size or a wrong digest is an error.
+/// fsyncs the file (nothing of the file is held but the chunks in flight); any byte beyond the expected size or a wrong digest is an error.
 pub async fn fetch(
     http: &reqwest::Client,
     base: &str,
@@ -90,9 +90,9 @@ pub async fn fetch(
     if !response.status().is_success() {
         return Err(unreachable(format!("HTTP {}", response.status().as_u16())));
     }
-    let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+    let (tx, mut rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
     let limit = file.size;
-    let writer = tokio::task::spawn_blocking(move || write_synced(&mut Body::new(rx), out, limit));
+    let writer = tokio::task::spawn_blocking(move || write_synced(&mut rx, out, limit));
     let mut body = response.bytes_stream();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| io::Error::other(one_line(&e)));
@@ -130,41 +130,20 @@ pub async fn fetch(
     Ok(())
 }
 
-/// Copies the body into `out`, hashing it, and fsyncs `out` (on a blocking thread).
-fn write_synced(body: &mut Body, mut out: File, limit: u64) -> Result<(Digest, u64), CopyError> {
-    let copied = copy_hashed(body, &mut out, limit)?;
+/// Hashes and writes the body's chunks into `out` as they come, then fsyncs it (on a
+/// blocking thread). A chunk that failed to arrive is a read error; the channel's end is the
+/// body's.
+fn write_synced(
+    chunks: &mut mpsc::Receiver<io::Result<Bytes>>,
+    mut out: File,
+    limit: u64,
+) -> Result<(Digest, u64), CopyError> {
+    let mut hasher = Hasher::with_limit(limit);
+    while let Some(chunk) = chunks.blocking_recv() {
+        let chunk = chunk.map_err(CopyError::Read)?;
+        hasher.update(&chunk)?;
+        out.write_all(&chunk).map_err(CopyError::Write)?;
+    }
     out.sync_all().map_err(CopyError::Write)?;
-    Ok(copied)
-}
-
-/// A response body as a [`Read`] for a blocking thread: each read waits for the next chunk
-/// the async side sends; a chunk that failed to arrive is a read error, the end of the
-/// channel the end of the body.
-struct Body {
-    chunks: mpsc::Receiver<io::Result<Bytes>>,
-    chunk: Bytes,
-}
-
-impl Body {
-    fn new(chunks: mpsc::Receiver<io::Result<Bytes>>) -> Body {
-        Body {
-            chunks,
-            chunk: Bytes::new(),
-        }
-    }
-}
-
-impl Read for Body {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.chunk.is_empty() {
-            match self.chunks.blocking_recv() {
-                Some(Ok(chunk)) => self.chunk = chunk,
-                Some(Err(e)) => return Err(e),
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.chunk.len());
-        buf[..n].copy_from_slice(&self.chunk.split_to(n));
-        Ok(n)
-    }
+    Ok(hasher.finish())
 }

@@ -335,3 +335,44 @@ async fn serve_blob(bytes: Vec<u8>) -> (String, Arc<std::sync::Mutex<Vec<String>
     });
     (base, paths)
 }
+
+/// A fetch keeps what the artifact server sends only when it is the file: a byte past its
+/// size or another digest is refused, with the reason the report carries.
+#[tokio::test]
+async fn a_fetch_refuses_bytes_that_are_not_the_file() {
+    use super::super::fetch::{FetchError, fetch};
+    let http = super::super::fetch::client(Duration::from_secs(10)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let wanted = wanted_file(b"- rule: a\n");
+    let cases = [
+        (&b"- rule: b\n"[..], "another digest"),
+        (&b"- rule: a\n\n"[..], "too large"),
+        (&b"- rule: a\n"[..], "kept"),
+    ];
+    for (i, (sent, expected)) in cases.into_iter().enumerate() {
+        let (base, _) = serve_blob(sent.to_vec()).await;
+        let path = dir.path().join(i.to_string());
+        let out = std::fs::File::create_new(&path).unwrap();
+        let outcome = match fetch(&http, &base, &wanted, out).await {
+            Err(e @ FetchError::DigestMismatch { .. }) => ("another digest", e.reason()),
+            Err(e @ FetchError::TooLarge { .. }) => ("too large", e.reason()),
+            Err(e) => panic!("{e}"),
+            Ok(()) => {
+                assert_eq!(std::fs::read(&path).unwrap(), sent);
+                ("kept", "")
+            }
+        };
+        let reason = if expected == "kept" {
+            ""
+        } else {
+            "DigestMismatch"
+        };
+        assert_eq!(outcome, (expected, reason));
+    }
+    // nothing listens on the discard port
+    let out = std::fs::File::create_new(dir.path().join("none")).unwrap();
+    let e = fetch(&http, "http://127.0.0.1:9", &wanted, out)
+        .await
+        .unwrap_err();
+    assert_eq!(e.reason(), "FetchFailed", "{e}");
+}
