@@ -39,8 +39,10 @@ fn main() -> ExitCode {
 /// The agent, one per node, runs few tasks at a time: its pass loop runs on the main
 /// thread (`block_on`), its two watches and health server on one worker, and its disk work
 /// one blocking task at a time (a fetch's writer beside another), whatever the node's cores.
-/// Each thread that allocates gets its own malloc arena (glibc), which keeps what it once
-/// held: fewer threads keep the agent's memory from growing with the files it writes.
+/// With glibc, each thread that allocates gets its own malloc arena, which keeps what it
+/// once held: fewer threads keep the agent's memory from growing with the files it writes
+/// (the image's static musl build has no arenas; there, fewer threads are just fewer
+/// stacks).
 fn agent_runtime() -> tokio::runtime::Builder {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(1).max_blocking_threads(2);
