@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use crate::api::reason::Class;
+
 /// Exponential backoff from `base`, doubling per consecutive failure up to `max`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backoff {
@@ -28,6 +30,30 @@ impl Backoff {
         let spread = raw / 4;
         let delay = raw - spread + jitter_part(spread, seed.wrapping_add(u64::from(failures)));
         delay.max(retry_after.unwrap_or(Duration::ZERO))
+    }
+}
+
+/// Retries of transient failures: 5 s, 10 s … up to 5 min, jittered per object.
+pub const TRANSIENT: Backoff = Backoff::new(Duration::from_secs(5), Duration::from_secs(300));
+/// Looks again at objects waiting for something else (which usually wakes them first):
+/// 10 s, 20 s … up to 10 min.
+pub const WAITING: Backoff = Backoff::new(Duration::from_secs(10), Duration::from_secs(600));
+
+/// How long after the `failures`-th failure in a row of `class` to look again (`None`:
+/// only when the object changes). Never sooner than `retry_after`.
+pub fn retry_delay(
+    class: Class,
+    failures: u32,
+    seed: u64,
+    retry_after: Option<Duration>,
+) -> Option<Duration> {
+    let failures = failures.max(1);
+    match class {
+        Class::Stalled => None,
+        Class::Waiting => Some(WAITING.delay(failures, seed, retry_after)),
+        Class::Transient | Class::Ready | Class::Progressing => {
+            Some(TRANSIENT.delay(failures, seed, retry_after))
+        }
     }
 }
 

@@ -11,10 +11,11 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     init_logging();
-    // The long-running commands use every core; a one-shot push or pull is faster on one
-    // thread (its file writes still run beside it on the blocking pool).
+    // The controller uses every core; a one-shot push or pull is faster on one thread (its
+    // file writes still run beside it on the blocking pool).
     let mut builder = match cli.command {
-        Command::Controller(_) | Command::Agent(_) => tokio::runtime::Builder::new_multi_thread(),
+        Command::Controller(_) => tokio::runtime::Builder::new_multi_thread(),
+        Command::Agent(_) => agent_runtime(),
         _ => tokio::runtime::Builder::new_current_thread(),
     };
     let runtime = match builder.enable_all().build() {
@@ -33,6 +34,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The agent, one per node, runs few tasks at a time: its pass loop runs on the main
+/// thread (`block_on`), its two watches and health server on one worker, and its disk work
+/// one blocking task at a time (a fetch's writer beside another), whatever the node's cores.
+/// With glibc, each thread that allocates gets its own malloc arena, which keeps what it
+/// once held: fewer threads keep the agent's memory from growing with the files it writes
+/// (the image's static musl build has no arenas; there, fewer threads are just fewer
+/// stacks).
+fn agent_runtime() -> tokio::runtime::Builder {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(1).max_blocking_threads(2);
+    builder
 }
 
 /// Structured logs on stderr: JSON when not on a terminal, `RUST_LOG` filters (default info).

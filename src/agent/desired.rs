@@ -6,32 +6,8 @@ use std::path::{Path, PathBuf};
 
 use super::disk::WantedFile;
 use crate::api::RuleBundle;
-use crate::store::is_sha256_hex;
-
-/// Reasons a bundle is not applied on a node.
-pub mod reason {
-    pub const APPLIED: &str = "Applied";
-    /// The bundle has no revision yet (its controller has not planned it).
-    pub const WAITING: &str = "Waiting";
-    /// A new revision is being swapped in (written before the swap, so no report ever
-    /// claims a revision that a crash mid-write replaced).
-    pub const APPLYING: &str = "Applying";
-    /// The bundle's files are being removed from this node (written before the removal).
-    pub const REMOVING: &str = "Removing";
-    /// The report could not be marked `Applying`, so the files were left as they are.
-    pub const REPORT_FAILED: &str = "ReportFailed";
-    pub const DIRECTORY_NOT_ALLOWED: &str = "DirectoryNotAllowed";
-    /// A directory, file name or digest that could escape the directory or is malformed.
-    pub const INVALID_PATH: &str = "InvalidPath";
-    pub const FETCH_FAILED: &str = "FetchFailed";
-    pub const DIGEST_MISMATCH: &str = "DigestMismatch";
-    pub const WRITE_FAILED: &str = "WriteFailed";
-    pub const FILE_CONFLICT: &str = "FileConflict";
-    /// Over the agent's per-bundle or per-directory byte budget (checked before any fetch).
-    pub const QUOTA_EXCEEDED: &str = "QuotaExceeded";
-    /// The directory's filesystem would have less than `--min-free-bytes` free.
-    pub const INSUFFICIENT_SPACE: &str = "InsufficientSpace";
-}
+use crate::api::reason::NodeReason;
+use crate::digest::Digest;
 
 /// One `--allowed-dir`: a host directory and the namespaces whose bundles may write in it
 /// (`None`: every namespace, for single-tenant clusters).
@@ -169,10 +145,7 @@ pub enum Decision {
     /// Selected, but nothing to write yet.
     Wait,
     /// Selected and cannot be applied here: report why, keep what is on disk.
-    Refuse {
-        reason: &'static str,
-        message: String,
-    },
+    Refuse { reason: NodeReason, message: String },
     /// Write `files` at `revision` into `directory` (the path on the node).
     Apply {
         directory: PathBuf,
@@ -196,7 +169,7 @@ pub fn decide(
     }
     let Some(directory) = plain_absolute(&target.directory) else {
         return Decision::Refuse {
-            reason: reason::INVALID_PATH,
+            reason: NodeReason::InvalidPath,
             message: format!(
                 "nodeFiles.directory {:?} must be absolute, without . parts or parts starting with ..",
                 target.directory
@@ -208,7 +181,7 @@ pub fn decide(
         Ok(a) => a.to_path_buf(),
         Err(message) => {
             return Decision::Refuse {
-                reason: reason::DIRECTORY_NOT_ALLOWED,
+                reason: NodeReason::DirectoryNotAllowed,
                 message,
             };
         }
@@ -232,19 +205,20 @@ pub fn decide(
     for f in &status.files {
         if !valid_key(&f.path) {
             return Decision::Refuse {
-                reason: reason::INVALID_PATH,
+                reason: NodeReason::InvalidPath,
                 message: format!("file name {:?} is not a plain file name", f.path),
             };
         }
-        if !f.digest.strip_prefix("sha256:").is_some_and(is_sha256_hex) {
+        // Parsed once here: a digest is a file name on the artifact server's URL path.
+        let Ok(digest) = Digest::parse(&f.digest) else {
             return Decision::Refuse {
-                reason: reason::INVALID_PATH,
+                reason: NodeReason::InvalidPath,
                 message: format!("file {} has an invalid digest {:?}", f.path, f.digest),
             };
-        }
+        };
         files.push(WantedFile {
             key: f.path.clone(),
-            digest: f.digest.clone(),
+            digest,
             size: u64::try_from(f.size).unwrap_or(0),
         });
     }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::api::reason::NodeReason;
 use crate::api::rule_bundle::{
     BundleFile, LabelSelector, NodeFilesTarget, RuleBundleSpec, RuleBundleStatus,
 };
@@ -80,7 +81,7 @@ fn directories_outside_the_allow_list_are_refused() {
             matches!(
                 decide(&b, &labels(&[]), &allow()),
                 Decision::Refuse {
-                    reason: "DirectoryNotAllowed",
+                    reason: NodeReason::DirectoryNotAllowed,
                     ..
                 }
             ),
@@ -98,7 +99,7 @@ fn directories_outside_the_allow_list_are_refused() {
             matches!(
                 decide(&b, &labels(&[]), &allow()),
                 Decision::Refuse {
-                    reason: "InvalidPath",
+                    reason: NodeReason::InvalidPath,
                     ..
                 }
             ),
@@ -110,7 +111,7 @@ fn directories_outside_the_allow_list_are_refused() {
     assert!(matches!(
         decide(&b, &labels(&[]), &none),
         Decision::Refuse {
-            reason: "DirectoryNotAllowed",
+            reason: NodeReason::DirectoryNotAllowed,
             ..
         }
     ));
@@ -126,7 +127,7 @@ fn file_names_and_digests_from_status_are_not_trusted() {
             matches!(
                 decide(&b, &labels(&[]), &allow()),
                 Decision::Refuse {
-                    reason: "InvalidPath",
+                    reason: NodeReason::InvalidPath,
                     ..
                 }
             ),
@@ -137,7 +138,7 @@ fn file_names_and_digests_from_status_are_not_trusted() {
     assert!(matches!(
         decide(&b, &labels(&[]), &allow()),
         Decision::Refuse {
-            reason: "InvalidPath",
+            reason: NodeReason::InvalidPath,
             ..
         }
     ));
@@ -164,7 +165,7 @@ fn directory_parts_starting_with_two_dots_are_refused() {
             matches!(
                 decide(&b, &labels(&[]), &allow()),
                 Decision::Refuse {
-                    reason: "InvalidPath",
+                    reason: NodeReason::InvalidPath,
                     ..
                 }
             ),
@@ -214,7 +215,7 @@ fn a_directory_is_written_only_by_the_namespaces_granted_it() {
         &allow,
     ) {
         Decision::Refuse { reason, message } => {
-            assert_eq!(reason, "DirectoryNotAllowed");
+            assert_eq!(reason, NodeReason::DirectoryNotAllowed);
             assert!(
                 message.contains("tenant") && message.contains("/etc/falco/x"),
                 "{message}"

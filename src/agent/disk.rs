@@ -26,13 +26,14 @@ use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+
+use crate::api::reason::NodeReason;
 
 use super::budget;
 use super::safedir::{Kind, SafeDir};
+use crate::digest::{self, Digest};
 
 /// The name of the file inside a data directory that holds its revision and keys (no key
 /// can start with `..`).
@@ -44,7 +45,7 @@ const MAX_REVISION_FILE: u64 = 8 << 20;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WantedFile {
     pub key: String,
-    pub digest: String,
+    pub digest: Digest,
     pub size: u64,
 }
 
@@ -62,10 +63,10 @@ pub enum DiskError {
 }
 
 impl DiskError {
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> NodeReason {
         match self {
-            DiskError::Io { .. } => "WriteFailed",
-            DiskError::Conflict(_) => "FileConflict",
+            DiskError::Io { .. } => NodeReason::WriteFailed,
+            DiskError::Conflict(_) => NodeReason::FileConflict,
         }
     }
 }
@@ -206,9 +207,10 @@ impl Target {
         self.current().map(|c| c.written.revision)
     }
 
-    /// What the revision visible now takes on disk, as its record says (0: none).
-    pub fn current_bytes(&self) -> u64 {
-        self.current().map_or(0, |c| c.written.bytes)
+    /// The revision visible now and what it takes on disk, as its record says.
+    pub fn current_state(&self) -> Option<(String, u64)> {
+        self.current()
+            .map(|c| (c.written.revision, c.written.bytes))
     }
 
     /// Bytes free on the directory's filesystem.
@@ -228,8 +230,7 @@ impl Target {
             && wanted == recorded
             && files.iter().all(|f| {
                 self.is_ours(&f.key)
-                    && digest_of(current.dir.open_file(&f.key)).ok().as_deref()
-                        == Some(f.digest.as_str())
+                    && digest_of(current.dir.open_file(&f.key)).ok().as_ref() == Some(&f.digest)
             })
     }
 
@@ -274,21 +275,18 @@ impl Target {
         let Some(current) = self.current() else {
             return false;
         };
-        let copied = (|| -> io::Result<String> {
-            let mut input = current.dir.open_file(&file.key)?;
-            let mut output = staging.create(&file.key)?;
-            let mut hasher = Sha256::new();
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = input.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                output.write_all(&buf[..n])?;
-            }
-            output.sync_all()?;
-            Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+        // More bytes than the file has cannot be the file: the copy stops there.
+        let copied = (|| -> Result<Digest, digest::CopyError> {
+            let mut input = current
+                .dir
+                .open_file(&file.key)
+                .map_err(digest::CopyError::Read)?;
+            let mut output = staging
+                .create(&file.key)
+                .map_err(digest::CopyError::Write)?;
+            let (d, _) = digest::copy_hashed(&mut input, &mut output, file.size)?;
+            output.sync_all().map_err(digest::CopyError::Write)?;
+            Ok(d)
         })();
         match copied {
             Ok(d) if d == file.digest => true,
@@ -434,17 +432,10 @@ fn read_written(dir: &SafeDir) -> Option<Written> {
     })
 }
 
-/// `sha256:<hex>` of a file's bytes.
-pub fn digest_of(file: io::Result<File>) -> io::Result<String> {
-    let mut f = file?;
-    let mut hasher = Sha256::new();
-    io::copy(&mut f, &mut hasher)?;
-    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
-}
-
-/// `sha256:<hex>` of a file's bytes.
-pub fn file_digest(path: &Path) -> io::Result<String> {
-    digest_of(File::open(path))
+/// The digest of a file's bytes.
+pub fn digest_of(file: io::Result<File>) -> Result<Digest, digest::CopyError> {
+    let (d, _) = digest::hash_all(&mut file.map_err(digest::CopyError::Read)?, u64::MAX)?;
+    Ok(d)
 }
 
 fn write_synced(staging: &Staging, name: &str, bytes: &[u8]) -> io::Result<()> {

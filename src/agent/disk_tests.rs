@@ -1,9 +1,10 @@
 use super::*;
+use crate::api::reason::NodeReason;
 use std::os::unix::fs::symlink;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-fn digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+fn digest(bytes: &[u8]) -> Digest {
+    Digest::of(bytes)
 }
 
 /// Writes a revision the way the agent does, with `content` standing in for the fetch.
@@ -133,7 +134,7 @@ fn foreign_files_are_never_touched() {
     let t = target(tmp.path());
     fs::write(dir_of(tmp.path()).join("local.yaml"), b"the admin's").unwrap();
     let err = apply(&t, "r1", &[("local.yaml", b"ours")]).unwrap_err();
-    assert_eq!(err.reason(), "FileConflict");
+    assert_eq!(err.reason(), NodeReason::FileConflict);
     assert_eq!(
         fs::read(dir_of(tmp.path()).join("local.yaml")).unwrap(),
         b"the admin's"
@@ -236,7 +237,7 @@ fn a_link_planted_in_the_data_directory_never_makes_a_host_file_ours() {
     )
     .unwrap();
     let err = apply(&t, "r2", &[("a.yaml", b"a2"), ("falco.yaml", b"evil")]).unwrap_err();
-    assert_eq!(err.reason(), "FileConflict");
+    assert_eq!(err.reason(), NodeReason::FileConflict);
     assert_eq!(fs::read(dir.join("falco.yaml")).unwrap(), b"the host's own");
     assert_eq!(t.current_revision().as_deref(), Some("r1"));
     // a link elsewhere that someone put under a key's name is not followed or removed
@@ -245,7 +246,7 @@ fn a_link_planted_in_the_data_directory_never_makes_a_host_file_ours() {
     symlink(&outside, dir.join("o.yaml")).unwrap();
     assert_eq!(
         apply(&t, "r3", &[("o.yaml", b"x")]).unwrap_err().reason(),
-        "FileConflict"
+        NodeReason::FileConflict
     );
     t.remove().unwrap();
     assert_eq!(fs::read(&outside).unwrap(), b"outside");
@@ -335,7 +336,7 @@ fn links_of_a_write_killed_around_its_swap_are_tidied() {
     let three = [files[0].clone(), files[1].clone(), wanted("z.yaml", b"z")];
     assert_eq!(
         x.commit(staging, "r3", &three).unwrap_err().reason(),
-        "FileConflict"
+        NodeReason::FileConflict
     );
     assert!(
         fs::symlink_metadata(dir.join("k.yaml")).is_err(),

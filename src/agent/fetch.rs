@@ -1,12 +1,17 @@
 //! Fetching a file from the controller's artifact server by digest, verified on the way in.
 
+use std::fs::File;
+use std::io::{self, Write};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
-use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
 
-use super::desired::reason;
+use crate::digest::{CopyError, Digest, Hasher};
+
 use super::disk::WantedFile;
+use crate::api::reason::NodeReason;
 use crate::errors::one_line;
 
 /// A failed fetch, with the reason the node report carries.
@@ -32,40 +37,47 @@ pub enum FetchError {
 }
 
 impl FetchError {
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> NodeReason {
         match self {
-            FetchError::Unreachable { .. } => reason::FETCH_FAILED,
+            FetchError::Unreachable { .. } => NodeReason::FetchFailed,
             FetchError::DigestMismatch { .. } | FetchError::TooLarge { .. } => {
-                reason::DIGEST_MISMATCH
+                NodeReason::DigestMismatch
             }
-            FetchError::Write { .. } => reason::WRITE_FAILED,
+            FetchError::Write { .. } => NodeReason::WriteFailed,
         }
     }
 }
 
-/// An HTTP client for the artifact server.
-pub fn client(timeout: Duration) -> reqwest::Client {
+/// An HTTP client for the artifact server, with its timeouts. An error (TLS or resolver
+/// setup) is the agent's to report at startup: a client without timeouts could hang a
+/// pass on a stalled connection forever.
+pub fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .read_timeout(timeout)
         .user_agent(concat!("ocisync-agent/", env!("CARGO_PKG_VERSION")))
         .tls_backend_preconfigured(crate::tls::client_config(Vec::new()))
         .build()
-        .unwrap_or_default()
 }
 
+/// Chunks of a response body on their way from the network to the blocking writer: two
+/// (a chunk is at most hyper's read buffer, some 400 KiB), so a fetch holds little of a
+/// file however large it is.
+const CHUNKS_IN_FLIGHT: usize = 2;
+
 /// Streams `file` from `<base>/blobs/sha256/<hex>` into `out` (a new file in a staged
-/// revision), hashing as it goes; the file is fsynced, and any byte beyond the expected size
-/// or a wrong digest is an error.
+/// revision): the body's chunks go to a blocking thread that hashes and writes them and
+/// fsyncs the file (nothing of the file is held but the chunks in flight); any byte beyond the expected size or a wrong digest is an error.
 pub async fn fetch(
     http: &reqwest::Client,
     base: &str,
     file: &WantedFile,
-    mut out: tokio::fs::File,
+    out: File,
 ) -> Result<(), FetchError> {
-    use tokio::io::AsyncWriteExt as _;
-    let hex = file.digest.strip_prefix("sha256:").unwrap_or(&file.digest);
-    let url = format!("{base}{}", crate::server::blob_url_path(hex));
+    let url = format!(
+        "{base}{}",
+        crate::server::blob_url_path(file.digest.as_str())
+    );
     let unreachable = |message: String| FetchError::Unreachable {
         url: url.clone(),
         message,
@@ -78,34 +90,60 @@ pub async fn fetch(
     if !response.status().is_success() {
         return Err(unreachable(format!("HTTP {}", response.status().as_u16())));
     }
+    let (tx, mut rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+    let limit = file.size;
+    let writer = tokio::task::spawn_blocking(move || write_synced(&mut rx, out, limit));
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| io::Error::other(one_line(&e)));
+        let failed = chunk.is_err();
+        // A send fails when the writer stopped early (a write error, too many bytes): its
+        // result says why.
+        if tx.send(chunk).await.is_err() || failed {
+            break;
+        }
+    }
+    drop(tx);
     let write_err = |source| FetchError::Write {
         path: file.key.clone(),
         source,
     };
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let mut body = response.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| unreachable(one_line(&e)))?;
-        size = size.saturating_add(chunk.len() as u64);
-        if size > file.size {
-            return Err(FetchError::TooLarge {
-                key: file.key.clone(),
-                expected: file.size,
-            });
-        }
-        hasher.update(&chunk);
-        out.write_all(&chunk).await.map_err(write_err)?;
-    }
-    let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+    let written = writer
+        .await
+        .map_err(|e| write_err(io::Error::other(format!("disk task: {e}"))))?;
+    let (actual, size) = written.map_err(|e| match e {
+        CopyError::Read(e) => unreachable(e.to_string()),
+        CopyError::Write(e) => write_err(e),
+        CopyError::OverLimit(_) => FetchError::TooLarge {
+            key: file.key.clone(),
+            expected: file.size,
+        },
+    })?;
     if actual != file.digest {
         return Err(FetchError::DigestMismatch {
             key: file.key.clone(),
-            expected: file.digest.clone(),
-            actual,
+            expected: file.digest.to_string(),
+            actual: actual.to_string(),
             size,
         });
     }
-    out.flush().await.map_err(write_err)?;
-    out.sync_all().await.map_err(write_err)
+    Ok(())
+}
+
+/// Hashes and writes the body's chunks into `out` as they come, then fsyncs it (on a
+/// blocking thread). A chunk that failed to arrive is a read error; the channel's end is the
+/// body's.
+fn write_synced(
+    chunks: &mut mpsc::Receiver<io::Result<Bytes>>,
+    mut out: File,
+    limit: u64,
+) -> Result<(Digest, u64), CopyError> {
+    let mut hasher = Hasher::with_limit(limit);
+    while let Some(chunk) = chunks.blocking_recv() {
+        let chunk = chunk.map_err(CopyError::Read)?;
+        hasher.update(&chunk)?;
+        out.write_all(&chunk).map_err(CopyError::Write)?;
+    }
+    out.sync_all().map_err(CopyError::Write)?;
+    Ok(hasher.finish())
 }

@@ -2,7 +2,7 @@
 //! a bundle deleted while the agent was down is still cleaned up, and only its files.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -51,13 +51,16 @@ impl Record {
     }
 }
 
+/// The largest record read (a record names one bundle and a few directories).
+const MAX_RECORD: u64 = 1 << 20;
+
 fn path_of(dir: &Path, uid: &str) -> Option<PathBuf> {
     let safe = !uid.is_empty() && uid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
     safe.then(|| dir.join(format!("{uid}.json")))
 }
 
 /// Every record in `dir` (unreadable ones are skipped with a warning).
-pub fn load_all(dir: &Path) -> Vec<Record> {
+pub(super) fn load_all(dir: &Path) -> Vec<Record> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -65,9 +68,9 @@ pub fn load_all(dir: &Path) -> Vec<Record> {
         .flatten()
         .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
         .filter_map(|e| {
-            let parsed = fs::read(e.path())
+            let parsed = fs::File::open(e.path())
                 .ok()
-                .and_then(|b| serde_json::from_slice::<Record>(&b).ok());
+                .and_then(|f| serde_json::from_reader::<_, Record>(f.take(MAX_RECORD)).ok());
             if parsed.is_none() {
                 tracing::warn!(path = %e.path().display(), "unreadable agent record skipped");
             }
@@ -77,7 +80,7 @@ pub fn load_all(dir: &Path) -> Vec<Record> {
 }
 
 /// Writes a record atomically (temporary file, fsync, rename).
-pub fn save(dir: &Path, record: &Record) -> io::Result<()> {
+pub(super) fn save(dir: &Path, record: &Record) -> io::Result<()> {
     let path = path_of(dir, &record.uid)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "invalid uid"))?;
     fs::create_dir_all(dir)?;
@@ -89,7 +92,7 @@ pub fn save(dir: &Path, record: &Record) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
-pub fn delete(dir: &Path, uid: &str) -> io::Result<()> {
+pub(super) fn delete(dir: &Path, uid: &str) -> io::Result<()> {
     match path_of(dir, uid).map(fs::remove_file) {
         Some(Err(e)) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),

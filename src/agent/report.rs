@@ -9,15 +9,34 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, Patch, PatchParams};
 
-use super::desired::reason;
 use crate::api::FIELD_MANAGER;
 use crate::api::node_report::{BundleReport, NodeReport, NodeReportSpec};
+use crate::api::reason::{Class, NodeReason, ReportedReason};
 
 /// The most bytes of entries one report holds: well under etcd's object limit (1.5 MiB by
 /// default), whatever the number of bundles or the length of their messages.
 pub const MAX_ENTRY_BYTES: usize = 768 << 10;
 /// The longest message kept in an entry, in characters.
 pub const MAX_MESSAGE_CHARS: usize = 512;
+
+/// The reason that decides when the next pass comes and labels the pass's metric: the most
+/// pressing failure (transient before waiting before stalled), else `Applied`.
+pub fn deciding_reason(bundles: &[BundleReport]) -> NodeReason {
+    let urgency = |r: &NodeReason| match r.class() {
+        Class::Transient => 3,
+        Class::Waiting => 2,
+        Class::Stalled => 1,
+        Class::Ready | Class::Progressing => 0,
+    };
+    bundles
+        .iter()
+        .filter_map(|b| match &b.reason {
+            ReportedReason::Known(r) if r.class().is_failure() => Some(*r),
+            _ => None,
+        })
+        .max_by_key(urgency)
+        .unwrap_or(NodeReason::Applied)
+}
 
 /// The report's spec from the per-bundle outcomes, bounded in size: long messages are cut,
 /// then, past [`MAX_ENTRY_BYTES`], messages are dropped from the last entries, then the last
@@ -29,7 +48,7 @@ pub fn spec(bundles: Vec<BundleReport>) -> NodeReportSpec {
 fn spec_within(mut bundles: Vec<BundleReport>, max_bytes: usize) -> NodeReportSpec {
     let applied = bundles
         .iter()
-        .filter(|b| b.reason.as_str() == reason::APPLIED)
+        .filter(|b| b.reason == NodeReason::Applied)
         .count();
     let failed = bundles.iter().filter(|b| b.is_failure()).count();
     for b in &mut bundles {
@@ -75,7 +94,7 @@ pub fn withdraw(
     replacement: Option<BundleReport>,
 ) -> Option<NodeReportSpec> {
     let claims_other = |b: &BundleReport| {
-        b.uid == uid && b.reason.as_str() == reason::APPLIED && b.revision.as_deref() != keeps
+        b.uid == uid && b.reason == NodeReason::Applied && b.revision.as_deref() != keeps
     };
     if !known.bundles.iter().any(claims_other) {
         return None;
@@ -209,6 +228,31 @@ mod tests {
             reason: reason.into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_most_pressing_failure_decides_the_next_pass() {
+        let pass = |reasons: &[&str]| {
+            let entries: Vec<BundleReport> = reasons.iter().map(|r| entry(r)).collect();
+            deciding_reason(&entries)
+        };
+        assert_eq!(pass(&[]), NodeReason::Applied);
+        assert_eq!(
+            pass(&["Applied", "Applying", "Waiting"]),
+            NodeReason::Applied
+        );
+        assert_eq!(
+            pass(&["InvalidPath", "FileConflict", "Applied"]),
+            NodeReason::FileConflict
+        );
+        assert_eq!(
+            pass(&["InsufficientSpace", "FetchFailed", "DirectoryNotAllowed"]),
+            NodeReason::FetchFailed
+        );
+        assert_eq!(
+            pass(&["DirectoryNotAllowed"]),
+            NodeReason::DirectoryNotAllowed
+        );
     }
 
     fn claim(uid: &str, reason: &str, revision: Option<&str>) -> BundleReport {

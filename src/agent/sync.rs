@@ -1,5 +1,6 @@
 //! One pass over every bundle: apply what this node should have, repair drift, remove what
-//! it should no longer have, and build the node report.
+//! it should no longer have, and build the node report. The disk work runs on blocking
+//! threads, through [`Host`]; this module decides, and talks to the API.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -8,25 +9,29 @@ use std::time::{Duration, Instant};
 use kube::ResourceExt;
 
 use super::budget::{self, Budget};
-use super::desired::{self, AllowList, Decision, reason};
-use super::disk::{Target, WantedFile};
-use super::records::{self, Record};
+use super::desired::{self, Decision};
+use super::disk::WantedFile;
+use super::host::{Failed, Host, OnDisk};
+use super::records::Record;
 use super::report::{self, Known, Reporter};
-use super::safedir::SafeDir;
 use super::write;
 use crate::api::RuleBundle;
 use crate::api::node_report::{BundleReport, NodeReportSpec};
+use crate::api::reason::NodeReason;
+use crate::backoff::Backoff;
 
 /// What the agent needs for a pass.
 pub struct Env<'a> {
-    pub host_root: &'a std::path::Path,
-    pub state_dir: &'a std::path::Path,
-    pub allow: &'a AllowList,
+    /// The node's directories and the agent's records, reached on blocking threads.
+    pub host: &'a Host,
     pub budget: &'a Budget,
     pub controller_url: &'a str,
     pub http: &'a reqwest::Client,
     /// The node's report, where claims are withdrawn before files change.
     pub reporter: &'a Reporter,
+    /// This node's retry seed ([`crate::backoff::seed_of`] its name): nodes whose writes
+    /// fail together retry apart.
+    pub seed: u64,
 }
 
 /// What stays between passes: per bundle uid, the revision and directory applied and
@@ -52,16 +57,15 @@ pub struct Memory {
 #[derive(Clone, Debug)]
 pub struct Failure {
     key: (String, PathBuf),
-    reason: &'static str,
+    reason: NodeReason,
     message: String,
     attempts: u32,
     retry_at: Instant,
 }
 
-/// The first retry of a failed bundle comes after this; each further failure doubles it,
-/// up to five minutes.
-const RETRY: Duration = Duration::from_secs(5);
-const MAX_RETRY: Duration = Duration::from_secs(300);
+/// A failed bundle is retried after 5 s, then twice as long per further failure, up to
+/// five minutes (jittered per node).
+const BUNDLE_RETRY: Backoff = Backoff::new(Duration::from_secs(5), Duration::from_secs(300));
 
 /// Runs one pass. With `full`, every applied bundle is re-verified on disk (drift repair).
 /// Removals come first, so a bundle deleted and created again under the same name (another
@@ -73,91 +77,156 @@ pub async fn pass(
     labels: &BTreeMap<String, String>,
     full: bool,
 ) -> Vec<BundleReport> {
+    let decided = decide_all(env, bundles, labels);
     if memory.records.is_none() {
-        let loaded = records::load_all(env.state_dir);
-        memory.records = Some(loaded.into_iter().map(|r| (r.uid.clone(), r)).collect());
+        match env.host.load_records().await {
+            Ok(loaded) => memory.records = Some(loaded),
+            Err(e) => return unavailable(&decided, e),
+        }
     }
-    let decided: Vec<(&RuleBundle, String, Decision)> = bundles
-        .iter()
-        .filter_map(|b| {
-            let uid = b.uid().filter(|u| !u.is_empty())?;
-            let d = desired::decide(b, labels, env.allow);
-            (d != Decision::NotHere).then_some((b.as_ref(), uid, d))
-        })
-        .collect();
     let keep: HashSet<&str> = decided.iter().map(|(_, uid, _)| uid.as_str()).collect();
     remove_gone(env, memory, &keep).await;
     let records = memory.records.clone().unwrap_or_default();
-    let refused = over_budget(env, &records, &decided);
+    let on_disk = match env.host.survey(records.values().cloned().collect()).await {
+        Ok(s) => s,
+        Err(e) => return unavailable(&decided, e),
+    };
+    let seen = Seen {
+        refused: over_budget(env, &records, &on_disk, &decided),
+        records,
+        on_disk,
+        full,
+    };
     let mut reports = Vec::new();
     for (bundle, uid, decision) in decided {
-        let record = Record {
-            namespace: bundle.namespace().unwrap_or_default(),
-            name: bundle.name_any(),
-            uid: uid.clone(),
-            directory: PathBuf::new(),
-            moved_from: Vec::new(),
-        };
-        let on_disk = records.get(&uid);
-        let current = on_disk.and_then(|r| current_revision(env, r));
-        let report = |reason: &str, message: String, revision: Option<String>| BundleReport {
-            namespace: record.namespace.clone(),
-            name: record.name.clone(),
-            uid: uid.clone(),
-            generation: bundle.metadata.generation,
-            revision,
-            reason: reason.into(),
-            message,
-        };
-        // An earlier object of this name (another uid) with files in the same directory:
-        // its removal comes first, or the two would share names on disk.
-        let predecessor = |dir: &std::path::Path| {
-            records
-                .values()
-                .any(|r| r.uid != uid && r.id() == record.id() && r.directories().any(|d| d == dir))
-        };
-        let entry = match decision {
-            Decision::NotHere => continue,
-            Decision::Wait => report(reason::WAITING, String::new(), current),
-            Decision::Refuse { reason, message } => report(reason, message, current),
-            Decision::Apply { ref directory, .. } if predecessor(directory) => report(
-                reason::WAITING,
-                "the files of an earlier RuleBundle of this name are still being removed".into(),
-                None,
-            ),
-            Decision::Apply { .. } if refused.contains_key(&uid) => {
-                let message = refused.get(&uid).cloned().unwrap_or_default();
-                report(reason::QUOTA_EXCEEDED, message, current)
-            }
-            Decision::Apply {
-                directory,
-                allowed,
-                revision,
-                files,
-            } => {
-                let record = Record {
-                    directory: directory.clone(),
-                    ..record.clone()
-                };
-                let wanted = Wanted {
-                    record: &record,
-                    allowed: &allowed,
-                    revision: &revision,
-                    files: &files,
-                };
-                match apply(env, memory, &wanted, on_disk, full).await {
-                    Ok(()) => report(reason::APPLIED, String::new(), Some(revision.clone())),
-                    Err((r, message)) => {
-                        let now = current_revision(env, &record).or(current);
-                        report(r, message, now)
-                    }
-                }
-            }
-        };
-        reports.push(entry);
+        reports.extend(one_bundle(env, memory, &seen, bundle, uid, decision).await);
     }
     reports.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     reports
+}
+
+/// The bundles with something to do on this node (every one but `NotHere`), with their uids.
+fn decide_all<'b>(
+    env: &Env<'_>,
+    bundles: &'b [std::sync::Arc<RuleBundle>],
+    labels: &BTreeMap<String, String>,
+) -> Vec<(&'b RuleBundle, String, Decision)> {
+    bundles
+        .iter()
+        .filter_map(|b| {
+            let uid = b.uid().filter(|u| !u.is_empty())?;
+            let d = desired::decide(b, labels, env.host.allow());
+            (d != Decision::NotHere).then_some((b.as_ref(), uid, d))
+        })
+        .collect()
+}
+
+/// Every bundle's entry when the agent cannot see what it has on disk: nothing is touched.
+fn unavailable(decided: &[(&RuleBundle, String, Decision)], failed: Failed) -> Vec<BundleReport> {
+    let (reason, message) = failed;
+    tracing::warn!(reason = %reason, detail = %message, "cannot read the agent's state on the node");
+    let mut reports: Vec<BundleReport> = decided
+        .iter()
+        .map(|(b, uid, _)| BundleReport {
+            namespace: b.namespace().unwrap_or_default(),
+            name: b.name_any(),
+            uid: uid.clone(),
+            generation: b.metadata.generation,
+            revision: None,
+            reason: reason.into(),
+            message: format!("agent state: {message}"),
+        })
+        .collect();
+    reports.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    reports
+}
+
+/// What a pass knows once removals are done.
+struct Seen {
+    /// The on-node records, by uid.
+    records: HashMap<String, Record>,
+    /// What each recorded bundle has on disk, by uid.
+    on_disk: HashMap<String, OnDisk>,
+    /// Bundles over a budget, by uid, with the message.
+    refused: HashMap<String, String>,
+    full: bool,
+}
+
+/// One bundle's report entry, applying its revision when it is to be applied.
+async fn one_bundle(
+    env: &Env<'_>,
+    memory: &mut Memory,
+    seen: &Seen,
+    bundle: &RuleBundle,
+    uid: String,
+    decision: Decision,
+) -> Option<BundleReport> {
+    let record = Record {
+        namespace: bundle.namespace().unwrap_or_default(),
+        name: bundle.name_any(),
+        uid,
+        directory: PathBuf::new(),
+        moved_from: Vec::new(),
+    };
+    let previous = seen.records.get(&record.uid);
+    let current = seen
+        .on_disk
+        .get(&record.uid)
+        .and_then(|d| d.revision.clone());
+    let entry = |reason: NodeReason, message: String, revision: Option<String>| BundleReport {
+        namespace: record.namespace.clone(),
+        name: record.name.clone(),
+        uid: record.uid.clone(),
+        generation: bundle.metadata.generation,
+        revision,
+        reason: reason.into(),
+        message,
+    };
+    // An earlier object of this name (another uid) with files in the same directory: its
+    // removal comes first, or the two would share names on disk.
+    let predecessor = |dir: &std::path::Path| {
+        seen.records.values().any(|r| {
+            r.uid != record.uid && r.id() == record.id() && r.directories().any(|d| d == dir)
+        })
+    };
+    Some(match decision {
+        Decision::NotHere => return None,
+        Decision::Wait => entry(NodeReason::Waiting, String::new(), current),
+        Decision::Refuse { reason, message } => entry(reason, message, current),
+        Decision::Apply { ref directory, .. } if predecessor(directory) => entry(
+            NodeReason::Waiting,
+            "the files of an earlier RuleBundle of this name are still being removed".into(),
+            None,
+        ),
+        Decision::Apply { .. } if seen.refused.contains_key(&record.uid) => {
+            let message = seen.refused.get(&record.uid).cloned().unwrap_or_default();
+            entry(NodeReason::QuotaExceeded, message, current)
+        }
+        Decision::Apply {
+            directory,
+            allowed,
+            revision,
+            files,
+        } => {
+            let record = Record {
+                directory,
+                ..record.clone()
+            };
+            let wanted = Wanted {
+                record: &record,
+                allowed: &allowed,
+                revision: &revision,
+                files: &files,
+            };
+            match apply(env, memory, &wanted, previous, seen.full).await {
+                Ok(()) => entry(NodeReason::Applied, String::new(), Some(revision.clone())),
+                Err((r, message)) => {
+                    let now = env.host.current_revision(record.clone()).await;
+                    entry(r, message, now.or(current))
+                }
+            }
+        }
+    })
 }
 
 /// Bundles gone, or no longer selecting this node: their files are removed, only theirs.
@@ -173,42 +242,43 @@ async fn remove_gone(env: &Env<'_>, memory: &mut Memory, keep: &HashSet<&str>) {
         let uid = record.uid.clone();
         let removing = changing(
             &record,
-            reason::REMOVING,
+            NodeReason::Removing,
             format!("removing files from {}", record.directory.display()),
         );
         if let Err(e) = before_swap(env, memory, &uid, None, Some(removing)).await {
             tracing::warn!(bundle = %record.id(), error = %e, "cannot update the NodeReport; files kept for now");
             continue;
         }
-        let mut removed = Ok(());
-        for dir in record.directories() {
-            let one = Record {
-                directory: dir.clone(),
-                moved_from: Vec::new(),
-                ..record.clone()
-            };
-            removed = remove_files(env, &one).await;
-            if removed.is_err() {
-                break;
-            }
+        if let Err(e) = remove_everywhere(env, &record).await {
+            tracing::warn!(bundle = %record.id(), error = %e, "cannot remove files");
+            continue;
         }
-        match removed {
+        tracing::info!(bundle = %record.id(), directory = %record.directory.display(), "files removed");
+        memory.applied.remove(&uid);
+        memory.failed.remove(&uid);
+        match env.host.delete_record(uid.clone()).await {
             Ok(()) => {
-                tracing::info!(bundle = %record.id(), directory = %record.directory.display(), "files removed");
-                memory.applied.remove(&uid);
-                memory.failed.remove(&uid);
-                match records::delete(env.state_dir, &uid) {
-                    Ok(()) => {
-                        if let Some(r) = memory.records.as_mut() {
-                            r.remove(&uid);
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot delete the agent record"),
+                if let Some(r) = memory.records.as_mut() {
+                    r.remove(&uid);
                 }
             }
-            Err(e) => tracing::warn!(bundle = %record.id(), error = %e, "cannot remove files"),
+            Err(e) => tracing::warn!(error = %e, "cannot delete the agent record"),
         }
     }
+}
+
+/// Removes the bundle's files from every directory it may have files in, stopping at the
+/// first that fails.
+async fn remove_everywhere(env: &Env<'_>, record: &Record) -> Result<(), String> {
+    for dir in record.directories() {
+        let one = Record {
+            directory: dir.clone(),
+            moved_from: Vec::new(),
+            ..record.clone()
+        };
+        env.host.remove_files(one).await?;
+    }
+    Ok(())
 }
 
 /// The bundles over a node budget, by uid, from the sizes in their status and what every
@@ -216,13 +286,14 @@ async fn remove_gone(env: &Env<'_>, memory: &mut Memory, keep: &HashSet<&str>) {
 fn over_budget(
     env: &Env<'_>,
     records: &HashMap<String, Record>,
+    on_disk: &HashMap<String, OnDisk>,
     decided: &[(&RuleBundle, String, Decision)],
 ) -> HashMap<String, String> {
     let held: budget::Held = records
         .values()
         .filter_map(|r| {
-            let grant = env.allow.deciding(&r.directory)?.path.clone();
-            let bytes = open_target(env, r).ok().flatten()?.current_bytes();
+            let grant = env.host.allow().deciding(&r.directory)?.path.clone();
+            let bytes = on_disk.get(&r.uid)?.bytes?;
             Some((r.uid.clone(), (grant, bytes)))
         })
         .collect();
@@ -249,49 +320,6 @@ fn over_budget(
     budget::refused(env.budget, &held, &claims)
 }
 
-/// The bundle's existing directory, opened without following links below its allowed
-/// directory; `Ok(None)` when it does not exist, or when a part of it is now a link or not
-/// a directory (nothing of the bundle's can be reached there without following it).
-fn open_target(env: &Env<'_>, record: &Record) -> Result<Option<Target>, String> {
-    let Some(grant) = env.allow.deciding(&record.directory) else {
-        return Err(format!(
-            "{} is no longer inside an allowed directory",
-            record.directory.display()
-        ));
-    };
-    let below = record
-        .directory
-        .strip_prefix(&grant.path)
-        .map_err(|e| e.to_string())?;
-    let allowed = desired::on_host(env.host_root, &grant.path);
-    match SafeDir::open(&allowed, below, false) {
-        Ok(opened) => Ok(opened.map(|d| Target::new(d, record.id()))),
-        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
-            tracing::warn!(bundle = %record.id(), directory = %record.directory.display(), error = %e, "directory no longer reachable without following a link; nothing removed there");
-            Ok(None)
-        }
-        Err(e) => Err(format!(
-            "{}: {e} (is {} mounted into the agent?)",
-            record.directory.display(),
-            grant.path.display()
-        )),
-    }
-}
-
-/// Removes what the bundle of `record` wrote in its `directory`, off the async runtime.
-async fn remove_files(env: &Env<'_>, record: &Record) -> Result<(), String> {
-    match open_target(env, record)? {
-        Some(t) => write::on_disk(move || t.remove().map_err(|e| e.to_string()))
-            .await
-            .map_err(|(_, m)| m)?,
-        None => Ok(()),
-    }
-}
-
-fn current_revision(env: &Env<'_>, record: &Record) -> Option<String> {
-    open_target(env, record).ok().flatten()?.current_revision()
-}
-
 /// What one bundle wants on this node.
 pub(super) struct Wanted<'a> {
     pub(super) record: &'a Record,
@@ -307,7 +335,7 @@ async fn apply(
     wanted: &Wanted<'_>,
     previous: Option<&Record>,
     full: bool,
-) -> Result<(), (&'static str, String)> {
+) -> Result<(), Failed> {
     let record = wanted.record;
     let key = (wanted.revision.to_string(), record.directory.clone());
     if !full && memory.applied.get(&record.uid) == Some(&key) {
@@ -324,102 +352,69 @@ async fn apply(
         record: moved.as_ref().unwrap_or(record),
         ..*wanted
     };
-    let result = match check_and_record(env, memory, wanted.record, previous, wanted.allowed) {
-        Ok(target) => match write::write(env, memory, target, wanted).await {
-            Ok(()) => {
-                clean_moved(env, memory, wanted.record).await;
-                Ok(())
-            }
-            Err(e) => Err(e),
-        },
-        Err(e) => Err(e),
-    };
-    match &result {
-        Ok(()) => {
-            memory.failed.remove(&record.uid);
-            memory.applied.insert(record.uid.clone(), key);
-        }
-        Err((reason, message)) => {
-            let attempts = match memory.failed.get(&record.uid) {
-                Some(f) if f.key == key => f.attempts.saturating_add(1),
-                _ => 1,
-            };
-            let delay = RETRY
-                .saturating_mul(2u32.saturating_pow(attempts.saturating_sub(1).min(10)))
-                .min(MAX_RETRY);
-            if attempts == 1 {
-                tracing::warn!(bundle = %record.id(), reason = *reason, detail = %message, "bundle not applied on this node");
-            }
-            memory.applied.remove(&record.uid);
-            memory.failed.insert(
-                record.uid.clone(),
-                Failure {
-                    key,
-                    reason,
-                    message: message.clone(),
-                    attempts,
-                    retry_at: Instant::now() + delay,
-                },
-            );
-        }
-    }
+    let result = write_recorded(env, memory, wanted, previous).await;
+    remember(env, memory, record, key, &result);
     result
 }
 
-/// Opens the directory below its allowed directory, never following a link there, then
-/// records the bundle on the node (before any file, so a crash mid-write is still cleaned
-/// up later; with the directories it moved from, cleaned once this one holds).
-fn check_and_record(
+/// Records the bundle on the node (before any file, so a crash mid-write is still cleaned
+/// up later), writes its revision, then cleans the directories it moved from.
+async fn write_recorded(
+    env: &Env<'_>,
+    memory: &mut Memory,
+    wanted: &Wanted<'_>,
+    previous: Option<&Record>,
+) -> Result<(), Failed> {
+    let record = wanted.record;
+    let target = env
+        .host
+        .open_for_write(
+            record.clone(),
+            previous.cloned(),
+            wanted.allowed.to_path_buf(),
+        )
+        .await?;
+    if previous != Some(record)
+        && let Some(r) = memory.records.as_mut()
+    {
+        r.insert(record.uid.clone(), record.clone());
+    }
+    write::write(env, memory, target, wanted).await?;
+    clean_moved(env, memory, record).await;
+    Ok(())
+}
+
+/// Remembers an apply's outcome: applied, or failed with its retry time.
+fn remember(
     env: &Env<'_>,
     memory: &mut Memory,
     record: &Record,
-    previous: Option<&Record>,
-    allowed: &std::path::Path,
-) -> Result<Target, (&'static str, String)> {
-    let invalid = |m: String| (reason::INVALID_PATH, m);
-    let below = record
-        .directory
-        .strip_prefix(allowed)
-        .map_err(|e| invalid(e.to_string()))?;
-    let on_host = desired::on_host(env.host_root, allowed);
-    if !on_host.is_dir() {
-        return Err(invalid(format!(
-            "the allowed directory {} is not mounted into the agent",
-            allowed.display()
-        )));
-    }
-    let target = match SafeDir::open(&on_host, below, true) {
-        Ok(Some(dir)) => Target::new(dir, record.id()),
-        Ok(None) => {
-            return Err(invalid(format!(
-                "{} is missing",
-                record.directory.display()
-            )));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
-            return Err(invalid(format!(
-                "{}: {e}; nothing below {} is followed",
-                record.directory.display(),
-                allowed.display()
-            )));
-        }
-        Err(e) => {
-            return Err((
-                reason::WRITE_FAILED,
-                format!("{}: {e}", record.directory.display()),
-            ));
-        }
+    key: (String, PathBuf),
+    result: &Result<(), Failed>,
+) {
+    let Err((reason, message)) = result else {
+        memory.failed.remove(&record.uid);
+        memory.applied.insert(record.uid.clone(), key);
+        return;
     };
-    // Recorded once the directory is open (only directories were made so far), before
-    // any file is written.
-    if previous != Some(record) {
-        records::save(env.state_dir, record)
-            .map_err(|e| (reason::WRITE_FAILED, format!("agent state: {e}")))?;
-        if let Some(r) = memory.records.as_mut() {
-            r.insert(record.uid.clone(), record.clone());
-        }
+    let attempts = match memory.failed.get(&record.uid) {
+        Some(f) if f.key == key => f.attempts.saturating_add(1),
+        _ => 1,
+    };
+    if attempts == 1 {
+        tracing::warn!(bundle = %record.id(), reason = %reason, detail = %message, "bundle not applied on this node");
     }
-    Ok(target)
+    memory.applied.remove(&record.uid);
+    memory.failed.insert(
+        record.uid.clone(),
+        Failure {
+            key,
+            reason: *reason,
+            message: message.clone(),
+            attempts,
+            retry_at: Instant::now() + BUNDLE_RETRY.delay(attempts, env.seed, None),
+        },
+    );
 }
 
 /// Once a bundle's directory holds its revision, the directories it moved from are
@@ -436,12 +431,12 @@ async fn clean_moved(env: &Env<'_>, memory: &mut Memory, record: &Record) {
             moved_from: Vec::new(),
             ..record.clone()
         };
-        if let Err(e) = remove_files(env, &old).await {
+        if let Err(e) = env.host.remove_files(old).await {
             tracing::warn!(bundle = %record.id(), directory = %dir.display(), error = %e, "cannot remove files from the old directory yet");
             left.moved_from.push(dir.clone());
         }
     }
-    match records::save(env.state_dir, &left) {
+    match env.host.save_record(left.clone()).await {
         Ok(()) => {
             if let Some(r) = memory.records.as_mut() {
                 r.insert(left.uid.clone(), left);
@@ -467,6 +462,26 @@ pub(super) async fn before_swap(
             .or_else(|| (!fenced).then(|| known.spec.clone()))
     })
     .await
+}
+
+/// Writes a pass's report when it differs from what the report holds or another agent
+/// process wrote it, and after every full pass. The error (the API's reason) is logged.
+pub async fn report_pass(
+    env: &Env<'_>,
+    memory: &mut Memory,
+    spec: NodeReportSpec,
+    full: bool,
+) -> Result<(), String> {
+    let instance = env.reporter.instance.as_str();
+    let written = publish(env, memory, |known| {
+        let stale = known.spec != spec || known.instance.as_deref() != Some(instance);
+        (full || stale).then_some(spec)
+    })
+    .await;
+    if let Err(e) = &written {
+        tracing::warn!(error = %e, "cannot write the NodeReport");
+    }
+    written
 }
 
 /// Writes the report when `next` asks for a change to what it holds now (read first when
@@ -496,7 +511,7 @@ pub async fn publish(
 }
 
 /// The report entry of a bundle whose files are changing: it claims no revision.
-pub(super) fn changing(record: &Record, reason: &str, message: String) -> BundleReport {
+pub(super) fn changing(record: &Record, reason: NodeReason, message: String) -> BundleReport {
     BundleReport {
         namespace: record.namespace.clone(),
         name: record.name.clone(),
@@ -507,3 +522,7 @@ pub(super) fn changing(record: &Record, reason: &str, message: String) -> Bundle
         message,
     }
 }
+
+#[cfg(test)]
+#[path = "sync_tests.rs"]
+mod tests;

@@ -4,22 +4,11 @@
 
 use std::fs::File;
 
-use super::desired::reason;
 use super::disk::{Staging, Target, WantedFile};
+use super::host::{Failed, on_disk};
 use super::sync::{Env, Memory, Wanted, before_swap, changing};
 use super::{budget, fetch};
-
-/// A failed step: (reason, message), as the node report carries it.
-type Failed = (&'static str, String);
-
-/// Runs disk work off the async runtime.
-pub(super) async fn on_disk<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, Failed> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| (reason::WRITE_FAILED, format!("disk task: {e}")))
-}
+use crate::api::reason::NodeReason;
 
 /// A revision staged, with the new files still to fetch into.
 struct Staged {
@@ -51,25 +40,20 @@ pub(super) async fn write(
     };
     let fetched = async {
         for (f, out) in fetch {
-            fetch::fetch(
-                env.http,
-                env.controller_url,
-                &f,
-                tokio::fs::File::from_std(out),
-            )
-            .await
-            .map_err(|e| (e.reason(), e.to_string()))?;
+            fetch::fetch(env.http, env.controller_url, &f, out)
+                .await
+                .map_err(|e| (e.reason(), e.to_string()))?;
         }
         let applying = changing(
             record,
-            reason::APPLYING,
+            NodeReason::Applying,
             format!("writing revision {revision}"),
         );
         before_swap(env, memory, &record.uid, Some(revision), Some(applying))
             .await
             .map_err(|e| {
                 let m = format!("cannot mark the NodeReport Applying before the write: {e}");
-                (reason::REPORT_FAILED, m)
+                (NodeReason::ReportFailed, m)
             })
     }
     .await;
@@ -108,7 +92,7 @@ fn prepare(
         if !target.reuse(&staging, f) {
             let out = staging
                 .create(&f.key)
-                .map_err(|e| (reason::WRITE_FAILED, format!("{}: {e}", f.key)))?;
+                .map_err(|e| (NodeReason::WriteFailed, format!("{}: {e}", f.key)))?;
             fetch.push((f.clone(), out));
         }
     }
@@ -126,10 +110,10 @@ fn check_space(target: &Target, files: &[WantedFile], min_free: u64) -> Result<(
     let needed = budget::total(&sizes).unwrap_or(u64::MAX);
     let free = target
         .available_bytes()
-        .map_err(|e| (reason::WRITE_FAILED, format!("free space: {e}")))?;
+        .map_err(|e| (NodeReason::WriteFailed, format!("free space: {e}")))?;
     if needed.saturating_add(min_free) > free {
         return Err((
-            reason::INSUFFICIENT_SPACE,
+            NodeReason::InsufficientSpace,
             format!(
                 "the revision needs {needed} bytes and {min_free} must stay free; {free} bytes are free"
             ),

@@ -437,8 +437,8 @@ fn error_policy<K: Resource>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -
 
 /// When to retry after the `failures`-th API error in a row of `class` for object `uid`.
 fn api_retry_delay(class: Class, failures: u32, uid: &str) -> Duration {
-    outcome::retry_delay(class, failures, crate::backoff::seed_of(uid), None)
-        .unwrap_or(outcome::WAITING_BACKOFF.max)
+    crate::backoff::retry_delay(class, failures, crate::backoff::seed_of(uid), None)
+        .unwrap_or(crate::backoff::WAITING.max)
 }
 
 /// Removes stored revisions no source needs (keeping each source's previous revision).

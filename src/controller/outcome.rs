@@ -1,6 +1,7 @@
 //! The one place a reconcile's result becomes what users see. A reason's [`Class`] decides
-//! the Event type, the metric label, the log level and when the object is looked at
-//! again; conditions follow the same class in [`condition::conclude`].
+//! the Event type, the metric label and when the object is looked at again (with the
+//! agent's, through [`crate::backoff::retry_delay`]); conditions follow the same class in
+//! [`condition::conclude`].
 //!
 //! [`condition::conclude`]: crate::api::condition::conclude
 
@@ -10,36 +11,10 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
 use crate::api::reason::Class;
-use crate::backoff::{Backoff, jitter};
-
-/// Retries of transient failures: 5 s, 10 s … up to 5 min, jittered per object.
-pub const TRANSIENT_BACKOFF: Backoff =
-    Backoff::new(Duration::from_secs(5), Duration::from_secs(300));
-/// Looks again at objects waiting for something else (which usually wakes them first):
-/// 10 s, 20 s … up to 10 min.
-pub const WAITING_BACKOFF: Backoff =
-    Backoff::new(Duration::from_secs(10), Duration::from_secs(600));
-
-/// How long after the `failures`-th failure in a row of `class` to look again (`None`:
-/// only when the object changes). Never sooner than `retry_after`.
-pub fn retry_delay(
-    class: Class,
-    failures: u32,
-    seed: u64,
-    retry_after: Option<Duration>,
-) -> Option<Duration> {
-    let failures = failures.max(1);
-    match class {
-        Class::Stalled => None,
-        Class::Waiting => Some(WAITING_BACKOFF.delay(failures, seed, retry_after)),
-        Class::Transient | Class::Ready | Class::Progressing => {
-            Some(TRANSIENT_BACKOFF.delay(failures, seed, retry_after))
-        }
-    }
-}
+use crate::backoff::{jitter, retry_delay};
 
 /// The requeue after a reconcile: `resync` (up to 5% later) when done or under way, else
-/// [`retry_delay`].
+/// [`retry_delay`](crate::backoff::retry_delay).
 pub fn requeue(
     class: Class,
     failures: u32,

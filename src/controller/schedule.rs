@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use super::outcome::retry_delay;
 use crate::api::reason::Class;
 use crate::backoff::jitter;
+use crate::backoff::retry_delay;
 
 /// The shortest interval a source may ask for.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(10);
