@@ -56,6 +56,8 @@ pub fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
         .connect_timeout(Duration::from_secs(5))
         .read_timeout(timeout)
         .user_agent(concat!("ocisync-agent/", env!("CARGO_PKG_VERSION")))
+        // the artifact server never redirects: a redirect would send the node elsewhere
+        .redirect(reqwest::redirect::Policy::none())
         .tls_backend_preconfigured(crate::tls::client_config(Vec::new()))
         .build()
 }

@@ -66,13 +66,12 @@ impl Host {
     /// The on-node records (what was written where), by bundle uid.
     pub(super) async fn load_records(&self) -> Result<HashMap<String, Record>, Failed> {
         let paths = self.0.clone();
-        on_disk(move || {
-            records::load_all(&paths.state_dir)
-                .into_iter()
-                .map(|r| (r.uid.clone(), r))
-                .collect()
-        })
-        .await
+        let loaded = on_disk(move || records::load_all(&paths.state_dir)).await?;
+        let records = loaded.map_err(|e| {
+            let message = format!("reading the agent's records: {e}");
+            (NodeReason::WriteFailed, message)
+        })?;
+        Ok(records.into_iter().map(|r| (r.uid.clone(), r)).collect())
     }
 
     /// What each recorded bundle has in its directory now, by uid, in one blocking task.

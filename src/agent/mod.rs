@@ -266,6 +266,7 @@ impl Passes<'_> {
         let mut whole = cache::Whole::default();
         let mut next_full = tokio::time::Instant::now();
         let mut failures = 0u32;
+        let mut last: Option<Class> = None;
         loop {
             let full = tokio::time::Instant::now() >= next_full;
             if full {
@@ -283,10 +284,8 @@ impl Passes<'_> {
                         .await
                 }
             };
-            failures = match failed {
-                Some(_) => failures.saturating_add(1),
-                None => 0,
-            };
+            failures = failures_in_a_row(failed, last, failures);
+            last = failed;
             let until_full = next_full.saturating_duration_since(tokio::time::Instant::now());
             let (seed, resync) = (self.env.seed, self.options.resync);
             let wait = next_wait(failed, failures, seed, resync, until_full);
@@ -323,10 +322,21 @@ impl Passes<'_> {
             .reconcile("NodeFiles", result, deciding.as_str(), seconds);
         self.ready.store(true, Ordering::Relaxed);
         let written = sync::report_pass(&self.env, memory, spec, full).await;
-        match written {
-            Err(_) => Some(Class::Transient),
-            Ok(_) => Some(deciding.class()).filter(|c| c.is_failure()),
+        if written.is_err() || memory.removal_failed {
+            return Some(Class::Transient);
         }
+        Some(deciding.class()).filter(|c| c.is_failure())
+    }
+}
+
+/// Failed passes in a row of the same class, counting `failed` after `before`'s `count`:
+/// a pass of another class starts the count again (a bundle stalled for good must not
+/// slow another one's transient retries), and a stalled or clean pass resets it.
+fn failures_in_a_row(failed: Option<Class>, before: Option<Class>, count: u32) -> u32 {
+    match failed {
+        None | Some(Class::Stalled) => 0,
+        Some(class) if before == Some(class) => count.saturating_add(1),
+        Some(_) => 1,
     }
 }
 
@@ -400,6 +410,26 @@ mod tests {
         let soon = Duration::from_secs(2);
         assert_eq!(next_wait(None, 0, seed, RESYNC, soon), soon);
         assert_eq!(next_wait(T, 4, seed, RESYNC, soon), soon);
+    }
+
+    #[test]
+    fn a_failure_of_another_class_starts_the_backoff_again() {
+        let stalled = Some(Class::Stalled);
+        let mut count = 0;
+        let mut last = None;
+        // a bundle another namespace aimed at a refused directory, on every pass
+        for _ in 0..8 {
+            count = failures_in_a_row(stalled, last, count);
+            last = stalled;
+        }
+        assert_eq!(count, 0);
+        count = failures_in_a_row(T, last, count);
+        assert_eq!(count, 1);
+        let wait = next_wait(T, count, seed_of("node-1"), RESYNC, LONG);
+        assert!(wait <= Duration::from_secs(5), "{wait:?}");
+        assert_eq!(failures_in_a_row(T, T, 4), 5);
+        assert_eq!(failures_in_a_row(Some(Class::Waiting), T, 4), 1);
+        assert_eq!(failures_in_a_row(None, T, 4), 0);
     }
 
     #[test]

@@ -59,24 +59,31 @@ fn path_of(dir: &Path, uid: &str) -> Option<PathBuf> {
     safe.then(|| dir.join(format!("{uid}.json")))
 }
 
-/// Every record in `dir` (unreadable ones are skipped with a warning).
-pub(super) fn load_all(dir: &Path) -> Vec<Record> {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return Vec::new();
+/// Every record in `dir`; none when it does not exist yet. A record that does not parse is
+/// skipped with a warning; a directory or file that cannot be read is an error (taking it
+/// for "nothing recorded" would leave files of deleted bundles behind and miscount budgets).
+pub(super) fn load_all(dir: &Path) -> io::Result<Vec<Record>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
     };
-    entries
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-        .filter_map(|e| {
-            let parsed = fs::File::open(e.path())
-                .ok()
-                .and_then(|f| serde_json::from_reader::<_, Record>(f.take(MAX_RECORD)).ok());
-            if parsed.is_none() {
-                tracing::warn!(path = %e.path().display(), "unreadable agent record skipped");
-            }
-            parsed
-        })
-        .collect()
+    let mut records = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        fs::File::open(&path)?
+            .take(MAX_RECORD)
+            .read_to_end(&mut bytes)?;
+        match serde_json::from_slice::<Record>(&bytes) {
+            Ok(record) => records.push(record),
+            Err(_) => tracing::warn!(path = %path.display(), "unreadable agent record skipped"),
+        }
+    }
+    Ok(records)
 }
 
 /// Writes a record atomically (temporary file, fsync, rename).
@@ -114,7 +121,7 @@ mod tests {
             moved_from: Vec::new(),
         };
         save(dir.path(), &r).unwrap();
-        assert_eq!(load_all(dir.path()), vec![r.clone()]);
+        assert_eq!(load_all(dir.path()).unwrap(), vec![r.clone()]);
         assert_eq!(r.id(), "ns.b");
         let evil = Record {
             uid: "../../x".into(),
@@ -141,9 +148,26 @@ mod tests {
             ]
         );
         save(dir.path(), &moved).unwrap();
-        assert_eq!(load_all(dir.path()), vec![moved]);
+        assert_eq!(load_all(dir.path()).unwrap(), vec![moved]);
         delete(dir.path(), &r.uid).unwrap();
         delete(dir.path(), &r.uid).unwrap();
-        assert!(load_all(dir.path()).is_empty());
+        assert!(load_all(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn records_that_cannot_be_read_are_an_error_not_nothing_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        // not there yet: nothing recorded
+        assert!(load_all(&dir.path().join("new")).unwrap().is_empty());
+        // a record that does not parse is skipped; the others are read
+        fs::write(dir.path().join("junk.json"), b"{not json").unwrap();
+        assert!(load_all(dir.path()).unwrap().is_empty());
+        // a state path that is not a directory cannot be listed
+        let file = dir.path().join("file");
+        fs::write(&file, b"").unwrap();
+        assert!(load_all(&file).is_err());
+        // a record that cannot be opened (a directory named like one)
+        fs::create_dir(dir.path().join("dir.json")).unwrap();
+        assert!(load_all(dir.path()).is_err());
     }
 }

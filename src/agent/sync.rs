@@ -51,6 +51,9 @@ pub struct Memory {
     pub fenced: bool,
     /// The Node's uid, the report's owner.
     pub node_uid: String,
+    /// The last pass could not remove the files of a bundle that is gone (retried soon:
+    /// such a bundle is in no report entry).
+    pub removal_failed: bool,
 }
 
 /// A failed apply, remembered for backoff.
@@ -85,6 +88,7 @@ pub async fn pass(
         }
     }
     let keep: HashSet<&str> = decided.iter().map(|(_, uid, _)| uid.as_str()).collect();
+    memory.removal_failed = false;
     remove_gone(env, memory, &keep).await;
     let records = memory.records.clone().unwrap_or_default();
     let on_disk = match env.host.survey(records.values().cloned().collect()).await {
@@ -247,10 +251,12 @@ async fn remove_gone(env: &Env<'_>, memory: &mut Memory, keep: &HashSet<&str>) {
         );
         if let Err(e) = before_swap(env, memory, &uid, None, Some(removing)).await {
             tracing::warn!(bundle = %record.id(), error = %e, "cannot update the NodeReport; files kept for now");
+            memory.removal_failed = true;
             continue;
         }
         if let Err(e) = remove_everywhere(env, &record).await {
             tracing::warn!(bundle = %record.id(), error = %e, "cannot remove files");
+            memory.removal_failed = true;
             continue;
         }
         tracing::info!(bundle = %record.id(), directory = %record.directory.display(), "files removed");
