@@ -142,7 +142,12 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let server = Served::start(&options, store.clone(), metrics.clone()).await?;
     let apis = Apis::new(&client, options.namespace.as_deref());
-    let sources = SourceWatch::start(apis.sources)?;
+    let SourceWatch {
+        reader: source_reader,
+        events: source_events,
+        for_bundles,
+        watch: source_watch,
+    } = SourceWatch::start(apis.sources)?;
     let bundle_controller: Controller<RuleBundle> =
         Controller::new(apis.bundles, watcher::Config::default().any_semantic())
             .with_config(controller::Config::default().concurrency(options.concurrency));
@@ -156,7 +161,7 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
         recorder: Recorder::new(client.clone(), reporter()),
         base_url: options.base_url.trim_end_matches('/').to_string(),
         registry_timeout: options.registry_timeout,
-        sources: sources.reader.clone(),
+        sources: source_reader.clone(),
         bundles: bundle_controller.store(),
         config_maps: cm_reader,
         nodes: node_reader,
@@ -165,10 +170,13 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
     });
     let gc = spawn_gc(ctx.clone(), server.shutdown.clone());
     server.ready.store(true, Ordering::Relaxed);
-    let source_controller = sources.controller(&options, apis.secrets, &ctx);
+    // each subscription to the shared watch is consumed by exactly one controller: one left
+    // unread would hold the shared stream (and every controller) once its buffer filled
+    let source_controller =
+        source_controller(source_events, source_reader, &options, apis.secrets, &ctx);
     let bundles_done = bundle_controller
         .owns_stream(cm_events)
-        .watches_shared_stream(sources.for_bundles, {
+        .watches_shared_stream(for_bundles, {
             let ctx = ctx.clone();
             move |s| ctx.bundles_using(&s)
         })
@@ -189,7 +197,7 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
         .for_each(|r| log_error("ArtifactSource", r));
     tokio::join!(sources_done, bundles_done);
     tracing::info!("shutting down");
-    sources.watch.abort();
+    source_watch.abort();
     gc.abort();
     server.stop().await;
     Ok(())
@@ -307,28 +315,29 @@ impl SourceWatch {
             watch: tokio::spawn(watch),
         })
     }
+}
 
-    /// The ArtifactSource controller. With `--watch-secrets`, Secrets by metadata only: a
-    /// change re-checks the sources that use the Secret. Without it (the chart's default)
-    /// the controller needs only `get` on Secrets, reads the ones sources name at each
-    /// check, and cannot list any.
-    fn controller(
-        &self,
-        options: &Options,
-        secrets: Api<PartialObjectMeta<Secret>>,
-        ctx: &Arc<Context>,
-    ) -> Controller<ArtifactSource> {
-        let controller = Controller::for_shared_stream(self.events.clone(), self.reader.clone())
-            .with_config(controller::Config::default().concurrency(options.concurrency));
-        if !options.watch_secrets {
-            return controller;
-        }
-        let changes = watcher(secrets, watcher::Config::default().any_semantic())
-            .touched_objects()
-            .predicate_filter(predicates::resource_version, Default::default());
-        let ctx = ctx.clone();
-        controller.watches_stream(changes, move |s| ctx.sources_using(&s))
+/// The ArtifactSource controller, on the shared watch's `events`. With `--watch-secrets`,
+/// Secrets by metadata only: a change re-checks the sources that use the Secret. Without
+/// it (the chart's default) the controller needs only `get` on Secrets, reads the ones
+/// sources name at each check, and cannot list any.
+fn source_controller(
+    events: reflector::ReflectHandle<ArtifactSource>,
+    reader: reflector::Store<ArtifactSource>,
+    options: &Options,
+    secrets: Api<PartialObjectMeta<Secret>>,
+    ctx: &Arc<Context>,
+) -> Controller<ArtifactSource> {
+    let controller = Controller::for_shared_stream(events, reader)
+        .with_config(controller::Config::default().concurrency(options.concurrency));
+    if !options.watch_secrets {
+        return controller;
     }
+    let changes = watcher(secrets, watcher::Config::default().any_semantic())
+        .touched_objects()
+        .predicate_filter(predicates::resource_version, Default::default());
+    let ctx = ctx.clone();
+    controller.watches_stream(changes, move |s| ctx.sources_using(&s))
 }
 
 /// The ConfigMaps ocisync wrote, by label and metadata only: an edit or a deletion wakes
