@@ -67,9 +67,23 @@ pub fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
 /// file however large it is.
 const CHUNKS_IN_FLIGHT: usize = 2;
 
+/// The slowest a fetch may go on average once its response has started, and the time it
+/// always has on top: an artifact server trickling bytes holds a pass (and every bundle
+/// after it on this node) for at most [`fetch_deadline`], not for size × read timeout.
+const MIN_BYTES_PER_SECOND: u64 = 256 * 1024;
+const FETCH_GRACE: Duration = Duration::from_secs(30);
+
+/// How long the body of a file of `size` bytes may take to arrive.
+pub fn fetch_deadline(size: u64) -> Duration {
+    FETCH_GRACE.saturating_add(Duration::from_secs(size / MIN_BYTES_PER_SECOND))
+}
+
 /// Streams `file` from `<base>/blobs/sha256/<hex>` into `out` (a new file in a staged
 /// revision): the body's chunks go to a blocking thread that hashes and writes them and
-/// fsyncs the file (nothing of the file is held but the chunks in flight); any byte beyond the expected size or a wrong digest is an error.
+/// fsyncs the file (nothing of the file is held but the chunks in flight). A response
+/// announcing more bytes than the file has is refused before its body is read; any byte
+/// beyond the expected size, a wrong digest, or a body slower than [`fetch_deadline`] is
+/// an error.
 pub async fn fetch(
     http: &reqwest::Client,
     base: &str,
@@ -92,19 +106,29 @@ pub async fn fetch(
     if !response.status().is_success() {
         return Err(unreachable(format!("HTTP {}", response.status().as_u16())));
     }
+    if response.content_length().is_some_and(|n| n > file.size) {
+        return Err(FetchError::TooLarge {
+            key: file.key.clone(),
+            expected: file.size,
+        });
+    }
     let (tx, mut rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
     let limit = file.size;
     let writer = tokio::task::spawn_blocking(move || write_synced(&mut rx, out, limit));
     let mut body = response.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| io::Error::other(one_line(&e)));
-        let failed = chunk.is_err();
-        // A send fails when the writer stopped early (a write error, too many bytes): its
-        // result says why.
-        if tx.send(chunk).await.is_err() || failed {
-            break;
+    let deadline = fetch_deadline(file.size);
+    let streamed = tokio::time::timeout(deadline, async {
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| io::Error::other(one_line(&e)));
+            let failed = chunk.is_err();
+            // A send fails when the writer stopped early (a write error, too many bytes):
+            // its result says why.
+            if tx.send(chunk).await.is_err() || failed {
+                break;
+            }
         }
-    }
+    })
+    .await;
     drop(tx);
     let write_err = |source| FetchError::Write {
         path: file.key.clone(),
@@ -113,6 +137,10 @@ pub async fn fetch(
     let written = writer
         .await
         .map_err(|e| write_err(io::Error::other(format!("disk task: {e}"))))?;
+    if streamed.is_err() {
+        let secs = deadline.as_secs();
+        return Err(unreachable(format!("the body took longer than {secs}s")));
+    }
     let (actual, size) = written.map_err(|e| match e {
         CopyError::Read(e) => unreachable(e.to_string()),
         CopyError::Write(e) => write_err(e),

@@ -337,6 +337,41 @@ async fn serve_blob(bytes: Vec<u8>) -> (String, Arc<std::sync::Mutex<Vec<String>
     (base, paths)
 }
 
+/// Answers every GET with `headers` and `body`, then keeps the connection open.
+async fn serve_raw(headers: &'static [u8], body: &'static [u8]) -> String {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            let mut stream = tokio::io::BufReader::new(stream);
+            let mut line = String::new();
+            while stream.read_line(&mut line).await.is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            let inner = stream.get_mut();
+            inner.write_all(b"HTTP/1.1 200 OK\r\n").await.ok();
+            inner.write_all(headers).await.ok();
+            inner.write_all(b"\r\n").await.ok();
+            inner.write_all(body).await.ok();
+            open.push(stream); // never finished: a client that reads on waits
+        }
+    });
+    base
+}
+
+#[test]
+fn a_fetch_may_take_its_grace_plus_a_second_per_256_kib() {
+    use super::super::fetch::fetch_deadline;
+    assert_eq!(fetch_deadline(0), Duration::from_secs(30));
+    assert_eq!(fetch_deadline(5 << 20), Duration::from_secs(50));
+    assert_eq!(
+        fetch_deadline(u64::MAX).as_secs(),
+        30 + u64::MAX / (256 * 1024)
+    );
+}
+
 /// A fetch keeps what the artifact server sends only when it is the file: a byte past its
 /// size or another digest is refused, with the reason the report carries.
 #[tokio::test]
@@ -370,6 +405,12 @@ async fn a_fetch_refuses_bytes_that_are_not_the_file() {
         };
         assert_eq!(outcome, (expected, reason));
     }
+    // a response announcing more than the file is refused before its body is read (this
+    // server sends 10 bytes of a claimed GiB, then nothing: streaming it would wait)
+    let base = serve_raw(b"content-length: 1073741824\r\n", b"- rule: a\n").await;
+    let out = std::fs::File::create_new(dir.path().join("huge")).unwrap();
+    let e = fetch(&http, &base, &wanted, out).await.unwrap_err();
+    assert!(matches!(e, FetchError::TooLarge { .. }), "{e}");
     // nothing listens on the discard port
     let out = std::fs::File::create_new(dir.path().join("none")).unwrap();
     let e = fetch(&http, "http://127.0.0.1:9", &wanted, out)
