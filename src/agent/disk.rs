@@ -230,7 +230,10 @@ impl Target {
             && wanted == recorded
             && files.iter().all(|f| {
                 self.is_ours(&f.key)
-                    && digest_of(current.dir.open_file(&f.key)).ok().as_ref() == Some(&f.digest)
+                    && digest_of(current.dir.open_file(&f.key), f.size)
+                        .ok()
+                        .as_ref()
+                        == Some(&f.digest)
             })
     }
 
@@ -432,9 +435,10 @@ fn read_written(dir: &SafeDir) -> Option<Written> {
     })
 }
 
-/// The digest of a file's bytes.
-pub fn digest_of(file: io::Result<File>) -> Result<Digest, digest::CopyError> {
-    let (d, _) = digest::hash_all(&mut file.map_err(digest::CopyError::Read)?, u64::MAX)?;
+/// The digest of a file's bytes, read no further than `size` (a file grown on the host is
+/// not the one written, however large it became).
+pub fn digest_of(file: io::Result<File>, size: u64) -> Result<Digest, digest::CopyError> {
+    let (d, _) = digest::hash_all(&mut file.map_err(digest::CopyError::Read)?, size)?;
     Ok(d)
 }
 

@@ -119,6 +119,13 @@ fn verify_sees_drift_and_apply_repairs_it() {
     assert!(!t.verify("r1", &wanted));
     apply(&t, "r1", &files).unwrap();
     assert!(t.verify("r1", &wanted));
+    // a file that grew on the host is read no further than its size, and is drift
+    let grown = dir_of(tmp.path()).join("a.yaml");
+    let mut f = fs::OpenOptions::new().append(true).open(&grown).unwrap();
+    std::io::Write::write_all(&mut f, b" and more").unwrap();
+    assert!(!t.verify("r1", &wanted));
+    apply(&t, "r1", &files).unwrap();
+    assert!(t.verify("r1", &wanted));
     assert_eq!(
         visible(&dir_of(tmp.path())),
         [
