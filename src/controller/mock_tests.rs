@@ -293,3 +293,79 @@ fn a_content_check_that_can_only_fail_again_is_not_run_again() {
     ctx.remember_check("b", plan.clone(), None);
     assert_eq!(ctx.failed_check("b", &plan), None);
 }
+
+/// A source Ready with one Falco rules file `r.yaml` of `bytes` (stored by the caller).
+fn source_with_file(bytes: &[u8]) -> ArtifactSource {
+    use crate::api::artifact_source::ArtifactFile;
+    use crate::api::condition::Condition;
+    let mut s = source_serving("rules", "uid-s", &Digest::of(b"manifest"));
+    if let Some(status) = s.status.as_mut() {
+        status.conditions = vec![Condition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            observed_generation: Some(1),
+            reason: "Succeeded".into(),
+            ..Default::default()
+        }];
+        if let Some(a) = status.artifact.as_mut() {
+            a.kind = crate::oci::content::ContentKind::FalcoRules;
+            a.files = vec![ArtifactFile {
+                path: "r.yaml".into(),
+                digest: Digest::of(bytes).to_string(),
+                size: bytes.len() as i64,
+            }];
+        }
+    }
+    s
+}
+
+#[tokio::test]
+async fn a_bundle_whose_content_failed_its_check_is_not_read_again() {
+    use crate::api::rule_bundle::{BundleSource, RuleBundleSpec};
+    use crate::api::{RuleBundle, artifact_source::LocalObjectReference};
+    let bad = b"not: a list of rules\n";
+    let (client, mut server) = mock_api::pair();
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(root.path()).unwrap();
+    let staging = store.staging_dir().unwrap();
+    std::fs::write(staging.path().join("r.yaml"), bad).unwrap();
+    let file = IndexFile {
+        path: "r.yaml".into(),
+        digest: Digest::of(bad),
+        size: bad.len() as u64,
+    };
+    store
+        .commit(&Digest::of(b"manifest"), staging.path(), &[file])
+        .unwrap();
+    let ctx = context(client, store, vec![source_with_file(bad)], &[], &[]);
+    let mut bundle = RuleBundle::new("b", RuleBundleSpec::default());
+    bundle.metadata = meta("b", Some("team"), "uid-b");
+    bundle.spec.sources = vec![BundleSource {
+        source_ref: LocalObjectReference {
+            name: "rules".into(),
+        },
+        include: Vec::new(),
+    }];
+    let bundle = Arc::new(bundle);
+    for round in ["checked", "remembered"] {
+        let reconcile = tokio::spawn(super::bundle::reconcile(bundle.clone(), ctx.clone()));
+        // the Event (a repeat is recorded as a series: a PATCH of the first)
+        let event = server.next(201, json!({})).await;
+        assert!(
+            event
+                .path
+                .starts_with("/apis/events.k8s.io/v1/namespaces/team/events")
+        );
+        assert_eq!(event.body["reason"], "InvalidContent", "{round}");
+        let path = "/apis/ocisync.dev/v1alpha1/namespaces/team/rulebundles/b/status";
+        let answer = serde_json::to_value(&*bundle).unwrap();
+        server.expect("PATCH", path, 200, answer).await;
+        reconcile.await.unwrap().unwrap();
+        if round == "checked" {
+            // the blob goes: a check run again would say SourceNotReady, not InvalidContent
+            std::fs::remove_file(ctx.store.blob_location(&Digest::of(bad))).unwrap();
+        }
+    }
+    drop(ctx);
+    server.expect_no_more().await;
+}

@@ -790,20 +790,18 @@ mod tests {
         // store keys of the default selection are the manifest digests
         let (a, b) = (digest('a'), digest('b'));
         let (key_a, key_b) = (Digest::parse(&a).unwrap(), Digest::parse(&b).unwrap());
-        #[allow(non_snake_case)]
-        let (A, B) = (&key_a, &key_b);
         let status = Artifact {
             digest: a.clone(),
             ..Default::default()
         };
         let here = key("r", "team-a/rules", &a);
         assert_eq!(
-            next_step(Some(&status), A, &here, Some(&here), false),
+            next_step(Some(&status), &key_a, &here, Some(&here), false),
             Step::Reuse
         );
         // nothing proved since the start (a restart, a changed Secret or spec)
         assert_eq!(
-            next_step(Some(&status), A, &here, None, false),
+            next_step(Some(&status), &key_a, &here, None, false),
             Step::ProveThenReuse
         );
         // proved from another repository or registry: no proof for this one
@@ -812,22 +810,22 @@ mod tests {
             key("evil", "team-a/rules", &a),
         ] {
             assert_eq!(
-                next_step(Some(&status), A, &here, Some(&other), false),
+                next_step(Some(&status), &key_a, &here, Some(&other), false),
                 Step::ProveThenReuse
             );
         }
         // a new digest, no status yet, or the content gone from the store
         let newer = key("r", "team-a/rules", &b);
         assert_eq!(
-            next_step(Some(&status), B, &newer, Some(&newer), false),
+            next_step(Some(&status), &key_b, &newer, Some(&newer), false),
             Step::ProveThenStore
         );
         assert_eq!(
-            next_step(None, A, &here, Some(&here), false),
+            next_step(None, &key_a, &here, Some(&here), false),
             Step::ProveThenStore
         );
         assert_eq!(
-            next_step(Some(&status), A, &here, Some(&here), true),
+            next_step(Some(&status), &key_a, &here, Some(&here), true),
             Step::ProveThenStore
         );
     }
