@@ -154,6 +154,19 @@ reasons! {
         InvalidManifest => Waiting,
         /// Storing it would exceed the store's size limit or the namespace's quota.
         QuotaExceeded => Waiting,
+        /// `spec.verify` is set and the revision has no signature (a signer may push
+        /// first and sign after: the check is tried again with backoff).
+        SignatureNotFound => Waiting,
+        /// A signature is malformed, names another digest, or its certificate or
+        /// transparency log entry does not verify.
+        SignatureInvalid => Waiting,
+        /// A keyless signature's certificate is for an identity no `matchOIDCIdentity`
+        /// entry accepts.
+        IdentityMismatch => Waiting,
+        /// A signature for the revision exists, but none of the trusted keys made it.
+        UntrustedKey => Waiting,
+        /// The trusted root (`trustedRootRef`) is missing or cannot be read.
+        TrustedRootInvalid => Waiting,
         /// The registry could not be reached, timed out or answered 5xx.
         RegistryUnavailable => Transient,
         /// The registry answered 429; the next check waits for its `Retry-After`.

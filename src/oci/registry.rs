@@ -89,6 +89,7 @@ pub struct Registry {
     withheld: Mutex<Option<String>>,
 }
 
+const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
 
 impl Registry {
@@ -374,6 +375,29 @@ impl Registry {
             media_type,
             bytes,
         })
+    }
+
+    /// The OCI 1.1 referrers of a manifest, as an image index (bounded by `limit`). `None`
+    /// when the registry lacks the referrers API (it answers 404, as Distribution 2.8 does):
+    /// the caller then reads the referrers tag `sha256-<hex>`.
+    pub async fn referrers(
+        &self,
+        repo: &Repository,
+        digest: &Digest,
+        limit: u64,
+    ) -> Result<Option<Bytes>> {
+        let url = self.url(&format!("{}/referrers/{digest}", repo.name));
+        let what = format!("referrers of {repo}@{digest}");
+        let response = self
+            .send(repo, false, &what, || {
+                self.http.get(&url).header(header::ACCEPT, INDEX_MEDIA_TYPE)
+            })
+            .await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let response = check_status(response, &what).await?;
+        read_limited(response, limit, &what).await.map(Some)
     }
 
     /// Lists every tag, following `Link` pagination, up to `max_tags` tags and
