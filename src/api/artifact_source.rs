@@ -61,6 +61,57 @@ pub struct ArtifactSourceSpec {
     /// Stop checking the reference; the last artifact stays served.
     #[serde(default)]
     pub suspend: bool,
+    /// Store and serve only revisions signed as this says (cosign keys, or keyless Sigstore
+    /// identities). A revision that fails is never stored; the last verified one stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifySpec>,
+}
+
+/// How revisions must be signed. Key mode (`secretRef`) or keyless (`matchOIDCIdentity`),
+/// never both.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifySpec {
+    /// The signature format; only `cosign` (classic `.sig` signatures and Sigstore bundles).
+    #[serde(default)]
+    pub provider: VerifyProvider,
+    /// Key mode: a Secret in the same namespace; every data key ending in `.pub` is a trusted
+    /// PEM public key (ECDSA P-256/P-384, RSA or Ed25519).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalObjectReference>,
+    /// Keyless mode: the certificate's OIDC issuer and subject must match one entry. Regexes
+    /// are unanchored, as in cosign: write `^…$`. At least one entry is required.
+    #[serde(
+        default,
+        rename = "matchOIDCIdentity",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    #[schemars(extend("maxItems" = 16))]
+    pub match_oidc_identity: Vec<OidcIdentityMatch>,
+    /// Keyless mode: a ConfigMap in the same namespace whose key `trusted_root.json` holds a
+    /// Sigstore trusted root (a private Sigstore). Default: the public Sigstore instance's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_root_ref: Option<LocalObjectReference>,
+}
+
+/// The signature provider.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyProvider {
+    #[default]
+    Cosign,
+}
+
+/// An accepted keyless signer.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OidcIdentityMatch {
+    /// Regex the certificate's OIDC issuer must match.
+    #[schemars(extend("minLength" = 1, "maxLength" = 1024))]
+    pub issuer: String,
+    /// Regex one of the certificate's subject alternative names must match.
+    #[schemars(extend("minLength" = 1, "maxLength" = 1024))]
+    pub subject: String,
 }
 
 /// The revision selector. Set at most one field.
@@ -144,6 +195,34 @@ pub struct Artifact {
     /// Annotations of the manifest.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// How the revision's signature was verified (only with `spec.verify`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
+}
+
+/// How a revision's signature was verified.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Verification {
+    /// `key` or `keyless`.
+    pub method: String,
+    /// Key mode: `sha256:<hex>` of the public key's SubjectPublicKeyInfo.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_fingerprint: Option<String>,
+    /// Keyless: the certificate's OIDC issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Keyless: the certificate subject that matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// `classic`, `bundle-v0.2` or `bundle-v0.3`.
+    pub format: String,
+    /// Keyless: when the transparency log recorded the signature (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_at: Option<String>,
+    /// `sha256:<hex>` identifying the policy (keys, or identities and trusted root) that
+    /// accepted the signature: a changed policy verifies the revision again.
+    pub policy: String,
 }
 
 /// One file of an artifact.

@@ -37,6 +37,8 @@ pub enum ConditionType {
     Reconciling,
     /// Progress is blocked until the spec changes.
     Stalled,
+    /// ArtifactSource with `spec.verify`: the last check's signature verification.
+    SourceVerified,
 }
 
 impl ConditionType {
@@ -45,6 +47,7 @@ impl ConditionType {
             ConditionType::Ready => "Ready",
             ConditionType::Reconciling => "Reconciling",
             ConditionType::Stalled => "Stalled",
+            ConditionType::SourceVerified => "SourceVerified",
         }
     }
 }

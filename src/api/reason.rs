@@ -180,6 +180,20 @@ reasons! {
     }
 }
 
+impl SourceReason {
+    /// Whether the reason is a signature verification's (it sets `SourceVerified=False`).
+    pub fn is_signature(self) -> bool {
+        matches!(
+            self,
+            SourceReason::SignatureNotFound
+                | SourceReason::SignatureInvalid
+                | SourceReason::IdentityMismatch
+                | SourceReason::UntrustedKey
+                | SourceReason::TrustedRootInvalid
+        )
+    }
+}
+
 reasons! {
     /// Why a RuleBundle is or is not Ready.
     BundleReason {

@@ -22,7 +22,8 @@ pub enum SourceState<'a> {
     Ready(&'a Artifact),
 }
 
-/// A source is usable when it has an artifact and `Ready=True` for its current generation.
+/// A source is usable when it has an artifact and `Ready=True` for its current generation,
+/// and, with `spec.verify`, that artifact's signature was verified.
 pub fn source_state(source: Option<&ArtifactSource>) -> SourceState<'_> {
     let Some(source) = source else {
         return SourceState::Missing;
@@ -32,6 +33,9 @@ pub fn source_state(source: Option<&ArtifactSource>) -> SourceState<'_> {
     };
     let ready = find(&status.conditions, ConditionType::Ready);
     match (ready, &status.artifact) {
+        (Some(_), Some(a)) if source.spec.verify.is_some() && a.verification.is_none() => {
+            SourceState::NotReady("spec.verify is set and its revision is not verified".into())
+        }
         (Some(c), Some(a))
             if c.status == "True" && c.observed_generation == source.metadata.generation =>
         {

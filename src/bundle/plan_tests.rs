@@ -251,3 +251,31 @@ fn source_state_needs_ready_for_the_current_generation() {
         SourceState::NotReady(_)
     ));
 }
+
+#[test]
+fn a_source_with_verify_is_usable_only_with_a_verified_artifact() {
+    let a = artifact("1@x", &["a"]);
+    let mut unverified = object(2, Some((Status::True, 2)), Some(a.clone()));
+    unverified.spec.verify = Some(crate::api::artifact_source::VerifySpec {
+        secret_ref: Some(crate::api::artifact_source::LocalObjectReference {
+            name: "keys".into(),
+        }),
+        ..Default::default()
+    });
+    // Ready=True in status does not make an unverified artifact usable
+    match source_state(Some(&unverified)) {
+        SourceState::NotReady(why) => assert!(why.contains("not verified"), "{why}"),
+        other => panic!("expected NotReady, got {other:?}"),
+    }
+    let mut verified = a.clone();
+    verified.verification = Some(crate::api::artifact_source::Verification {
+        method: "key".into(),
+        format: "classic".into(),
+        ..Default::default()
+    });
+    let mut ok = unverified.clone();
+    if let Some(s) = ok.status.as_mut() {
+        s.artifact = Some(verified.clone());
+    }
+    assert_eq!(source_state(Some(&ok)), SourceState::Ready(&verified));
+}

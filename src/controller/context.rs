@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Error;
-use crate::api::artifact_source::Artifact;
+use crate::api::artifact_source::{Artifact, Verification};
 use crate::api::reason::{BundleReason, Class, Problem};
 use crate::api::rule_bundle::NodeFilesTarget;
 use crate::api::{ArtifactSource, FIELD_MANAGER, NodeReport, RuleBundle};
@@ -101,6 +101,9 @@ pub struct State {
     failed_checks: Mutex<HashMap<String, (CheckedPlan, Problem<BundleReason>)>>,
     /// Content checks running at once (each holds a file of up to 8 MiB and its parse).
     checks: tokio::sync::Semaphore,
+    /// Signature checks that passed, by (manifest digest, policy fingerprint): a revision
+    /// is verified once per policy, not at every check of its tag.
+    verified: Mutex<HashMap<(Digest, Digest), Verification>>,
 }
 
 impl Default for State {
@@ -114,9 +117,13 @@ impl Default for State {
             bundle_failures: Mutex::default(),
             failed_checks: Mutex::default(),
             checks: tokio::sync::Semaphore::new(CONCURRENT_CHECKS),
+            verified: Mutex::default(),
         }
     }
 }
+
+/// Most remembered verifications (each a few hundred bytes).
+pub const MAX_VERIFIED: usize = 4096;
 
 /// How many content checks run at once, whatever `--concurrency`: their memory adds up.
 pub const CONCURRENT_CHECKS: usize = 2;
@@ -227,6 +234,23 @@ impl Context {
         }
     }
 
+    /// The verification of `digest` under the policy `fingerprint`, if it passed before.
+    pub fn verified(&self, digest: &Digest, fingerprint: &Digest) -> Option<Verification> {
+        let key = (digest.clone(), fingerprint.clone());
+        self.state.verified.lock().ok()?.get(&key).cloned()
+    }
+
+    /// Remembers a passed verification (at most [`MAX_VERIFIED`]; the oldest are not
+    /// tracked, so when full the map starts again: a forgotten one costs one more check).
+    pub fn remember_verified(&self, digest: &Digest, fingerprint: &Digest, v: &Verification) {
+        if let Ok(mut m) = self.state.verified.lock() {
+            if m.len() >= MAX_VERIFIED {
+                m.clear();
+            }
+            m.insert((digest.clone(), fingerprint.clone()), v.clone());
+        }
+    }
+
     /// The sources a changed Secret affects; marks them so their next reconcile checks.
     pub fn sources_using(
         &self,
@@ -240,10 +264,15 @@ impl Context {
             .into_iter()
             .filter(|s| s.namespace() == namespace)
             .filter(|s| {
-                [&s.spec.secret_ref, &s.spec.cert_secret_ref]
-                    .into_iter()
-                    .flatten()
-                    .any(|r| r.name == name)
+                let verify = s.spec.verify.as_ref().and_then(|v| v.secret_ref.as_ref());
+                [
+                    s.spec.secret_ref.as_ref(),
+                    s.spec.cert_secret_ref.as_ref(),
+                    verify,
+                ]
+                .into_iter()
+                .flatten()
+                .any(|r| r.name == name)
             })
             .collect();
         for s in &hits {

@@ -11,6 +11,7 @@ pub mod secrets;
 pub mod source;
 pub mod spec;
 pub mod status;
+pub mod verification;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -11,7 +11,7 @@ use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
 use crate::api::ArtifactSource;
-use crate::api::artifact_source::{Artifact, ArtifactFile, ArtifactSourceStatus};
+use crate::api::artifact_source::{Artifact, ArtifactFile, ArtifactSourceStatus, Verification};
 use crate::api::condition::is_news;
 use crate::api::reason::{Class, Problem, SourceReason};
 use crate::digest::Digest;
@@ -27,6 +27,7 @@ use super::schedule::{self, CheckState, Due};
 use super::secrets;
 use super::spec::{self, ValidSpec};
 use super::status;
+use super::verification::{self, SourcePolicy};
 use super::{Error, now_rfc3339, since};
 
 /// The annotation that forces a check when its value changes.
@@ -146,14 +147,28 @@ async fn reconcile_inner(source: &ArtifactSource, ctx: &Context) -> Result<Outco
             m.proven = None;
         }
     });
-    let checked = check(source, ctx, &r.api, &valid, &r.prev, state.content_missing).await;
+    let policy = verification::policy_for(source, ctx).await;
+    let fingerprint = match &policy {
+        Ok(Some(p)) => Some(p.fingerprint.to_string()),
+        _ => None,
+    };
+    let checked = match policy {
+        Ok(policy) => {
+            let (api, prev, missing) = (&r.api, &r.prev, state.content_missing);
+            check(source, ctx, api, &valid, prev, missing, policy.as_ref()).await
+        }
+        Err(f) => Err(f),
+    };
     match checked {
         Ok(Checked::Stored(artifact)) => r.stored(*artifact, &valid).await,
         Ok(Checked::PullBusy) => {
             ctx.remember(&r.uid, |m| m.pull_busy = true);
             Ok(Outcome::Waiting(PULL_BUSY_RETRY))
         }
-        Err(f) => r.failed(f, memory.failures, &valid).await,
+        Err(f) => {
+            let policy = fingerprint.as_deref();
+            r.failed(f, memory.failures, &valid, policy).await
+        }
     }
 }
 
@@ -228,16 +243,16 @@ impl Reconcile<'_> {
 
     /// The check failed: the reason in status (the last artifact kept), an Event when the
     /// reason is news, and the backoff of its class.
-    async fn failed(&self, f: Failure, before: u32, valid: &ValidSpec) -> Result<Outcome, Error> {
+    async fn failed(
+        &self,
+        f: Failure,
+        before: u32,
+        valid: &ValidSpec,
+        policy: Option<&str>,
+    ) -> Result<Outcome, Error> {
         let requested_at = self.requested_at.as_deref();
-        let next = status::failed(
-            &self.prev,
-            self.generation,
-            f.reason,
-            &f.message,
-            &self.now,
-            requested_at,
-        );
+        let (prev, now) = (&self.prev, &self.now);
+        let next = status::failed(prev, self.generation, &f, now, requested_at, policy);
         let class = f.reason.class();
         if is_news(&self.prev.conditions, class, f.reason.as_str()) {
             self.publish(f.reason, &f.message).await;
@@ -277,6 +292,7 @@ async fn check(
     valid: &ValidSpec,
     prev: &ArtifactSourceStatus,
     content_missing: bool,
+    policy: Option<&SourcePolicy>,
 ) -> Result<Checked, Failure> {
     let registry = registry_for(source, ctx, valid).await?;
     let deadline = Deadline::after(schedule::registry_deadline(
@@ -290,6 +306,9 @@ async fn check(
     let found = Found::new(source, valid, resolved?);
     let uid = source.uid().unwrap_or_default();
     let proven = ctx.memory_of(&uid).proven;
+    let digest = &found.proof.digest;
+    // with spec.verify, the verification this digest passed under this very policy
+    let remembered = policy.map(|p| ctx.verified(digest, &p.fingerprint));
     let (status, proof) = (prev.artifact.as_ref(), &found.proof);
     let step = next_step(
         status,
@@ -298,12 +317,12 @@ async fn check(
         proven.as_ref(),
         content_missing,
     );
-    if let (Step::Reuse, Some(a)) = (step, status) {
-        return Ok(Checked::Stored(Box::new(relabelled(a, &found.resolved))));
+    if let (Step::Reuse, Some(a), None | Some(Some(_))) = (step, status, &remembered) {
+        let v = remembered.flatten();
+        return Ok(Checked::Stored(Box::new(relabelled(a, &found.resolved, v))));
     }
     // The proof: this source's registry, with this source's credentials, serves the
     // manifest, and its bytes hash to the digest. Only then may stored content be reused.
-    let digest = &found.proof.digest;
     let repo = &valid.reference.repository;
     let manifest = deadline
         .run(
@@ -313,9 +332,18 @@ async fn check(
         .await;
     ctx.metrics.registry_request("manifest", outcome(&manifest));
     let manifest = manifest?;
-    if let (Step::ProveThenReuse, Some(a)) = (step, status) {
+    // The signature, before any blob of the revision is stored or any stored one reused.
+    let verification = match policy {
+        Some(p) => {
+            let bytes = &manifest.bytes;
+            Some(verification::verify(ctx, &registry, repo, digest, bytes, p, &deadline).await?)
+        }
+        None => None,
+    };
+    if let (Step::ProveThenReuse | Step::Reuse, Some(a)) = (step, status) {
         ctx.remember(&uid, |m| m.proven = Some(found.proof.clone()));
-        return Ok(Checked::Stored(Box::new(relabelled(a, &found.resolved))));
+        let artifact = relabelled(a, &found.resolved, verification);
+        return Ok(Checked::Stored(Box::new(artifact)));
     }
     let pull = Pull {
         source,
@@ -336,6 +364,7 @@ async fn check(
         return Ok(Checked::PullBusy);
     };
     artifact.revision = found.resolved.revision();
+    artifact.verification = verification;
     remember_stored(ctx, source, prev, &found);
     if prev.artifact.as_ref().and_then(stored_key) != Some(found.store_key) {
         let note = format!("stored revision {}", artifact.revision);
@@ -523,10 +552,16 @@ fn next_step(
     }
 }
 
-/// The artifact of a source's status, labelled with the revision just resolved.
-fn relabelled(artifact: &Artifact, resolved: &pull::Resolved) -> Artifact {
+/// The artifact of a source's status, labelled with the revision just resolved and the
+/// verification of this check (none without `spec.verify`).
+fn relabelled(
+    artifact: &Artifact,
+    resolved: &pull::Resolved,
+    verification: Option<Verification>,
+) -> Artifact {
     let mut artifact = artifact.clone();
     artifact.revision = resolved.revision();
+    artifact.verification = verification;
     artifact
 }
 
@@ -561,6 +596,7 @@ fn artifact_of(
         )),
         last_update_time: Some(stored_at),
         annotations: pulled.annotations.clone(),
+        verification: None,
     }
 }
 

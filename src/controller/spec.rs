@@ -57,6 +57,9 @@ pub fn validate(spec: &ArtifactSourceSpec) -> Result<ValidSpec, String> {
             ));
         }
     }
+    if let Some(v) = &spec.verify {
+        super::verification::validate(v)?;
+    }
     Ok(ValidSpec {
         reference,
         interval,

@@ -1,8 +1,13 @@
 //! ArtifactSource status after each kind of outcome: pure functions of the previous status.
 
 use crate::api::artifact_source::{Artifact, ArtifactSourceStatus};
-use crate::api::condition::{ConditionType, Status, conclude, set_condition, stall};
-use crate::api::reason::SourceReason;
+use crate::api::condition::{
+    ConditionType, Status, conclude, remove_condition, set_condition, stall,
+};
+use crate::api::reason::{Problem, SourceReason};
+
+/// The reason of `SourceVerified=True`.
+pub const VERIFIED: &str = "Verified";
 
 /// The outcome of a check that found the revision stored.
 pub fn ready(
@@ -14,6 +19,18 @@ pub fn ready(
 ) -> ArtifactSourceStatus {
     let message = format!("stored revision {}", artifact.revision);
     let mut s = prev.clone();
+    match &artifact.verification {
+        Some(v) => set_condition(
+            &mut s.conditions,
+            ConditionType::SourceVerified,
+            Status::True,
+            VERIFIED,
+            &super::verification::describe(v),
+            generation,
+            now,
+        ),
+        None => remove_condition(&mut s.conditions, ConditionType::SourceVerified),
+    }
     s.artifact = Some(artifact);
     checked(
         s,
@@ -26,27 +43,41 @@ pub fn ready(
 }
 
 /// A check that failed: the last good artifact stays; Ready=False with the reason (and
-/// Stalled=True when the reason is of that class).
+/// Stalled=True when the reason is of that class). A signature's failure also sets
+/// `SourceVerified=False`, and when the policy (`policy`, its fingerprint, when known) is not
+/// the one that verified the artifact kept, that artifact's verification is dropped: it was
+/// not verified under the policy asked for now, and consumers stop taking it.
 pub fn failed(
     prev: &ArtifactSourceStatus,
     generation: Option<i64>,
-    reason: SourceReason,
-    message: &str,
+    problem: &Problem<SourceReason>,
     now: &str,
     requested_at: Option<&str>,
+    policy: Option<&str>,
 ) -> ArtifactSourceStatus {
+    let mut s = prev.clone();
     let message = match &prev.artifact {
-        Some(a) => format!("{message} (still serving {})", a.revision),
-        None => message.to_string(),
+        Some(a) => format!("{} (still serving {})", problem.message, a.revision),
+        None => problem.message.clone(),
     };
-    checked(
-        prev.clone(),
-        generation,
-        reason,
-        &message,
-        now,
-        requested_at,
-    )
+    if let Some(a) = s.artifact.as_mut()
+        && let Some(p) = policy
+        && a.verification.as_ref().is_some_and(|v| v.policy != p)
+    {
+        a.verification = None;
+    }
+    if problem.reason.is_signature() {
+        set_condition(
+            &mut s.conditions,
+            ConditionType::SourceVerified,
+            Status::False,
+            problem.reason.as_str(),
+            &problem.message,
+            generation,
+            now,
+        );
+    }
+    checked(s, generation, problem.reason, &message, now, requested_at)
 }
 
 /// What every finished check records: when, for which generation and request, and the
@@ -151,14 +182,8 @@ mod tests {
             "t1",
             None,
         );
-        let bad = failed(
-            &ok,
-            Some(1),
-            SourceReason::Unauthorized,
-            "unauthorized: 401",
-            "t2",
-            Some("now"),
-        );
+        let problem = Problem::new(SourceReason::Unauthorized, "unauthorized: 401");
+        let bad = failed(&ok, Some(1), &problem, "t2", Some("now"), None);
         assert_eq!(bad.artifact, ok.artifact);
         let r = find(&bad.conditions, ConditionType::Ready).unwrap();
         assert_eq!(
@@ -168,6 +193,59 @@ mod tests {
         assert!(r.message.contains("still serving 1@sha256:aa"));
         assert_eq!(r.last_transition_time, "t2");
         assert_eq!(bad.last_handled_requested_at.as_deref(), Some("now"));
+    }
+
+    fn verified(policy: &str) -> Artifact {
+        Artifact {
+            verification: Some(crate::api::artifact_source::Verification {
+                method: "key".into(),
+                key_fingerprint: Some("sha256:k".into()),
+                format: "classic".into(),
+                policy: policy.into(),
+                ..Default::default()
+            }),
+            ..artifact("1@sha256:aa")
+        }
+    }
+
+    #[test]
+    fn a_verified_revision_sets_source_verified_and_a_signature_failure_clears_it() {
+        let ok = ready(
+            &ArtifactSourceStatus::default(),
+            Some(1),
+            verified("p1"),
+            "t1",
+            None,
+        );
+        let v = find(&ok.conditions, ConditionType::SourceVerified).expect("condition");
+        assert_eq!((v.status.as_str(), v.reason.as_str()), ("True", VERIFIED));
+        assert!(v.message.contains("sha256:k"), "{}", v.message);
+        // a new revision without a signature, same policy: the verified one stays verified
+        let missing = Problem::new(
+            SourceReason::SignatureNotFound,
+            "no signature for sha256:bb",
+        );
+        let bad = failed(&ok, Some(1), &missing, "t2", None, Some("p1"));
+        assert_eq!(bad.artifact, ok.artifact);
+        let v = find(&bad.conditions, ConditionType::SourceVerified).expect("condition");
+        assert_eq!(
+            (v.status.as_str(), v.reason.as_str()),
+            ("False", "SignatureNotFound")
+        );
+        // the policy changed (another key): the kept revision is no longer verified
+        let other = failed(&ok, Some(2), &missing, "t3", None, Some("p2"));
+        assert_eq!(
+            other.artifact.as_ref().map(|a| a.verification.is_none()),
+            Some(true)
+        );
+        // a registry failure says nothing about signatures
+        let down = Problem::new(SourceReason::RegistryUnavailable, "503");
+        let flaky = failed(&ok, Some(1), &down, "t4", None, Some("p1"));
+        let v = find(&flaky.conditions, ConditionType::SourceVerified).expect("kept");
+        assert_eq!(v.status, "True");
+        // verify removed: the next stored revision drops the condition
+        let plain = ready(&ok, Some(3), artifact("2@sha256:cc"), "t5", None);
+        assert!(find(&plain.conditions, ConditionType::SourceVerified).is_none());
     }
 
     #[test]

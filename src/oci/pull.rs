@@ -90,17 +90,18 @@ impl Deadline {
 
     /// Runs `operation` until the deadline; past it the operation is dropped and the error
     /// is the transient `RegistryUnavailable` ("timed out").
-    pub async fn run<T>(
+    pub async fn run<T, E: From<OciError>>(
         &self,
         what: &str,
-        operation: impl Future<Output = Result<T>>,
-    ) -> Result<T> {
+        operation: impl Future<Output = std::result::Result<T, E>>,
+    ) -> std::result::Result<T, E> {
         match tokio::time::timeout_at(self.at, operation).await {
             Ok(result) => result,
             Err(_) => Err(OciError::RegistryUnavailable(format!(
                 "{what}: timed out: the registry did not finish within the deadline of {}s",
                 self.limit.as_secs_f64()
-            ))),
+            ))
+            .into()),
         }
     }
 }
