@@ -645,3 +645,42 @@ fn verification_time() {
     }
     println!("classic (with root parse): {:?}", start.elapsed() / 100);
 }
+
+/// dsse 0.0.1 (what real Rekor v1 logs for DSSE; the mock logs intoto 0.0.2): a body
+/// written by hand from the v0.3 fixture's envelope and certificate.
+#[test]
+fn a_dsse_0_0_1_body_must_record_the_signature_certificate_and_payload() {
+    use base64::Engine;
+    use sha2::{Digest as _, Sha256};
+    let engine = base64::engine::general_purpose::STANDARD;
+    let b = json_of("main/bundle-v03.json");
+    let de = |v: &Value| engine.decode(v.as_str().expect("text")).expect("b64");
+    let leaf = de(&b["verificationMaterial"]["certificate"]["rawBytes"]);
+    let payload = de(&b["dsseEnvelope"]["payload"]);
+    let sig = de(&b["dsseEnvelope"]["signatures"][0]["sig"]);
+    let pem = format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        engine.encode(&leaf)
+    );
+    let body = |sig: &[u8], payload: &[u8]| {
+        json!({"apiVersion": "0.0.1", "kind": "dsse", "spec": {
+            "envelopeHash": {"algorithm": "sha256", "value": "00"},
+            "payloadHash": {"algorithm": "sha256", "value": hex::encode(Sha256::digest(payload))},
+            "signatures": [{"signature": engine.encode(sig), "verifier": engine.encode(&pem)}],
+        }})
+        .to_string()
+        .into_bytes()
+    };
+    let signed = Signed {
+        signature: &sig,
+        certificate: &leaf,
+        content: rekor::Content::Envelope {
+            payload: &payload,
+            payload_type: dsse::IN_TOTO,
+        },
+    };
+    assert_eq!(rekor::check_body(&body(&sig, &payload), &signed), Ok(()));
+    let e = rekor::check_body(&body(b"another signature", &payload), &signed).expect_err("sig");
+    assert!(e.message.contains("for another signature"), "{}", e.message);
+    assert!(rekor::check_body(&body(&sig, b"another payload"), &signed).is_err());
+}
