@@ -46,3 +46,20 @@ PY
 fi
 "$TOOLS/helm" version --short >/dev/null
 "$TOOLS/kubectl" version --client >/dev/null
+
+# The offline Sigstore signer for keyless tests (e2e/sigstore/sign.mjs): the npm
+# @sigstore/mock, sign and bundle packages, pinned by e2e/sigstore/package-lock.json, into
+# target/sigstore/node_modules (npm ci checks every package's integrity hash).
+SIGSTORE=target/sigstore
+if ! cmp -s e2e/sigstore/package-lock.json "$SIGSTORE/package-lock.json" || [[ ! -d $SIGSTORE/node_modules/@sigstore/mock ]]; then
+	if ! command -v npm >/dev/null 2>&1; then
+		echo "deps: installing npm (for the Sigstore mock)" >&2
+		as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends npm >/dev/null
+	fi
+	echo "deps: installing the Sigstore mock from npm into $SIGSTORE" >&2
+	rm -rf "$SIGSTORE"
+	mkdir -p "$SIGSTORE"
+	cp e2e/sigstore/package.json e2e/sigstore/package-lock.json "$SIGSTORE/"
+	npm ci --prefix "$SIGSTORE" --silent --no-audit --no-fund >/dev/null
+fi

@@ -10,9 +10,14 @@
 //!
 //! Every decision here is a pure function over bytes; only `discover` talks to a registry.
 
+pub mod bundle;
+pub mod cert;
 pub mod discover;
+pub mod dsse;
 pub mod keyless;
 pub mod keys;
+pub mod rekor;
+pub mod sct;
 pub mod simplesigning;
 pub mod trust_root;
 
