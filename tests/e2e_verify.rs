@@ -163,7 +163,7 @@ async fn key_mode_serves_only_revisions_signed_by_a_trusted_key() {
     let v = o.status.as_ref().and_then(|s| s.artifact.as_ref()).and_then(|a| a.verification.clone()).expect("verification");
     let expected = ocisync::verify::PublicKey::from_pem("a", &pub_a).expect("pub").fingerprint();
     assert_eq!((v.method.as_str(), v.key_fingerprint.as_deref(), v.format.as_str()), ("key", Some(expected.as_str()), "classic"));
-    h.apply::<RuleBundle>("b", serde_json::json!({"spec": {"sources": [{"sourceRef": {"name": "rules"}}]}})).await;
+    h.apply::<RuleBundle>("b", serde_json::json!({"spec": {"sources": [{"sourceRef": {"name": "rules"}}], "configMap": {}}})).await;
     h.wait_for::<RuleBundle>("b", "Ready", bundle_ready).await;
     let served = config_map_data(&h, "b").await.expect("ConfigMap");
     assert_eq!(served.get("rules.yaml").map(String::as_str), Some(v1.as_str()));
@@ -219,7 +219,7 @@ async fn adding_verify_stops_an_unsigned_revision_for_new_consumers_and_keeps_ol
         "url": format!("oci://{repo}"), "ref": {"tag": "1"}, "interval": "1h", "insecure": true,
     })).await;
     h.wait("rules", "Ready", |o| condition(o, "Ready") == Some(("True", "Succeeded"))).await;
-    h.apply::<RuleBundle>("old", serde_json::json!({"spec": {"sources": [{"sourceRef": {"name": "rules"}}]}})).await;
+    h.apply::<RuleBundle>("old", serde_json::json!({"spec": {"sources": [{"sourceRef": {"name": "rules"}}], "configMap": {}}})).await;
     h.wait_for::<RuleBundle>("old", "Ready", bundle_ready).await;
     let served = config_map_data(&h, "old").await.expect("ConfigMap");
 
@@ -232,7 +232,7 @@ async fn adding_verify_stops_an_unsigned_revision_for_new_consumers_and_keeps_ol
     assert!(verified_digest(&o).is_none(), "but it is not verified");
     // a new consumer gets nothing; the existing ConfigMap is kept (removing security rules
     // would fail open) and its bundle says why it is not ready
-    h.apply::<RuleBundle>("new", serde_json::json!({"spec": {"sources": [{"sourceRef": {"name": "rules"}}]}})).await;
+    h.apply::<RuleBundle>("new", serde_json::json!({"spec": {"sources": [{"sourceRef": {"name": "rules"}}], "configMap": {}}})).await;
     let b = h.wait_for::<RuleBundle>("new", "SourceNotReady", bundle_reason("SourceNotReady")).await.expect("bundle");
     let message = common::bundle_ready(&b).map(|(_, _, m)| m).unwrap_or_default();
     assert!(message.contains("SignatureNotFound") || message.contains("not verified"), "{message}");
