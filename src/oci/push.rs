@@ -585,6 +585,38 @@ mod tests {
     }
 
     #[test]
+    fn a_signature_manifest_is_cosigns_classic_shape() {
+        let key = SigningKey::from_pem(include_bytes!("../verify/testdata/p256.key")).unwrap();
+        let digest = Digest::of(b"manifest");
+        let payload = simplesigning::payload_for("registry.local/rules", &digest);
+        let sig = key.sign(&payload).unwrap();
+        let annotation = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(&sig)
+        };
+        let annotations = BTreeMap::from([(SIGNATURE_ANNOTATION.to_string(), annotation)]);
+        let (layer, _) = blob(SIMPLESIGNING, payload.clone(), annotations);
+        assert!(signed_by(&layer, &payload, &key));
+        let other = SigningKey::from_pem(include_bytes!("../verify/testdata/ed25519.key")).unwrap();
+        assert!(!signed_by(&layer, &payload, &other), "another key");
+        assert!(
+            !signed_by(&layer, b"another payload", &key),
+            "another payload"
+        );
+
+        let (config, manifest) = signature_manifest(&[layer.clone(), layer.clone()]).unwrap();
+        let m: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+        assert_eq!(m["mediaType"], content::MANIFEST_V1);
+        assert_eq!(m["config"]["mediaType"], content::IMAGE_CONFIG);
+        assert_eq!(m["config"]["digest"], config.0.digest);
+        assert_eq!(m["layers"].as_array().unwrap().len(), 2);
+        assert_eq!(m["layers"][0]["mediaType"], SIMPLESIGNING);
+        assert!(m["layers"][0]["annotations"][SIGNATURE_ANNOTATION].is_string());
+        let c: serde_json::Value = serde_json::from_slice(&config.1).unwrap();
+        assert_eq!(c["rootfs"]["diff_ids"][1], layer.digest);
+    }
+
+    #[test]
     fn index_merge_replaces_same_platform() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("p.so");
