@@ -39,7 +39,7 @@ fn assert_one_line_error(args: &[&str], code: i32, needle: &str) {
 
 #[test]
 fn bad_flags_are_usage_errors() {
-    for sub in ["controller", "agent", "crd", "push", "pull"] {
+    for sub in ["controller", "agent", "crd", "push", "pull", "verify"] {
         assert_one_line_error(&[sub, "--no-such-flag"], 2, "--no-such-flag");
     }
     assert_one_line_error(&["no-such-command"], 2, "no-such-command");
@@ -164,6 +164,137 @@ fn bad_references_and_credentials_files_are_named() {
         "docker config",
     );
 }
+
+#[test]
+fn verify_needs_exactly_one_mode() {
+    let r = "127.0.0.1:1/r:1";
+    let identity = ["--certificate-identity-regexp", "^x$"];
+    let issuer = ["--certificate-oidc-issuer-regexp", "^y$"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec![], "needs a mode"),
+        (
+            vec!["--key", "k.pub", identity[0], identity[1]],
+            "--key cannot",
+        ),
+        (vec!["--key", "k.pub", issuer[0], issuer[1]], "--key cannot"),
+        (
+            vec![
+                "--key",
+                "k.pub",
+                identity[0],
+                identity[1],
+                issuer[0],
+                issuer[1],
+            ],
+            "--key cannot",
+        ),
+        (
+            vec!["--key", "k.pub", "--trusted-root", "t.json"],
+            "--key cannot",
+        ),
+        (identity.to_vec(), "needs --certificate-oidc-issuer-regexp"),
+        (issuer.to_vec(), "needs both"),
+        (vec!["--trusted-root", "t.json"], "needs both"),
+    ];
+    for (flags, needle) in cases {
+        let mut args = vec!["verify", r, "--insecure"];
+        args.extend(flags);
+        assert_one_line_error(&args, 2, needle);
+    }
+}
+
+#[test]
+fn verify_names_what_it_cannot_use() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = "127.0.0.1:1/r:1";
+    assert_one_line_error(
+        &["verify", r, "--insecure", "--key", "/nonexistent/k.pub"],
+        1,
+        "/nonexistent/k.pub",
+    );
+    let not_a_key = dir.path().join("k.pub");
+    std::fs::write(&not_a_key, "not a key").expect("write");
+    let not_a_key = not_a_key.to_str().expect("utf8");
+    assert_one_line_error(
+        &["verify", r, "--insecure", "--key", not_a_key],
+        1,
+        not_a_key,
+    );
+    assert_one_line_error(
+        &[
+            "verify",
+            r,
+            "--insecure",
+            "--certificate-identity-regexp",
+            "a{100000}",
+            "--certificate-oidc-issuer-regexp",
+            "^y$",
+        ],
+        1,
+        "--certificate-identity-regexp",
+    );
+    assert_one_line_error(
+        &[
+            "verify",
+            r,
+            "--insecure",
+            "--certificate-identity-regexp",
+            "^x$",
+            "--certificate-oidc-issuer-regexp",
+            "(",
+        ],
+        1,
+        "--certificate-oidc-issuer-regexp",
+    );
+    assert_one_line_error(
+        &[
+            "verify",
+            r,
+            "--insecure",
+            "--certificate-identity-regexp",
+            "^x$",
+            "--certificate-oidc-issuer-regexp",
+            "^y$",
+            "--trusted-root",
+            "/nonexistent/root.json",
+        ],
+        1,
+        "/nonexistent/root.json",
+    );
+    // a reachable key, an unreachable registry: the registry's reason
+    let key = dir.path().join("ok.pub");
+    std::fs::write(&key, P256_PUB).expect("write");
+    assert_one_line_error(
+        &[
+            "verify",
+            r,
+            "--insecure",
+            "--key",
+            key.to_str().expect("utf8"),
+        ],
+        1,
+        "registry unavailable",
+    );
+    let file = dir.path().join("f.yaml");
+    std::fs::write(&file, "x").expect("write");
+    assert_one_line_error(
+        &[
+            "push",
+            file.to_str().expect("utf8"),
+            r,
+            "--type",
+            "generic",
+            "--insecure",
+            "--sign-key",
+            key.to_str().expect("utf8"),
+        ],
+        1,
+        "signing key",
+    );
+}
+
+/// A public key (openssl, P-256): valid, but no use as a signing key.
+const P256_PUB: &str = include_str!("../src/verify/testdata/p256.pub");
 
 #[test]
 fn crd_prints_the_generated_definitions() {

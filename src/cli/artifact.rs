@@ -16,6 +16,7 @@ use crate::oci::push::{self, PackageRequest};
 use crate::oci::reference::{self, RefSelector, Reference};
 use crate::oci::registry::{Registry, RegistryOptions};
 use crate::oci::unpack::Limits;
+use crate::verify::keys::SigningKey;
 
 /// Flags for reaching a registry.
 #[derive(clap::Args, Debug)]
@@ -29,13 +30,13 @@ pub struct RegistryArgs {
     /// Docker config file with credentials; default: $DOCKER_CONFIG/config.json or ~/.docker/config.json.
     #[arg(long, value_name = "PATH")]
     docker_config: Option<PathBuf>,
-    /// Deadline of a pull as a whole (resolve, manifest and layers), and of each request of
-    /// a push (Go duration).
+    /// Deadline of a pull or verify as a whole (resolve, manifest, layers or signatures),
+    /// and of each request of a push (Go duration).
     #[arg(long, default_value = "60s")]
-    timeout: String,
+    pub(super) timeout: String,
     /// Output format.
     #[arg(long, short = 'O', value_enum, default_value_t)]
-    output: OutputFormat,
+    pub(super) output: OutputFormat,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -85,6 +86,10 @@ pub struct PushArgs {
     /// Push as the entry for this platform (`os/arch`) of an image index.
     #[arg(long)]
     platform: Option<String>,
+    /// Also sign the pushed digest with this key (unencrypted PKCS#8 PEM, ECDSA P-256 or
+    /// Ed25519), as cosign's classic signature at tag `sha256-<hex>.sig`.
+    #[arg(long, value_name = "FILE")]
+    sign_key: Option<PathBuf>,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -112,7 +117,7 @@ pub struct PullArgs {
     registry: RegistryArgs,
 }
 
-fn registry_for(reference: &Reference, args: &RegistryArgs) -> anyhow::Result<Registry> {
+pub(super) fn registry_for(reference: &Reference, args: &RegistryArgs) -> anyhow::Result<Registry> {
     let timeout = crate::api::duration::parse(&args.timeout)?;
     let ca_pem = match &args.ca_file {
         Some(p) => {
@@ -190,6 +195,10 @@ pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
         annotations,
         created: None,
     })?;
+    let sign_key = match &args.sign_key {
+        Some(path) => Some(read_signing_key(path)?),
+        None => None,
+    };
     let registry = registry_for(&reference, &args.registry)?;
     let digest = push::push(
         &registry,
@@ -199,6 +208,10 @@ pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
         args.platform.as_deref(),
     )
     .await?;
+    let signed = match &sign_key {
+        Some(key) => Some(push::sign(&registry, &reference.repository, &digest, key).await?),
+        None => None,
+    };
     match args.registry.output {
         OutputFormat::Json => println!(
             "{}",
@@ -208,14 +221,46 @@ pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
                 "manifestDigest": package.manifest_digest,
                 "tags": tags,
                 "layers": package.layers.iter().map(|(d, _)| serde_json::json!({"mediaType": d.media_type, "digest": d.digest, "size": d.size})).collect::<Vec<_>>(),
+                "signature": signed.as_ref().zip(sign_key.as_ref()).map(|(s, k)| signed_json(s, k)),
             })
         ),
         OutputFormat::Text => {
             println!("pushed {}@{digest}", reference.repository);
             println!("tags: {}", tags.join(", "));
+            if let (Some(s), Some(k)) = (&signed, &sign_key) {
+                let what = if s.written {
+                    "signed"
+                } else {
+                    "already signed"
+                };
+                println!(
+                    "{what}: {}:{} by key {} ({} signature(s))",
+                    reference.repository,
+                    s.tag,
+                    k.public().fingerprint(),
+                    s.signatures
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads a private key for `--sign-key`; errors name the file, never its content.
+fn read_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
+    let pem = std::fs::read(path)
+        .with_context(|| format!("cannot read signing key {}", path.display()))?;
+    SigningKey::from_pem(&pem).map_err(|e| anyhow!("signing key {}: {e}", path.display()))
+}
+
+fn signed_json(s: &push::Signed, key: &SigningKey) -> serde_json::Value {
+    serde_json::json!({
+        "tag": s.tag,
+        "manifestDigest": s.manifest_digest,
+        "keyFingerprint": key.public().fingerprint(),
+        "signatures": s.signatures,
+        "written": s.written,
+    })
 }
 
 /// Whether the user wrote a tag on the reference (rather than getting `latest` by default).

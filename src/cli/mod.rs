@@ -2,6 +2,7 @@
 
 mod artifact;
 mod cluster;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +29,8 @@ pub enum Command {
     Push(artifact::PushArgs),
     /// Pull an OCI artifact, verify it and unpack it into a directory.
     Pull(artifact::PullArgs),
+    /// Verify an artifact's cosign signature (a trusted key, or a keyless identity).
+    Verify(verify::VerifyArgs),
 }
 
 /// Flags every in-cluster subcommand shares.
@@ -221,6 +224,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent(args) => agent(args).await,
         Command::Push(args) => artifact::push(args).await,
         Command::Pull(args) => artifact::pull(args).await,
+        Command::Verify(args) => verify::verify(args).await,
     }
 }
 

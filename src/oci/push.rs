@@ -13,6 +13,9 @@ use super::error::{OciError, Result};
 use super::reference::{Repository, validate_tag};
 use super::registry::Registry;
 use crate::digest::Digest;
+use crate::verify::discover::{SIGNATURE_ANNOTATION, SIMPLESIGNING, signature_tag};
+use crate::verify::keys::SigningKey;
+use crate::verify::simplesigning;
 
 /// An artifact ready to push: blobs and the manifest that ties them.
 #[derive(Debug)]
@@ -328,6 +331,152 @@ pub async fn push(
     Ok(digest)
 }
 
+/// What `push --sign-key` wrote: the classic signature manifest and how many signatures
+/// it now holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signed {
+    /// `sha256-<hex>.sig`.
+    pub tag: String,
+    pub manifest_digest: Digest,
+    /// Signature layers in the manifest, this one included.
+    pub signatures: usize,
+    /// False when this key had already signed the digest (nothing was written).
+    pub written: bool,
+}
+
+/// Signs `digest` as cosign's classic layout does: the simple-signing payload as a blob,
+/// its signature in the layer annotation, in the manifest at tag `sha256-<hex>.sig`. A
+/// signature already there is kept (the new one is appended), at most
+/// [`MAX_SIGNATURES`] in all, as many as the verifier reads.
+pub async fn sign(
+    registry: &Registry,
+    repo: &Repository,
+    digest: &Digest,
+    key: &SigningKey,
+) -> Result<Signed> {
+    let tag = signature_tag(digest);
+    let payload = Bytes::from(simplesigning::payload_for(&repo.to_string(), digest));
+    let mut layers = existing_signatures(registry, repo, &tag).await?;
+    if layers.iter().any(|l| signed_by(l, &payload, key)) {
+        return Ok(Signed {
+            manifest_digest: current_digest(registry, repo, &tag).await?,
+            tag,
+            signatures: layers.len(),
+            written: false,
+        });
+    }
+    if layers.len() >= MAX_SIGNATURES {
+        return Err(OciError::TooLarge(format!(
+            "{repo}:{tag} already holds {} signatures, the most ocisync reads",
+            layers.len()
+        )));
+    }
+    let signature = key.sign(&payload).map_err(OciError::Internal)?;
+    let annotation = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(signature)
+    };
+    let annotations = BTreeMap::from([(SIGNATURE_ANNOTATION.to_string(), annotation)]);
+    let (layer, payload) = blob(SIMPLESIGNING, payload.to_vec(), annotations);
+    registry.push_blob(repo, &layer.digest, payload).await?;
+    layers.push(layer);
+    let (config, manifest) = signature_manifest(&layers)?;
+    registry.push_blob(repo, &config.0.digest, config.1).await?;
+    registry
+        .push_manifest(repo, &tag, content::MANIFEST_V1, manifest.clone())
+        .await?;
+    Ok(Signed {
+        tag,
+        manifest_digest: Digest::of(&manifest),
+        signatures: layers.len(),
+        written: true,
+    })
+}
+
+/// Most signatures one `.sig` manifest holds (what the verifier reads).
+pub const MAX_SIGNATURES: usize = crate::verify::discover::MAX_SIGNATURE_LAYERS;
+
+/// The simple-signing layers of the manifest at `tag` (none when the tag is absent).
+async fn existing_signatures(
+    registry: &Registry,
+    repo: &Repository,
+    tag: &str,
+) -> Result<Vec<OciDescriptor>> {
+    let raw = match registry.fetch_manifest(repo, tag, None).await {
+        Ok(raw) => raw,
+        Err(OciError::NotFound(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let manifest: OciImageManifest = serde_json::from_slice(&raw.bytes)
+        .map_err(|e| OciError::InvalidManifest(format!("{repo}:{tag}: {e}")))?;
+    Ok(manifest
+        .layers
+        .into_iter()
+        .filter(|l| l.media_type == SIMPLESIGNING)
+        .collect())
+}
+
+async fn current_digest(registry: &Registry, repo: &Repository, tag: &str) -> Result<Digest> {
+    Ok(registry.resolve(repo, tag).await?.digest)
+}
+
+/// Whether a layer is this payload signed by this key (signing again would only add a
+/// second, equivalent signature).
+fn signed_by(layer: &OciDescriptor, payload: &[u8], key: &SigningKey) -> bool {
+    use base64::Engine as _;
+    if layer.digest != Digest::of(payload).as_str() {
+        return false;
+    }
+    layer
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(SIGNATURE_ANNOTATION))
+        .and_then(|text| {
+            base64::engine::general_purpose::STANDARD
+                .decode(text.trim())
+                .ok()
+        })
+        .is_some_and(|sig| key.public().verifies(payload, &sig))
+}
+
+/// The config and manifest of a classic signature image, as cosign writes them: an OCI
+/// image config listing the layers as its root filesystem (a signature layer is not
+/// compressed, so its diff ID is its digest), and an OCI image manifest.
+fn signature_manifest(layers: &[OciDescriptor]) -> Result<((OciDescriptor, Bytes), Bytes)> {
+    let created = jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .unwrap_or_else(|_| jiff::Timestamp::now())
+        .to_string();
+    let diff_ids: Vec<&str> = layers.iter().map(|l| l.digest.as_str()).collect();
+    let history: Vec<serde_json::Value> = layers
+        .iter()
+        .map(|_| serde_json::json!({"created": created}))
+        .collect();
+    let config_json = serde_json::json!({
+        "architecture": "",
+        "os": "",
+        "created": created,
+        "config": {},
+        "history": history,
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    });
+    let config_bytes =
+        serde_json::to_vec(&config_json).map_err(|e| OciError::Internal(e.to_string()))?;
+    let config = blob(content::IMAGE_CONFIG, config_bytes, BTreeMap::new());
+    let manifest = OciImageManifest {
+        schema_version: 2,
+        media_type: Some(content::MANIFEST_V1.to_string()),
+        config: config.0.clone(),
+        layers: layers.to_vec(),
+        subject: None,
+        artifact_type: None,
+        annotations: None,
+    };
+    let bytes =
+        serde_json::to_vec(&manifest).map_err(|e| OciError::InvalidManifest(e.to_string()))?;
+    Ok((config, Bytes::from(bytes)))
+}
+
 async fn existing_index(
     registry: &Registry,
     repo: &Repository,
@@ -433,6 +582,38 @@ mod tests {
         })
         .unwrap();
         assert_eq!(p.manifest_digest, again.manifest_digest);
+    }
+
+    #[test]
+    fn a_signature_manifest_is_cosigns_classic_shape() {
+        let key = SigningKey::from_pem(include_bytes!("../verify/testdata/p256.key")).unwrap();
+        let digest = Digest::of(b"manifest");
+        let payload = simplesigning::payload_for("registry.local/rules", &digest);
+        let sig = key.sign(&payload).unwrap();
+        let annotation = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(&sig)
+        };
+        let annotations = BTreeMap::from([(SIGNATURE_ANNOTATION.to_string(), annotation)]);
+        let (layer, _) = blob(SIMPLESIGNING, payload.clone(), annotations);
+        assert!(signed_by(&layer, &payload, &key));
+        let other = SigningKey::from_pem(include_bytes!("../verify/testdata/ed25519.key")).unwrap();
+        assert!(!signed_by(&layer, &payload, &other), "another key");
+        assert!(
+            !signed_by(&layer, b"another payload", &key),
+            "another payload"
+        );
+
+        let (config, manifest) = signature_manifest(&[layer.clone(), layer.clone()]).unwrap();
+        let m: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+        assert_eq!(m["mediaType"], content::MANIFEST_V1);
+        assert_eq!(m["config"]["mediaType"], content::IMAGE_CONFIG);
+        assert_eq!(m["config"]["digest"], config.0.digest);
+        assert_eq!(m["layers"].as_array().unwrap().len(), 2);
+        assert_eq!(m["layers"][0]["mediaType"], SIMPLESIGNING);
+        assert!(m["layers"][0]["annotations"][SIGNATURE_ANNOTATION].is_string());
+        let c: serde_json::Value = serde_json::from_slice(&config.1).unwrap();
+        assert_eq!(c["rootfs"]["diff_ids"][1], layer.digest);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod controller;
+pub mod signing;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
