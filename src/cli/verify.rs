@@ -63,7 +63,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let mut requests = Requests::default();
     let outcome = deadline
         .run("verify", async {
-            Ok(discover::check(
+            Ok::<_, crate::oci::OciError>(discover::check(
                 &registry,
                 repo,
                 digest,
