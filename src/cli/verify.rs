@@ -63,15 +63,17 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let mut requests = Requests::default();
     let outcome = deadline
         .run("verify", async {
-            Ok::<_, crate::oci::OciError>(discover::check(
-                &registry,
-                repo,
-                digest,
-                &manifest.bytes,
-                &policy,
-                &mut requests,
+            Ok::<_, crate::oci::OciError>(
+                discover::check(
+                    &registry,
+                    repo,
+                    digest,
+                    &manifest.bytes,
+                    &policy,
+                    &mut requests,
+                )
+                .await,
             )
-            .await)
         })
         .await?;
     let report = Report {
