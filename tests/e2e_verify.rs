@@ -8,6 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::Which;
+use common::agent::{self, Agent};
 use common::controller::{Harness, harness, push_file};
 use common::signing::{self, KeyKind, KeyPair, Layer};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -127,12 +128,26 @@ async fn key_mode_serves_only_revisions_signed_by_a_trusted_key() {
         ),
         ("key", Some(expected.as_str()), "classic")
     );
-    h.apply::<RuleBundle>("b", bundle_spec()).await;
-    h.wait_for::<RuleBundle>("b", "Ready", bundle_ready).await;
+    // a bundle into a ConfigMap and onto a node (a local agent on a fake Node)
+    let run = common::unique();
+    let node = format!("e2e-node-{run}-verify");
+    agent::node(&h, &node, serde_json::json!({"e2e-run": run})).await;
+    let on_node = Agent::start(&h, &node, &h.base_url);
+    let mut spec = bundle_spec();
+    spec["spec"]["nodeFiles"] = serde_json::json!({
+        "directory": "/etc/falco/rules.d", "nodeSelector": {"matchLabels": {"e2e-run": run}},
+    });
+    h.apply::<RuleBundle>("b", spec).await;
+    agent::rolled_out(&h, "b", "on its node", (1, 1, 0)).await;
     let served = config_map_data(&h, "b").await.expect("ConfigMap");
     assert_eq!(
         served.get("rules.yaml").map(String::as_str),
         Some(v1.as_str())
+    );
+    let node_files = on_node.files();
+    assert!(
+        node_files.values().any(|f| f == v1.as_bytes()),
+        "{node_files:?}"
     );
 
     // each hostile new revision is refused with its reason; v1 stays everywhere
