@@ -476,3 +476,104 @@ fn regex_escape(s: &str) -> String {
         })
         .collect()
 }
+
+/// The registry requests of `repo` logged since line `from`, as "METHOD path" lines.
+fn requests_since(h: &Harness, from: usize, repo: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(h.env.log(Which::Plain)).expect("registry log");
+    text.lines()
+        .skip(from)
+        .filter(|l| l.starts_with("127.0.0.1") && l.contains(&format!("/v2/{repo}/")))
+        .filter_map(|l| {
+            let request = l.split('"').nth(1)?;
+            let mut parts = request.split(' ');
+            Some(format!("{} {}", parts.next()?, parts.next()?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
+async fn a_verified_unchanged_tag_costs_one_head_per_check_and_a_new_revision_is_verified_once() {
+    let h = harness().await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let key = signing::generate(work.path(), "a", KeyKind::P256);
+    let name = format!("verify-quiet-{}", common::unique());
+    let repo = h.env.repo(Which::Plain, &name);
+    let push = |text: &str| {
+        let target = format!("{repo}:1");
+        push_file(
+            &h.env,
+            Which::Plain,
+            work.path(),
+            &target,
+            "r.yaml",
+            text.as_bytes(),
+            &[],
+        )
+    };
+    let d1 = push(&format!("# 1 {}\n", common::unique()));
+    signing::push_classic(&h.env, Which::Plain, &repo, &d1, &[signed(&key, &d1)]);
+    let public = std::fs::read(&key.public).expect("public key");
+    h.secret("keys", &[("cosign.pub", public)], "Opaque").await;
+    h.create(
+        "quiet",
+        serde_json::json!({
+            "url": format!("oci://{repo}"), "ref": {"tag": "1"}, "interval": "1h", "insecure": true,
+            "verify": {"secretRef": {"name": "keys"}},
+        }),
+    )
+    .await;
+    h.wait("quiet", "verified", |o| {
+        condition(o, "SourceVerified") == Some(("True", "Verified"))
+    })
+    .await;
+    let before = common::log_lines(h.env.log(Which::Plain));
+    for i in 0..10 {
+        let o = h.request_check("quiet", &format!("check-{i}")).await;
+        assert_eq!(condition(&o, "Ready"), Some(("True", "Succeeded")));
+    }
+    let unchanged = requests_since(&h, before, &repo.name);
+    assert_eq!(
+        unchanged,
+        vec![format!("HEAD /v2/{}/manifests/1", repo.name); 10],
+        "verification adds no request to an unchanged tag"
+    );
+
+    // a new signed revision: the manifest, then discovery (referrers, their fallback tag,
+    // the .sig tag and its payload), then the blobs; verified once, not per check
+    let d2 = push(&format!("# 2 {}\n", common::unique()));
+    signing::push_classic(&h.env, Which::Plain, &repo, &d2, &[signed(&key, &d2)]);
+    let before = common::log_lines(h.env.log(Which::Plain));
+    let d2c = d2.clone();
+    h.request_check("quiet", "new").await;
+    h.wait("quiet", "v2", move |o| {
+        verified_digest(o).as_deref() == Some(d2c.as_str())
+    })
+    .await;
+    let new = requests_since(&h, before, &repo.name);
+    let hex = &d2[7..];
+    let discovery: Vec<&String> = new
+        .iter()
+        .filter(|r| {
+            r.contains(&format!("referrers/{d2}")) || r.contains(&format!("manifests/sha256-{hex}"))
+        })
+        .collect();
+    assert_eq!(
+        discovery.len(),
+        3,
+        "referrers, fallback tag, .sig tag: {new:#?}"
+    );
+    println!(
+        "requests of the check that took a new verified revision ({}): {new:#?}",
+        new.len()
+    );
+    let before = common::log_lines(h.env.log(Which::Plain));
+    h.request_check("quiet", "again").await;
+    let again = requests_since(&h, before, &repo.name);
+    assert_eq!(
+        again,
+        vec![format!("HEAD /v2/{}/manifests/1", repo.name)],
+        "{again:#?}"
+    );
+    h.cleanup().await;
+}
