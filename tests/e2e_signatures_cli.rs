@@ -331,7 +331,7 @@ fn keyless_signer() -> Option<std::path::PathBuf> {
 }
 
 #[test]
-#[ignore = "needs e2e/sigstore/sign.mjs (keyless helper)"]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 fn keyless_classic_and_bundle_signatures_verify() {
     let env = common::env();
     let script = keyless_signer()

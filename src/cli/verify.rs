@@ -11,6 +11,7 @@ use super::OutputFormat;
 use super::artifact::{RegistryArgs, registry_for};
 use crate::oci::pull;
 use crate::oci::reference::Reference;
+use crate::oci::registry::Registry;
 use crate::verify::discover::{self, CheckError, Requests};
 use crate::verify::{Identity, Policy, PublicKey, TrustedRoot, Verified};
 
@@ -52,35 +53,12 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let reference = Reference::parse_cli(&args.reference)?;
     let registry = registry_for(&reference, &args.registry)?;
     let deadline = pull::Deadline::after(crate::api::duration::parse(&args.registry.timeout)?);
-    let (resolved, manifest) = deadline
-        .run(
-            "resolve",
-            pull::resolve_with_manifest(&registry, &reference),
-        )
-        .await?;
-    let digest = &resolved.head.digest;
-    let repo = &reference.repository;
-    let mut requests = Requests::default();
-    let outcome = deadline
-        .run("verify", async {
-            Ok::<_, crate::oci::OciError>(
-                discover::check(
-                    &registry,
-                    repo,
-                    digest,
-                    &manifest.bytes,
-                    &policy,
-                    &mut requests,
-                )
-                .await,
-            )
-        })
-        .await?;
-    let report = Report {
-        repository: repo.to_string(),
-        digest: digest.to_string(),
-        requests: requests.0,
+    let mut report = Report {
+        repository: reference.repository.to_string(),
+        digest: None,
+        requests: 0,
     };
+    let outcome = check(&registry, &reference, &policy, deadline, &mut report).await;
     match outcome {
         Ok(v) => {
             report.verified(&v, args.registry.output);
@@ -91,6 +69,40 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// Resolves the reference and checks its digest's signatures; `report` learns the digest
+/// and the requests made, whatever the outcome.
+async fn check(
+    registry: &Registry,
+    reference: &Reference,
+    policy: &Policy,
+    deadline: pull::Deadline,
+    report: &mut Report,
+) -> Result<Verified, CheckError> {
+    let (resolved, manifest) = deadline
+        .run("resolve", pull::resolve_with_manifest(registry, reference))
+        .await?;
+    let digest = &resolved.head.digest;
+    report.digest = Some(digest.to_string());
+    let mut requests = Requests::default();
+    let outcome = deadline
+        .run("verify", async {
+            Ok::<_, crate::oci::OciError>(
+                discover::check(
+                    registry,
+                    &reference.repository,
+                    digest,
+                    &manifest.bytes,
+                    policy,
+                    &mut requests,
+                )
+                .await,
+            )
+        })
+        .await;
+    report.requests = requests.0;
+    outcome?
 }
 
 /// Exactly one mode: `--key`, or keyless (both regexes). Checked here rather than by clap,
@@ -175,7 +187,8 @@ fn one_line(s: &str) -> String {
 /// made (the manifest's own fetch not counted).
 struct Report {
     repository: String,
-    digest: String,
+    /// None when the reference did not resolve.
+    digest: Option<String>,
     requests: u32,
 }
 
@@ -206,7 +219,7 @@ impl Report {
                 println!(
                     "verified {}@{}: {} signature ({}) by {by}",
                     self.repository,
-                    self.digest,
+                    self.digest.as_deref().unwrap_or_default(),
                     v.method.as_str(),
                     v.format.as_str()
                 );
