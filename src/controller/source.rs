@@ -18,6 +18,7 @@ use crate::digest::Digest;
 use crate::errors::api_error_summary;
 use crate::oci::OciError;
 use crate::oci::pull::{self, Deadline, PullOptions, Pulled};
+use crate::oci::reference::Repository;
 use crate::oci::registry::{RawManifest, Registry, RegistryOptions};
 use crate::store::{IndexFile, QuotaExceeded, RevisionIndex, Selection, revision_key};
 
@@ -147,18 +148,7 @@ async fn reconcile_inner(source: &ArtifactSource, ctx: &Context) -> Result<Outco
             m.proven = None;
         }
     });
-    let policy = verification::policy_for(source, ctx).await;
-    let fingerprint = match &policy {
-        Ok(Some(p)) => Some(p.fingerprint.to_string()),
-        _ => None,
-    };
-    let checked = match policy {
-        Ok(policy) => {
-            let (api, prev, missing) = (&r.api, &r.prev, state.content_missing);
-            check(source, ctx, api, &valid, prev, missing, policy.as_ref()).await
-        }
-        Err(f) => Err(f),
-    };
+    let (checked, fingerprint) = r.check(&valid, state.content_missing).await;
     match checked {
         Ok(Checked::Stored(artifact)) => r.stored(*artifact, &valid).await,
         Ok(Checked::PullBusy) => {
@@ -173,6 +163,32 @@ async fn reconcile_inner(source: &ArtifactSource, ctx: &Context) -> Result<Outco
 }
 
 impl Reconcile<'_> {
+    /// Reads the source's verification policy, then checks; also the policy's fingerprint
+    /// (when it could be read), which decides whether a kept verification still counts.
+    async fn check(
+        &self,
+        valid: &ValidSpec,
+        content_missing: bool,
+    ) -> (Result<Checked, Failure>, Option<String>) {
+        let policy = match verification::policy_for(self.source, self.ctx).await {
+            Ok(p) => p,
+            Err(f) => return (Err(f), None),
+        };
+        let fingerprint = policy.as_ref().map(|p| p.fingerprint.to_string());
+        let (api, prev) = (&self.api, &self.prev);
+        let checked = check(
+            self.source,
+            self.ctx,
+            api,
+            valid,
+            prev,
+            content_missing,
+            policy.as_ref(),
+        )
+        .await;
+        (checked, fingerprint)
+    }
+
     /// The spec cannot work: Stalled, once (an unchanged status is not written again).
     async fn stall(&self, message: &str) -> Result<Outcome, Error> {
         let next = status::stalled(&self.prev, self.generation, message, &self.now);
@@ -321,25 +337,8 @@ async fn check(
         let v = remembered.flatten();
         return Ok(Checked::Stored(Box::new(relabelled(a, &found.resolved, v))));
     }
-    // The proof: this source's registry, with this source's credentials, serves the
-    // manifest, and its bytes hash to the digest. Only then may stored content be reused.
     let repo = &valid.reference.repository;
-    let manifest = deadline
-        .run(
-            "manifest",
-            registry.fetch_manifest(repo, digest.as_str(), Some(digest)),
-        )
-        .await;
-    ctx.metrics.registry_request("manifest", outcome(&manifest));
-    let manifest = manifest?;
-    // The signature, before any blob of the revision is stored or any stored one reused.
-    let verification = match policy {
-        Some(p) => {
-            let bytes = &manifest.bytes;
-            Some(verification::verify(ctx, &registry, repo, digest, bytes, p, &deadline).await?)
-        }
-        None => None,
-    };
+    let (manifest, verification) = prove(ctx, &registry, repo, digest, policy, &deadline).await?;
     if let (Step::ProveThenReuse | Step::Reuse, Some(a)) = (step, status) {
         ctx.remember(&uid, |m| m.proven = Some(found.proof.clone()));
         let artifact = relabelled(a, &found.resolved, verification);
@@ -374,6 +373,35 @@ async fn check(
         super::collect_garbage(ctx).await;
     }
     Ok(Checked::Stored(Box::new(artifact)))
+}
+
+/// The proof: this source's registry, with this source's credentials, serves the manifest
+/// and its bytes hash to the digest; then, with `spec.verify`, its signature. Only then may
+/// stored content be reused or any blob of the revision be stored.
+async fn prove(
+    ctx: &Context,
+    registry: &Registry,
+    repo: &Repository,
+    digest: &Digest,
+    policy: Option<&SourcePolicy>,
+    deadline: &Deadline,
+) -> Result<(RawManifest, Option<Verification>), Failure> {
+    let manifest = deadline
+        .run(
+            "manifest",
+            registry.fetch_manifest(repo, digest.as_str(), Some(digest)),
+        )
+        .await;
+    ctx.metrics.registry_request("manifest", outcome(&manifest));
+    let manifest = manifest?;
+    let verification = match policy {
+        Some(p) => {
+            let bytes = &manifest.bytes;
+            Some(verification::verify(ctx, registry, repo, digest, bytes, p, deadline).await?)
+        }
+        None => None,
+    };
+    Ok((manifest, verification))
 }
 
 /// What a check resolved: the revision, the proof this source would hold of it, and the
