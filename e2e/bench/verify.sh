@@ -80,3 +80,9 @@ measure "key, classic .sig" key --key "$work/k.pub"
 measure "keyless, classic .sig" classic --certificate-identity-regexp "$subject" --certificate-oidc-issuer-regexp "$issuer" --trusted-root "$work/c/trusted_root.json"
 measure "keyless, bundle v0.3 referrer" bundle --certificate-identity-regexp "$subject" --certificate-oidc-issuer-regexp "$issuer" --trusted-root "$work/b/trusted_root.json"
 row Signatures "added requests per check of an unchanged tag (tests/e2e_verify.rs, registry log)" "0" "—" "—"
+# the checks alone, in process (no registry, no process start): release build
+cargo test --release --locked --lib verification_time -- --ignored --nocapture 2>/dev/null |
+	sed -n 's/^BENCH //p' | while IFS=: read -r what took; do
+	echo "keyless check in process, $what:$took"
+	row Signatures "keyless check in process (parse, chain, SET, proof, checkpoint, SCT, identity), $what" "${took# }" "—" "—"
+done

@@ -624,9 +624,10 @@ fn the_fixture_roots_parse() {
     assert_eq!(r.ctlogs().len(), 1);
 }
 
-/// `cargo test --lib verification_time -- --ignored --nocapture`
+/// A measurement, not a check: e2e/bench/verify.sh runs it in release mode for
+/// bench/RESULTS.md (`cargo test --release --lib verification_time -- --ignored --nocapture`).
 #[test]
-#[ignore]
+#[ignore = "a measurement (make bench runs it), not a pass/fail test"]
 fn verification_time() {
     let policy = keyless(root("main"));
     let (m, d) = (manifest(), digest());
@@ -636,14 +637,14 @@ fn verification_time() {
         for _ in 0..100 {
             verify_bundle(&policy, &d, &m, &json).expect("ok");
         }
-        println!("{name}: {:?} per verification", start.elapsed() / 100);
+        println!("BENCH {name}: {:?} per verification", start.elapsed() / 100);
     }
     let sig = classic("main");
     let start = std::time::Instant::now();
     for _ in 0..100 {
         verify_classic(&accepted(), &root("main"), &d, &sig).expect("ok");
     }
-    println!("classic (with root parse): {:?}", start.elapsed() / 100);
+    println!("BENCH classic (with root parse): {:?}", start.elapsed() / 100);
 }
 
 /// dsse 0.0.1 (what real Rekor v1 logs for DSSE; the mock logs intoto 0.0.2): a body
