@@ -56,6 +56,9 @@ struct Fake {
     upload_location: Mutex<Option<String>>,
     /// Manifest bodies come one byte every half second, forever.
     trickle: AtomicBool,
+    /// OCI 1.1 referrers API answers (an index) by subject digest; without an entry the
+    /// API answers 404, as a registry without it does.
+    referrers: Mutex<HashMap<String, Bytes>>,
     seen: Mutex<Vec<Seen>>,
 }
 
@@ -169,7 +172,17 @@ impl Fake {
         if method == Method::PUT && rest.contains("/manifests/") {
             return reply(StatusCode::CREATED, empty());
         }
-        if let Some((_, reference)) = rest.rsplit_once("/manifests/") {
+        if let Some((_, digest)) = rest.rsplit_once("/referrers/") {
+            let Some(index) = lock(&self.referrers).get(digest).cloned() else {
+                return not_found();
+            };
+            let mut r = reply(StatusCode::OK, Full::new(index).boxed());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/vnd.oci.image.index.v1+json"),
+            );
+            r
+        } else if let Some((_, reference)) = rest.rsplit_once("/manifests/") {
             self.manifest(&method, reference)
         } else if let Some((_, digest)) = rest.rsplit_once("/blobs/") {
             self.blob(&method, digest, true)
@@ -884,4 +897,165 @@ async fn after_a_restart_a_source_proves_its_revision_again_without_downloading_
         .count();
     assert_eq!(gets, 0, "no GET once proved");
     h.cleanup().await;
+}
+
+/// A Sigstore bundle attached to `subject` as cosign v3 attaches it: its referrer manifest
+/// (added to the fake) and the index entry the referrers API lists for it.
+fn bundle_referrer(fake: &Fake, subject: &str, bundle: &[u8]) -> serde_json::Value {
+    const BUNDLE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+    const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    let (empty, blob) = (Bytes::from_static(b"{}"), Bytes::copy_from_slice(bundle));
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": MANIFEST, "artifactType": BUNDLE,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256_digest(&empty), "size": 2},
+        "layers": [{"mediaType": BUNDLE, "digest": sha256_digest(&blob), "size": blob.len()}],
+        "subject": {"mediaType": MANIFEST, "digest": subject, "size": 1},
+    });
+    let bytes = Bytes::from(serde_json::to_vec(&manifest).expect("json"));
+    let digest = sha256_digest(&bytes);
+    lock(&fake.manifests).insert(digest.clone(), bytes.clone());
+    lock(&fake.blobs).extend([(sha256_digest(&empty), empty), (sha256_digest(&blob), blob)]);
+    serde_json::json!({"mediaType": MANIFEST, "digest": digest, "size": bytes.len(), "artifactType": BUNDLE})
+}
+
+fn set_referrers(fake: &Fake, subject: &str, manifests: Vec<serde_json::Value>, padding: usize) {
+    let index = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests, "annotations": {"padding": "x".repeat(padding)},
+    });
+    let bytes = Bytes::from(serde_json::to_vec(&index).expect("json"));
+    lock(&fake.referrers).insert(subject.to_string(), bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
+async fn signatures_come_through_the_referrers_api_and_a_hostile_listing_is_bounded() {
+    let fake = Fake::start().await;
+    let d = fake.add("1", &artifact(&format!("# {}\n", common::unique())));
+    let work = tempfile::tempdir().expect("tempdir");
+    let signed = work.path().join("signed");
+    let status = std::process::Command::new("node")
+        .arg(common::root().join("e2e/sigstore/sign.mjs"))
+        .args(["--out", signed.to_str().expect("path"), "--digest", &d])
+        .status()
+        .expect("node (e2e/deps.sh installs the Sigstore mock)");
+    assert!(status.success(), "sign.mjs");
+    let bundle = std::fs::read(signed.join("bundle-v03.json")).expect("bundle");
+    let root = signed.join("trusted_root.json");
+    let verify = |fake: &Fake| {
+        vec![
+            "verify".to_string(),
+            "--insecure".into(),
+            "-O".into(),
+            "json".into(),
+            format!("oci://{}/rules:1", fake.addr),
+            "--certificate-identity-regexp".into(),
+            "^https://github\\.com/example/rules/".into(),
+            "--certificate-oidc-issuer-regexp".into(),
+            "^https://token\\.actions\\.githubusercontent\\.com$".into(),
+            "--trusted-root".into(),
+            root.display().to_string(),
+        ]
+    };
+    let entry = bundle_referrer(&fake, &d, &bundle);
+    let outcome = |out: &std::process::Output| -> serde_json::Value {
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!(
+                "not JSON: {} {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    };
+
+    // a registry with the referrers API: one request lists the bundle, no fallback tag
+    set_referrers(&fake, &d, vec![entry.clone()], 0);
+    let out = cli(verify(&fake)).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = outcome(&out);
+    assert_eq!(
+        (v["format"].as_str(), v["method"].as_str()),
+        (Some("bundle-v0.3"), Some("keyless"))
+    );
+    assert_eq!(fake.seen("/referrers/").len(), 1);
+    assert!(
+        fake.seen(&format!("/manifests/sha256-{}", &d[7..]))
+            .is_empty(),
+        "no fallback tag read"
+    );
+
+    // a listing over 1 MiB is not read (bounded) and said so; more bundles than are read:
+    // the first ones are tried as they come, so a valid first one costs one referrer read
+    set_referrers(&fake, &d, vec![entry.clone()], 2 << 20);
+    let out = cli(verify(&fake)).await;
+    let refused = outcome(&out);
+    assert_eq!(refused["reason"], "SignatureNotFound", "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("skipped"),
+        "{refused}"
+    );
+    set_referrers(&fake, &d, vec![entry.clone(); 40], 0);
+    let manifest_path = format!("/manifests/{}", entry["digest"].as_str().expect("digest"));
+    let before = fake.seen(&manifest_path).len();
+    let out = cli(verify(&fake)).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        fake.seen(&manifest_path).len() - before,
+        1,
+        "verified as found"
+    );
+
+    // junk next to a valid signature does not deny it: a dangling referrer (deleted, as a
+    // stale fallback index keeps it) and cosign's classic keyless layer at the .sig tag
+    let mut dangling = entry.clone();
+    dangling["digest"] = sha256_digest(b"gone").into();
+    set_referrers(&fake, &d, vec![dangling], 0);
+    let payload = Bytes::from(std::fs::read(signed.join("classic/payload.json")).expect("payload"));
+    let notes: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(signed.join("classic/annotations.json")).expect("annotations"),
+    )
+    .expect("JSON");
+    let sig = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256_digest(b"{}"), "size": 2},
+        "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
+                    "digest": sha256_digest(&payload), "size": payload.len(), "annotations": notes}],
+    });
+    let sig_tag = format!("sha256-{}.sig", &d[7..]);
+    lock(&fake.blobs).insert(sha256_digest(&payload), payload);
+    lock(&fake.manifests).insert(
+        sig_tag.clone(),
+        Bytes::from(serde_json::to_vec(&sig).expect("json")),
+    );
+    let out = cli(verify(&fake)).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(outcome(&out)["format"], "classic");
+    lock(&fake.manifests).remove(&sig_tag);
+
+    // a referrer about another manifest is not this digest's signature, whatever it holds
+    let other = fake.add("2", &artifact("other"));
+    let elsewhere = bundle_referrer(&fake, &other, &bundle);
+    set_referrers(&fake, &d, vec![elsewhere], 0);
+    let out = cli(verify(&fake)).await;
+    assert_eq!(
+        outcome(&out)["reason"],
+        "SignatureNotFound",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -353,6 +353,20 @@ impl Registry {
         reference: &str,
         expected: Option<&Digest>,
     ) -> Result<RawManifest> {
+        let limit = self.options.max_manifest_bytes;
+        self.fetch_manifest_limited(repo, reference, expected, limit)
+            .await
+    }
+
+    /// [`Registry::fetch_manifest`] with a smaller size limit (a referrers index, a
+    /// signature manifest).
+    pub async fn fetch_manifest_limited(
+        &self,
+        repo: &Repository,
+        reference: &str,
+        expected: Option<&Digest>,
+        limit: u64,
+    ) -> Result<RawManifest> {
         let url = self.url(&format!("{}/manifests/{reference}", repo.name));
         let what = format!("manifest {repo}:{reference}");
         let response = self
@@ -365,7 +379,8 @@ impl Registry {
             header_str(response.headers(), header::CONTENT_TYPE.as_str()).unwrap_or_default();
         let announced = header_str(response.headers(), "docker-content-digest")
             .filter(|d| d.starts_with("sha256:"));
-        let bytes = read_limited(response, self.options.max_manifest_bytes, &what).await?;
+        let bytes =
+            read_limited(response, limit.min(self.options.max_manifest_bytes), &what).await?;
         let digest = Digest::of(&bytes);
         check_manifest_digest(reference, expected, announced.as_deref(), &digest)
             .map_err(|e| mismatch(&what, e))?;

@@ -78,7 +78,9 @@ pub fn signature_tag(digest: &Digest) -> String {
 }
 
 /// Verifies `digest` (whose manifest bytes are `manifest`) against `policy`, reading
-/// signatures from `repo` only.
+/// signatures from `repo` only. A referrer or signature that cannot be read (gone, not
+/// what it says, over a bound) is skipped, not fatal: junk next to a valid signature must
+/// not deny it. Only a registry that cannot be reached or refuses us stops the search.
 pub async fn check(
     registry: &Registry,
     repo: &Repository,
@@ -87,83 +89,140 @@ pub async fn check(
     policy: &Policy,
     requests: &mut Requests,
 ) -> Result<Verified, CheckError> {
-    let mut worst: Option<Failed> = None;
-    let mut found = 0usize;
-    for candidate in bundles(registry, repo, digest, requests).await? {
-        found += 1;
-        match super::verify_candidate(policy, digest, manifest, &candidate) {
-            Ok(v) => return Ok(v),
-            Err(f) => keep_worst(&mut worst, f),
+    let mut search = Search::default();
+    for d in bundle_referrers(registry, repo, digest, requests, &mut search).await? {
+        let bundle = bundle_of(registry, repo, digest, &d, requests).await;
+        if let Some(bundle) = search.usable(bundle)?.flatten() {
+            let candidate = Candidate::Bundle(bundle);
+            if let Some(v) = search.try_one(policy, digest, manifest, &candidate) {
+                return Ok(v);
+            }
         }
     }
     let mut classic = Classic::new(registry, repo, digest);
-    while let Some(candidate) = classic.next(requests).await? {
-        found += 1;
-        match super::verify_candidate(policy, digest, manifest, &candidate) {
-            Ok(v) => return Ok(v),
-            Err(f) => keep_worst(&mut worst, f),
+    while let Some(candidate) = classic.next(requests, &mut search).await? {
+        if let Some(v) = search.try_one(policy, digest, manifest, &candidate) {
+            return Ok(v);
         }
     }
-    Err(CheckError::Refused(worst.unwrap_or_else(|| {
-        debug_assert_eq!(found, 0);
-        Failed::new(
-            Refusal::SignatureNotFound,
-            format!(
-                "no signature for {digest}: no Sigstore bundle among its referrers and no tag {}",
-                signature_tag(digest)
-            ),
-        )
-    })))
+    Err(CheckError::Refused(search.refusal(digest)))
 }
 
-fn keep_worst(worst: &mut Option<Failed>, f: Failed) {
-    if worst.as_ref().is_none_or(|w| f.refusal > w.refusal) {
-        *worst = Some(f);
+/// What a search saw: the most telling refusal, and what it skipped.
+#[derive(Default)]
+struct Search {
+    worst: Option<Failed>,
+    skipped: Vec<String>,
+}
+
+impl Search {
+    fn try_one(
+        &mut self,
+        policy: &Policy,
+        digest: &Digest,
+        manifest: &[u8],
+        candidate: &Candidate,
+    ) -> Option<Verified> {
+        match super::verify_candidate(policy, digest, manifest, candidate) {
+            Ok(v) => Some(v),
+            Err(f) => {
+                if self.worst.as_ref().is_none_or(|w| f.refusal > w.refusal) {
+                    self.worst = Some(f);
+                }
+                None
+            }
+        }
+    }
+
+    /// A read's result: fatal registry errors stop the search; others are noted and
+    /// skipped (`Ok(None)`).
+    fn usable<T>(&mut self, read: Result<T, OciError>) -> Result<Option<T>, OciError> {
+        match read {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if is_fatal(&e) => Err(e),
+            Err(e) => {
+                if self.skipped.len() < 4 {
+                    self.skipped.push(e.to_string());
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    fn refusal(self, digest: &Digest) -> Failed {
+        if let Some(w) = self.worst {
+            return w;
+        }
+        let mut message = format!(
+            "no signature for {digest}: no Sigstore bundle among its referrers and no tag {}",
+            signature_tag(digest)
+        );
+        if !self.skipped.is_empty() {
+            message.push_str(&format!("; skipped: {}", self.skipped.join("; ")));
+        }
+        Failed::new(Refusal::SignatureNotFound, message)
     }
 }
 
-/// The Sigstore bundles among the digest's referrers (at most [`MAX_REFERRERS`]).
-async fn bundles(
+/// Errors that say the registry cannot be asked now (not that one object is bad).
+fn is_fatal(e: &OciError) -> bool {
+    matches!(
+        e,
+        OciError::RegistryUnavailable(_)
+            | OciError::Unauthorized(_)
+            | OciError::RateLimited { .. }
+            | OciError::Internal(_)
+            | OciError::Io { .. }
+    )
+}
+
+/// The Sigstore bundle referrers of the digest (the first [`MAX_REFERRERS`]), from the
+/// referrers API or its fallback tag.
+async fn bundle_referrers(
     registry: &Registry,
     repo: &Repository,
     digest: &Digest,
     requests: &mut Requests,
-) -> Result<Vec<Candidate>, OciError> {
+    search: &mut Search,
+) -> Result<Vec<Descriptor>, OciError> {
     requests.0 += 1;
-    let index = match registry.referrers(repo, digest, MAX_INDEX).await? {
-        Some(bytes) => bytes,
-        None => {
+    let listed = match registry.referrers(repo, digest, MAX_INDEX).await {
+        Ok(Some(bytes)) => Ok(bytes),
+        Ok(None) => {
             requests.0 += 1;
+            let tag = referrers_tag(digest);
             match registry
-                .fetch_manifest(repo, &referrers_tag(digest), None)
+                .fetch_manifest_limited(repo, &tag, None, MAX_INDEX)
                 .await
             {
-                Ok(m) => m.bytes,
+                Ok(m) => Ok(m.bytes),
                 Err(OciError::NotFound(_)) => return Ok(Vec::new()),
-                Err(e) => return Err(e),
+                Err(e) => Err(e),
             }
         }
+        Err(e) => Err(e),
     };
-    let listing: Listing = serde_json::from_slice(&index)
-        .map_err(|e| OciError::InvalidManifest(format!("referrers of {digest}: {e}")))?;
-    let wanted: Vec<&Descriptor> = listing
+    let Some(index) = search.usable(listed)? else {
+        return Ok(Vec::new());
+    };
+    let parsed = serde_json::from_slice::<Listing>(&index)
+        .map_err(|e| OciError::InvalidManifest(format!("referrers of {digest}: {e}")));
+    let Some(listing) = search.usable(parsed)? else {
+        return Ok(Vec::new());
+    };
+    let mut wanted: Vec<Descriptor> = listing
         .manifests
-        .iter()
+        .into_iter()
         .filter(|d| d.artifact_type.as_deref().is_some_and(is_bundle_type))
         .collect();
     if wanted.len() > MAX_REFERRERS {
-        return Err(OciError::TooLarge(format!(
-            "{} Sigstore bundles refer to {digest}; at most {MAX_REFERRERS} are read",
-            wanted.len()
-        )));
+        let n = wanted.len();
+        search.skipped.push(format!(
+            "{n} Sigstore bundles refer to {digest}; only the first {MAX_REFERRERS} are read"
+        ));
+        wanted.truncate(MAX_REFERRERS);
     }
-    let mut out = Vec::new();
-    for d in wanted {
-        if let Some(bundle) = bundle_of(registry, repo, digest, d, requests).await? {
-            out.push(Candidate::Bundle(bundle));
-        }
-    }
-    Ok(out)
+    Ok(wanted)
 }
 
 fn is_bundle_type(t: &str) -> bool {
@@ -184,7 +243,7 @@ async fn bundle_of(
     };
     requests.0 += 1;
     let raw = registry
-        .fetch_manifest(repo, referrer.as_str(), Some(&referrer))
+        .fetch_manifest_limited(repo, referrer.as_str(), Some(&referrer), MAX_INDEX)
         .await?;
     let Ok(m) = serde_json::from_slice::<Listing>(&raw.bytes) else {
         return Ok(None);
@@ -230,60 +289,85 @@ impl<'a> Classic<'a> {
         }
     }
 
-    async fn next(&mut self, requests: &mut Requests) -> Result<Option<Candidate>, OciError> {
+    /// The next readable signature layer (unreadable ones are noted in `search` and
+    /// skipped); `None` when there are no more.
+    async fn next(
+        &mut self,
+        requests: &mut Requests,
+        search: &mut Search,
+    ) -> Result<Option<Candidate>, OciError> {
         if self.layers.is_none() {
-            self.layers = Some(self.list(requests).await?.into_iter());
+            let listed = self.list(requests).await;
+            let layers = search.usable(listed)?.unwrap_or_default();
+            self.layers = Some(truncated(layers, search, self.digest).into_iter());
         }
-        let Some(layers) = self.layers.as_mut() else {
-            return Ok(None);
-        };
-        let Some(layer) = layers.next() else {
-            return Ok(None);
-        };
-        let Ok(blob) = Digest::parse(&layer.digest) else {
-            return Err(OciError::InvalidManifest(format!(
+        while let Some(layer) = self.layers.as_mut().and_then(Iterator::next) {
+            let payload = self.payload(&layer, requests).await;
+            if let Some(payload) = search.usable(payload)? {
+                let a = layer.annotations;
+                return Ok(Some(Candidate::Classic(ClassicSignature {
+                    payload,
+                    signature: a.get(SIGNATURE_ANNOTATION).cloned().unwrap_or_default(),
+                    certificate: a.get(CERTIFICATE_ANNOTATION).cloned(),
+                    chain: a.get(CHAIN_ANNOTATION).cloned(),
+                    rekor_bundle: a.get(BUNDLE_ANNOTATION).cloned(),
+                })));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn payload(
+        &self,
+        layer: &Descriptor,
+        requests: &mut Requests,
+    ) -> Result<Vec<u8>, OciError> {
+        let blob = Digest::parse(&layer.digest).map_err(|_| {
+            OciError::InvalidManifest(format!(
                 "signature layer digest {:?} is not sha256",
                 layer.digest
-            )));
-        };
+            ))
+        })?;
         requests.0 += 1;
         let limit = simplesigning::MAX_PAYLOAD;
         let payload = self
             .registry
             .fetch_small_blob(self.repo, &blob, limit)
             .await?;
-        let a = layer.annotations;
-        Ok(Some(Candidate::Classic(ClassicSignature {
-            payload: payload.to_vec(),
-            signature: a.get(SIGNATURE_ANNOTATION).cloned().unwrap_or_default(),
-            certificate: a.get(CERTIFICATE_ANNOTATION).cloned(),
-            chain: a.get(CHAIN_ANNOTATION).cloned(),
-            rekor_bundle: a.get(BUNDLE_ANNOTATION).cloned(),
-        })))
+        Ok(payload.to_vec())
     }
 
     /// The simple-signing layers of the `.sig` manifest (none when the tag is absent).
     async fn list(&self, requests: &mut Requests) -> Result<Vec<Descriptor>, OciError> {
         requests.0 += 1;
         let tag = signature_tag(self.digest);
-        let raw = match self.registry.fetch_manifest(self.repo, &tag, None).await {
+        let raw = match self
+            .registry
+            .fetch_manifest_limited(self.repo, &tag, None, MAX_INDEX)
+            .await
+        {
             Ok(raw) => raw,
             Err(OciError::NotFound(_)) => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
         let m: Listing = serde_json::from_slice(&raw.bytes)
             .map_err(|e| OciError::InvalidManifest(format!("{tag}: {e}")))?;
-        let layers: Vec<Descriptor> = m
-            .layers
+        Ok(m.layers
             .into_iter()
             .filter(|l| l.media_type == SIMPLESIGNING)
-            .collect();
-        if layers.len() > MAX_SIGNATURE_LAYERS {
-            return Err(OciError::TooLarge(format!(
-                "{tag} holds {} signatures; at most {MAX_SIGNATURE_LAYERS} are read",
-                layers.len()
-            )));
-        }
-        Ok(layers)
+            .collect())
     }
+}
+
+/// The first [`MAX_SIGNATURE_LAYERS`] layers; more are noted, not read.
+fn truncated(mut layers: Vec<Descriptor>, search: &mut Search, digest: &Digest) -> Vec<Descriptor> {
+    if layers.len() > MAX_SIGNATURE_LAYERS {
+        search.skipped.push(format!(
+            "{} holds {} signatures; only the first {MAX_SIGNATURE_LAYERS} are read",
+            signature_tag(digest),
+            layers.len()
+        ));
+        layers.truncate(MAX_SIGNATURE_LAYERS);
+    }
+    layers
 }

@@ -644,7 +644,10 @@ fn verification_time() {
     for _ in 0..100 {
         verify_classic(&accepted(), &root("main"), &d, &sig).expect("ok");
     }
-    println!("BENCH classic (with root parse): {:?}", start.elapsed() / 100);
+    println!(
+        "BENCH classic (with root parse): {:?}",
+        start.elapsed() / 100
+    );
 }
 
 /// dsse 0.0.1 (what real Rekor v1 logs for DSSE; the mock logs intoto 0.0.2): a body
