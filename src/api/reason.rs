@@ -165,8 +165,12 @@ reasons! {
         IdentityMismatch => Waiting,
         /// A signature for the revision exists, but none of the trusted keys made it.
         UntrustedKey => Waiting,
-        /// The trusted root (`trustedRootRef`) is missing or cannot be read.
+        /// The trusted root (`trustedRootRef`) is missing, lacks `trusted_root.json`, or is
+        /// not a Sigstore trusted root.
         TrustedRootInvalid => Waiting,
+        /// The trusted-root ConfigMap could not be read (refused, for example 403, or the
+        /// API server failed): says nothing about signatures.
+        TrustedRootNotReadable => Transient,
         /// The registry could not be reached, timed out or answered 5xx.
         RegistryUnavailable => Transient,
         /// The registry answered 429; the next check waits for its `Retry-After`.

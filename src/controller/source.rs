@@ -172,7 +172,11 @@ impl Reconcile<'_> {
     ) -> (Result<Checked, Failure>, Option<String>) {
         let policy = match verification::policy_for(self.source, self.ctx).await {
             Ok(p) => p,
-            Err(f) => return (Err(f), None),
+            Err(f) => {
+                let unreadable = self.source.spec.verify.as_ref();
+                let policy = unreadable.map(|_| verification::UNREADABLE_POLICY.to_string());
+                return (Err(f), policy);
+            }
         };
         let fingerprint = policy.as_ref().map(|p| p.fingerprint.to_string());
         let (api, prev) = (&self.api, &self.prev);

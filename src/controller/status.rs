@@ -238,6 +238,14 @@ mod tests {
             other.artifact.as_ref().map(|a| a.verification.is_none()),
             Some(true)
         );
+        // the policy could not be read (the key Secret is gone): no verification is claimed
+        let gone = Problem::new(SourceReason::SecretNotFound, "Secret keys does not exist");
+        let unreadable = crate::controller::verification::UNREADABLE_POLICY;
+        let blind = failed(&ok, Some(1), &gone, "t3", None, Some(unreadable));
+        assert_eq!(
+            blind.artifact.as_ref().map(|a| a.verification.is_none()),
+            Some(true)
+        );
         // a registry failure says nothing about signatures
         let down = Problem::new(SourceReason::RegistryUnavailable, "503");
         let flaky = failed(&ok, Some(1), &down, "t4", None, Some("p1"));

@@ -145,6 +145,10 @@ pub fn keyless_fingerprint(spec: &VerifySpec, root: &[u8]) -> Digest {
     Digest::of(text.as_bytes())
 }
 
+/// What status records as the policy of a source whose policy could not be read: no kept
+/// verification matches it, so none is claimed under a policy nobody could check.
+pub const UNREADABLE_POLICY: &str = "unreadable";
+
 /// The policy of a source, read now (Secrets and ConfigMaps are read at every check, as
 /// registry credentials are). `None` without `spec.verify`.
 pub async fn policy_for(
@@ -204,10 +208,13 @@ async fn private_root(
 ) -> Result<(Arc<TrustedRoot>, Vec<u8>), Failure> {
     let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
     let map = maps.get_opt(name).await.map_err(|e| {
-        root_invalid(format!(
-            "cannot read ConfigMap {name} (spec.verify.trustedRootRef): {}",
-            api_error_summary(&e)
-        ))
+        Failure::new(
+            SourceReason::TrustedRootNotReadable,
+            format!(
+                "cannot read ConfigMap {name} (spec.verify.trustedRootRef): {}",
+                api_error_summary(&e)
+            ),
+        )
     })?;
     let bytes = root_bytes(name, map.as_ref()).map_err(root_invalid)?;
     let root = TrustedRoot::parse(&bytes)

@@ -95,6 +95,17 @@ impl PublicKey {
             .as_bytes()
             .ok_or_else(|| format!("{name}: the key bits are not whole bytes"))?
             .to_vec();
+        if algorithm == Algorithm::Rsa {
+            match rsa_modulus_bits(&bits) {
+                Some(n) if (2048..=8192).contains(&n) => {}
+                Some(n) => {
+                    return Err(format!(
+                        "{name}: an RSA key of {n} bits (2048 to 8192 are verified)"
+                    ));
+                }
+                None => return Err(format!("{name}: not an RSA public key")),
+            }
+        }
         Ok(PublicKey {
             spki: der.to_vec(),
             bits,
@@ -125,6 +136,23 @@ impl PublicKey {
                 .is_ok()
         })
     }
+}
+
+/// The size in bits of an RSAPublicKey's modulus (`SEQUENCE { n INTEGER, e INTEGER }`).
+fn rsa_modulus_bits(der: &[u8]) -> Option<usize> {
+    use x509_cert::der::asn1::UintRef;
+    use x509_cert::der::{Reader, SliceReader};
+    let mut reader = SliceReader::new(der).ok()?;
+    let n = reader
+        .sequence(|r| {
+            let n = UintRef::decode(r)?;
+            UintRef::decode(r)?;
+            Ok::<_, x509_cert::der::Error>(n)
+        })
+        .ok()?;
+    let bytes = n.as_bytes();
+    let lead = bytes.first().map_or(0, |b| 8 - b.leading_zeros() as usize);
+    Some(bytes.len().saturating_sub(1) * 8 + lead)
 }
 
 fn algorithm_of(spki: &SubjectPublicKeyInfoRef<'_>) -> Result<Algorithm, String> {
@@ -286,6 +314,14 @@ mod tests {
         let e = PublicKey::from_pem("k.pub", P256_KEY.as_bytes()).expect_err("private");
         assert!(e.contains("k.pub"), "{e}");
         assert!(SigningKey::from_pem(P256_PUB.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn rsa_keys_outside_2048_to_8192_bits_are_refused_when_loaded_not_at_every_check() {
+        let small = include_str!("testdata/rsa1024.pub");
+        let e = PublicKey::from_pem("old.pub", small.as_bytes()).expect_err("1024 bits");
+        assert!(e.contains("old.pub") && e.contains("1024 bits"), "{e}");
+        assert_eq!(rsa_modulus_bits(b"junk"), None);
     }
 
     #[test]
