@@ -357,31 +357,6 @@ async fn pull_secret(h: &Harness, name: &str, host: &str, user: &str, password: 
     .await;
 }
 
-/// Replaces the harness's controller with one on `store` and `extra` flags.
-fn restart_controller(h: &mut Harness, store: &std::path::Path, extra: &[&str]) {
-    h.controller.kill().expect("stop the controller");
-    h.controller.wait().expect("reap the controller");
-    let listen = h.base_url.trim_start_matches("http://").to_string();
-    let log = std::env::temp_dir().join(format!(
-        "ocisync-controller-{}-{}.log",
-        h.ns,
-        common::unique()
-    ));
-    h.controller = common::ocisync()
-        .args(["controller", "--namespace", &h.ns, "--listen", &listen])
-        .args(["--artifact-base-url", &h.base_url])
-        .args(extra)
-        .arg("--store-dir")
-        .arg(store)
-        .arg("--kubeconfig")
-        .arg(&h.env.kubeconfig)
-        .env("RUST_LOG", "info,ocisync=debug")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(log).expect("log file"))
-        .spawn()
-        .expect("start controller");
-}
-
 /// `ocisync pull` run off the async workers (the fake registry serves on them).
 async fn cli(args: Vec<String>) -> std::process::Output {
     tokio::task::spawn_blocking(move || common::ocisync().args(&args).output().expect("run"))
@@ -584,8 +559,7 @@ async fn a_trickling_registry_times_out_and_the_controller_keeps_serving() {
     let mut h = harness().await;
     // run the controller again with a short cap on registry work
     let store = tempfile::tempdir().expect("store");
-    restart_controller(
-        &mut h,
+    h.restart_controller(
         store.path(),
         &["--concurrency", "2", "--registry-operation-timeout", "3s"],
     );
@@ -846,7 +820,7 @@ async fn an_endless_tag_listing_stops_at_the_byte_limit() {
 async fn after_a_restart_a_source_proves_its_revision_again_without_downloading_it() {
     let mut h = harness().await;
     let store = tempfile::tempdir().expect("store");
-    restart_controller(&mut h, store.path(), &[]);
+    h.restart_controller(store.path(), &[]);
     let work = tempfile::tempdir().expect("tempdir");
     let repo = h.env.repo(Which::Plain, "hostile-restart");
     let d = common::controller::push_file(
@@ -867,7 +841,7 @@ async fn after_a_restart_a_source_proves_its_revision_again_without_downloading_
     let log = h.env.log(Which::Plain).clone();
     let before = common::log_lines(&log);
     // the same store, a new process: nothing proved yet
-    restart_controller(&mut h, store.path(), &[]);
+    h.restart_controller(store.path(), &[]);
     let o = h.request_check("restart", "after-restart").await;
     assert!(is_ready(&o), "{:?}", ready(&o));
     assert_eq!(digest(&o).as_deref(), Some(d.as_str()));

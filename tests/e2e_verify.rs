@@ -49,6 +49,12 @@ fn signed(key: &KeyPair, digest: &str) -> Layer {
     Layer::signed(signing::payload("registry.local/rules", digest), key)
 }
 
+/// Whether the store under `dir` holds a file with these bytes.
+fn stored(dir: &Path, text: &str) -> bool {
+    let blob = Digest::of(text.as_bytes());
+    dir.join("blobs/sha256").join(blob.hex()).is_file()
+}
+
 /// A RuleBundle of the source `rules` into a ConfigMap.
 fn bundle_spec() -> serde_json::Value {
     serde_json::json!({"spec": {"sources": [{"sourceRef": {"name": "rules"}}], "configMap": {}}})
@@ -194,14 +200,8 @@ async fn key_mode_serves_only_revisions_signed_by_a_trusted_key() {
         );
     }
     // the store never took v2's blobs
-    let v2_blob = Digest::of(v2.as_bytes());
-    assert!(
-        !h.store_dir()
-            .join("blobs/sha256")
-            .join(v2_blob.hex())
-            .exists(),
-        "v2 was stored"
-    );
+    assert!(stored(h.store_dir(), &v1), "v1 is in the store");
+    assert!(!stored(h.store_dir(), &v2), "v2 was stored");
 
     // signed properly: v2 is taken and reaches the ConfigMap
     signing::push_classic(&h.env, Which::Plain, &repo, &d2, &[signed(&key_a, &d2)]);
@@ -575,5 +575,77 @@ async fn a_verified_unchanged_tag_costs_one_head_per_check_and_a_new_revision_is
         vec![format!("HEAD /v2/{}/manifests/1", repo.name)],
         "{again:#?}"
     );
+    h.cleanup().await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
+async fn after_a_restart_on_an_empty_store_the_kept_verified_revision_is_pulled_back() {
+    let mut h = harness().await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let key = signing::generate(work.path(), "a", KeyKind::P256);
+    let repo = h.env.repo(
+        Which::Plain,
+        &format!("verify-restart-{}", common::unique()),
+    );
+    let v1 = format!("# 1 {}\n", common::unique());
+    let target = format!("{repo}:1");
+    let d1 = push_file(
+        &h.env,
+        Which::Plain,
+        work.path(),
+        &target,
+        "r.yaml",
+        v1.as_bytes(),
+        &[],
+    );
+    signing::push_classic(&h.env, Which::Plain, &repo, &d1, &[signed(&key, &d1)]);
+    let public = std::fs::read(&key.public).expect("public key");
+    h.secret("keys", &[("cosign.pub", public)], "Opaque").await;
+    h.create(
+        "rules",
+        serde_json::json!({
+            "url": format!("oci://{repo}"), "ref": {"tag": "1"}, "interval": "1h", "insecure": true,
+            "verify": {"secretRef": {"name": "keys"}},
+        }),
+    )
+    .await;
+    let o = h
+        .wait("rules", "verified", |o| verified_digest(o).is_some())
+        .await;
+    let url = o
+        .status
+        .and_then(|s| s.artifact)
+        .and_then(|a| a.url)
+        .expect("artifact url");
+    // the tag moves to an unsigned revision while the controller restarts on an empty store
+    // (an emptyDir after a reschedule)
+    let v2 = format!("# 2 {}\n", common::unique());
+    push_file(
+        &h.env,
+        Which::Plain,
+        work.path(),
+        &target,
+        "r.yaml",
+        v2.as_bytes(),
+        &[],
+    );
+    let store = tempfile::tempdir().expect("new store");
+    h.restart_controller(store.path(), &["--watch-secrets"]);
+    let o = h.request_check("rules", "after-restart").await;
+    let o = if refused_with("SignatureNotFound")(&o) {
+        o
+    } else {
+        h.wait("rules", "refused", refused_with("SignatureNotFound"))
+            .await
+    };
+    assert_eq!(digest_of(&o).as_deref(), Some(d1.as_str()));
+    assert!(
+        stored(store.path(), &v1),
+        "the kept revision is back in the store"
+    );
+    assert!(!stored(store.path(), &v2));
+    let index = reqwest::get(&url).await.expect("artifact server");
+    assert!(index.status().is_success(), "{url}: {}", index.status());
     h.cleanup().await;
 }

@@ -18,7 +18,7 @@ use crate::digest::Digest;
 use crate::errors::api_error_summary;
 use crate::oci::OciError;
 use crate::oci::pull::{self, Deadline, PullOptions, Pulled};
-use crate::oci::reference::Repository;
+use crate::oci::reference::{RefSelector, Repository};
 use crate::oci::registry::{RawManifest, Registry, RegistryOptions};
 use crate::store::{IndexFile, QuotaExceeded, RevisionIndex, Selection, revision_key};
 
@@ -342,12 +342,6 @@ async fn check(
         return Ok(Checked::Stored(Box::new(relabelled(a, &found.resolved, v))));
     }
     let repo = &valid.reference.repository;
-    let (manifest, verification) = prove(ctx, &registry, repo, digest, policy, &deadline).await?;
-    if let (Step::ProveThenReuse | Step::Reuse, Some(a)) = (step, status) {
-        ctx.remember(&uid, |m| m.proven = Some(found.proof.clone()));
-        let artifact = relabelled(a, &found.resolved, verification);
-        return Ok(Checked::Stored(Box::new(artifact)));
-    }
     let pull = Pull {
         source,
         ctx,
@@ -357,6 +351,21 @@ async fn check(
         registry: &registry,
         deadline: &deadline,
     };
+    let (manifest, verification) =
+        match prove(ctx, &registry, repo, digest, policy, &deadline).await {
+            Ok(proved) => proved,
+            Err(f) => {
+                if let (Step::ProveThenStore, true, Some(a)) = (step, content_missing, status) {
+                    pull.restore(a, policy).await;
+                }
+                return Err(f);
+            }
+        };
+    if let (Step::ProveThenReuse | Step::Reuse, Some(a)) = (step, status) {
+        ctx.remember(&uid, |m| m.proven = Some(found.proof.clone()));
+        let artifact = relabelled(a, &found.resolved, verification);
+        return Ok(Checked::Stored(Box::new(artifact)));
+    }
     // the pull lock is held until GC ran: a revision pulled now is in use before any status
     let Some(Taken {
         mut artifact,
@@ -455,6 +464,46 @@ struct Pull<'a> {
 }
 
 impl Pull<'_> {
+    /// The revision status still names, pulled back into a store that lost it (a restart on
+    /// an emptyDir) while the new one is refused: pinned to its digest, proved and verified
+    /// again. Best effort: the check's own failure is what status reports.
+    async fn restore(&self, kept: &Artifact, policy: Option<&SourcePolicy>) {
+        let Ok(digest) = Digest::parse(&kept.digest) else {
+            return;
+        };
+        let mut valid = self.valid.clone();
+        valid.reference.selector = RefSelector::Digest(digest.clone());
+        let repo = &valid.reference.repository;
+        let resolved = self
+            .deadline
+            .run("resolve", pull::resolve(self.registry, &valid.reference));
+        let Ok(resolved) = resolved.await else {
+            return;
+        };
+        let found = Found::new(self.source, &valid, resolved);
+        let proved = prove(
+            self.ctx,
+            self.registry,
+            repo,
+            &digest,
+            policy,
+            self.deadline,
+        )
+        .await;
+        let Ok((manifest, _)) = proved else {
+            return;
+        };
+        let restored = Pull {
+            valid: &valid,
+            ..*self
+        }
+        .take_or_pull(&found, manifest)
+        .await;
+        if let Ok(Some(_)) = restored {
+            tracing::info!(%digest, "pulled the kept revision back into the store");
+        }
+    }
+
     /// One pull of the blobs per revision and selection, however many sources point at it:
     /// the first source pulls, the others (each having proved access) take the stored
     /// artifact. `None` when another source's pull of it is still running.

@@ -123,6 +123,31 @@ pub async fn harness_with(extra_args: &[&str]) -> Harness {
 }
 
 impl Harness {
+    /// Replaces the harness's controller with one on `store` and `extra` flags.
+    pub fn restart_controller(&mut self, store: &std::path::Path, extra: &[&str]) {
+        self.controller.kill().expect("stop the controller");
+        self.controller.wait().expect("reap the controller");
+        let listen = self.base_url.trim_start_matches("http://").to_string();
+        let log = std::env::temp_dir().join(format!(
+            "ocisync-controller-{}-{}.log",
+            self.ns,
+            super::unique()
+        ));
+        self.controller = super::ocisync()
+            .args(["controller", "--namespace", &self.ns, "--listen", &listen])
+            .args(["--artifact-base-url", &self.base_url])
+            .args(extra)
+            .arg("--store-dir")
+            .arg(store)
+            .arg("--kubeconfig")
+            .arg(&self.env.kubeconfig)
+            .env("RUST_LOG", "info,ocisync=debug")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).expect("log file"))
+            .spawn()
+            .expect("start controller");
+    }
+
     /// The controller's content store directory.
     pub fn store_dir(&self) -> &Path {
         self._store.path()
