@@ -80,7 +80,8 @@ pub struct VerifySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<LocalObjectReference>,
     /// Keyless mode: the certificate's OIDC issuer and subject must match one entry. Regexes
-    /// are unanchored, as in cosign: write `^…$`. At least one entry is required.
+    /// match anywhere, as in cosign, so each must start with `^` (end it with `$` to match
+    /// whole values). At least one entry is required.
     #[serde(
         default,
         rename = "matchOIDCIdentity",

@@ -58,6 +58,13 @@ pub fn identities(spec: &VerifySpec) -> Result<Vec<Identity>, String> {
                         "spec.verify.matchOIDCIdentity[{i}].{field} is empty"
                     ));
                 }
+                if !pattern.starts_with('^') {
+                    return Err(format!(
+                        "spec.verify.matchOIDCIdentity[{i}].{field} {pattern:?} must start with ^: \
+                         an unanchored pattern matches anywhere, for example inside a branch \
+                         name the signer chose"
+                    ));
+                }
                 regex::RegexBuilder::new(pattern)
                     .size_limit(REGEX_SIZE_LIMIT)
                     .build()
@@ -339,14 +346,19 @@ mod tests {
     #[test]
     fn bad_or_hostile_patterns_and_mixed_modes_are_refused() {
         let cases = [
-            (keyless(&[("(", "x")]), "issuer"),
-            (keyless(&[("x", "")]), "subject is empty"),
+            (keyless(&[("^(", "^x")]), "issuer"),
+            (keyless(&[("^x", "")]), "subject is empty"),
             // a pattern whose compiled program is huge is refused, not compiled
-            (keyless(&[("x", "(a{1000}){1000}")]), "subject"),
+            (keyless(&[("^x", "^(a{1000}){1000}")]), "subject"),
+            // unanchored: `github.com/org/repo` would match a ref named after it by anyone
+            (
+                keyless(&[("^https://issuer$", "github.com/org/repo")]),
+                "must start with ^",
+            ),
             (
                 VerifySpec {
                     secret_ref: reference("keys"),
-                    ..keyless(&[("x", "y")])
+                    ..keyless(&[("^x", "^y")])
                 },
                 "not both",
             ),

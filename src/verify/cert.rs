@@ -82,14 +82,11 @@ impl Leaf {
     }
 
     /// Checks the path from this certificate to a CA of `root` valid at `time` (Unix
-    /// seconds), through the CA's own intermediates and the untrusted `extra` ones, for
-    /// code signing, every certificate valid at `time`. Returns the issuer's SPKI (DER).
-    pub fn verify_path(
-        &self,
-        root: &TrustedRoot,
-        extra: &[Vec<u8>],
-        time: i64,
-    ) -> Result<Vec<u8>, Failed> {
+    /// seconds), through that CA's own intermediates only, for code signing, every
+    /// certificate valid at `time`. A chain the signature carries is not used: it could
+    /// offer a retired CA's intermediate under a valid CA's root (as sigstore-go, the path
+    /// comes from the trusted root alone). Returns the issuer's SPKI (DER).
+    pub fn verify_path(&self, root: &TrustedRoot, time: i64) -> Result<Vec<u8>, Failed> {
         let leaf = CertificateDer::from(self.der.as_slice());
         let ee = webpki::EndEntityCert::try_from(&leaf)
             .map_err(|e| Failed::invalid(format!("the signing certificate: {e}")))?;
@@ -107,7 +104,6 @@ impl Leaf {
             let inter: Vec<CertificateDer<'_>> = ca
                 .intermediates()
                 .iter()
-                .chain(extra)
                 .map(|c| CertificateDer::from(c.as_slice()))
                 .collect();
             let usage = webpki::KeyUsage::required(CODE_SIGNING);

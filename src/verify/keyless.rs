@@ -35,7 +35,9 @@ pub fn verify_classic(
         Failed::invalid("the signature has no certificate annotation (not a keyless signature)")
     })?;
     let leaf = Leaf::from_pem(pem)?;
-    let chain = cert::pem_chain(sig.chain.as_deref().unwrap_or_default())?;
+    // the chain annotation must be well formed (bounded), but the path is built from the
+    // trusted root alone (see `Leaf::verify_path`)
+    cert::pem_chain(sig.chain.as_deref().unwrap_or_default())?;
     let rekor = sig.rekor_bundle.as_deref().ok_or_else(|| {
         Failed::invalid("the signature has no Rekor bundle annotation (no transparency log proof)")
     })?;
@@ -52,7 +54,7 @@ pub fn verify_classic(
             sha256: Sha256::digest(&sig.payload).into(),
         },
     };
-    let time = proven(root, &leaf, &chain, &[entry], &signed, false)?;
+    let time = proven(root, &leaf, &[entry], &signed, false)?;
     identified(identities, &leaf, Format::Classic, time)
 }
 
@@ -78,7 +80,7 @@ pub fn verify_bundle(
             })
         }
         Policy::Keyless { identities, root } => {
-            let Material::Certificate { leaf, chain } = &b.material else {
+            let Material::Certificate { leaf, .. } = &b.material else {
                 return Err(Failed::invalid(
                     "the bundle is signed by a key (public key hint), not keylessly",
                 ));
@@ -94,7 +96,7 @@ pub fn verify_bundle(
                 certificate: &leaf.der,
                 content,
             };
-            let time = proven(root, &leaf, chain, &b.entries, &signed, true)?;
+            let time = proven(root, &leaf, &b.entries, &signed, true)?;
             identified(identities, &leaf, b.format, time)
         }
     }
@@ -151,7 +153,6 @@ fn signed_content<'a>(
 fn proven(
     root: &TrustedRoot,
     leaf: &Leaf,
-    chain: &[Vec<u8>],
     entries: &[Entry],
     signed: &Signed<'_>,
     need_proof: bool,
@@ -176,7 +177,7 @@ fn proven(
         }
     }
     let time = time.ok_or(last)?;
-    let issuer_spki = leaf.verify_path(root, chain, time)?;
+    let issuer_spki = leaf.verify_path(root, time)?;
     super::sct::verify(root, leaf, &issuer_spki)?;
     Ok(time)
 }

@@ -247,12 +247,16 @@ impl RawLog {
         let what = format!("{what} ({})", self.base_url);
         let key_id = super::decode_b64(&self.log_id.key_id)
             .ok_or_else(|| format!("{what}: logId.keyId is not base64"))?;
-        let key = self
-            .public_key
-            .raw_bytes
-            .as_deref()
-            .and_then(super::decode_b64)
-            .and_then(|der| PublicKey::from_spki(&self.base_url, &der).ok());
+        // a key in a form ocisync does not verify is unusable (entries signed by it fail),
+        // but bytes that are not base64 make the file invalid
+        let der = match self.public_key.raw_bytes.as_deref() {
+            Some(b64) => Some(
+                super::decode_b64(b64)
+                    .ok_or_else(|| format!("{what}: publicKey.rawBytes is not base64"))?,
+            ),
+            None => None,
+        };
+        let key = der.and_then(|der| PublicKey::from_spki(&self.base_url, &der).ok());
         Ok(LogKey {
             valid: self.public_key.valid_for.convert(&what)?,
             base_url: self.base_url,
@@ -316,6 +320,13 @@ mod tests {
         let bad = r#"{"certificateAuthorities":[{"uri":"x","certChain":{"certificates":[{"rawBytes":"aGVsbG8="}]}}]}"#;
         let e = TrustedRoot::parse(bad.as_bytes()).expect_err("not DER");
         assert!(e.contains("not a DER certificate"), "{e}");
+        // a log key that is not base64 makes the file invalid (not a silently unusable key)
+        let mut root: serde_json::Value =
+            serde_json::from_slice(include_bytes!("public_trusted_root.json")).expect("JSON");
+        root["tlogs"][0]["publicKey"]["rawBytes"] = "!!".into();
+        let text = serde_json::to_vec(&root).expect("JSON");
+        let e = TrustedRoot::parse(&text).expect_err("bad base64");
+        assert!(e.contains("rawBytes is not base64"), "{e}");
         let e = TrustedRoot::parse(&vec![b' '; MAX_ROOT + 1]).expect_err("too big");
         assert!(e.contains("over the limit"), "{e}");
     }
