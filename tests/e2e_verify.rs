@@ -82,43 +82,86 @@ fn bundle_reason(reason: &'static str) -> impl Fn(Option<&RuleBundle>) -> bool +
     }
 }
 
+/// A repository whose tag `1` holds a revision signed by a fresh P-256 key, and a source
+/// that verifies it with that key (Secret `keys`), already verified.
+struct SignedSource {
+    work: tempfile::TempDir,
+    key: KeyPair,
+    repo: ocisync::oci::reference::Repository,
+    v1: String,
+    d1: String,
+    source: ArtifactSource,
+}
+
+impl SignedSource {
+    async fn new(h: &Harness, prefix: &str, name: &str) -> Self {
+        let work = tempfile::tempdir().expect("tempdir");
+        let key = signing::generate(work.path(), "a", KeyKind::P256);
+        let repo = h
+            .env
+            .repo(Which::Plain, &format!("{prefix}-{}", common::unique()));
+        let v1 = format!("# v1 {}\n- rule: one\n", common::unique());
+        let mut s = SignedSource {
+            work,
+            key,
+            repo,
+            v1,
+            d1: String::new(),
+            source: ArtifactSource::new(name, Default::default()),
+        };
+        s.d1 = s.push(h, &s.v1.clone());
+        signing::push_classic(
+            &h.env,
+            Which::Plain,
+            &s.repo,
+            &s.d1,
+            &[signed(&s.key, &s.d1)],
+        );
+        let public = std::fs::read(&s.key.public).expect("public key");
+        h.secret("keys", &[("cosign.pub", public)], "Opaque").await;
+        h.create(name, serde_json::json!({
+            "url": format!("oci://{}", s.repo), "ref": {"tag": "1"}, "interval": "1h", "insecure": true,
+            "verify": {"provider": "cosign", "secretRef": {"name": "keys"}},
+        }))
+        .await;
+        s.source = h
+            .wait(name, "verified", |o| {
+                condition(o, "SourceVerified") == Some(("True", "Verified"))
+                    && condition(o, "Ready") == Some(("True", "Succeeded"))
+            })
+            .await;
+        s
+    }
+
+    /// Pushes `text` as `rules.yaml` to tag `1`; its digest.
+    fn push(&self, h: &Harness, text: &str) -> String {
+        let target = format!("{}:1", self.repo);
+        let work = self.work.path();
+        push_file(
+            &h.env,
+            Which::Plain,
+            work,
+            &target,
+            "rules.yaml",
+            text.as_bytes(),
+            &[],
+        )
+    }
+}
+
 #[tokio::test]
 #[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn key_mode_serves_only_revisions_signed_by_a_trusted_key() {
     let h = harness().await;
-    let work = tempfile::tempdir().expect("tempdir");
-    let key_a = signing::generate(work.path(), "a", KeyKind::P256);
-    let key_b = signing::generate(work.path(), "b", KeyKind::P256);
-    let pub_a = std::fs::read(&key_a.public).expect("public key");
-    let name = format!("verify-key-{}", common::unique());
-    let repo = h.env.repo(Which::Plain, &name);
-    let v1 = format!("# v1 {}\n- rule: one\n", common::unique());
-    let d1 = push_file(
-        &h.env,
-        Which::Plain,
-        work.path(),
-        &format!("{repo}:1"),
-        "rules.yaml",
-        v1.as_bytes(),
-        &[],
+    let signed_v1 = SignedSource::new(&h, "verify-key", "rules").await;
+    let (key_a, repo, v1, d1, o) = (
+        &signed_v1.key,
+        &signed_v1.repo,
+        &signed_v1.v1,
+        &signed_v1.d1,
+        &signed_v1.source,
     );
-    signing::push_classic(&h.env, Which::Plain, &repo, &d1, &[signed(&key_a, &d1)]);
-    h.secret("cosign-keys", &[("cosign.pub", pub_a.clone())], "Opaque")
-        .await;
-    h.create(
-        "rules",
-        serde_json::json!({
-            "url": format!("oci://{repo}"), "ref": {"tag": "1"}, "interval": "1h", "insecure": true,
-            "verify": {"provider": "cosign", "secretRef": {"name": "cosign-keys"}},
-        }),
-    )
-    .await;
-    let o = h
-        .wait("rules", "verified", |o| {
-            condition(o, "SourceVerified") == Some(("True", "Verified"))
-                && condition(o, "Ready") == Some(("True", "Succeeded"))
-        })
-        .await;
+    let key_b = signing::generate(signed_v1.work.path(), "b", KeyKind::P256);
     let v = o
         .status
         .as_ref()
@@ -158,28 +201,20 @@ async fn key_mode_serves_only_revisions_signed_by_a_trusted_key() {
 
     // each hostile new revision is refused with its reason; v1 stays everywhere
     let v2 = format!("# v2 {}\n- rule: two\n", common::unique());
-    let d2 = push_file(
-        &h.env,
-        Which::Plain,
-        work.path(),
-        &format!("{repo}:1"),
-        "rules.yaml",
-        v2.as_bytes(),
-        &[],
-    );
-    let mut tampered = signed(&key_a, &d2);
+    let d2 = signed_v1.push(&h, &v2);
+    let mut tampered = signed(key_a, &d2);
     tampered.payload.push(b' ');
     let steps: Vec<(&str, &'static str, Vec<Layer>)> = vec![
         ("unsigned", "SignatureNotFound", vec![]),
         ("another key", "UntrustedKey", vec![signed(&key_b, &d2)]),
         // v1's valid signature replayed onto v2's tag: its payload names v1
-        ("replayed", "SignatureInvalid", vec![signed(&key_a, &d1)]),
+        ("replayed", "SignatureInvalid", vec![signed(key_a, d1)]),
         // payload bytes changed after signing: no trusted key verifies them
         ("tampered", "UntrustedKey", vec![tampered]),
     ];
     for (i, (what, reason, layers)) in steps.into_iter().enumerate() {
         if !layers.is_empty() {
-            signing::push_classic(&h.env, Which::Plain, &repo, &d2, &layers);
+            signing::push_classic(&h.env, Which::Plain, repo, &d2, &layers);
         }
         let o = h.request_check("rules", &format!("step-{i}")).await;
         let o = if refused_with(reason)(&o) {
@@ -200,11 +235,11 @@ async fn key_mode_serves_only_revisions_signed_by_a_trusted_key() {
         );
     }
     // the store never took v2's blobs
-    assert!(stored(h.store_dir(), &v1), "v1 is in the store");
+    assert!(stored(h.store_dir(), v1), "v1 is in the store");
     assert!(!stored(h.store_dir(), &v2), "v2 was stored");
 
     // signed properly: v2 is taken and reaches the ConfigMap
-    signing::push_classic(&h.env, Which::Plain, &repo, &d2, &[signed(&key_a, &d2)]);
+    signing::push_classic(&h.env, Which::Plain, repo, &d2, &[signed(key_a, &d2)]);
     h.request_check("rules", "signed").await;
     h.wait("rules", "v2 verified", move |o| {
         verified_digest(o).as_deref() == Some(d2.as_str())
@@ -495,38 +530,8 @@ fn requests_since(h: &Harness, from: usize, repo: &str) -> Vec<String> {
 #[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn a_verified_unchanged_tag_costs_one_head_per_check_and_a_new_revision_is_verified_once() {
     let h = harness().await;
-    let work = tempfile::tempdir().expect("tempdir");
-    let key = signing::generate(work.path(), "a", KeyKind::P256);
-    let name = format!("verify-quiet-{}", common::unique());
-    let repo = h.env.repo(Which::Plain, &name);
-    let push = |text: &str| {
-        let target = format!("{repo}:1");
-        push_file(
-            &h.env,
-            Which::Plain,
-            work.path(),
-            &target,
-            "r.yaml",
-            text.as_bytes(),
-            &[],
-        )
-    };
-    let d1 = push(&format!("# 1 {}\n", common::unique()));
-    signing::push_classic(&h.env, Which::Plain, &repo, &d1, &[signed(&key, &d1)]);
-    let public = std::fs::read(&key.public).expect("public key");
-    h.secret("keys", &[("cosign.pub", public)], "Opaque").await;
-    h.create(
-        "quiet",
-        serde_json::json!({
-            "url": format!("oci://{repo}"), "ref": {"tag": "1"}, "interval": "1h", "insecure": true,
-            "verify": {"secretRef": {"name": "keys"}},
-        }),
-    )
-    .await;
-    h.wait("quiet", "verified", |o| {
-        condition(o, "SourceVerified") == Some(("True", "Verified"))
-    })
-    .await;
+    let signed_v1 = SignedSource::new(&h, "verify-quiet", "quiet").await;
+    let (key, repo) = (&signed_v1.key, &signed_v1.repo);
     let before = common::log_lines(h.env.log(Which::Plain));
     for i in 0..10 {
         let o = h.request_check("quiet", &format!("check-{i}")).await;
@@ -541,8 +546,8 @@ async fn a_verified_unchanged_tag_costs_one_head_per_check_and_a_new_revision_is
 
     // a new signed revision: the manifest, then discovery (referrers, their fallback tag,
     // the .sig tag and its payload), then the blobs; verified once, not per check
-    let d2 = push(&format!("# 2 {}\n", common::unique()));
-    signing::push_classic(&h.env, Which::Plain, &repo, &d2, &[signed(&key, &d2)]);
+    let d2 = signed_v1.push(&h, &format!("# 2 {}\n", common::unique()));
+    signing::push_classic(&h.env, Which::Plain, repo, &d2, &[signed(key, &d2)]);
     let before = common::log_lines(h.env.log(Which::Plain));
     let d2c = d2.clone();
     h.request_check("quiet", "new").await;
@@ -582,37 +587,8 @@ async fn a_verified_unchanged_tag_costs_one_head_per_check_and_a_new_revision_is
 #[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn after_a_restart_on_an_empty_store_the_kept_verified_revision_is_pulled_back() {
     let mut h = harness().await;
-    let work = tempfile::tempdir().expect("tempdir");
-    let key = signing::generate(work.path(), "a", KeyKind::P256);
-    let repo = h.env.repo(
-        Which::Plain,
-        &format!("verify-restart-{}", common::unique()),
-    );
-    let v1 = format!("# 1 {}\n", common::unique());
-    let target = format!("{repo}:1");
-    let d1 = push_file(
-        &h.env,
-        Which::Plain,
-        work.path(),
-        &target,
-        "r.yaml",
-        v1.as_bytes(),
-        &[],
-    );
-    signing::push_classic(&h.env, Which::Plain, &repo, &d1, &[signed(&key, &d1)]);
-    let public = std::fs::read(&key.public).expect("public key");
-    h.secret("keys", &[("cosign.pub", public)], "Opaque").await;
-    h.create(
-        "rules",
-        serde_json::json!({
-            "url": format!("oci://{repo}"), "ref": {"tag": "1"}, "interval": "1h", "insecure": true,
-            "verify": {"secretRef": {"name": "keys"}},
-        }),
-    )
-    .await;
-    let o = h
-        .wait("rules", "verified", |o| verified_digest(o).is_some())
-        .await;
+    let signed_v1 = SignedSource::new(&h, "verify-restart", "rules").await;
+    let (v1, d1, o) = (&signed_v1.v1, &signed_v1.d1, signed_v1.source.clone());
     let url = o
         .status
         .and_then(|s| s.artifact)
@@ -621,15 +597,7 @@ async fn after_a_restart_on_an_empty_store_the_kept_verified_revision_is_pulled_
     // the tag moves to an unsigned revision while the controller restarts on an empty store
     // (an emptyDir after a reschedule)
     let v2 = format!("# 2 {}\n", common::unique());
-    push_file(
-        &h.env,
-        Which::Plain,
-        work.path(),
-        &target,
-        "r.yaml",
-        v2.as_bytes(),
-        &[],
-    );
+    signed_v1.push(&h, &v2);
     let store = tempfile::tempdir().expect("new store");
     h.restart_controller(store.path(), &["--watch-secrets"]);
     let o = h.request_check("rules", "after-restart").await;
@@ -641,7 +609,7 @@ async fn after_a_restart_on_an_empty_store_the_kept_verified_revision_is_pulled_
     };
     assert_eq!(digest_of(&o).as_deref(), Some(d1.as_str()));
     assert!(
-        stored(store.path(), &v1),
+        stored(store.path(), v1),
         "the kept revision is back in the store"
     );
     assert!(!stored(store.path(), &v2));
