@@ -10,6 +10,10 @@ cd "$(dirname "$0")/../.."
 : "${OCISYNC_REGISTRY_PLAIN:?run: eval \"\$(e2e/testenv.sh up)\"}"
 source e2e/bench/lib.sh
 RUNS=${BENCH_RUNS:-20}
+if ! command -v hyperfine >/dev/null; then
+	if ((EUID == 0)); then apt-get install -y -q --no-install-recommends hyperfine >/dev/null
+	else sudo apt-get install -y -q --no-install-recommends hyperfine >/dev/null; fi
+fi
 REG=$OCISYNC_REGISTRY_PLAIN
 work=$(mktemp -d /tmp/ocisync-bench-verify.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -17,7 +21,7 @@ trap 'rm -rf "$work"' EXIT
 
 repo=$REG/bench/verify-$(date +%s%N)
 printf -- '- rule: bench\n  condition: evt.type = open\n' >"$work/rules.yaml"
-push() { "$BIN" push --insecure --type falco-rules "$@" 2>/dev/null | awk '/sha256:/ {for (i = 1; i <= NF; i++) if ($i ~ /^sha256:/) print $i}' | tail -1; }
+push() { "$BIN" push --insecure --type falco-rules "$@" | grep -o 'sha256:[0-9a-f]\{64\}' | head -1; }
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/k.pem" 2>/dev/null
 openssl pkey -in "$work/k.pem" -pubout -out "$work/k.pub"
 push --sign-key "$work/k.pem" "$work/rules.yaml" "oci://$repo:key" >/dev/null
@@ -40,7 +44,10 @@ def blob(data):
     d = "sha256:" + hashlib.sha256(data).hexdigest()
     loc = req("POST", "blobs/uploads/").headers["Location"]
     sep = "&" if "?" in loc else "?"
-    urllib.request.urlopen(urllib.request.Request(f"{loc}{sep}digest={d}", data=data, method="PUT"))
+    # an explicit type: Go's server reads a form-encoded PUT body as a form
+    put = urllib.request.Request(f"{loc}{sep}digest={d}", data=data, method="PUT")
+    put.add_header("Content-Type", "application/octet-stream")
+    urllib.request.urlopen(put)
     return {"digest": d, "size": len(data)}
 def manifest(ref, doc, mt):
     data = json.dumps(doc).encode()
@@ -63,6 +70,7 @@ PY
 
 issuer='^https://token\.actions\.githubusercontent\.com$'
 subject='^https://github\.com/example/rules/'
+mean_ms() { python3 -c 'import json, sys; r = json.load(open(sys.argv[1]))["results"][0]; print("%.1f" % (r["mean"] * 1000))' "$1"; }
 measure() { # what tag args...
 	local what=$1 tag=$2
 	shift 2
@@ -70,11 +78,11 @@ measure() { # what tag args...
 	json=$("$BIN" verify --insecure -O json "oci://$repo:$tag" "$@")
 	requests=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])' <<<"$json")
 	hyperfine -N -w 2 -r "$RUNS" --export-json "$work/v.json" "$BIN verify --insecure oci://$repo:$tag $*" >/dev/null 2>&1
-	ms=$(python3 -c 'import json,sys; print(f"{json.load(open(sys.argv[1]))["results"][0]["mean"] * 1000:.1f}")' "$work/v.json")
-	hyperfine -N -w 2 -r "$RUNS" --prepare "rm -rf $work/out" --export-json "$work/p.json" "$BIN pull --insecure oci://$repo:$tag $work/out" >/dev/null 2>&1
-	pull_ms=$(python3 -c 'import json,sys; print(f"{json.load(open(sys.argv[1]))["results"][0]["mean"] * 1000:.1f}")' "$work/p.json")
+	ms=$(mean_ms "$work/v.json")
+	hyperfine -N -w 2 -r "$RUNS" --prepare "rm -rf $work/out" --export-json "$work/p.json" "$BIN pull --insecure --output-dir $work/out oci://$repo:$tag" >/dev/null 2>&1
+	pull_ms=$(mean_ms "$work/p.json")
 	echo "verify $what: $requests requests, $ms ms (pull of the same revision: $pull_ms ms)"
-	row Signatures "verify a new revision, $what: requests / wall time (ocisync verify) vs pull of it" "$requests requests, $ms ms" "$pull_ms ms" "$(ratio "$ms" "$pull_ms")"
+	row Signatures "verify a new revision, $what: signature-search requests (besides resolve and manifest) / wall time of ocisync verify, vs ocisync pull of it" "$requests requests, $ms ms" "$pull_ms ms" "$(ratio "$ms" "$pull_ms")"
 }
 measure "key, classic .sig" key --key "$work/k.pub"
 measure "keyless, classic .sig" classic --certificate-identity-regexp "$subject" --certificate-oidc-issuer-regexp "$issuer" --trusted-root "$work/c/trusted_root.json"
