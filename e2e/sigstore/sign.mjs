@@ -83,14 +83,15 @@ function token(iss, sub) {
   return `${part({ alg: 'none', typ: 'JWT' })}.${part({ iss, sub, aud: 'sigstore', exp })}.`;
 }
 
-function trustedRoot(ca, tlog, ctlog) {
+function trustedRoot(ca, tlog, ctlog, rekorURL) {
   const b64 = (b) => Buffer.from(b).toString('base64');
   const start = new Date(Date.now() - 3600 * 1000).toISOString();
   const key = (raw) => ({ rawBytes: b64(raw), keyDetails: 'PKIX_ECDSA_P256_SHA_256', validFor: { start } });
   return {
     mediaType: 'application/vnd.dev.sigstore.trustedroot+json;version=0.1',
     tlogs: [{
-      baseUrl: 'https://rekor.sigstore.mock',
+      // the log's address: its checkpoints name it as their origin
+      baseUrl: rekorURL,
       hashAlgorithm: 'SHA2_256',
       publicKey: key(tlog.publicKey),
       logId: { keyId: b64(createHash('sha256').update(tlog.publicKey).digest()) },
@@ -199,7 +200,7 @@ async function main() {
     const out = resolve(o.out);
     mkdirSync(join(out, 'classic'), { recursive: true });
     const write = (name, text) => writeFileSync(join(out, name), text);
-    write('trusted_root.json', JSON.stringify(trustedRoot(ca, tlog, ctlog), null, 2) + '\n');
+    write('trusted_root.json', JSON.stringify(trustedRoot(ca, tlog, ctlog, url), null, 2) + '\n');
 
     const payload = Buffer.from(simpleSigning(o.reference, o.digest));
     const classic = bundleToJSON(await messages.create({ data: payload }));

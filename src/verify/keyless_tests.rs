@@ -688,3 +688,18 @@ fn a_dsse_0_0_1_body_must_record_the_signature_certificate_and_payload() {
     assert!(e.message.contains("for another signature"), "{}", e.message);
     assert!(rekor::check_body(&body(&sig, b"another payload"), &signed).is_err());
 }
+
+/// Rekor signs the checkpoints of all its trees with one key: a checkpoint whose origin is
+/// not this log's is another tree's, whatever its signature.
+#[test]
+fn a_checkpoint_from_another_log_than_the_roots_is_refused() {
+    let mut moved = root_json("main");
+    moved["tlogs"][0]["baseUrl"] = "https://rekor.other.example".into();
+    let policy = keyless(root_of(&moved));
+    let json = read("main/bundle-v03.json");
+    let e = verify_bundle(&policy, &digest(), &manifest(), &json).expect_err("other origin");
+    assert_eq!(e.refusal, Refusal::SignatureInvalid);
+    assert!(e.message.contains("origin"), "{}", e.message);
+    // the classic layer carries no checkpoint: the SET alone binds it, as cosign checks it
+    assert!(verify_classic(&accepted(), &root_of(&moved), &digest(), &classic("main")).is_ok());
+}

@@ -264,13 +264,34 @@ fn verify_checkpoint(log: &LogKey, proof: &Proof) -> Result<(), Failed> {
         return Err(bad("is not signed by the log"));
     }
     let mut lines = note.lines();
-    let _origin = lines.next();
+    let origin = lines.next().unwrap_or_default();
+    if !is_origin_of(origin, &log.base_url) {
+        return Err(bad(&format!(
+            "origin {origin:?} is not the log {} (another log's tree)",
+            log.base_url
+        )));
+    }
     let size = lines.next().and_then(|s| s.parse::<i64>().ok());
     let root = lines.next().and_then(super::decode_b64);
     if size != Some(proof.tree_size) || root.as_deref() != Some(proof.root_hash.as_slice()) {
         return Err(bad("names another tree size or root hash than the proof"));
     }
     Ok(())
+}
+
+/// Whether a checkpoint's origin line names the log at `base_url`: Rekor writes
+/// `<host> - <tree id>` (one per shard, all signed by the same key).
+fn is_origin_of(origin: &str, base_url: &str) -> bool {
+    let host = base_url
+        .split_once("://")
+        .map_or(base_url, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    !host.is_empty()
+        && origin
+            .strip_prefix(host)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(" - "))
 }
 
 /// Checks that the entry body records this signature, certificate and content.
@@ -428,5 +449,27 @@ mod tests {
             serde_json::to_string(&p).expect("json"),
             r#"{"body":"Ym9keQ==","integratedTime":5,"logID":"ab","logIndex":7}"#
         );
+    }
+}
+
+#[cfg(test)]
+mod origin_tests {
+    use super::is_origin_of;
+
+    #[test]
+    fn a_checkpoint_origin_names_the_logs_host() {
+        let rekor = "https://rekor.sigstore.dev";
+        assert!(is_origin_of(
+            "rekor.sigstore.dev - 1193050959916656506",
+            rekor
+        ));
+        assert!(is_origin_of(
+            "127.0.0.1:4000 - 42",
+            "http://127.0.0.1:4000/"
+        ));
+        assert!(!is_origin_of("rekor.sigstore.dev.evil - 1", rekor));
+        assert!(!is_origin_of("evil.example - 1", rekor));
+        assert!(!is_origin_of("", rekor));
+        assert!(!is_origin_of("x - 1", ""));
     }
 }
