@@ -59,6 +59,9 @@ struct Fake {
     /// OCI 1.1 referrers API answers (an index) by subject digest; without an entry the
     /// API answers 404, as a registry without it does.
     referrers: Mutex<HashMap<String, Bytes>>,
+    /// The referrers API answers with this status instead (a registry without the API that
+    /// says so otherwise than with 404).
+    referrers_status: Mutex<Option<StatusCode>>,
     seen: Mutex<Vec<Seen>>,
 }
 
@@ -173,6 +176,9 @@ impl Fake {
             return reply(StatusCode::CREATED, empty());
         }
         if let Some((_, digest)) = rest.rsplit_once("/referrers/") {
+            if let Some(status) = *lock(&self.referrers_status) {
+                return reply(status, empty());
+            }
             let Some(index) = lock(&self.referrers).get(digest).cloned() else {
                 return not_found();
             };
@@ -1019,7 +1025,28 @@ async fn signatures_come_through_the_referrers_api_and_a_hostile_listing_is_boun
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(outcome(&out)["format"], "classic");
+    // a registry without the API that answers 405: the signature is found through the
+    // fallback tag instead
+    *lock(&fake.referrers_status) = Some(StatusCode::METHOD_NOT_ALLOWED);
+    set_referrers(&fake, &d, vec![entry.clone()], 0);
+    let listing = lock(&fake.referrers).get(&d).cloned().expect("listing");
+    lock(&fake.manifests).insert(format!("sha256-{}", &d[7..]), listing);
     lock(&fake.manifests).remove(&sig_tag);
+    let out = cli(verify(&fake)).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(outcome(&out)["format"], "bundle-v0.3");
+    let fallback = format!("/manifests/sha256-{}", &d[7..]);
+    let read = fake.seen(&fallback);
+    assert_eq!(
+        read.iter().filter(|s| s.path.ends_with(&fallback)).count(),
+        1
+    );
+    *lock(&fake.referrers_status) = None;
+    lock(&fake.manifests).remove(&format!("sha256-{}", &d[7..]));
 
     // a referrer about another manifest is not this digest's signature, whatever it holds
     let other = fake.add("2", &artifact("other"));

@@ -393,7 +393,8 @@ impl Registry {
     }
 
     /// The OCI 1.1 referrers of a manifest, as an image index (bounded by `limit`). `None`
-    /// when the registry lacks the referrers API (it answers 404, as Distribution 2.8 does):
+    /// when the registry lacks the referrers API (it answers 404, as Distribution 2.8 does,
+    /// or 400 or 405):
     /// the caller then reads the referrers tag `sha256-<hex>`.
     pub async fn referrers(
         &self,
@@ -408,7 +409,13 @@ impl Registry {
                 self.http.get(&url).header(header::ACCEPT, INDEX_MEDIA_TYPE)
             })
             .await?;
-        if response.status() == StatusCode::NOT_FOUND {
+        // the spec's answer is 404; some registries without the API say 400 or 405
+        let unsupported = [
+            StatusCode::NOT_FOUND,
+            StatusCode::BAD_REQUEST,
+            StatusCode::METHOD_NOT_ALLOWED,
+        ];
+        if unsupported.contains(&response.status()) {
             return Ok(None);
         }
         let response = check_status(response, &what).await?;
