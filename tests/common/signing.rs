@@ -199,7 +199,7 @@ pub fn push_classic(env: &Env, which: Which, repo: &Repository, digest: &str, la
 
 /// A script of e2e/python run by the pyenv's Python, with the registry's access in its
 /// environment.
-fn oras_py(env: &Env, which: Which, script: &str) -> Command {
+pub fn oras_py(env: &Env, which: Which, script: &str) -> Command {
     let python = super::python().expect("oras-py is not installed: run `make deps`");
     let mut cmd = Command::new(python);
     cmd.arg(super::root().join("e2e/python").join(script));
