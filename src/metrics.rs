@@ -38,6 +38,18 @@ struct RegistryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLabels {
+    shape: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FillLabels {
+    from: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServedLabels {
     route: &'static str,
     code: u16,
@@ -62,6 +74,12 @@ pub struct Metrics {
     store_revisions: UGauge,
     store_blobs: UGauge,
     served: Family<ServedLabels, Counter>,
+    store_limit: UGauge,
+    store_missing: UGauge,
+    leader: UGauge,
+    webhook_requests: Family<WebhookLabels, Counter>,
+    webhook_wakes: Counter,
+    fills: Family<FillLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -128,8 +146,51 @@ impl Metrics {
             "Responses of the artifact server by route and status code",
             served.clone(),
         );
+        let store_limit = UGauge::default();
+        registry.register_with_unit(
+            "ocisync_store_limit",
+            "Most bytes of file contents the content store may hold (0: no limit)",
+            Unit::Bytes,
+            store_limit.clone(),
+        );
+        let store_missing = UGauge::default();
+        registry.register(
+            "ocisync_store_missing_revisions",
+            "Revisions an ArtifactSource status names that this replica's store lacks",
+            store_missing.clone(),
+        );
+        let leader = UGauge::default();
+        registry.register(
+            "ocisync_leader",
+            "1 while this controller replica holds the leader Lease",
+            leader.clone(),
+        );
+        let webhook_requests = Family::<WebhookLabels, Counter>::default();
+        registry.register(
+            "ocisync_webhook_requests",
+            "Requests to the push webhook receiver by payload shape and result",
+            webhook_requests.clone(),
+        );
+        let webhook_wakes = Counter::default();
+        registry.register(
+            "ocisync_webhook_wakes",
+            "ArtifactSources a push webhook asked to check",
+            webhook_wakes.clone(),
+        );
+        let fills = Family::<FillLabels, Counter>::default();
+        registry.register(
+            "ocisync_store_fills",
+            "Revisions copied into this replica's store from a peer or the registry, by outcome",
+            fills.clone(),
+        );
         Metrics {
             registry,
+            store_limit,
+            store_missing,
+            leader,
+            webhook_requests,
+            webhook_wakes,
+            fills,
             reconciles,
             reconcile_duration,
             registry_requests,
@@ -190,6 +251,43 @@ impl Metrics {
     pub fn served(&self, route: &'static str, code: u16) {
         self.served
             .get_or_create(&ServedLabels { route, code })
+            .inc();
+    }
+
+    /// Sets the store's size limit (0: none).
+    pub fn set_store_limit(&self, bytes: Option<u64>) {
+        self.store_limit.set(bytes.unwrap_or(0));
+    }
+
+    /// Sets how many revisions named in status this replica's store lacks.
+    pub fn set_missing_revisions(&self, n: u64) {
+        self.store_missing.set(n);
+    }
+
+    /// Sets whether this replica leads.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(u64::from(leading));
+    }
+
+    /// Records one webhook request: `shape` (`distribution`, `harbor`, `generic`,
+    /// `unknown`) and `result` (`accepted`, `ignored`, `unauthorized`, `bad_request`,
+    /// `too_large`, `method_not_allowed`).
+    pub fn webhook_request(&self, shape: &'static str, result: &'static str) {
+        self.webhook_requests
+            .get_or_create(&WebhookLabels { shape, result })
+            .inc();
+    }
+
+    /// Adds `n` sources a webhook asked to check.
+    pub fn webhook_wakes(&self, n: u64) {
+        self.webhook_wakes.inc_by(n);
+    }
+
+    /// Records one revision copied into the store: `from` (`peer`, `registry`) and
+    /// `outcome` (`ok` or `failed`).
+    pub fn store_fill(&self, from: &'static str, outcome: &'static str) {
+        self.fills
+            .get_or_create(&FillLabels { from, outcome })
             .inc();
     }
 

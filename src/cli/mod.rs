@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the controller: reconcile ArtifactSources and RuleBundles.
-    Controller(ControllerArgs),
+    Controller(Box<ControllerArgs>),
     /// Run the node agent: write RuleBundles' files on this node.
     Agent(AgentArgs),
     /// Print the CustomResourceDefinitions generated from the API types.
@@ -99,6 +99,40 @@ pub struct ControllerArgs {
     /// connection may stay idle, as a Go duration.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: std::time::Duration,
+    /// Run several replicas: only the holder of a coordination.k8s.io Lease checks
+    /// registries and writes status, ConfigMaps and Events; the others fill their stores
+    /// from the revisions in status and serve them.
+    #[arg(long)]
+    pub leader_elect: bool,
+    /// Name of the leader Lease.
+    #[arg(long, value_name = "NAME", default_value = "ocisync-controller")]
+    pub lease_name: String,
+    /// Namespace of the leader Lease (default: POD_NAMESPACE, else ocisync-system).
+    #[arg(long, value_name = "NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// How long a Lease not renewed stays held, as a Go duration.
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: std::time::Duration,
+    /// How long the leader keeps leading without a renewal before it stops writing, as a
+    /// Go duration (shorter than --lease-duration).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub renew_deadline: std::time::Duration,
+    /// How often the Lease is renewed or tried, as a Go duration.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub lease_retry_period: std::time::Duration,
+    /// URL of this replica's own artifact server, which the other replicas fill their
+    /// stores from (the chart passes http://$(POD_IP):<port>).
+    #[arg(long, value_name = "URL", env = "OCISYNC_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// Address of the push webhook receiver (off when not given).
+    #[arg(long, value_name = "ADDR")]
+    pub webhook_listen: Option<std::net::SocketAddr>,
+    /// File holding the bearer token webhook senders must present (a mounted Secret key).
+    #[arg(long, value_name = "PATH")]
+    pub webhook_token_file: Option<PathBuf>,
+    /// File holding the key of webhook HMAC-SHA256 signatures (a mounted Secret key).
+    #[arg(long, value_name = "PATH")]
+    pub webhook_hmac_key_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -220,7 +254,7 @@ pub enum OutputFormat {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Crd(args) => crd(args),
-        Command::Controller(args) => controller(args).await,
+        Command::Controller(args) => controller(*args).await,
         Command::Agent(args) => agent(args).await,
         Command::Push(args) => artifact::push(args).await,
         Command::Pull(args) => artifact::pull(args).await,
@@ -230,8 +264,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let client = cluster::connect(&args.cluster).await?;
+    let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "ocisync-system".into());
+    let election = election(&args, &namespace)?;
+    let webhook = webhook(&args)?;
     let base_url = args.artifact_base_url.clone().unwrap_or_else(|| {
-        let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "ocisync-system".into());
         format!(
             "http://ocisync-controller.{namespace}.svc:{}",
             args.listen.port()
@@ -257,10 +293,58 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
                 volume_bytes: args.store_volume_size,
                 namespace_max_bytes: args.namespace_quota,
             },
+            election,
+            advertise_url: args.advertise_url,
+            webhook,
         },
     )
     .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The leader election `args` ask for, if any.
+fn election(
+    args: &ControllerArgs,
+    namespace: &str,
+) -> anyhow::Result<Option<crate::controller::lease::Election>> {
+    if !args.leader_elect {
+        return Ok(None);
+    }
+    if args.renew_deadline >= args.lease_duration {
+        anyhow::bail!("--renew-deadline must be shorter than --lease-duration");
+    }
+    let identity = std::env::var("POD_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("--leader-elect needs POD_NAME (the chart sets it)"))?;
+    Ok(Some(crate::controller::lease::Election {
+        name: args.lease_name.clone(),
+        namespace: args
+            .lease_namespace
+            .clone()
+            .unwrap_or_else(|| namespace.to_string()),
+        identity,
+        lease_duration: args.lease_duration,
+        renew_deadline: args.renew_deadline,
+        retry_period: args.lease_retry_period,
+    }))
+}
+
+/// The webhook receiver `args` ask for, if any: it needs a token or an HMAC key.
+fn webhook(args: &ControllerArgs) -> anyhow::Result<Option<crate::webhook::Options>> {
+    let Some(listen) = args.webhook_listen else {
+        return Ok(None);
+    };
+    if args.webhook_token_file.is_none() && args.webhook_hmac_key_file.is_none() {
+        anyhow::bail!(
+            "--webhook-listen needs --webhook-token-file or --webhook-hmac-key-file: the receiver never runs unauthenticated"
+        );
+    }
+    Ok(Some(crate::webhook::Options {
+        listen,
+        token_file: args.webhook_token_file.clone(),
+        hmac_key_file: args.webhook_hmac_key_file.clone(),
+    }))
 }
 
 async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {

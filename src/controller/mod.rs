@@ -4,6 +4,7 @@
 
 pub mod bundle;
 pub mod context;
+pub mod lease;
 pub mod outcome;
 pub mod quota;
 pub mod schedule;
@@ -12,6 +13,7 @@ pub mod source;
 pub mod spec;
 pub mod status;
 pub mod verification;
+pub mod view;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -97,6 +99,12 @@ pub struct Options {
     pub server: ServerLimits,
     /// The store's size limit and per-namespace quota, as given.
     pub store_limits: StoreSizing,
+    /// Leader election (several replicas); `None`: this process always leads.
+    pub election: Option<lease::Election>,
+    /// This replica's own artifact server URL, which the other replicas fill from.
+    pub advertise_url: Option<String>,
+    /// The push webhook receiver, when enabled.
+    pub webhook: Option<crate::webhook::Options>,
 }
 
 /// The store's limits as flags give them; the size limit defaults to 90% of the volume.
