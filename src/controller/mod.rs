@@ -177,6 +177,9 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
         reports: report_reader,
         state: Default::default(),
     });
+    let view = view::SourcesView::default();
+    view.set(source_reader.clone());
+    let webhook = spawn_webhook(&options, &client, &view, &ctx.metrics, &server.shutdown);
     let gc = spawn_gc(ctx.clone(), server.shutdown.clone());
     server.ready.store(true, Ordering::Relaxed);
     // each subscription to the shared watch is consumed by exactly one controller: one left
@@ -208,6 +211,9 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     source_watch.abort();
     gc.abort();
+    if let Some(w) = webhook {
+        w.abort();
+    }
     server.stop().await;
     Ok(())
 }
@@ -412,6 +418,24 @@ fn reporter() -> Reporter {
         controller: "ocisync-controller".into(),
         instance: std::env::var("POD_NAME").ok(),
     }
+}
+
+/// The push webhook receiver, when enabled; it stops with the artifact server.
+fn spawn_webhook(
+    options: &Options,
+    client: &Client,
+    view: &view::SourcesView,
+    metrics: &Arc<Metrics>,
+    stop: &CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let webhook = options.webhook.clone()?;
+    let (client, view, metrics, stop) =
+        (client.clone(), view.clone(), metrics.clone(), stop.clone());
+    Some(tokio::spawn(async move {
+        if let Err(e) = crate::webhook::serve(webhook, client, view, metrics, stop).await {
+            tracing::error!(error = %e, "webhook receiver stopped");
+        }
+    }))
 }
 
 /// Every minute: the reports of deleted nodes; every fifth minute: the store's garbage.
