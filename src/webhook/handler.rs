@@ -148,11 +148,7 @@ async fn wake<P: RequestCheck>(
             Wake::Coalesced | Wake::Dropped => coalesced += 1,
         }
     }
-    let pushes: Vec<String> = parsed
-        .pushes
-        .iter()
-        .map(|p| format!("{}:{}", p.repository, p.tag.as_deref().unwrap_or("")))
-        .collect();
+    let pushes: Vec<String> = parsed.pushes.iter().map(ToString::to_string).collect();
     tracing::info!(
         remote = %peer,
         shape = shape.label(),

@@ -1,18 +1,19 @@
 //! Which ArtifactSources a push concerns.
 //!
-//! A push to repository `R` (with tag `T`, or none) concerns a source whose `spec.url`
-//! names the repository path `R`, on any registry and in any namespace:
+//! A push to repository `R` concerns a source whose `spec.url` names the repository path
+//! `R`, on any registry and in any namespace, and which could see something new:
 //!
-//! - following a tag: when `T` is that tag, or the push has no tag (a manifest pushed by
-//!   digest, perhaps the index the tag is about to name);
-//! - following a semver range: when `T` is a version the range accepts (the same test
-//!   the check uses, a leading `v` allowed), or the push has no tag;
-//! - pinned to a digest: never, nothing a push does changes it;
+//! - following a tag: a push of that tag;
+//! - following a semver range: a push of a tag the range accepts (the test the check
+//!   itself uses, a leading `v` allowed);
+//! - either, when the sender did not say which tag (the generic shape without `tag`);
+//! - pinned to a digest: never, no push changes it;
 //! - suspended: never.
 //!
-//! A source that verifies signatures is also concerned by a push whose tag is a cosign
-//! signature, attestation or referrers tag (`sha256-<hex>`, `.sig`, `.att`): the revision
-//! it waits on may have just been signed.
+//! A manifest pushed by digest moves no tag, so it concerns only sources that verify
+//! signatures (it may be a signature or attestation attached through the referrers API),
+//! as does a push of a cosign signature, attestation or referrers tag (`sha256-<hex>`,
+//! `.sig`, `.att`): the revision such a source waits on may have just been signed.
 //!
 //! The registry host is not compared: Distribution reports the `Host` header the pusher
 //! used (`localhost:5000`, a node IP, a load balancer name), Harbor its own external URL,
@@ -24,7 +25,7 @@ use std::sync::Arc;
 
 use kube::ResourceExt;
 
-use super::payload::PushEvent;
+use super::payload::{PushEvent, PushedTag};
 use crate::api::ArtifactSource;
 use crate::oci::reference::{self, RefSelector, Reference};
 
@@ -74,14 +75,16 @@ pub fn concerns(source: &ArtifactSource, push: &PushEvent) -> bool {
     if wanted.repository.name != push.repository {
         return false;
     }
-    let Some(tag) = push.tag.as_deref() else {
-        return !matches!(wanted.selector, RefSelector::Digest(_));
-    };
-    match &wanted.selector {
-        RefSelector::Digest(_) => false,
-        _ if spec.verify.is_some() && is_signature_tag(tag) => true,
-        RefSelector::Tag(t) => t == tag,
-        RefSelector::Semver(range) => reference::highest_matching(range, [tag]).is_some(),
+    let verifies = spec.verify.is_some();
+    match (&wanted.selector, &push.tag) {
+        (RefSelector::Digest(_), _) => false,
+        (_, PushedTag::Unsaid) => true,
+        (_, PushedTag::Untagged) => verifies,
+        (_, PushedTag::Named(tag)) if verifies && is_signature_tag(tag) => true,
+        (RefSelector::Tag(t), PushedTag::Named(tag)) => t == tag,
+        (RefSelector::Semver(range), PushedTag::Named(tag)) => {
+            reference::highest_matching(range, [tag.as_str()]).is_some()
+        }
     }
 }
 

@@ -16,10 +16,16 @@ fn source(ns: &str, name: &str, spec: serde_json::Value) -> Arc<ArtifactSource> 
     )
 }
 
+/// A push of `tag`; `None`: by digest; `Some("*")`: the sender did not say.
 fn push(repository: &str, tag: Option<&str>) -> PushEvent {
+    let tag = match tag {
+        None => PushedTag::Untagged,
+        Some("*") => PushedTag::Unsaid,
+        Some(t) => PushedTag::Named(t.into()),
+    };
     PushEvent {
         repository: repository.into(),
-        tag: tag.map(Into::into),
+        tag,
     }
 }
 
@@ -31,14 +37,16 @@ fn key(ns: &str, name: &str) -> SourceKey {
 }
 
 #[test]
-fn tag_sources_wake_on_their_tag_or_an_untagged_push() {
+fn tag_sources_wake_on_their_tag_or_when_the_tag_is_unsaid() {
     let s = source(
         "a",
         "s",
         serde_json::json!({"url": "oci://reg.example:5000/falco/rules", "ref": {"tag": "3"}}),
     );
     assert!(concerns(&s, &push("falco/rules", Some("3"))));
-    assert!(concerns(&s, &push("falco/rules", None)));
+    assert!(concerns(&s, &push("falco/rules", Some("*"))));
+    // a manifest pushed by digest moves no tag (the push of the tag follows it)
+    assert!(!concerns(&s, &push("falco/rules", None)));
     assert!(!concerns(&s, &push("falco/rules", Some("4"))));
     assert!(!concerns(&s, &push("falco/rules", Some("latest"))));
     // another repository, a prefix of it, or one nested below it
@@ -79,7 +87,8 @@ fn semver_sources_wake_on_versions_in_their_range() {
     for tag in ["4.0.0", "2.9.9", "latest", "3.1.0-rc.1"] {
         assert!(!concerns(&s, &push("org/rules", Some(tag))), "{tag}");
     }
-    assert!(concerns(&s, &push("org/rules", None)));
+    assert!(concerns(&s, &push("org/rules", Some("*"))));
+    assert!(!concerns(&s, &push("org/rules", None)));
 }
 
 #[test]
@@ -100,13 +109,14 @@ fn digest_pins_invalid_specs_and_suspended_sources_never_wake() {
         serde_json::json!({"url": "https://r/org/rules", "ref": {"tag": "1"}}),
     );
     for s in [&pinned, &suspended, &invalid] {
-        assert!(!concerns(s, &push("org/rules", Some("1"))));
-        assert!(!concerns(s, &push("org/rules", None)));
+        for tag in [Some("1"), None, Some("*")] {
+            assert!(!concerns(s, &push("org/rules", tag)), "{tag:?}");
+        }
     }
 }
 
 #[test]
-fn verifying_sources_wake_on_signature_tags() {
+fn verifying_sources_wake_on_signature_tags_and_pushes_by_digest() {
     let verifying = source(
         "a",
         "v",
@@ -135,6 +145,9 @@ fn verifying_sources_wake_on_signature_tags() {
         &push("org/rules", Some("sha256-abc.sig"))
     ));
     assert!(!concerns(&verifying, &push("org/rules", Some("2"))));
+    // a Sigstore bundle or attestation attached through the referrers API has no tag
+    assert!(concerns(&verifying, &push("org/rules", None)));
+    assert!(!concerns(&plain, &push("org/rules", None)));
 }
 
 #[test]
@@ -161,7 +174,7 @@ fn concerned_sources_span_namespaces_once_each() {
             serde_json::json!({"url": "oci://r/org/other", "ref": {"tag": "1"}}),
         ),
     ];
-    let pushes = vec![push("org/rules", Some("1")), push("org/rules", None)];
+    let pushes = vec![push("org/rules", Some("1")), push("org/rules", Some("*"))];
     assert_eq!(
         concerned(&sources, &pushes),
         vec![
@@ -174,6 +187,7 @@ fn concerned_sources_span_namespaces_once_each() {
         concerned(&sources, &[push("org/rules", Some("1"))]),
         vec![key("team-a", "rules"), key("team-b", "rules")]
     );
+    assert!(concerned(&sources, &[push("org/rules", None)]).is_empty());
     assert!(concerned(&sources, &[push("org/unknown", Some("1"))]).is_empty());
     assert!(concerned(&[], &pushes).is_empty());
 }

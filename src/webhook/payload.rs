@@ -4,8 +4,12 @@
 //!
 //! The shape is told by the content type (Distribution's events media type) or else by the
 //! JSON's fields. Only pushes of manifests count: Distribution also reports blob pushes,
-//! pulls, mounts and deletions, Harbor pulls, deletions and scans; those are ignored. A tag
-//! is optional (a manifest pushed by digest has none).
+//! pulls, mounts and deletions, Harbor pulls, deletions and scans; those are ignored.
+//!
+//! A push names a tag, or is a manifest pushed by digest only (which moves no tag: a
+//! client pushing `repo:1` sends the manifest by digest, then by tag, and Distribution
+//! reports both), or leaves the tag unsaid (the generic shape without `tag`: "something in
+//! this repository changed").
 
 use std::collections::BTreeSet;
 
@@ -55,12 +59,32 @@ impl Shape {
     }
 }
 
-/// A manifest pushed to `repository` (a path such as `org/rules`), under `tag` if it had
-/// one.
+/// A manifest pushed to `repository` (a path such as `org/rules`).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PushEvent {
     pub repository: String,
-    pub tag: Option<String>,
+    pub tag: PushedTag,
+}
+
+/// What a push says of tags.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PushedTag {
+    /// This tag now names the manifest.
+    Named(String),
+    /// The manifest was pushed by digest: no tag moved.
+    Untagged,
+    /// The sender did not say: any tag may have moved.
+    Unsaid,
+}
+
+impl std::fmt::Display for PushEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.tag {
+            PushedTag::Named(t) => write!(f, "{}:{t}", self.repository),
+            PushedTag::Untagged => write!(f, "{}@digest", self.repository),
+            PushedTag::Unsaid => write!(f, "{}", self.repository),
+        }
+    }
 }
 
 /// The pushes of one request, deduplicated.
@@ -136,12 +160,13 @@ fn repository_path(raw: &str) -> Option<String> {
     Some(path.to_string())
 }
 
-/// A tag as events carry it; empty, or not a tag (Harbor reports a push by digest with the
-/// digest as its "tag"): none.
-fn tag_of(raw: Option<&str>) -> Option<String> {
-    let tag = raw?.trim();
-    validate_tag(tag).ok()?;
-    Some(tag.to_string())
+/// A registry event's tag; absent, empty or not a tag (Harbor reports a push by digest
+/// with the digest as its "tag"): a push by digest.
+fn tag_of(raw: Option<&str>) -> PushedTag {
+    match raw.map(str::trim) {
+        Some(tag) if validate_tag(tag).is_ok() => PushedTag::Named(tag.to_string()),
+        _ => PushedTag::Untagged,
+    }
 }
 
 #[derive(Deserialize)]
@@ -235,7 +260,7 @@ fn harbor(mut value: Value) -> Result<Vec<PushEvent>, serde_json::Error> {
         tag,
     };
     if data.resources.is_empty() {
-        return Ok(vec![push(None)]);
+        return Ok(vec![push(PushedTag::Unsaid)]);
     }
     Ok(data
         .resources
@@ -262,12 +287,11 @@ fn generic(value: Value) -> Result<Vec<PushEvent>, String> {
         )
     })?;
     let tag = match g.tag.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(t) => Some(
-            validate_tag(t)
-                .map(|()| t.to_string())
-                .map_err(|e| e.to_string())?,
-        ),
+        None | Some("") => PushedTag::Unsaid,
+        Some(t) => {
+            validate_tag(t).map_err(|e| e.to_string())?;
+            PushedTag::Named(t.to_string())
+        }
     };
     Ok(vec![PushEvent { repository, tag }])
 }

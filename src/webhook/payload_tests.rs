@@ -2,10 +2,24 @@ use super::*;
 
 const D1: &str = "sha256:4b2cf4bd0be1a0a5e1e3d1a4f1d8f0a35f1e7c4f2a4a0b9b8c2d1e0f9a8b7c6d";
 
-fn push(repository: &str, tag: Option<&str>) -> PushEvent {
+fn push(repository: &str, tag: &str) -> PushEvent {
     PushEvent {
         repository: repository.into(),
-        tag: tag.map(Into::into),
+        tag: PushedTag::Named(tag.into()),
+    }
+}
+
+fn by_digest(repository: &str) -> PushEvent {
+    PushEvent {
+        repository: repository.into(),
+        tag: PushedTag::Untagged,
+    }
+}
+
+fn unsaid(repository: &str) -> PushEvent {
+    PushEvent {
+        repository: repository.into(),
+        tag: PushedTag::Unsaid,
     }
 }
 
@@ -66,7 +80,7 @@ fn distribution_counts_manifest_pushes_only() {
     let body = distribution_envelope();
     let parsed = parse(Some(DISTRIBUTION_EVENTS), body.as_bytes()).expect("parsed");
     assert_eq!(parsed.shape, Shape::Distribution);
-    assert_eq!(parsed.pushes, vec![push("falco/rules", Some("3"))]);
+    assert_eq!(parsed.pushes, vec![push("falco/rules", "3")]);
     // the shape is recognised without the media type too, and with parameters on it
     let bare = parse(Some("application/json"), body.as_bytes()).expect("parsed");
     assert_eq!(bare, parsed);
@@ -94,7 +108,7 @@ fn distribution_push_by_digest_has_no_tag_and_url_less_targets_go_by_media_type(
     let parsed = parse(Some(DISTRIBUTION_EVENTS), body.as_bytes()).expect("parsed");
     assert_eq!(
         parsed.pushes,
-        vec![push("org/multi", None), push("org/old", Some("latest"))]
+        vec![by_digest("org/multi"), push("org/old", "latest")]
     );
 }
 
@@ -105,7 +119,7 @@ fn duplicate_events_in_one_request_collapse() {
         "url": "http://r/v2/a/b/manifests/1", "tag": "1"}});
     let body = serde_json::json!({"events": vec![event; 50]}).to_string();
     let parsed = parse(None, body.as_bytes()).expect("parsed");
-    assert_eq!(parsed.pushes, vec![push("a/b", Some("1"))]);
+    assert_eq!(parsed.pushes, vec![push("a/b", "1")]);
 }
 
 #[test]
@@ -173,14 +187,14 @@ const HARBOR_CLOUDEVENTS: &str = r#"{
 fn harbor_default_and_cloudevents_pushes() {
     let parsed = parse(Some("application/json"), HARBOR_DEFAULT.as_bytes()).expect("default");
     assert_eq!(parsed.shape, Shape::Harbor);
-    assert_eq!(parsed.pushes, vec![push("library/nginx", Some("v1"))]);
+    assert_eq!(parsed.pushes, vec![push("library/nginx", "v1")]);
     let parsed = parse(
         Some("application/cloudevents+json"),
         HARBOR_CLOUDEVENTS.as_bytes(),
     )
     .expect("cloudevents");
     assert_eq!(parsed.shape, Shape::Harbor);
-    assert_eq!(parsed.pushes, vec![push("security/falco-rules", None)]);
+    assert_eq!(parsed.pushes, vec![by_digest("security/falco-rules")]);
 }
 
 #[test]
@@ -210,14 +224,11 @@ fn harbor_push_with_several_tags_or_none() {
     let parsed = parse(None, body.as_bytes()).expect("parsed");
     assert_eq!(
         parsed.pushes,
-        vec![
-            push("proj/app", Some("latest")),
-            push("proj/app", Some("v2"))
-        ]
+        vec![push("proj/app", "latest"), push("proj/app", "v2")]
     );
     let body = r#"{"type": "PUSH_ARTIFACT", "event_data": {"repository": {"repo_full_name": "proj/app"}}}"#;
     let parsed = parse(None, body.as_bytes()).expect("parsed");
-    assert_eq!(parsed.pushes, vec![push("proj/app", None)]);
+    assert_eq!(parsed.pushes, vec![unsaid("proj/app")]);
     // a push without its data is malformed
     let bad = parse(None, br#"{"type": "PUSH_ARTIFACT", "event_data": {}}"#).expect_err("bad");
     assert_eq!(bad.shape, Shape::Harbor);
@@ -227,11 +238,11 @@ fn harbor_push_with_several_tags_or_none() {
 fn generic_shape_with_and_without_tag() {
     let parsed = parse(None, br#"{"repository": "org/repo", "tag": "1"}"#).expect("tag");
     assert_eq!(parsed.shape, Shape::Generic);
-    assert_eq!(parsed.pushes, vec![push("org/repo", Some("1"))]);
+    assert_eq!(parsed.pushes, vec![push("org/repo", "1")]);
     let parsed = parse(None, br#"{"repository": "/org/repo/"}"#).expect("no tag");
-    assert_eq!(parsed.pushes, vec![push("org/repo", None)]);
+    assert_eq!(parsed.pushes, vec![unsaid("org/repo")]);
     let parsed = parse(None, br#"{"repository": "org/repo", "tag": ""}"#).expect("empty tag");
-    assert_eq!(parsed.pushes, vec![push("org/repo", None)]);
+    assert_eq!(parsed.pushes, vec![unsaid("org/repo")]);
 }
 
 #[test]
