@@ -80,7 +80,10 @@ impl Filler {
         let files = files_of(w.artifact)?;
         let peer = super::lease::leader_url(&self.leases, &self.lease_name, &self.me).await;
         if let Some(base) = peer {
-            match self.copy_from_peer(base.trim_end_matches('/'), w, &files).await {
+            match self
+                .copy_from_peer(base.trim_end_matches('/'), w, &files)
+                .await
+            {
                 Ok(()) => return Ok("peer"),
                 Err(e) => {
                     self.metrics.store_fill("peer", "failed");
@@ -88,7 +91,9 @@ impl Filler {
                 }
             }
         }
-        self.copy_from_registry(w, &files).await.map(|()| "registry")
+        self.copy_from_registry(w, &files)
+            .await
+            .map(|()| "registry")
     }
 
     async fn copy_from_peer(

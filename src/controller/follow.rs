@@ -65,7 +65,9 @@ pub async fn follow(client: Client, options: &Options, shared: &Shared, election
             e = events.next() => if e.is_none() { return std::future::pending().await },
             _ = tick.tick() => {}
         }
-        if reader.wait_until_ready().await.is_err() {
+        // not awaited: the watch progresses only while this loop polls `events`
+        let listed = tokio::time::timeout(Duration::ZERO, reader.wait_until_ready()).await;
+        if !matches!(listed, Ok(Ok(()))) {
             continue;
         }
         let sources = reader.state();

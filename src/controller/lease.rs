@@ -395,4 +395,42 @@ mod tests {
         assert!(!l.is_leading());
         assert!(Leadership::always().is_leading());
     }
+
+    #[tokio::test]
+    async fn a_replica_that_does_not_lead_sends_no_write_and_reads_freely() {
+        let (client, mut server) = crate::mock_api::pair();
+        let leadership = Leadership::elected(Duration::from_secs(10));
+        let api: Api<Lease> = Api::namespaced(guarded(client, leadership.clone()), "ns");
+        let lease = serde_json::json!({"metadata": {"name": "l", "namespace": "ns"}});
+        let read = tokio::spawn({
+            let api = api.clone();
+            async move { api.get("l").await.map(|_| ()) }
+        });
+        server
+            .expect(
+                "GET",
+                "/apis/coordination.k8s.io/v1/namespaces/ns/leases/l",
+                200,
+                lease.clone(),
+            )
+            .await;
+        assert!(read.await.expect("task").is_ok());
+        // not leading: refused here, nothing reaches the API server
+        let refused = api.delete("l", &Default::default()).await;
+        assert!(refused.is_err());
+        // leading: the write goes out
+        leadership.renewed_at(Some(Instant::now()));
+        let write =
+            tokio::spawn(async move { api.delete("l", &Default::default()).await.map(|_| ()) });
+        server
+            .expect(
+                "DELETE",
+                "/apis/coordination.k8s.io/v1/namespaces/ns/leases/l",
+                200,
+                lease,
+            )
+            .await;
+        assert!(write.await.expect("task").is_ok());
+        server.expect_no_more().await;
+    }
 }
