@@ -24,6 +24,11 @@ use crate::digest::Digest;
 
 /// How often the store is compared with status when no event comes.
 const PASS_PERIOD: Duration = Duration::from_secs(10);
+/// Watch events and artifact server misses start a pass at the next tick: at most one a
+/// tick however many come (anyone may ask the server for digests that do not exist).
+const TICK: Duration = Duration::from_secs(1);
+/// Passes between two garbage collections of the follower's store.
+const GC_EVERY: u64 = 60;
 /// Backoff of a revision that could not be copied: from this, doubling, up to five minutes.
 const RETRY_FIRST: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(300);
@@ -57,47 +62,70 @@ pub async fn follow(client: Client, options: &Options, shared: &Shared, election
         me: election.identity.clone(),
         registry_timeout: options.registry_timeout,
     };
-    let mut backoff = Backoff::default();
-    let mut tick = tokio::time::interval(PASS_PERIOD);
-    let mut passes = 0u64;
+    let mut known = Known::default();
+    let mut tick = tokio::time::interval(TICK);
+    let mut dirty = true;
+    let mut last_pass: Option<Instant> = None;
     loop {
         tokio::select! {
-            e = events.next() => if e.is_none() { return std::future::pending().await },
-            _ = tick.tick() => {}
-        }
-        // not awaited: the watch progresses only while this loop polls `events`
-        let listed = tokio::time::timeout(Duration::ZERO, reader.wait_until_ready()).await;
-        if !matches!(listed, Ok(Ok(()))) {
-            continue;
-        }
-        let sources = reader.state();
-        let missing = pass(&filler, &sources, &mut backoff).await;
-        shared.metrics.set_missing_revisions(missing);
-        shared.set_ready(true);
-        passes += 1;
-        if passes.is_multiple_of(30) {
-            collect_garbage(&filler, &sources).await;
+            e = events.next() => match e {
+                Some(_) => dirty = true,
+                None => return std::future::pending().await,
+            },
+            _ = shared.misses.notified() => dirty = true,
+            _ = tick.tick() => {
+                let due = last_pass.is_none_or(|t| t.elapsed() >= PASS_PERIOD);
+                if !(dirty || due) {
+                    continue;
+                }
+                // not awaited: the watch progresses only while this loop polls `events`
+                let listed = tokio::time::timeout(Duration::ZERO, reader.wait_until_ready()).await;
+                if !matches!(listed, Ok(Ok(()))) {
+                    continue;
+                }
+                (dirty, last_pass) = (false, Some(Instant::now()));
+                let sources = reader.state();
+                let missing = pass(&filler, &sources, &mut known).await;
+                shared.metrics.set_missing_revisions(missing);
+                shared.set_ready(true);
+                known.passes += 1;
+                if known.passes.is_multiple_of(GC_EVERY) {
+                    collect_garbage(&filler, &sources, &mut known).await;
+                }
+            }
         }
     }
 }
 
+/// What a follower remembers between passes.
+#[derive(Default)]
+struct Known {
+    /// Store keys found in the store (a follower's store loses only what its own GC drops).
+    present: HashSet<Digest>,
+    backoff: Backoff,
+    passes: u64,
+}
+
 /// One pass: copies in what status names and the store lacks (those not backing off);
 /// returns how many revisions are still missing.
-async fn pass(filler: &Filler, sources: &[Arc<ArtifactSource>], backoff: &mut Backoff) -> u64 {
+async fn pass(filler: &Filler, sources: &[Arc<ArtifactSource>], known: &mut Known) -> u64 {
     let mut missing = Vec::new();
     let mut seen = HashSet::new();
     for s in sources {
-        if let Some(w) = fill::wanted(s)
-            && seen.insert(w.key.clone())
-            && !has(filler, &w.key).await
-        {
+        let Some(w) = fill::wanted(s) else { continue };
+        if !seen.insert(w.key.clone()) || known.present.contains(&w.key) {
+            continue;
+        }
+        if has(filler, &w.key).await {
+            known.present.insert(w.key);
+        } else {
             missing.push(w);
         }
     }
     let total = missing.len() as u64;
     let due: Vec<_> = missing
         .into_iter()
-        .filter(|w| backoff.due(&w.key))
+        .filter(|w| known.backoff.due(&w.key))
         .collect();
     let results: Vec<_> = futures_util::stream::iter(due)
         .map(|w| async move {
@@ -112,17 +140,18 @@ async fn pass(filler: &Filler, sources: &[Arc<ArtifactSource>], backoff: &mut Ba
         match result {
             Ok(from) => {
                 filler.metrics.store_fill(from, "ok");
-                backoff.forget(&key);
+                known.backoff.forget(&key);
+                known.present.insert(key);
                 filled += 1;
             }
             Err(e) => {
                 filler.metrics.store_fill("registry", "failed");
                 tracing::warn!(%key, error = %e, "cannot copy a revision status names into this replica's store");
-                backoff.failed(&key);
+                known.backoff.failed(&key);
             }
         }
     }
-    backoff.keep_only(&seen);
+    known.backoff.keep_only(&seen);
     total - filled
 }
 
@@ -135,12 +164,13 @@ async fn has(filler: &Filler, key: &Digest) -> bool {
 
 /// Removes from this replica's store what no status names (the leader keeps previous
 /// revisions too; a follower serves what status references).
-async fn collect_garbage(filler: &Filler, sources: &[Arc<ArtifactSource>]) {
+async fn collect_garbage(filler: &Filler, sources: &[Arc<ArtifactSource>], known: &mut Known) {
     let keep: HashSet<Digest> = sources
         .iter()
         .filter_map(|s| s.status.as_ref()?.artifact.as_ref())
         .filter_map(super::context::stored_key)
         .collect();
+    known.present.retain(|k| keep.contains(k));
     let store = filler.store.clone();
     let result = tokio::task::spawn_blocking(move || {
         let report = store.gc(&keep);

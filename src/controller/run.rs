@@ -21,6 +21,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The ArtifactSources the current mode's watch holds (for the webhook receiver).
     pub view: view::SourcesView,
+    /// The artifact server's misses (see [`ServerState::misses`]).
+    pub misses: Arc<tokio::sync::Notify>,
     ready: Arc<AtomicBool>,
 }
 
@@ -44,11 +46,15 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
         store,
         metrics,
         view: view::SourcesView::default(),
+        misses: server.misses.clone(),
         ready: server.ready.clone(),
     };
     let webhook = spawn_webhook(&options, &client, &shared, &server.shutdown);
     match options.election.clone() {
-        None => lead::lead(client, &options, &shared, stop).await,
+        None => {
+            shared.metrics.set_leader(true); // alone: the only writer leads
+            lead::lead(client, &options, &shared, stop).await
+        }
         Some(election) => elect(client, &options, &shared, election, &stop).await,
     }
     tracing::info!("shutting down");
@@ -121,6 +127,7 @@ fn on_signal() -> CancellationToken {
 struct Served {
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     ready: Arc<AtomicBool>,
+    misses: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
 }
 
@@ -137,7 +144,9 @@ impl Served {
         tracing::info!(listen = %options.listen, base_url = %options.base_url, "artifact server listening");
         let ready = Arc::new(AtomicBool::new(false));
         let shutdown = CancellationToken::new();
+        let misses = Arc::new(tokio::sync::Notify::new());
         let state = Arc::new(ServerState {
+            misses: misses.clone(),
             store: Some(store),
             metrics,
             ready: ready.clone(),
@@ -151,6 +160,7 @@ impl Served {
         Ok(Served {
             task,
             ready,
+            misses,
             shutdown,
         })
     }
