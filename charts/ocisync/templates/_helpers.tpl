@@ -103,3 +103,10 @@ podAntiAffinity:
 {{- fail (printf "controller.podAntiAffinity must be soft, hard or \"\", not %q" .Values.controller.podAntiAffinity) -}}
 {{- end -}}
 {{- end }}
+
+{{/*
+The PromQL label matchers that pick this release's controller metrics.
+*/}}
+{{- define "ocisync.alertSelector" -}}
+{{- default (printf "job=%q" (printf "%s-controller" (include "ocisync.fullname" .))) .Values.prometheusRule.selector -}}
+{{- end }}
