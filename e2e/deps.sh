@@ -17,6 +17,8 @@ need() { # command package why
 }
 # the signature tests make keys and signatures with the openssl command
 need openssl openssl "for the signature tests"
+# the chart tests check the PrometheusRule's alerts with promtool (Debian's prometheus)
+need promtool prometheus "for the chart's alert rules tests"
 if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
 	echo "deps: installing python3 and python3-venv" >&2
 	as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null

@@ -48,7 +48,7 @@ fn scraper() -> serde_json::Value {
 }
 
 #[test]
-fn only_the_agents_and_the_scraper_reach_the_controller() {
+fn only_the_replicas_the_agents_and_the_scraper_reach_the_controller() {
     let docs = render(&[]);
     let controller = policy(&docs, "t-ocisync-controller");
     // It applies to the controller's pods...
@@ -61,7 +61,8 @@ fn only_the_agents_and_the_scraper_reach_the_controller() {
         controller["spec"]["policyTypes"],
         serde_json::json!(["Ingress"])
     );
-    // ...and admits, on the controller's port only, the agent pods and the scraper.
+    // ...and admits, on the controller's port only, the other controller replicas (they
+    // fill their stores from each other), the agent pods and the scraper.
     let ingress = controller["spec"]["ingress"].as_array().expect("ingress");
     assert_eq!(ingress.len(), 1);
     assert_eq!(
@@ -69,18 +70,20 @@ fn only_the_agents_and_the_scraper_reach_the_controller() {
         serde_json::json!([{"protocol": "TCP", "port": 9090}])
     );
     let from = ingress[0]["from"].as_array().expect("from");
-    assert_eq!(from.len(), 2, "{from:?}");
-    let agent_selector = &from[0]["podSelector"]["matchLabels"];
+    assert_eq!(from.len(), 3, "{from:?}");
+    assert_eq!(from[0]["podSelector"], controller["spec"]["podSelector"]);
+    assert_eq!(from[0].as_object().map(|o| o.len()), Some(1));
+    let agent_selector = &from[1]["podSelector"]["matchLabels"];
     let agent_labels = pod_labels(&docs, "DaemonSet", "t-ocisync-agent");
     for (k, v) in agent_selector.as_object().expect("labels") {
         assert_eq!(&agent_labels[k], v, "the policy selects the agents' pods");
     }
     assert_eq!(
-        from[0].as_object().map(|o| o.len()),
+        from[1].as_object().map(|o| o.len()),
         Some(1),
         "pods of this namespace only"
     );
-    assert_eq!(from[1], scraper());
+    assert_eq!(from[2], scraper());
     let agent = policy(&docs, "t-ocisync-agent");
     assert_eq!(
         agent["spec"]["ingress"],
@@ -101,10 +104,11 @@ fn the_policies_follow_their_values() {
     let from = &policy(&docs, "t-ocisync-controller")["spec"]["ingress"][0];
     assert_eq!(from["ports"][0]["port"], 9999);
     let peers = from["from"].as_array().expect("from");
-    assert_eq!(peers.len(), 2);
+    assert_eq!(peers.len(), 3);
     assert!(peers[0]["podSelector"].is_object());
+    assert!(peers[1]["podSelector"].is_object());
     assert_eq!(
-        peers[1],
+        peers[2],
         serde_json::json!({"ipBlock": {"cidr": "10.0.0.0/16"}})
     );
     assert_eq!(
@@ -112,16 +116,20 @@ fn the_policies_follow_their_values() {
         serde_json::json!([])
     );
 
-    // No peer at all: nothing is admitted (an empty `from` would admit everyone).
+    // No agents, no scraper: only the other controller replicas.
     let docs = render(&[
         "--set",
         "networkPolicy.metrics.enabled=false",
         "--set",
         "agent.enabled=false",
     ]);
+    let controller = policy(&docs, "t-ocisync-controller");
     assert_eq!(
-        policy(&docs, "t-ocisync-controller")["spec"]["ingress"],
-        serde_json::json!([])
+        controller["spec"]["ingress"],
+        serde_json::json!([{
+            "from": [{"podSelector": controller["spec"]["podSelector"]}],
+            "ports": [{"protocol": "TCP", "port": 9090}],
+        }])
     );
     assert!(named(&docs, "NetworkPolicy", "t-ocisync-agent").is_none());
 

@@ -133,6 +133,7 @@ impl Server {
             .with_context(|| format!("cannot listen on {listen}"))?;
         let stop = CancellationToken::new();
         let state = ServerState {
+            misses: Default::default(),
             store: None,
             metrics,
             ready,

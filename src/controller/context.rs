@@ -46,6 +46,8 @@ pub struct Memory {
     /// The revision this source last proved it can fetch itself (a verified GET of the
     /// manifest by digest, from its own registry and repository, with its own credentials).
     pub proven: Option<ProvenRevision>,
+    /// The status revision last found in this replica's store (its store key).
+    pub present: Option<Digest>,
 }
 
 /// A manifest digest as served by one repository of one registry.

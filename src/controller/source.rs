@@ -227,14 +227,20 @@ impl Reconcile<'_> {
             retry_after: memory.retry_after,
         };
         let due_now = schedule::due(&state, valid.interval, self.seed) == Due::Now;
-        if memory.last_check.is_none() || due_now {
-            state.content_missing = match &self.prev.artifact {
-                Some(a) => match stored_key(a) {
-                    Some(key) => !has_revision(self.ctx, &key).await,
-                    None => true,
-                },
+        let status_key = self.prev.artifact.as_ref().map(stored_key);
+        // a status naming a revision this replica has not seen in its store (written by
+        // a previous leader, or before a restart) is looked up at once, and pulled if absent
+        let unseen = status_key.as_ref().is_some_and(|k| *k != memory.present);
+        if memory.last_check.is_none() || due_now || unseen {
+            state.content_missing = match &status_key {
+                Some(Some(key)) => !has_revision(self.ctx, key).await,
+                Some(None) => true,
                 None => false,
             };
+            if !state.content_missing {
+                self.ctx
+                    .remember(&self.uid, |m| m.present = status_key.flatten());
+            }
         }
         state
     }
@@ -242,6 +248,7 @@ impl Reconcile<'_> {
     /// The check stored (or found) the revision: Ready.
     async fn stored(&self, artifact: Artifact, valid: &ValidSpec) -> Result<Outcome, Error> {
         let requested_at = self.requested_at.as_deref();
+        let present = stored_key(&artifact);
         let next = status::ready(
             &self.prev,
             self.generation,
@@ -250,6 +257,7 @@ impl Reconcile<'_> {
             requested_at,
         );
         self.ctx.remember(&self.uid, |m| {
+            m.present = present;
             m.failures = 0;
             m.failure_class = None;
             m.retry_after = None;
@@ -586,7 +594,7 @@ fn remember_stored(
 }
 
 /// What the source takes of the manifest: its platform and layer media type.
-fn selection_of(source: &ArtifactSource) -> Selection {
+pub fn selection_of(source: &ArtifactSource) -> Selection {
     Selection {
         platform: source.spec.platform.clone(),
         layer_media_type: source
@@ -802,12 +810,22 @@ async fn registry_for(
     ctx: &Context,
     valid: &ValidSpec,
 ) -> Result<Registry, Failure> {
+    registry_with(&ctx.client, ctx.registry_timeout, source, valid).await
+}
+
+/// [`registry_for`] with a client and the controller-wide timeout (a follower's fill).
+pub async fn registry_with(
+    client: &kube::Client,
+    registry_timeout: Duration,
+    source: &ArtifactSource,
+    valid: &ValidSpec,
+) -> Result<Registry, Failure> {
     let namespace = source.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let host = valid.reference.repository.registry.clone();
     let mut options = RegistryOptions {
         insecure: source.spec.insecure,
-        timeout: schedule::registry_deadline(valid.timeout, ctx.registry_timeout),
+        timeout: schedule::registry_deadline(valid.timeout, registry_timeout),
         ..RegistryOptions::default()
     };
     if let Some(r) = &source.spec.secret_ref {

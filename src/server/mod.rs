@@ -107,6 +107,9 @@ pub struct ServerState {
     pub metrics: Arc<Metrics>,
     /// `/readyz` answers 200 once this is true.
     pub ready: Arc<AtomicBool>,
+    /// Told of every revision or blob asked for and not found, so a follower replica
+    /// copies in what status names without waiting for its next pass.
+    pub misses: Arc<tokio::sync::Notify>,
 }
 
 /// The URL path of the index of the revision stored under `key` (`sha256:<hex>`, see
@@ -343,7 +346,10 @@ async fn blob(state: &ServerState, digest: &Digest, request: &HeaderMap) -> Resp
     };
     let file = match tokio::fs::File::open(&path).await {
         Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return not_found(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            state.misses.notify_one();
+            return not_found();
+        }
         Err(e) => return internal_error("open blob", &e),
     };
     let meta = match file.metadata().await {
@@ -378,7 +384,10 @@ async fn revision(state: &ServerState, key: &Digest, request: &HeaderMap) -> Res
     let lookup = key.clone();
     let index = match tokio::task::spawn_blocking(move || store.index(&lookup)).await {
         Ok(Some(index)) => index,
-        Ok(None) => return not_found(),
+        Ok(None) => {
+            state.misses.notify_one();
+            return not_found();
+        }
         Err(e) => return internal_error("read revision index", &e),
     };
     let mut builder = Response::builder()

@@ -64,6 +64,7 @@ async fn start_with(limits: ServerLimits, big_size: u32) -> TestServer {
     store.commit(&manifest, staging.path(), &files).unwrap();
 
     let state = Arc::new(ServerState {
+        misses: Default::default(),
         store: Some(Arc::new(store)),
         metrics: Arc::new(Metrics::new()),
         ready: Arc::new(AtomicBool::new(false)),

@@ -142,7 +142,7 @@ pub use crate::digest::is_sha256_hex;
 
 /// Checks that `path` is a relative path of plain components (no `..`, `.`, root or
 /// empty segment, no NUL).
-fn check_relative_path(path: &str) -> Result<(), StoreError> {
+pub fn check_relative_path(path: &str) -> Result<(), StoreError> {
     let unsafe_path = || StoreError::UnsafePath(path.chars().take(MAX_ECHO).collect());
     if path.is_empty() || path.contains('\0') || path.split('/').any(|s| s.is_empty()) {
         return Err(unsafe_path());

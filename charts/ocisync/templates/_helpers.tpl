@@ -83,3 +83,30 @@ reach templates as floats, which would render as 6.7108864e+07).
 {{- define "ocisync.quantity" -}}
 {{- if kindIs "string" . }}{{ . }}{{ else }}{{ int64 . }}{{ end }}
 {{- end }}
+
+{{/*
+The controller's pod anti-affinity across nodes: soft (preferred) or hard (required).
+*/}}
+{{- define "ocisync.controllerAntiAffinity" -}}
+{{- $term := dict "topologyKey" "kubernetes.io/hostname" "labelSelector" (dict "matchLabels" (include "ocisync.selector" (dict "root" . "component" "controller") | fromYaml)) -}}
+{{- if eq .Values.controller.podAntiAffinity "soft" -}}
+podAntiAffinity:
+  preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm:
+        {{- toYaml $term | nindent 8 }}
+{{- else if eq .Values.controller.podAntiAffinity "hard" -}}
+podAntiAffinity:
+  requiredDuringSchedulingIgnoredDuringExecution:
+    - {{- toYaml $term | nindent 6 }}
+{{- else -}}
+{{- fail (printf "controller.podAntiAffinity must be soft, hard or \"\", not %q" .Values.controller.podAntiAffinity) -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+The PromQL label matchers that pick this release's controller metrics.
+*/}}
+{{- define "ocisync.alertSelector" -}}
+{{- default (printf "job=%q" (printf "%s-controller" (include "ocisync.fullname" .))) .Values.prometheusRule.selector -}}
+{{- end }}
