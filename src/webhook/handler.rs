@@ -142,8 +142,11 @@ async fn wake<P: RequestCheck>(
     }
     let keys = concerned(&receiver.sources.snapshot(), &parsed.pushes);
     let mut coalesced = 0;
-    for key in &keys {
-        match receiver.waker.wake(key.clone()) {
+    for wakeup in &keys {
+        match receiver
+            .waker
+            .wake(wakeup.key.clone(), wakeup.expect.clone())
+        {
             Wake::Scheduled => {}
             Wake::Coalesced | Wake::Dropped => coalesced += 1,
         }

@@ -20,12 +20,14 @@
 //! and sources may name the same registry by a Service name or a mirror. A push to the
 //! same repository path on another registry costs the source one manifest HEAD.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kube::ResourceExt;
 
+use super::observe::Observed;
 use super::payload::{PushEvent, PushedTag};
+use super::wake::Expect;
 use crate::api::ArtifactSource;
 use crate::oci::reference::{self, RefSelector, Reference};
 
@@ -42,18 +44,40 @@ impl std::fmt::Display for SourceKey {
     }
 }
 
+/// A source to wake, and what its check should find when a tag push woke it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wakeup {
+    pub key: SourceKey,
+    pub expect: Option<Expect>,
+}
+
 /// The sources `pushes` concern, each once, in order.
-pub fn concerned(sources: &[Arc<ArtifactSource>], pushes: &[PushEvent]) -> Vec<SourceKey> {
-    let mut keys = BTreeSet::new();
+pub fn concerned(sources: &[Arc<ArtifactSource>], pushes: &[PushEvent]) -> Vec<Wakeup> {
+    let mut found = BTreeMap::new();
     for source in sources {
-        if pushes.iter().any(|p| concerns(source, p)) {
-            keys.insert(SourceKey {
+        let mut woken = false;
+        let mut expect = None;
+        for push in pushes.iter().filter(|p| concerns(source, p)) {
+            woken = true;
+            if matches!(push.tag, PushedTag::Named(_)) {
+                expect = Some(Expect {
+                    before: Observed::of(source).digest,
+                    pushed: push.digest.clone(),
+                });
+            }
+        }
+        if woken {
+            let key = SourceKey {
                 namespace: source.namespace().unwrap_or_default(),
                 name: source.name_any(),
-            });
+            };
+            found.insert(key, expect);
         }
     }
-    keys.into_iter().collect()
+    found
+        .into_iter()
+        .map(|(key, expect)| Wakeup { key, expect })
+        .collect()
 }
 
 /// Whether `push` concerns `source` (see the module's rules).
