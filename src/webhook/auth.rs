@@ -56,9 +56,10 @@ impl Secrets {
         }
     }
 
-    /// Whether a request could still prove itself with a signature of its body.
-    pub fn takes_signatures(&self) -> bool {
-        self.hmac_key.is_some()
+    /// Whether a request could still prove itself with a signature of its body: a key is
+    /// configured and the request carries a signature header.
+    pub fn may_sign(&self, headers: &HeaderMap) -> bool {
+        self.hmac_key.is_some() && SIGNATURE_HEADERS.iter().any(|h| headers.contains_key(*h))
     }
 
     /// Whether an `Authorization` header carries the token, as `Bearer <token>` or bare
@@ -178,14 +179,18 @@ mod tests {
         let signed = sign(KEY, BODY);
         let h = headers(&[("x-hub-signature-256", &signed)]);
         assert!(!s.signature_ok(&h, BODY));
-        assert!(!s.takes_signatures());
+        assert!(!s.may_sign(&h));
     }
 
     #[test]
     fn hmac_signature_right_wrong_missing() {
         let s = Secrets::new(None, Some(KEY));
-        assert!(s.takes_signatures());
         let signed = sign(KEY, BODY);
+        assert!(s.may_sign(&headers(&[("x-hub-signature-256", &signed)])));
+        assert!(
+            !s.may_sign(&HeaderMap::new()),
+            "no signature: refused unread"
+        );
         for name in SIGNATURE_HEADERS {
             assert!(s.signature_ok(&headers(&[(name, &signed)]), BODY), "{name}");
         }

@@ -103,7 +103,7 @@ async fn answer<P: RequestCheck>(
     };
     let (parts, body) = request.into_parts();
     let bearer = secrets.bearer_ok(&parts.headers);
-    if !bearer && !secrets.takes_signatures() {
+    if !bearer && !secrets.may_sign(&parts.headers) {
         return unauthorized(peer, hint);
     }
     let body = match read_body(&parts.headers, body).await {
