@@ -162,7 +162,7 @@ impl Elector {
                     return;
                 }
                 Ok(false) => {}
-                Err(e) => tracing::debug!(error = %api_error_summary(&e), "leader election"),
+                Err(e) => tracing::warn!(error = %api_error_summary(&e), "leader election"),
             }
             tokio::time::sleep(self.election.retry_period).await;
         }
@@ -223,6 +223,10 @@ impl Elector {
         let spec = current.as_ref().and_then(|l| l.spec.as_ref());
         let unchanged_for = self.observe(spec);
         let decision = decide(spec, &self.election.identity, unchanged_for);
+        if let (Decision::TakeOver, Some(s)) = (&decision, spec) {
+            let from = s.holder_identity.as_deref().unwrap_or_default();
+            tracing::info!(from, unchanged_for = ?unchanged_for, "taking the leader Lease over");
+        }
         let written = match (&decision, current) {
             (Decision::Wait { .. }, _) => return Ok(false),
             (Decision::Create, _) => {
