@@ -510,7 +510,7 @@ async fn real_node_helm_installed_pods_deliver_rules_to_a_configmap_consumer_and
     .await;
     assert_eq!(
         std::fs::read_to_string(&host_file).ok().as_deref(),
-        Some(v3.as_str()),
+        Some(v4.as_str()),
         "files kept after uninstall"
     );
     common::deleted(
