@@ -324,8 +324,10 @@ async fn real_node_helm_installed_pods_deliver_rules_to_a_configmap_consumer_and
     eprintln!(
         "failover: leader {leader} SIGKILLed; {new_leader} leads; v3 in the ConfigMap and on the host after {converged:?}"
     );
+    // whichever candidate leads now (the other replica, or the killed container restarted
+    // in its pod with a new identity), it is not the killed process
+    assert_ne!(new_leader, leader, "a new process holds the Lease");
     let new_pod = new_leader.split('_').next().unwrap_or_default().to_string();
-    assert_ne!(new_pod, leader_pod, "the other replica took the Lease");
     wait_or_diagnose(
         &client,
         &ns,

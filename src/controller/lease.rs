@@ -156,7 +156,7 @@ impl Elector {
     /// Tries until this replica holds the Lease.
     pub async fn acquire(&mut self) {
         loop {
-            match self.attempt().await {
+            match self.bounded_attempt().await {
                 Ok(true) => {
                     tracing::info!(lease = %self.election.name, identity = %self.election.identity, "leading");
                     return;
@@ -176,7 +176,7 @@ impl Elector {
                 return;
             };
             tokio::time::sleep(self.election.retry_period.min(left)).await;
-            match self.attempt().await {
+            match self.bounded_attempt().await {
                 Ok(true) => {}
                 Ok(false) => {
                     self.leadership.renewed_at(None);
@@ -212,6 +212,19 @@ impl Elector {
         {
             Ok(_) => tracing::info!("released the leader Lease"),
             Err(e) => tracing::debug!(error = %api_error_summary(&e), "Lease not released"),
+        }
+    }
+
+    /// [`Self::attempt`] within half the renew deadline: a request that hangs must not
+    /// stall the election (a follower would never take over, a leader never notice).
+    async fn bounded_attempt(&mut self) -> Result<bool, kube::Error> {
+        let limit = self.election.renew_deadline / 2;
+        match tokio::time::timeout(limit, self.attempt()).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(?limit, "a Lease request took too long");
+                Ok(false)
+            }
         }
     }
 
