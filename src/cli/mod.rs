@@ -310,6 +310,9 @@ fn election(
     if !args.leader_elect {
         return Ok(None);
     }
+    if args.lease_duration < std::time::Duration::from_secs(1) {
+        anyhow::bail!("--lease-duration must be at least 1s (a Lease holds whole seconds)");
+    }
     if args.renew_deadline >= args.lease_duration {
         anyhow::bail!("--renew-deadline must be shorter than --lease-duration");
     }

@@ -94,6 +94,7 @@ async fn elect(
             }
             _ = elector.keep() => {
                 term.cancel();
+                shared.metrics.set_objects(&[]); // a follower's counts would be stale
                 tracing::warn!("lost the leader Lease: writes stopped, following again");
             }
         }

@@ -20,7 +20,7 @@
 //! and sources may name the same registry by a Service name or a mirror. A push to the
 //! same repository path on another registry costs the source one manifest HEAD.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use kube::ResourceExt;
@@ -42,11 +42,25 @@ impl std::fmt::Display for SourceKey {
     }
 }
 
-/// The sources `pushes` concern, each once, in order.
+/// The sources `pushes` concern, each once, in order. Each source's spec is parsed once
+/// and looked up by repository, so a request's cost is sources + pushes, not their product.
 pub fn concerned(sources: &[Arc<ArtifactSource>], pushes: &[PushEvent]) -> Vec<SourceKey> {
+    let mut by_repository: HashMap<&str, BTreeSet<&PushedTag>> = HashMap::new();
+    for p in pushes {
+        by_repository
+            .entry(p.repository.as_str())
+            .or_default()
+            .insert(&p.tag);
+    }
     let mut keys = BTreeSet::new();
     for source in sources {
-        if pushes.iter().any(|p| concerns(source, p)) {
+        let Some((wanted, verifies)) = wanted(source) else {
+            continue;
+        };
+        let Some(tags) = by_repository.get(wanted.repository.name.as_str()) else {
+            continue;
+        };
+        if tags.iter().any(|t| moves(&wanted.selector, verifies, t)) {
             keys.insert(SourceKey {
                 namespace: source.namespace().unwrap_or_default(),
                 name: source.name_any(),
@@ -56,27 +70,36 @@ pub fn concerned(sources: &[Arc<ArtifactSource>], pushes: &[PushEvent]) -> Vec<S
     keys.into_iter().collect()
 }
 
-/// Whether `push` concerns `source` (see the module's rules).
+/// Whether `push` concerns `source` (see the module's rules); what [`concerned`] decides
+/// for one pair.
+#[cfg(test)]
 pub fn concerns(source: &ArtifactSource, push: &PushEvent) -> bool {
+    wanted(source).is_some_and(|(wanted, verifies)| {
+        wanted.repository.name == push.repository && moves(&wanted.selector, verifies, &push.tag)
+    })
+}
+
+/// What a source follows, and whether it verifies signatures; `None` when suspended or
+/// its spec is invalid (the controller's to report; no push changes it).
+fn wanted(source: &ArtifactSource) -> Option<(Reference, bool)> {
     let spec = &source.spec;
     if spec.suspend {
-        return false;
+        return None;
     }
     let selector = spec.reference.as_ref();
-    let Ok(wanted) = Reference::from_spec(
+    let wanted = Reference::from_spec(
         &spec.url,
         selector.and_then(|r| r.tag.as_deref()),
         selector.and_then(|r| r.semver.as_deref()),
         selector.and_then(|r| r.digest.as_deref()),
-    ) else {
-        // an invalid spec is the controller's to report; no push changes it
-        return false;
-    };
-    if wanted.repository.name != push.repository {
-        return false;
-    }
-    let verifies = spec.verify.is_some();
-    match (&wanted.selector, &push.tag) {
+    )
+    .ok()?;
+    Some((wanted, spec.verify.is_some()))
+}
+
+/// Whether a push of `tag` may move what `selector` follows.
+fn moves(selector: &RefSelector, verifies: bool, tag: &PushedTag) -> bool {
+    match (selector, tag) {
         (RefSelector::Digest(_), _) => false,
         (_, PushedTag::Unsaid) => true,
         (_, PushedTag::Untagged) => verifies,
