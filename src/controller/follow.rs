@@ -72,7 +72,7 @@ pub async fn follow(client: Client, options: &Options, shared: &Shared, election
                 Some(_) => dirty = true,
                 None => return std::future::pending().await,
             },
-            _ = shared.misses.notified() => dirty = true,
+            _ = shared.misses.notify.notified() => dirty = true,
             _ = tick.tick() => {
                 let due = last_pass.is_none_or(|t| t.elapsed() >= PASS_PERIOD);
                 if !(dirty || due) {
