@@ -300,3 +300,125 @@ async fn distribution_notifications_wake_exactly_the_sources_of_the_pushed_repos
     a.cleanup().await;
     b.cleanup().await;
 }
+
+/// Short Lease times, so the test does not wait on them.
+const LEASE: [&str; 6] = [
+    "--lease-duration",
+    "4s",
+    "--renew-deadline",
+    "3s",
+    "--lease-retry-period",
+    "500ms",
+];
+
+/// A child process killed when the test ends, passed or failed.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+async fn lease_holder(h: &Harness) -> Option<String> {
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(h.client.clone(), &h.ns);
+    let lease = leases.get_opt("ocisync-controller").await.ok()??;
+    lease.spec?.holder_identity
+}
+
+/// A follower replica of `h`'s leader (same namespace and Lease) running the receiver.
+fn follower(h: &Harness, store: &Path, hook_port: u16, token_file: &Path) -> KillOnDrop {
+    let port = free_port();
+    let log = std::env::temp_dir().join(format!("ocisync-controller-{}-follower.log", h.ns));
+    let child = common::ocisync()
+        .args(["controller", "--namespace", &h.ns, "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["--artifact-base-url", &h.base_url])
+        .arg("--advertise-url")
+        .arg(format!("http://127.0.0.1:{port}"))
+        .args(["--leader-elect", "--lease-namespace", &h.ns])
+        .args(LEASE)
+        .arg("--webhook-listen")
+        .arg(format!("127.0.0.1:{hook_port}"))
+        .arg("--webhook-token-file")
+        .arg(token_file)
+        .arg("--store-dir")
+        .arg(store)
+        .arg("--kubeconfig")
+        .arg(&h.env.kubeconfig)
+        .env("POD_NAME", format!("follower-{port}"))
+        .env("RUST_LOG", "info,ocisync=debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("start the follower");
+    KillOnDrop(child)
+}
+
+#[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
+async fn a_follower_replica_receives_the_webhook_and_the_leader_checks() {
+    ocisync::tls::install_crypto_provider();
+    let secrets = tempfile::tempdir().expect("secrets");
+    let token = format!("tok-{}", common::unique());
+    let token_file = secrets.path().join("token");
+    std::fs::write(&token_file, &token).expect("token file");
+    // the harness's process leads (it names the Lease namespace once it made it: restart it)
+    let mut h = harness_with(&[]).await;
+    let store_leader = tempfile::tempdir().expect("store");
+    let ns = h.ns.clone();
+    let mut flags = vec!["--leader-elect", "--lease-namespace", ns.as_str()];
+    flags.extend(LEASE);
+    let advertise = h.base_url.clone();
+    flags.extend(["--advertise-url", advertise.as_str()]);
+    h.restart_controller(store_leader.path(), &flags);
+    let start = Instant::now();
+    while lease_holder(&h).await.is_none() {
+        assert!(start.elapsed() < Duration::from_secs(30), "no leader");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let leader = lease_holder(&h).await;
+    let hook_port = free_port();
+    let store_follower = tempfile::tempdir().expect("store");
+    let _follower = follower(&h, store_follower.path(), hook_port, &token_file);
+    let registry = start_registry(&[Endpoint {
+        name: "follower",
+        url: format!("http://127.0.0.1:{hook_port}/hook"),
+        token: token.clone(),
+    }])
+    .await;
+    let work = tempfile::tempdir().expect("work");
+    let repo = format!("e2e/wh-ha-{}", common::unique());
+    let push = |text: &str| {
+        push_file(
+            &h.env,
+            Which::Plain,
+            work.path(),
+            &format!("{}/{repo}:1", registry.host),
+            "falco_rules.yaml",
+            format!("# {}\n- rule: {text}\n", common::unique()).as_bytes(),
+            &[],
+        )
+    };
+    push("one");
+    h.create("follow", source_spec(&registry, &repo)).await;
+    h.wait("follow", "Ready", |o| digest(o).is_some()).await;
+
+    let pushed = Instant::now();
+    let d2 = push("two");
+    let o = h
+        .wait("follow", "at the new push", move |o| {
+            digest(o) == Some(d2.as_str())
+        })
+        .await;
+    assert!(pushed.elapsed() < PUSH_DEADLINE, "{:?}", pushed.elapsed());
+    assert!(
+        requested_at(&o).is_some(),
+        "woken by the follower's receiver"
+    );
+    assert_eq!(lease_holder(&h).await, leader, "the leader did not change");
+    drop(registry);
+    h.cleanup().await;
+}

@@ -148,8 +148,11 @@ async fn wake<P: RequestCheck>(
         return Answer::new(StatusCode::INTERNAL_SERVER_ERROR, shape, "error", body);
     };
     let mut coalesced = 0;
-    for key in &keys {
-        match receiver.waker.wake(key.clone()) {
+    for wakeup in &keys {
+        match receiver
+            .waker
+            .wake(wakeup.key.clone(), wakeup.expect.clone())
+        {
             Wake::Scheduled => {}
             Wake::Coalesced | Wake::Dropped => coalesced += 1,
         }

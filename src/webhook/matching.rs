@@ -20,12 +20,14 @@
 //! and sources may name the same registry by a Service name or a mirror. A push to the
 //! same repository path on another registry costs the source one manifest HEAD.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use kube::ResourceExt;
 
+use super::observe::Observed;
 use super::payload::{PushEvent, PushedTag};
+use super::wake::Expect;
 use crate::api::ArtifactSource;
 use crate::oci::reference::{self, RefSelector, Reference};
 
@@ -42,32 +44,58 @@ impl std::fmt::Display for SourceKey {
     }
 }
 
+/// A source to wake, and what its check should find when a tag push woke it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wakeup {
+    pub key: SourceKey,
+    pub expect: Option<Expect>,
+}
+
 /// The sources `pushes` concern, each once, in order. Each source's spec is parsed once
-/// and looked up by repository, so a request's cost is sources + pushes, not their product.
-pub fn concerned(sources: &[Arc<ArtifactSource>], pushes: &[PushEvent]) -> Vec<SourceKey> {
-    let mut by_repository: HashMap<&str, BTreeSet<&PushedTag>> = HashMap::new();
+/// and its pushes looked up by repository, so a request costs sources + pushes, not their
+/// product.
+pub fn concerned(sources: &[Arc<ArtifactSource>], pushes: &[PushEvent]) -> Vec<Wakeup> {
+    let mut by_repository: HashMap<&str, Vec<&PushEvent>> = HashMap::new();
     for p in pushes {
         by_repository
             .entry(p.repository.as_str())
             .or_default()
-            .insert(&p.tag);
+            .push(p);
     }
-    let mut keys = BTreeSet::new();
+    let mut found = BTreeMap::new();
     for source in sources {
         let Some((wanted, verifies)) = wanted(source) else {
             continue;
         };
-        let Some(tags) = by_repository.get(wanted.repository.name.as_str()) else {
+        let Some(pushed) = by_repository.get(wanted.repository.name.as_str()) else {
             continue;
         };
-        if tags.iter().any(|t| moves(&wanted.selector, verifies, t)) {
-            keys.insert(SourceKey {
+        let mut woken = false;
+        let mut expect = None;
+        for push in pushed
+            .iter()
+            .filter(|p| moves(&wanted.selector, verifies, &p.tag))
+        {
+            woken = true;
+            if matches!(push.tag, PushedTag::Named(_)) {
+                expect = Some(Expect {
+                    before: Observed::of(source).digest,
+                    pushed: push.digest.clone(),
+                });
+            }
+        }
+        if woken {
+            let key = SourceKey {
                 namespace: source.namespace().unwrap_or_default(),
                 name: source.name_any(),
-            });
+            };
+            found.insert(key, expect);
         }
     }
-    keys.into_iter().collect()
+    found
+        .into_iter()
+        .map(|(key, expect)| Wakeup { key, expect })
+        .collect()
 }
 
 /// Whether `push` concerns `source` (see the module's rules); what [`concerned`] decides

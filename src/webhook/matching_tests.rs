@@ -26,6 +26,7 @@ fn push(repository: &str, tag: Option<&str>) -> PushEvent {
     PushEvent {
         repository: repository.into(),
         tag,
+        digest: None,
     }
 }
 
@@ -175,8 +176,9 @@ fn concerned_sources_span_namespaces_once_each() {
         ),
     ];
     let pushes = vec![push("org/rules", Some("1")), push("org/rules", Some("*"))];
+    let keys = |w: Vec<Wakeup>| w.into_iter().map(|w| w.key).collect::<Vec<_>>();
     assert_eq!(
-        concerned(&sources, &pushes),
+        keys(concerned(&sources, &pushes)),
         vec![
             key("team-a", "rules"),
             key("team-b", "rules"),
@@ -184,10 +186,42 @@ fn concerned_sources_span_namespaces_once_each() {
         ]
     );
     assert_eq!(
-        concerned(&sources, &[push("org/rules", Some("1"))]),
+        keys(concerned(&sources, &[push("org/rules", Some("1"))])),
         vec![key("team-a", "rules"), key("team-b", "rules")]
     );
     assert!(concerned(&sources, &[push("org/rules", None)]).is_empty());
     assert!(concerned(&sources, &[push("org/unknown", Some("1"))]).is_empty());
     assert!(concerned(&[], &pushes).is_empty());
+}
+
+#[test]
+fn a_tag_push_expects_status_to_move_from_its_digest_then() {
+    let mut at_d = source(
+        "a",
+        "s",
+        serde_json::json!({"url": "oci://r/org/rules", "ref": {"tag": "1"}}),
+    );
+    Arc::make_mut(&mut at_d).status = serde_json::from_value(serde_json::json!({
+        "artifact": {"revision": format!("1@{DIGEST}"), "digest": DIGEST, "kind": "FalcoRules", "size": 1},
+        "lastHandledRequestedAt": "earlier",
+    }))
+    .expect("status");
+    let pushed = PushEvent {
+        digest: Some("sha256:new".into()),
+        ..push("org/rules", Some("1"))
+    };
+    let woken = concerned(&[at_d.clone()], &[pushed]);
+    assert_eq!(
+        woken,
+        vec![Wakeup {
+            key: key("a", "s"),
+            expect: Some(Expect {
+                before: Some(DIGEST.into()),
+                pushed: Some("sha256:new".into())
+            }),
+        }]
+    );
+    // "something changed" expects nothing in particular
+    let woken = concerned(&[at_d], &[push("org/rules", Some("*"))]);
+    assert_eq!(woken[0].expect, None);
 }

@@ -15,6 +15,7 @@
 mod auth;
 mod handler;
 mod matching;
+mod observe;
 mod payload;
 mod wake;
 
@@ -37,7 +38,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::controller::view::SourcesView;
 use crate::metrics::Metrics;
-use wake::{KubeRequestCheck, RequestCheck, Waker};
+use observe::Observer;
+use wake::{KubeRequestCheck, Limits, RequestCheck, Waker};
 
 /// The largest body read.
 pub const MAX_BODY: usize = 1 << 20;
@@ -87,7 +89,15 @@ pub async fn serve(
         hmac_signature = options.hmac_key_file.is_some(),
         "webhook receiver listening"
     );
-    let waker = Waker::new(KubeRequestCheck(client), metrics.clone(), shutdown.clone());
+    let view = sources.clone();
+    let observer = Observer::new(Arc::new(move || view.snapshot()));
+    let waker = Waker::new(
+        KubeRequestCheck(client),
+        observer,
+        metrics.clone(),
+        shutdown.clone(),
+        Limits::default(),
+    );
     let receiver = Arc::new(Receiver {
         options,
         sources,

@@ -64,6 +64,8 @@ impl Shape {
 pub struct PushEvent {
     pub repository: String,
     pub tag: PushedTag,
+    /// The manifest's digest, when the sender gave it.
+    pub digest: Option<String>,
 }
 
 /// What a push says of tags.
@@ -160,6 +162,13 @@ fn repository_path(raw: &str) -> Option<String> {
     Some(path.to_string())
 }
 
+/// A digest as events carry it, if it is one.
+fn digest_of(raw: Option<&str>) -> Option<String> {
+    let digest = raw?.trim();
+    crate::digest::Digest::parse(digest).ok()?;
+    Some(digest.to_string())
+}
+
 /// A registry event's tag; absent, empty or not a tag (Harbor reports a push by digest
 /// with the digest as its "tag"): a push by digest.
 fn tag_of(raw: Option<&str>) -> PushedTag {
@@ -188,6 +197,8 @@ struct Target {
     #[serde(default)]
     media_type: String,
     #[serde(default)]
+    digest: String,
+    #[serde(default)]
     repository: String,
     #[serde(default)]
     url: String,
@@ -215,6 +226,7 @@ fn distribution(value: Value) -> Result<Vec<PushEvent>, serde_json::Error> {
             Some(PushEvent {
                 repository: repository_path(&e.target.repository)?,
                 tag: tag_of(e.target.tag.as_deref()),
+                digest: digest_of(Some(&e.target.digest)),
             })
         })
         .collect())
@@ -231,6 +243,8 @@ struct HarborData {
 struct HarborResource {
     #[serde(default)]
     tag: Option<String>,
+    #[serde(default)]
+    digest: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -255,17 +269,18 @@ fn harbor(mut value: Value) -> Result<Vec<PushEvent>, serde_json::Error> {
     let Some(repository) = repository_path(&data.repository.repo_full_name) else {
         return Ok(Vec::new());
     };
-    let push = |tag| PushEvent {
+    let push = |tag, digest| PushEvent {
         repository: repository.clone(),
         tag,
+        digest,
     };
     if data.resources.is_empty() {
-        return Ok(vec![push(PushedTag::Unsaid)]);
+        return Ok(vec![push(PushedTag::Unsaid, None)]);
     }
     Ok(data
         .resources
         .iter()
-        .map(|r| push(tag_of(r.tag.as_deref())))
+        .map(|r| push(tag_of(r.tag.as_deref()), digest_of(r.digest.as_deref())))
         .collect())
 }
 
@@ -293,7 +308,11 @@ fn generic(value: Value) -> Result<Vec<PushEvent>, String> {
             PushedTag::Named(t.to_string())
         }
     };
-    Ok(vec![PushEvent { repository, tag }])
+    Ok(vec![PushEvent {
+        repository,
+        tag,
+        digest: None,
+    }])
 }
 
 #[cfg(test)]

@@ -6,6 +6,15 @@ fn push(repository: &str, tag: &str) -> PushEvent {
     PushEvent {
         repository: repository.into(),
         tag: PushedTag::Named(tag.into()),
+        digest: None,
+    }
+}
+
+/// `e`, pushed as digest `D1`.
+fn at_d1(e: PushEvent) -> PushEvent {
+    PushEvent {
+        digest: Some(D1.into()),
+        ..e
     }
 }
 
@@ -13,6 +22,7 @@ fn by_digest(repository: &str) -> PushEvent {
     PushEvent {
         repository: repository.into(),
         tag: PushedTag::Untagged,
+        digest: None,
     }
 }
 
@@ -20,6 +30,7 @@ fn unsaid(repository: &str) -> PushEvent {
     PushEvent {
         repository: repository.into(),
         tag: PushedTag::Unsaid,
+        digest: None,
     }
 }
 
@@ -80,7 +91,7 @@ fn distribution_counts_manifest_pushes_only() {
     let body = distribution_envelope();
     let parsed = parse(Some(DISTRIBUTION_EVENTS), body.as_bytes()).expect("parsed");
     assert_eq!(parsed.shape, Shape::Distribution);
-    assert_eq!(parsed.pushes, vec![push("falco/rules", "3")]);
+    assert_eq!(parsed.pushes, vec![at_d1(push("falco/rules", "3"))]);
     // the shape is recognised without the media type too, and with parameters on it
     let bare = parse(Some("application/json"), body.as_bytes()).expect("parsed");
     assert_eq!(bare, parsed);
@@ -108,7 +119,10 @@ fn distribution_push_by_digest_has_no_tag_and_url_less_targets_go_by_media_type(
     let parsed = parse(Some(DISTRIBUTION_EVENTS), body.as_bytes()).expect("parsed");
     assert_eq!(
         parsed.pushes,
-        vec![by_digest("org/multi"), push("org/old", "latest")]
+        vec![
+            at_d1(by_digest("org/multi")),
+            at_d1(push("org/old", "latest"))
+        ]
     );
 }
 
@@ -187,14 +201,17 @@ const HARBOR_CLOUDEVENTS: &str = r#"{
 fn harbor_default_and_cloudevents_pushes() {
     let parsed = parse(Some("application/json"), HARBOR_DEFAULT.as_bytes()).expect("default");
     assert_eq!(parsed.shape, Shape::Harbor);
-    assert_eq!(parsed.pushes, vec![push("library/nginx", "v1")]);
+    assert_eq!(parsed.pushes, vec![at_d1(push("library/nginx", "v1"))]);
     let parsed = parse(
         Some("application/cloudevents+json"),
         HARBOR_CLOUDEVENTS.as_bytes(),
     )
     .expect("cloudevents");
     assert_eq!(parsed.shape, Shape::Harbor);
-    assert_eq!(parsed.pushes, vec![by_digest("security/falco-rules")]);
+    assert_eq!(
+        parsed.pushes,
+        vec![at_d1(by_digest("security/falco-rules"))]
+    );
 }
 
 #[test]

@@ -86,8 +86,18 @@ async fn start(token: bool, hmac: bool, sources: Option<Vec<ArtifactSource>>) ->
     let metrics = Arc::new(Metrics::new());
     let stop = CancellationToken::new();
     let patched = Recorder::default();
-    let window = Duration::from_millis(200);
-    let waker = Waker::with_limits(patched.clone(), metrics.clone(), stop.clone(), window, 100);
+    let limits = Limits {
+        window: Duration::from_millis(200),
+        max_pending: 100,
+    };
+    let observer = Observer::new(Arc::new(Vec::new));
+    let waker = Waker::new(
+        patched.clone(),
+        observer,
+        metrics.clone(),
+        stop.clone(),
+        limits,
+    );
     let receiver = Arc::new(Receiver {
         options: Options {
             listen: "127.0.0.1:0".parse().expect("addr"),

@@ -7,10 +7,17 @@
 //! Coalescing: a source is patched at once on its first wake, then not again for
 //! [`WINDOW`]. Wakes that arrive before its patch is sent ride on it; wakes that arrive
 //! after it was sent (the check might already have read the registry) earn one more patch
-//! when the window ends. So a burst gives one patch, or two when it straddles the send,
-//! and a source is patched at most once a window. At most [`CONCURRENCY`] patches run at
-//! once, and at most [`MAX_PENDING`] sources are held; beyond that a wake is dropped with
-//! a warning (the source's interval still applies).
+//! when the window ends. So a burst gives one patch, or two when it straddles the send.
+//!
+//! Confirmation: CNCF Distribution queues a push's event before it writes the tag (in
+//! about a third of pushes a receiver that asks at once still reads the old digest), so a
+//! check woken by a tag push may find nothing new. When the check has handled the request
+//! and status still names the digest it named before the wake, and not the pushed one,
+//! the source is patched again, at most [`CONFIRMS`] times.
+//!
+//! At most [`CONCURRENCY`] patches run at once, and at most [`MAX_PENDING`] sources are
+//! held; beyond that a wake is dropped with a warning (the source's interval still
+//! applies).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -24,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::matching::SourceKey;
+use super::observe::Observer;
 use crate::api::ArtifactSource;
 use crate::controller::source::REQUESTED_AT;
 use crate::metrics::Metrics;
@@ -36,6 +44,12 @@ pub const CONCURRENCY: usize = 8;
 pub const MAX_PENDING: usize = 10_000;
 /// The longest one patch may take.
 const PATCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Patches more, each when the check of the last found status unchanged.
+pub const CONFIRMS: u32 = 3;
+/// How often a woken source is looked at while its check is awaited.
+const POLL: Duration = Duration::from_millis(50);
+/// How long a check may take to handle a request before the waker stops watching it.
+const HANDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a patch did not apply.
 #[derive(Debug)]
@@ -73,6 +87,29 @@ impl RequestCheck for KubeRequestCheck {
     }
 }
 
+/// What a wake expects the check to find: status moving away from `before`, or at
+/// `pushed`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Expect {
+    /// The digest status named when the push arrived.
+    pub before: Option<String>,
+    /// The digest the push reported, when it did.
+    pub pushed: Option<String>,
+}
+
+impl Expect {
+    /// Two wakes ridden by one patch: the earliest `before`, the latest `pushed`.
+    fn merge(old: Option<Expect>, new: Option<Expect>) -> Option<Expect> {
+        match (old, new) {
+            (Some(old), Some(new)) => Some(Expect {
+                before: old.before,
+                pushed: new.pushed.or(old.pushed),
+            }),
+            (old, new) => new.or(old),
+        }
+    }
+}
+
 /// What [`Waker::wake`] did with a wake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Wake {
@@ -87,9 +124,9 @@ pub enum Wake {
 #[derive(Debug)]
 enum Entry {
     /// Waiting for a patch slot; its patch is not sent.
-    Pending,
-    /// Patch sent; `again`: a wake came after it.
-    Sent { again: bool },
+    Pending { expect: Option<Expect> },
+    /// Patch sent; `again`: a wake came after it (with what it expects).
+    Sent { again: bool, expect: Option<Expect> },
 }
 
 /// Coalesces wakes and runs their patches; cheap to clone.
@@ -107,6 +144,7 @@ impl<P> Clone for Waker<P> {
 
 struct Shared<P> {
     patcher: P,
+    observer: Observer,
     metrics: Arc<Metrics>,
     entries: Mutex<HashMap<SourceKey, Entry>>,
     slots: Semaphore,
@@ -116,42 +154,59 @@ struct Shared<P> {
     tasks: TaskTracker,
 }
 
-impl<P: RequestCheck> Waker<P> {
-    pub fn new(patcher: P, metrics: Arc<Metrics>, stop: CancellationToken) -> Self {
-        Self::with_limits(patcher, metrics, stop, WINDOW, MAX_PENDING)
-    }
+/// How a [`Waker`] runs.
+pub struct Limits {
+    pub window: Duration,
+    pub max_pending: usize,
+}
 
-    pub fn with_limits(
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            window: WINDOW,
+            max_pending: MAX_PENDING,
+        }
+    }
+}
+
+impl<P: RequestCheck> Waker<P> {
+    pub fn new(
         patcher: P,
+        observer: Observer,
         metrics: Arc<Metrics>,
         stop: CancellationToken,
-        window: Duration,
-        max_pending: usize,
+        limits: Limits,
     ) -> Self {
         Waker {
             shared: Arc::new(Shared {
                 patcher,
+                observer,
                 metrics,
                 entries: Mutex::new(HashMap::new()),
                 slots: Semaphore::new(CONCURRENCY),
-                window,
-                max_pending,
+                window: limits.window,
+                max_pending: limits.max_pending,
                 stop,
                 tasks: TaskTracker::new(),
             }),
         }
     }
 
-    /// Asks for a check of `key` (see the module's coalescing rules).
-    pub fn wake(&self, key: SourceKey) -> Wake {
+    /// Asks for a check of `key` (see the module's coalescing rules); `expect`: what a tag
+    /// push expects the check to find.
+    pub fn wake(&self, key: SourceKey, expect: Option<Expect>) -> Wake {
         let Ok(mut entries) = self.shared.entries.lock() else {
             return Wake::Dropped;
         };
         let held = entries.len();
         match entries.get_mut(&key) {
-            Some(Entry::Pending) => Wake::Coalesced,
-            Some(Entry::Sent { again }) => {
+            Some(Entry::Pending { expect: e }) => {
+                *e = Expect::merge(e.take(), expect);
+                Wake::Coalesced
+            }
+            Some(Entry::Sent { again, expect: e }) => {
                 *again = true;
+                *e = Expect::merge(e.take(), expect);
                 Wake::Coalesced
             }
             None if held >= self.shared.max_pending => {
@@ -159,7 +214,7 @@ impl<P: RequestCheck> Waker<P> {
                 Wake::Dropped
             }
             None => {
-                entries.insert(key.clone(), Entry::Pending);
+                entries.insert(key.clone(), Entry::Pending { expect });
                 let shared = self.shared.clone();
                 self.shared.tasks.spawn(shared.run(key));
                 Wake::Scheduled
@@ -167,13 +222,13 @@ impl<P: RequestCheck> Waker<P> {
         }
     }
 
-    /// How many sources are held (waiting or in their window).
+    /// How many sources are held (waiting, in their window, or awaiting their check).
     #[cfg(test)]
     pub fn pending(&self) -> usize {
         self.shared.entries.lock().map(|e| e.len()).unwrap_or(0)
     }
 
-    /// Waits until every held source has left its window.
+    /// Waits until every held source is let go.
     #[cfg(test)]
     pub async fn idle(&self) {
         self.shared.tasks.close();
@@ -182,76 +237,8 @@ impl<P: RequestCheck> Waker<P> {
     }
 }
 
-impl<P: RequestCheck> Shared<P> {
-    /// Patches `key`, then holds it for the window; once more if woken meanwhile.
-    async fn run(self: Arc<Self>, key: SourceKey) {
-        loop {
-            let permit = tokio::select! {
-                _ = self.stop.cancelled() => break,
-                permit = self.slots.acquire() => permit,
-            };
-            let Ok(_permit) = permit else { break };
-            self.set(&key, Entry::Sent { again: false });
-            self.patch(&key).await;
-            drop(_permit);
-            tokio::select! {
-                _ = self.stop.cancelled() => break,
-                _ = tokio::time::sleep(self.window) => {}
-            }
-            if !self.again(&key) {
-                return;
-            }
-        }
-        if let Ok(mut entries) = self.entries.lock() {
-            entries.remove(&key);
-        }
-    }
-
-    fn set(&self, key: &SourceKey, entry: Entry) {
-        if let Ok(mut entries) = self.entries.lock() {
-            entries.insert(key.clone(), entry);
-        }
-    }
-
-    /// At the window's end: whether to patch again (then the entry is pending again), or
-    /// to let the source go.
-    fn again(&self, key: &SourceKey) -> bool {
-        let Ok(mut entries) = self.entries.lock() else {
-            return false;
-        };
-        match entries.get(key) {
-            Some(Entry::Sent { again: true }) => {
-                entries.insert(key.clone(), Entry::Pending);
-                true
-            }
-            _ => {
-                entries.remove(key);
-                false
-            }
-        }
-    }
-
-    async fn patch(&self, key: &SourceKey) {
-        let value = requested_at_value();
-        let patched =
-            tokio::time::timeout(PATCH_TIMEOUT, self.patcher.request_check(key, &value)).await;
-        match patched {
-            Ok(Ok(())) => {
-                tracing::info!(source = %key, requested_at = %value, "webhook: check requested");
-                self.metrics.webhook_wakes(1);
-            }
-            Ok(Err(PatchError::NotFound)) => {
-                tracing::debug!(source = %key, "webhook: source gone before its check was requested");
-            }
-            Ok(Err(PatchError::Failed(e))) => {
-                tracing::warn!(source = %key, error = %e, "webhook: cannot request a check; the interval applies");
-            }
-            Err(_) => {
-                tracing::warn!(source = %key, "webhook: requesting a check timed out; the interval applies");
-            }
-        }
-    }
-}
+#[path = "wake_run.rs"]
+mod run;
 
 /// Now as RFC 3339 with nanoseconds, later than any value this process gave before.
 pub fn requested_at_value() -> String {
