@@ -44,6 +44,16 @@ struct WebhookLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ObjectLabels {
+    kind: &'static str,
+    ready: &'static str,
+    reason: &'static str,
+}
+
+/// One series of `ocisync_objects`: (kind, Ready status, Ready reason) and the count.
+pub type ObjectCount = ((&'static str, &'static str, &'static str), u64);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FillLabels {
     from: &'static str,
     outcome: &'static str,
@@ -80,6 +90,7 @@ pub struct Metrics {
     webhook_requests: Family<WebhookLabels, Counter>,
     webhook_wakes: Counter,
     fills: Family<FillLabels, Counter>,
+    objects: Family<ObjectLabels, UGauge>,
 }
 
 impl Default for Metrics {
@@ -183,8 +194,15 @@ impl Metrics {
             "Revisions copied into this replica's store from a peer or the registry, by outcome",
             fills.clone(),
         );
+        let objects = Family::<ObjectLabels, UGauge>::default();
+        registry.register(
+            "ocisync_objects",
+            "ArtifactSources and RuleBundles by kind and their Ready condition's status and reason (set by the leader)",
+            objects.clone(),
+        );
         Metrics {
             registry,
+            objects,
             store_limit,
             store_missing,
             leader,
@@ -289,6 +307,20 @@ impl Metrics {
         self.fills
             .get_or_create(&FillLabels { from, outcome })
             .inc();
+    }
+
+    /// Replaces the `ocisync_objects` series with `counts` (none: this replica does not
+    /// lead, and only the leader's cache counts).
+    pub fn set_objects(&self, counts: &[ObjectCount]) {
+        self.objects.clear();
+        for ((kind, ready, reason), n) in counts {
+            let labels = ObjectLabels {
+                kind,
+                ready,
+                reason,
+            };
+            self.objects.get_or_create(&labels).set(*n);
+        }
     }
 
     /// Every metric as OpenMetrics text (content type

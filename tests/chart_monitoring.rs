@@ -215,53 +215,43 @@ tests:
       - eval_time: 18m
         alertname: OcisyncReplicaMissingRevisions
         exp_alerts: [{exp_labels: {severity: warning, team: platform, job: t-ocisync-controller, pod: b}}]
-  # sources: Unauthorized every minute; NotFound backing off to 10 minutes between checks;
-  # a RegistryUnavailable blip of 3 minutes; successes; an agent's failures
+  # sources: two Unauthorized for good, one InvalidSpec for 5 minutes, others Ready; an
+  # agent's series (another job) does not count
   - interval: 1m
     input_series:
-      - series: 'ocisync_reconciles_total{job="t-ocisync-controller", kind="ArtifactSource", result="waiting", reason="Unauthorized"}'
-        values: '1+1x50'
-      - series: 'ocisync_reconciles_total{job="t-ocisync-controller", kind="ArtifactSource", result="waiting", reason="NotFound"}'
-        values: '1 2 3 4 4 5 5 5 5 5 6x9 7x9 8x9 9x9 10x9'
-      - series: 'ocisync_reconciles_total{job="t-ocisync-controller", kind="ArtifactSource", result="transient", reason="RegistryUnavailable"}'
-        values: '1 2 3 4x47'
-      - series: 'ocisync_reconciles_total{job="t-ocisync-controller", kind="ArtifactSource", result="success", reason="Succeeded"}'
-        values: '1+1x50'
-      - series: 'ocisync_reconciles_total{job="t-ocisync-controller", kind="ArtifactSource", result="skipped", reason=""}'
-        values: '1+1x50'
-      - series: 'ocisync_reconciles_total{job="t-ocisync-agent", kind="NodeFiles", result="waiting", reason="FileConflict"}'
-        values: '1+1x50'
+      - series: 'ocisync_objects{job="t-ocisync-controller", kind="ArtifactSource", ready="False", reason="Unauthorized"}'
+        values: '2x30'
+      - series: 'ocisync_objects{job="t-ocisync-controller", kind="ArtifactSource", ready="False", reason="InvalidSpec"}'
+        values: '1x5 0x25'
+      - series: 'ocisync_objects{job="t-ocisync-controller", kind="ArtifactSource", ready="True", reason="Succeeded"}'
+        values: '5x30'
+      - series: 'ocisync_objects{job="t-ocisync-agent", kind="ArtifactSource", ready="False", reason="NotFound"}'
+        values: '1x30'
     alert_rule_test:
-      - {eval_time: 18m, alertname: OcisyncSourceNotReady, exp_alerts: []}
-      - eval_time: 23m
+      - {eval_time: 9m, alertname: OcisyncSourceNotReady, exp_alerts: []}
+      - eval_time: 11m
         alertname: OcisyncSourceNotReady
         exp_alerts:
           - {exp_labels: {severity: warning, team: platform, reason: Unauthorized}}
-          - {exp_labels: {severity: warning, team: platform, reason: NotFound}}
-      - eval_time: 48m
-        alertname: OcisyncSourceNotReady
-        exp_alerts:
-          - {exp_labels: {severity: warning, team: platform, reason: Unauthorized}}
-          - {exp_labels: {severity: warning, team: platform, reason: NotFound}}
-      - {eval_time: 48m, alertname: OcisyncBundleNodeFailed, exp_alerts: []}
+      - {eval_time: 11m, alertname: OcisyncBundleNodeFailed, exp_alerts: []}
   # a bundle NodeFailed for good, then (separately) for 2 minutes
   - interval: 1m
     input_series:
-      - series: 'ocisync_reconciles_total{job="t-ocisync-controller", kind="RuleBundle", result="waiting", reason="NodeFailed"}'
-        values: '1+1x30'
-      - series: 'ocisync_reconciles_total{job="t-ocisync-controller", kind="RuleBundle", result="waiting", reason="SourceNotReady"}'
-        values: '1+1x30'
+      - series: 'ocisync_objects{job="t-ocisync-controller", kind="RuleBundle", ready="False", reason="NodeFailed"}'
+        values: '1x20'
+      - series: 'ocisync_objects{job="t-ocisync-controller", kind="RuleBundle", ready="False", reason="SourceNotReady"}'
+        values: '1x20'
     alert_rule_test:
-      - {eval_time: 14m, alertname: OcisyncBundleNodeFailed, exp_alerts: []}
-      - eval_time: 17m
+      - {eval_time: 4m, alertname: OcisyncBundleNodeFailed, exp_alerts: []}
+      - eval_time: 6m
         alertname: OcisyncBundleNodeFailed
         exp_alerts: [{exp_labels: {severity: warning, team: platform}}]
   - interval: 1m
     input_series:
-      - series: 'ocisync_reconciles_total{job="t-ocisync-controller", kind="RuleBundle", result="waiting", reason="NodeFailed"}'
-        values: '1 2 3 3x30'
+      - series: 'ocisync_objects{job="t-ocisync-controller", kind="RuleBundle", ready="False", reason="NodeFailed"}'
+        values: '1 1 1 0x20'
     alert_rule_test:
-      - {eval_time: 17m, alertname: OcisyncBundleNodeFailed, exp_alerts: []}
+      - {eval_time: 10m, alertname: OcisyncBundleNodeFailed, exp_alerts: []}
   # one node of three without a ready agent; another namespace's DaemonSet is not ours
   - interval: 1m
     input_series:

@@ -7,8 +7,11 @@ Reaching the registry: ORAS_INSECURE=1 for plain HTTP, else ORAS_CA names the CA
 ORAS_USER and ORAS_PASSWORD log in with basic auth.
 """
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 import oras.client
 
@@ -22,11 +25,18 @@ def client(target: str) -> oras.client.OrasClient:
     )
     user = os.environ.get("ORAS_USER")
     if user:
+        # oras-py's login writes the credentials into a Docker config file; the shared
+        # ~/.docker/config.json would be written by every test's process at once (one read
+        # a half-written file), so each process keeps its own, gone when it exits
+        home = tempfile.mkdtemp(prefix="oras-py-")
+        atexit.register(shutil.rmtree, home, True)
+        config = os.path.join(home, "config.json")
         c.login(
             username=user,
             password=os.environ["ORAS_PASSWORD"],
             hostname=host,
             tls_verify=tls_verify,
+            config_path=config,
         )
     return c
 

@@ -310,13 +310,23 @@ fn election(
     if !args.leader_elect {
         return Ok(None);
     }
+    if args.lease_duration < std::time::Duration::from_secs(1) {
+        anyhow::bail!("--lease-duration must be at least 1s (a Lease holds whole seconds)");
+    }
     if args.renew_deadline >= args.lease_duration {
         anyhow::bail!("--renew-deadline must be shorter than --lease-duration");
     }
-    let identity = std::env::var("POD_NAME")
+    let pod = std::env::var("POD_NAME")
         .ok()
         .filter(|n| !n.is_empty())
         .ok_or_else(|| anyhow::anyhow!("--leader-elect needs POD_NAME (the chart sets it)"))?;
+    // one identity per process, as controller-runtime does (`<pod>_<unique>`): a container
+    // restarted in the same pod is a new candidate, not the holder taking its Lease back
+    // before the other replica, which watched the old one stop renewing, could
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let identity = format!("{pod}_{:x}", nanos ^ u128::from(std::process::id()));
     Ok(Some(crate::controller::lease::Election {
         name: args.lease_name.clone(),
         namespace: args

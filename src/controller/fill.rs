@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
+use kube::Client;
 use kube::api::Api;
-use kube::{Client, ResourceExt};
 
 use super::context::stored_key;
 use super::{source, spec};
@@ -23,7 +23,7 @@ use crate::digest::Digest;
 use crate::errors::one_line;
 use crate::metrics::Metrics;
 use crate::oci::pull::{self, PullOptions};
-use crate::store::{IndexFile, Store, check_relative_path, revision_key};
+use crate::store::{IndexFile, RevisionIndex, Store, check_relative_path, revision_key};
 
 /// What copies revisions in; one per follower term.
 pub struct Filler {
@@ -87,7 +87,7 @@ impl Filler {
                 Ok(()) => return Ok("peer"),
                 Err(e) => {
                     self.metrics.store_fill("peer", "failed");
-                    tracing::debug!(key = %w.key, error = %e, "fill from the leader failed");
+                    tracing::info!(key = %w.key, error = %e, "cannot copy a revision from the leader; trying its registry");
                 }
             }
         }
@@ -96,12 +96,38 @@ impl Filler {
             .map(|()| "registry")
     }
 
+    /// The leader's index of the revision, which must list exactly what status lists: a
+    /// status that names another revision's key with a file list of its own choosing
+    /// (whoever may write status) cannot plant that list under the key.
+    async fn peer_index(
+        &self,
+        base: &str,
+        w: &Wanted<'_>,
+        files: &[IndexFile],
+    ) -> Result<(), String> {
+        let url = format!("{base}{}", crate::server::revision_path(w.key.as_str()));
+        let response = self.http.get(&url).send().await.map_err(|e| one_line(&e))?;
+        if !response.status().is_success() {
+            return Err(format!("GET {url}: HTTP {}", response.status().as_u16()));
+        }
+        let body = read_bounded(response, MAX_INDEX_BYTES).await?;
+        let index: RevisionIndex = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        let same = index.digest.as_str() == w.artifact.digest
+            && index.selection == source::selection_of(w.source)
+            && sorted(&index.files) == sorted(files);
+        if !same {
+            return Err("the leader's index of this revision differs from status".into());
+        }
+        Ok(())
+    }
+
     async fn copy_from_peer(
         &self,
         base: &str,
         w: &Wanted<'_>,
         files: &[IndexFile],
     ) -> Result<(), String> {
+        self.peer_index(base, w, files).await?;
         let staging = self.store.staging_dir().map_err(|e| one_line(&e))?;
         for f in files {
             let out = create_staged(staging.path(), &f.path).await?;
@@ -129,7 +155,7 @@ impl Filler {
         let options = PullOptions {
             platform: selection.platform.clone(),
             layer_media_type: selection.layer_media_type.clone(),
-            limits: Default::default(),
+            limits: limits_for(files),
         };
         let pulled = tokio::time::timeout(valid.timeout.min(self.registry_timeout), async {
             let manifest = registry
@@ -175,9 +201,59 @@ impl Filler {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| one_line(&e))?;
-        tracing::info!(source = %w.source.name_any(), key = %w.key, "revision copied into this replica's store");
         Ok(())
     }
+}
+
+/// The most bytes of a revision index fetched from the leader (status file lists stay
+/// under 512 KiB).
+const MAX_INDEX_BYTES: usize = 2 << 20;
+
+/// What a pull from the registry may take: no more files and bytes than status lists.
+fn limits_for(files: &[IndexFile]) -> crate::oci::unpack::Limits {
+    let defaults = crate::oci::unpack::Limits::default();
+    let bytes: u64 = files.iter().map(|f| f.size).fold(0, u64::saturating_add);
+    let entries = (files.len() as u64).saturating_mul(2 * crate::oci::unpack::ENTRY_COST);
+    let unpacked = bytes.saturating_add(entries);
+    crate::oci::unpack::Limits {
+        max_files: files.len().max(1),
+        max_unpacked_bytes: unpacked.min(defaults.max_unpacked_bytes),
+        max_artifact_bytes: unpacked
+            .saturating_mul(2)
+            .saturating_add(1 << 20)
+            .min(defaults.max_artifact_bytes),
+        ..defaults
+    }
+}
+
+/// (path, digest, size) of each file, sorted, for comparing lists.
+fn sorted(files: &[IndexFile]) -> Vec<(&str, &str, u64)> {
+    let mut v: Vec<_> = files
+        .iter()
+        .map(|f| (f.path.as_str(), f.digest.as_str(), f.size))
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// A response body of at most `limit` bytes.
+async fn read_bounded(response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    use futures_util::StreamExt;
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| one_line(&e))?;
+        if body.len() + chunk.len() > limit {
+            return Err(format!("over {limit} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// How long copying a revision of these files may take as a whole.
+pub fn deadline(files_bytes: u64) -> Duration {
+    fetch::fetch_deadline(files_bytes).saturating_add(Duration::from_secs(60))
 }
 
 /// A new file at `rel` under `staging` (its directories made), for a fetch to write.
@@ -217,5 +293,31 @@ mod tests {
             assert!(files_of(&artifact(bad, 3)).is_err(), "{bad}");
         }
         assert!(files_of(&artifact("a.yaml", -1)).is_err());
+    }
+
+    #[test]
+    fn a_registry_copy_may_take_no_more_than_status_lists() {
+        let files = files_of(&artifact("a.yaml", 1000)).expect("files");
+        let l = limits_for(&files);
+        assert_eq!(l.max_files, 1);
+        assert!(l.max_unpacked_bytes >= 1000 && l.max_unpacked_bytes < 1000 + 3 * 4096);
+        assert!(l.max_artifact_bytes < 2 << 20);
+        let defaults = crate::oci::unpack::Limits::default();
+        let huge = files_of(&artifact("a.yaml", i64::MAX)).expect("files");
+        assert_eq!(
+            limits_for(&huge).max_unpacked_bytes,
+            defaults.max_unpacked_bytes
+        );
+    }
+
+    #[test]
+    fn file_lists_compare_whatever_their_order() {
+        let a = files_of(&artifact("a.yaml", 1)).expect("a");
+        let mut two = a.clone();
+        two.extend(files_of(&artifact("b.yaml", 1)).expect("b"));
+        let mut reversed = two.clone();
+        reversed.reverse();
+        assert_eq!(sorted(&two), sorted(&reversed));
+        assert_ne!(sorted(&two), sorted(&a));
     }
 }

@@ -72,7 +72,7 @@ pub async fn follow(client: Client, options: &Options, shared: &Shared, election
                 Some(_) => dirty = true,
                 None => return std::future::pending().await,
             },
-            _ = shared.misses.notified() => dirty = true,
+            _ = shared.misses.notify.notified() => dirty = true,
             _ = tick.tick() => {
                 let due = last_pass.is_none_or(|t| t.elapsed() >= PASS_PERIOD);
                 if !(dirty || due) {
@@ -129,7 +129,12 @@ async fn pass(filler: &Filler, sources: &[Arc<ArtifactSource>], known: &mut Know
         .collect();
     let results: Vec<_> = futures_util::stream::iter(due)
         .map(|w| async move {
-            let r = filler.fill(&w).await;
+            let size = u64::try_from(w.artifact.size).unwrap_or(u64::MAX);
+            let limit = fill::deadline(size);
+            let r = match tokio::time::timeout(limit, filler.fill(&w)).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("not copied within {limit:?}")),
+            };
             (w.key, r)
         })
         .buffer_unordered(FILLS_AT_ONCE)
@@ -139,6 +144,7 @@ async fn pass(filler: &Filler, sources: &[Arc<ArtifactSource>], known: &mut Know
     for (key, result) in results {
         match result {
             Ok(from) => {
+                tracing::info!(%key, from, "revision copied into this replica's store");
                 filler.metrics.store_fill(from, "ok");
                 known.backoff.forget(&key);
                 known.present.insert(key);

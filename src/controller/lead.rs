@@ -57,6 +57,7 @@ pub async fn lead(client: Client, options: &Options, shared: &Shared, stop: Canc
     });
     shared.view.set(source_reader.clone());
     let _gc = AbortOnDrop(spawn_gc(ctx.clone(), stop.clone()));
+    let _census = AbortOnDrop(super::census::spawn(ctx.clone(), stop.clone()));
     shared.set_ready(true);
     // each subscription to the shared watch is consumed by exactly one controller: one left
     // unread would hold the shared stream (and every controller) once its buffer filled

@@ -156,13 +156,13 @@ impl Elector {
     /// Tries until this replica holds the Lease.
     pub async fn acquire(&mut self) {
         loop {
-            match self.attempt().await {
+            match self.bounded_attempt().await {
                 Ok(true) => {
                     tracing::info!(lease = %self.election.name, identity = %self.election.identity, "leading");
                     return;
                 }
                 Ok(false) => {}
-                Err(e) => tracing::debug!(error = %api_error_summary(&e), "leader election"),
+                Err(e) => tracing::warn!(error = %e, "leader election"),
             }
             tokio::time::sleep(self.election.retry_period).await;
         }
@@ -176,15 +176,14 @@ impl Elector {
                 return;
             };
             tokio::time::sleep(self.election.retry_period.min(left)).await;
-            match self.attempt().await {
+            match self.bounded_attempt().await {
                 Ok(true) => {}
                 Ok(false) => {
                     self.leadership.renewed_at(None);
                     return;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %api_error_summary(&e), "cannot renew the leader Lease")
-                }
+                // a slow or failed renewal is retried until the renew deadline runs out
+                Err(e) => tracing::warn!(error = %e, "cannot renew the leader Lease"),
             }
         }
     }
@@ -215,6 +214,16 @@ impl Elector {
         }
     }
 
+    /// [`Self::attempt`] within half the renew deadline: a request that hangs must not
+    /// stall the election (a follower would never take over, a leader never notice).
+    async fn bounded_attempt(&mut self) -> Result<bool, String> {
+        let limit = self.election.renew_deadline / 2;
+        match tokio::time::timeout(limit, self.attempt()).await {
+            Ok(r) => r.map_err(|e| api_error_summary(&e)),
+            Err(_) => Err(format!("no answer within {limit:?}")),
+        }
+    }
+
     /// One read and, when due, one write of the Lease: `true` when this replica now holds
     /// it. A write that loses a race (409) is `false`.
     async fn attempt(&mut self) -> Result<bool, kube::Error> {
@@ -223,6 +232,10 @@ impl Elector {
         let spec = current.as_ref().and_then(|l| l.spec.as_ref());
         let unchanged_for = self.observe(spec);
         let decision = decide(spec, &self.election.identity, unchanged_for);
+        if let (Decision::TakeOver, Some(s)) = (&decision, spec) {
+            let from = s.holder_identity.as_deref().unwrap_or_default();
+            tracing::info!(from, unchanged_for = ?unchanged_for, "taking the leader Lease over");
+        }
         let written = match (&decision, current) {
             (Decision::Wait { .. }, _) => return Ok(false),
             (Decision::Create, _) => {
@@ -291,7 +304,9 @@ impl Elector {
             spec.acquire_time = Some(now.clone());
         }
         spec.holder_identity = Some(e.identity.clone());
-        spec.lease_duration_seconds = i32::try_from(e.lease_duration.as_secs()).ok();
+        // whole seconds, rounded up: the others must never wait less than this replica leads
+        let seconds = e.lease_duration.as_secs() + u64::from(e.lease_duration.subsec_nanos() > 0);
+        spec.lease_duration_seconds = i32::try_from(seconds).ok();
         spec.renew_time = Some(now);
         lease
     }
@@ -301,11 +316,22 @@ impl Elector {
 /// this replica is the holder.
 pub async fn leader_url(api: &Api<Lease>, name: &str, me: &str) -> Option<String> {
     let lease = api.get_opt(name).await.ok()??;
-    let holder = lease.spec.as_ref()?.holder_identity.as_deref()?;
-    if holder.is_empty() || holder == me {
+    let spec = lease.spec.as_ref()?;
+    let holder = spec.holder_identity.as_deref()?;
+    if holder.is_empty() || holder == me || !renewed_lately(spec) {
         return None;
     }
     lease.metadata.annotations?.remove(ADVERTISE)
+}
+
+/// Whether the Lease was renewed within its duration (by this machine's clock): a dead
+/// leader's address may belong to another pod by now.
+fn renewed_lately(spec: &LeaseSpec) -> bool {
+    let (Some(renewed), Some(seconds)) = (&spec.renew_time, spec.lease_duration_seconds) else {
+        return false;
+    };
+    let age = jiff::Timestamp::now().duration_since(renewed.0);
+    age < jiff::SignedDuration::from_secs(i64::from(seconds))
 }
 
 /// An API client that refuses every write (anything but GET) while `leadership` says this
@@ -341,16 +367,21 @@ impl tower_service::Service<http::Request<kube::client::Body>> for Guarded {
     }
 
     fn call(&mut self, request: http::Request<kube::client::Body>) -> Self::Future {
-        let allowed = request.method() == http::Method::GET || self.leadership.is_leading();
+        let left = match *request.method() {
+            http::Method::GET => Some(Duration::MAX),
+            _ => self.leadership.left(),
+        };
         let client = self.client.clone();
         Box::pin(async move {
-            if !allowed {
+            let Some(left) = left else {
                 return Err(Box::new(NotLeader) as Self::Error);
+            };
+            // a write still waiting for its answer when leadership may be gone is
+            // abandoned; what the API server did with it, a later leader sees and repairs
+            match tokio::time::timeout(left, client.send(request)).await {
+                Ok(r) => r.map_err(|e| Box::new(e) as Self::Error),
+                Err(_) => Err(Box::new(NotLeader) as Self::Error),
             }
-            client
-                .send(request)
-                .await
-                .map_err(|e| Box::new(e) as Self::Error)
         })
     }
 }
@@ -432,5 +463,16 @@ mod tests {
             .await;
         assert!(write.await.expect("task").is_ok());
         server.expect_no_more().await;
+    }
+
+    #[test]
+    fn a_leader_address_counts_only_while_its_lease_is_renewed() {
+        let mut s = spec("b", 15);
+        assert!(!renewed_lately(&s), "never renewed");
+        s.renew_time = Some(MicroTime(jiff::Timestamp::now()));
+        assert!(renewed_lately(&s));
+        let old = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(16);
+        s.renew_time = Some(MicroTime(old));
+        assert!(!renewed_lately(&s));
     }
 }

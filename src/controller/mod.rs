@@ -3,6 +3,7 @@
 //! ConfigMaps.
 
 pub mod bundle;
+mod census;
 pub mod context;
 pub mod fill;
 mod follow;

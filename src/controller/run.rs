@@ -22,7 +22,7 @@ pub struct Shared {
     /// The ArtifactSources the current mode's watch holds (for the webhook receiver).
     pub view: view::SourcesView,
     /// The artifact server's misses (see [`ServerState::misses`]).
-    pub misses: Arc<tokio::sync::Notify>,
+    pub misses: Arc<crate::server::misses::Misses>,
     ready: Arc<AtomicBool>,
 }
 
@@ -80,12 +80,14 @@ async fn elect(
     let mut elector = Elector::new(client.clone(), election.clone(), advertise, leadership);
     loop {
         shared.metrics.set_leader(false);
+        shared.misses.set_following(true);
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = elector.acquire() => {}
             _ = follow::follow(client.clone(), options, shared, &election) => {}
         }
         shared.metrics.set_leader(true);
+        shared.misses.set_following(false);
         let term = stop.child_token();
         tokio::select! {
             _ = lead::lead(guarded.clone(), options, shared, term.clone()) => {
@@ -94,6 +96,7 @@ async fn elect(
             }
             _ = elector.keep() => {
                 term.cancel();
+                shared.metrics.set_objects(&[]); // a follower's counts would be stale
                 tracing::warn!("lost the leader Lease: writes stopped, following again");
             }
         }
@@ -127,7 +130,7 @@ fn on_signal() -> CancellationToken {
 struct Served {
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     ready: Arc<AtomicBool>,
-    misses: Arc<tokio::sync::Notify>,
+    misses: Arc<crate::server::misses::Misses>,
     shutdown: CancellationToken,
 }
 
@@ -144,7 +147,7 @@ impl Served {
         tracing::info!(listen = %options.listen, base_url = %options.base_url, "artifact server listening");
         let ready = Arc::new(AtomicBool::new(false));
         let shutdown = CancellationToken::new();
-        let misses = Arc::new(tokio::sync::Notify::new());
+        let misses = Arc::new(crate::server::misses::Misses::default());
         let state = Arc::new(ServerState {
             misses: misses.clone(),
             store: Some(store),

@@ -49,6 +49,7 @@ use crate::digest::Digest;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
+pub mod misses;
 mod stall;
 #[cfg(test)]
 mod tests;
@@ -109,7 +110,7 @@ pub struct ServerState {
     pub ready: Arc<AtomicBool>,
     /// Told of every revision or blob asked for and not found, so a follower replica
     /// copies in what status names without waiting for its next pass.
-    pub misses: Arc<tokio::sync::Notify>,
+    pub misses: Arc<misses::Misses>,
 }
 
 /// The URL path of the index of the revision stored under `key` (`sha256:<hex>`, see
@@ -347,7 +348,7 @@ async fn blob(state: &ServerState, digest: &Digest, request: &HeaderMap) -> Resp
     let file = match tokio::fs::File::open(&path).await {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            state.misses.notify_one();
+            state.misses.notify.notify_one();
             return not_found();
         }
         Err(e) => return internal_error("open blob", &e),
@@ -381,12 +382,17 @@ async fn revision(state: &ServerState, key: &Digest, request: &HeaderMap) -> Res
     let Some(store) = state.store.clone() else {
         return not_found();
     };
-    let lookup = key.clone();
-    let index = match tokio::task::spawn_blocking(move || store.index(&lookup)).await {
+    let index = match read_index(&store, key).await {
         Ok(Some(index)) => index,
         Ok(None) => {
-            state.misses.notify_one();
-            return not_found();
+            let arrived = state
+                .misses
+                .missed(|| async { matches!(read_index(&store, key).await, Ok(Some(_))) })
+                .await;
+            match read_index(&store, key).await {
+                Ok(Some(index)) if arrived => index,
+                _ => return not_found(),
+            }
         }
         Err(e) => return internal_error("read revision index", &e),
     };
@@ -407,6 +413,14 @@ async fn revision(state: &ServerState, key: &Digest, request: &HeaderMap) -> Res
         .header(header::CONTENT_LENGTH, json.len())
         .body(full(Bytes::from(json)))
         .unwrap_or_else(|_| fallback_error())
+}
+
+async fn read_index(
+    store: &Arc<Store>,
+    key: &Digest,
+) -> Result<Option<crate::store::RevisionIndex>, tokio::task::JoinError> {
+    let (store, key) = (store.clone(), key.clone());
+    tokio::task::spawn_blocking(move || store.index(&key)).await
 }
 
 /// Whether `If-None-Match` lists `etag` (weak or strong) or is `*`.

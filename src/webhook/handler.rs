@@ -140,7 +140,13 @@ async fn wake<P: RequestCheck>(
         let body = "sources not listed yet; retry\n".to_string();
         return Answer::new(status, shape, "unavailable", body);
     }
-    let keys = concerned(&receiver.sources.snapshot(), &parsed.pushes);
+    // matching parses every source's spec: off the async runtime
+    let sources = receiver.sources.snapshot();
+    let pushes = parsed.pushes.clone();
+    let Ok(keys) = tokio::task::spawn_blocking(move || concerned(&sources, &pushes)).await else {
+        let body = "matching failed\n".to_string();
+        return Answer::new(StatusCode::INTERNAL_SERVER_ERROR, shape, "error", body);
+    };
     let mut coalesced = 0;
     for wakeup in &keys {
         match receiver

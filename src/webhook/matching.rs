@@ -20,7 +20,7 @@
 //! and sources may name the same registry by a Service name or a mirror. A push to the
 //! same repository path on another registry costs the source one manifest HEAD.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use kube::ResourceExt;
@@ -51,13 +51,31 @@ pub struct Wakeup {
     pub expect: Option<Expect>,
 }
 
-/// The sources `pushes` concern, each once, in order.
+/// The sources `pushes` concern, each once, in order. Each source's spec is parsed once
+/// and its pushes looked up by repository, so a request costs sources + pushes, not their
+/// product.
 pub fn concerned(sources: &[Arc<ArtifactSource>], pushes: &[PushEvent]) -> Vec<Wakeup> {
+    let mut by_repository: HashMap<&str, Vec<&PushEvent>> = HashMap::new();
+    for p in pushes {
+        by_repository
+            .entry(p.repository.as_str())
+            .or_default()
+            .push(p);
+    }
     let mut found = BTreeMap::new();
     for source in sources {
+        let Some((wanted, verifies)) = wanted(source) else {
+            continue;
+        };
+        let Some(pushed) = by_repository.get(wanted.repository.name.as_str()) else {
+            continue;
+        };
         let mut woken = false;
         let mut expect = None;
-        for push in pushes.iter().filter(|p| concerns(source, p)) {
+        for push in pushed
+            .iter()
+            .filter(|p| moves(&wanted.selector, verifies, &p.tag))
+        {
             woken = true;
             if matches!(push.tag, PushedTag::Named(_)) {
                 expect = Some(Expect {
@@ -80,27 +98,36 @@ pub fn concerned(sources: &[Arc<ArtifactSource>], pushes: &[PushEvent]) -> Vec<W
         .collect()
 }
 
-/// Whether `push` concerns `source` (see the module's rules).
+/// Whether `push` concerns `source` (see the module's rules); what [`concerned`] decides
+/// for one pair.
+#[cfg(test)]
 pub fn concerns(source: &ArtifactSource, push: &PushEvent) -> bool {
+    wanted(source).is_some_and(|(wanted, verifies)| {
+        wanted.repository.name == push.repository && moves(&wanted.selector, verifies, &push.tag)
+    })
+}
+
+/// What a source follows, and whether it verifies signatures; `None` when suspended or
+/// its spec is invalid (the controller's to report; no push changes it).
+fn wanted(source: &ArtifactSource) -> Option<(Reference, bool)> {
     let spec = &source.spec;
     if spec.suspend {
-        return false;
+        return None;
     }
     let selector = spec.reference.as_ref();
-    let Ok(wanted) = Reference::from_spec(
+    let wanted = Reference::from_spec(
         &spec.url,
         selector.and_then(|r| r.tag.as_deref()),
         selector.and_then(|r| r.semver.as_deref()),
         selector.and_then(|r| r.digest.as_deref()),
-    ) else {
-        // an invalid spec is the controller's to report; no push changes it
-        return false;
-    };
-    if wanted.repository.name != push.repository {
-        return false;
-    }
-    let verifies = spec.verify.is_some();
-    match (&wanted.selector, &push.tag) {
+    )
+    .ok()?;
+    Some((wanted, spec.verify.is_some()))
+}
+
+/// Whether a push of `tag` may move what `selector` follows.
+fn moves(selector: &RefSelector, verifies: bool, tag: &PushedTag) -> bool {
+    match (selector, tag) {
         (RefSelector::Digest(_), _) => false,
         (_, PushedTag::Unsaid) => true,
         (_, PushedTag::Untagged) => verifies,
