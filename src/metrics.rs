@@ -289,7 +289,8 @@ impl Metrics {
 
     /// Records one webhook request: `shape` (`distribution`, `harbor`, `generic`,
     /// `unknown`) and `result` (`accepted`, `ignored`, `unauthorized`, `bad_request`,
-    /// `too_large`, `method_not_allowed`).
+    /// `too_large`, `method_not_allowed`, `unavailable` before the sources are listed,
+    /// `error` when the receiver's secret files cannot be read).
     pub fn webhook_request(&self, shape: &'static str, result: &'static str) {
         self.webhook_requests
             .get_or_create(&WebhookLabels { shape, result })
