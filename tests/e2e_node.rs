@@ -410,6 +410,35 @@ async fn real_node_helm_installed_pods_deliver_rules_to_a_configmap_consumer_and
                 "180s",
             ]),
     );
+    // the rollout settled: two controller pods, none terminating (an agent sent to a pod
+    // that is stopping gets a refusal and retries after its backoff: that is the failover
+    // case above, not what this step measures)
+    let settled = Instant::now();
+    loop {
+        let list = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/component=controller"))
+            .await
+            .expect("pods");
+        let ready = |p: &Pod| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        };
+        let stable = list.items.len() == 2
+            && list
+                .items
+                .iter()
+                .all(|p| p.metadata.deletion_timestamp.is_none() && ready(p));
+        if stable {
+            break;
+        }
+        assert!(
+            settled.elapsed() < Duration::from_secs(120),
+            "the rollout did not settle"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let slow = serde_json::json!({"apiVersion": "ocisync.dev/v1alpha1", "kind": "ArtifactSource", "metadata": {"name": "rules"},
         "spec": {"url": format!("oci://{}/{repo}", node.registry), "ref": {"tag": "1"}, "interval": "1h", "insecure": true}});
     sources

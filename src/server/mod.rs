@@ -345,12 +345,18 @@ async fn blob(state: &ServerState, digest: &Digest, request: &HeaderMap) -> Resp
     let Some(path) = state.store.as_ref().map(|s| s.blob_location(digest)) else {
         return not_found();
     };
-    let file = match tokio::fs::File::open(&path).await {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            state.misses.notify.notify_one();
+    let mut opened = tokio::fs::File::open(&path).await;
+    if matches!(&opened, Err(e) if e.kind() == io::ErrorKind::NotFound) {
+        // agents fetch files by digest: on a follower a moment behind, wait for the copy
+        let exists = || async { tokio::fs::try_exists(&path).await.unwrap_or(false) };
+        if !state.misses.missed(exists).await {
             return not_found();
         }
+        opened = tokio::fs::File::open(&path).await;
+    }
+    let file = match opened {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return not_found(),
         Err(e) => return internal_error("open blob", &e),
     };
     let meta = match file.metadata().await {
