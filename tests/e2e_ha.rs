@@ -5,23 +5,11 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Which;
-use common::controller::{free_port, harness_with, push_file};
-use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::Api;
+use common::controller::{TEST_LEASE, harness_with, push_file};
 use ocisync::api::ArtifactSource;
-
-const LEASE: [&str; 6] = [
-    "--lease-duration",
-    "4s",
-    "--renew-deadline",
-    "3s",
-    "--lease-retry-period",
-    "500ms",
-];
 
 fn ready_at(digest: &str) -> impl Fn(&ArtifactSource) -> bool + '_ {
     move |o| {
@@ -53,48 +41,6 @@ async fn status_code(url: &str) -> u16 {
     }
 }
 
-async fn holder(leases: &Api<Lease>) -> Option<String> {
-    let lease = leases.get_opt("ocisync-controller").await.ok()??;
-    lease.spec?.holder_identity
-}
-
-/// The second replica: same namespace and Lease, its own store, port and name.
-fn second_replica(h: &common::controller::Harness, store: &std::path::Path) -> (Child, String) {
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let log = std::fs::File::create(
-        std::env::temp_dir().join(format!("ocisync-controller-{}-b.log", h.ns)),
-    )
-    .expect("log file");
-    let child = common::ocisync()
-        .args(["controller", "--namespace", &h.ns, "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .args(["--artifact-base-url", &h.base_url, "--advertise-url", &base])
-        .args(["--leader-elect", "--lease-namespace", &h.ns])
-        .args(LEASE)
-        .arg("--store-dir")
-        .arg(store)
-        .arg("--kubeconfig")
-        .arg(&h.env.kubeconfig)
-        .env("POD_NAME", format!("controller-{port}"))
-        .env("RUST_LOG", "info,ocisync=debug")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start the second controller");
-    (child, base)
-}
-
-/// A child process killed when the test ends, passed or failed.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        self.0.kill().ok();
-        self.0.wait().ok();
-    }
-}
-
 /// Registry GETs of blobs of `repo` logged after line `from`.
 fn blob_gets(h: &common::controller::Harness, repo: &str, from: usize) -> usize {
     let text = std::fs::read_to_string(h.env.log(Which::Plain)).expect("registry log");
@@ -115,18 +61,17 @@ async fn a_follower_serves_what_status_names_and_takes_over_when_the_leader_is_k
     let a_base = h.base_url.clone();
     let ns = h.ns.clone();
     let mut flags = vec!["--leader-elect", "--lease-namespace", ns.as_str()];
-    flags.extend(LEASE);
+    flags.extend(TEST_LEASE);
     flags.extend(["--advertise-url", a_base.as_str()]);
     h.restart_controller(store_a.path(), &flags);
-    let leases: Api<Lease> = Api::namespaced(h.client.clone(), &h.ns);
     eventually("A leading", Duration::from_secs(30), || async {
-        holder(&leases).await.is_some()
+        h.lease_holder().await.is_some()
     })
     .await;
-    let a_name = holder(&leases).await.expect("holder");
+    let a_name = h.lease_holder().await.expect("holder");
     let store_b = tempfile::tempdir().expect("store b");
-    let (b, b_base) = second_replica(&h, store_b.path());
-    let mut b = KillOnDrop(b);
+    let b = h.replica("controller-b", store_b.path(), &[]);
+    let b_base = b.base.clone();
 
     let work = tempfile::tempdir().expect("tempdir");
     let repo = h.env.repo(Which::Plain, "ha-rules");
@@ -154,7 +99,7 @@ async fn a_follower_serves_what_status_names_and_takes_over_when_the_leader_is_k
     })
     .await;
     assert_eq!(status_code(&format!("{b_base}/readyz")).await, 200);
-    assert_eq!(holder(&leases).await.as_deref(), Some(a_name.as_str()));
+    assert_eq!(h.lease_holder().await.as_deref(), Some(a_name.as_str()));
     let pulls_v1 = blob_gets(&h, &repo.name, log_from);
     let metrics = reqwest::get(format!("{b_base}/metrics"))
         .await
@@ -182,7 +127,7 @@ async fn a_follower_serves_what_status_names_and_takes_over_when_the_leader_is_k
         &[],
     );
     eventually("B leading", Duration::from_secs(30), || async {
-        holder(&leases).await.is_some_and(|n| n != a_name)
+        h.lease_holder().await.is_some_and(|n| n != a_name)
     })
     .await;
     let took_over = killed.elapsed();
@@ -206,6 +151,6 @@ async fn a_follower_serves_what_status_names_and_takes_over_when_the_leader_is_k
     // one pull per revision (its config blob and its layer): the follower copied v1 from
     // the leader, B pulled v2 once
     assert_eq!((pulls_v1, pulls_v2), (2, 2));
-    b.0.kill().ok();
+    drop(b);
     h.cleanup().await;
 }

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Which;
-use common::controller::{Harness, free_port, harness_with, push_file};
+use common::controller::{Harness, Replica, TEST_LEASE, free_port, harness_with, push_file};
 use ocisync::api::ArtifactSource;
 
 const REQUESTED_AT: &str = "ocisync.dev/requested-at";
@@ -302,59 +302,12 @@ async fn distribution_notifications_wake_exactly_the_sources_of_the_pushed_repos
 }
 
 /// Short Lease times, so the test does not wait on them.
-const LEASE: [&str; 6] = [
-    "--lease-duration",
-    "4s",
-    "--renew-deadline",
-    "3s",
-    "--lease-retry-period",
-    "500ms",
-];
-
-/// A child process killed when the test ends, passed or failed.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        self.0.kill().ok();
-        self.0.wait().ok();
-    }
-}
-
-async fn lease_holder(h: &Harness) -> Option<String> {
-    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
-        kube::Api::namespaced(h.client.clone(), &h.ns);
-    let lease = leases.get_opt("ocisync-controller").await.ok()??;
-    lease.spec?.holder_identity
-}
-
 /// A follower replica of `h`'s leader (same namespace and Lease) running the receiver.
-fn follower(h: &Harness, store: &Path, hook_port: u16, token_file: &Path) -> KillOnDrop {
-    let port = free_port();
-    let log = std::env::temp_dir().join(format!("ocisync-controller-{}-follower.log", h.ns));
-    let child = common::ocisync()
-        .args(["controller", "--namespace", &h.ns, "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .args(["--artifact-base-url", &h.base_url])
-        .arg("--advertise-url")
-        .arg(format!("http://127.0.0.1:{port}"))
-        .args(["--leader-elect", "--lease-namespace", &h.ns])
-        .args(LEASE)
-        .arg("--webhook-listen")
-        .arg(format!("127.0.0.1:{hook_port}"))
-        .arg("--webhook-token-file")
-        .arg(token_file)
-        .arg("--store-dir")
-        .arg(store)
-        .arg("--kubeconfig")
-        .arg(&h.env.kubeconfig)
-        .env("POD_NAME", format!("follower-{port}"))
-        .env("RUST_LOG", "info,ocisync=debug")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).expect("log file"))
-        .spawn()
-        .expect("start the follower");
-    KillOnDrop(child)
+fn follower(h: &Harness, store: &Path, hook_port: u16, token_file: &Path) -> Replica {
+    let listen = format!("127.0.0.1:{hook_port}");
+    let token = token_file.to_string_lossy().to_string();
+    let hook = ["--webhook-listen", &listen, "--webhook-token-file", &token];
+    h.replica("follower", store, &hook)
 }
 
 #[tokio::test]
@@ -370,16 +323,16 @@ async fn a_follower_replica_receives_the_webhook_and_the_leader_checks() {
     let store_leader = tempfile::tempdir().expect("store");
     let ns = h.ns.clone();
     let mut flags = vec!["--leader-elect", "--lease-namespace", ns.as_str()];
-    flags.extend(LEASE);
+    flags.extend(TEST_LEASE);
     let advertise = h.base_url.clone();
     flags.extend(["--advertise-url", advertise.as_str()]);
     h.restart_controller(store_leader.path(), &flags);
     let start = Instant::now();
-    while lease_holder(&h).await.is_none() {
+    while h.lease_holder().await.is_none() {
         assert!(start.elapsed() < Duration::from_secs(30), "no leader");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let leader = lease_holder(&h).await;
+    let leader = h.lease_holder().await;
     let hook_port = free_port();
     let store_follower = tempfile::tempdir().expect("store");
     let _follower = follower(&h, store_follower.path(), hook_port, &token_file);
@@ -418,7 +371,7 @@ async fn a_follower_replica_receives_the_webhook_and_the_leader_checks() {
         requested_at(&o).is_some(),
         "woken by the follower's receiver"
     );
-    assert_eq!(lease_holder(&h).await, leader, "the leader did not change");
+    assert_eq!(h.lease_holder().await, leader, "the leader did not change");
     drop(registry);
     h.cleanup().await;
 }

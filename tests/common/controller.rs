@@ -428,3 +428,73 @@ fn push_paths(
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     v["digest"].as_str().expect("digest").to_string()
 }
+
+/// Short Lease times for tests that run several replicas.
+pub const TEST_LEASE: [&str; 6] = [
+    "--lease-duration",
+    "4s",
+    "--renew-deadline",
+    "3s",
+    "--lease-retry-period",
+    "500ms",
+];
+
+/// Another controller process, killed and reaped when dropped (the test passed or failed).
+pub struct Replica {
+    pub child: Child,
+    /// Its artifact server, `http://127.0.0.1:<port>`.
+    pub base: String,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+impl Harness {
+    /// A replica beside the harness's controller: same namespace and Lease (leader
+    /// election with [`TEST_LEASE`]), its own port, `store`, log and name (`<name>-<port>`),
+    /// and `extra` flags.
+    pub fn replica(&self, name: &str, store: &Path, extra: &[&str]) -> Replica {
+        let port = free_port();
+        let base = format!("http://127.0.0.1:{port}");
+        let log = std::env::temp_dir().join(format!("ocisync-controller-{}-{name}.log", self.ns));
+        let child = super::ocisync()
+            .args(["controller", "--namespace", &self.ns, "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args([
+                "--artifact-base-url",
+                &self.base_url,
+                "--advertise-url",
+                &base,
+            ])
+            .args(["--leader-elect", "--lease-namespace", &self.ns])
+            .args(TEST_LEASE)
+            .args(extra)
+            .arg("--store-dir")
+            .arg(store)
+            .arg("--kubeconfig")
+            .arg(&self.env.kubeconfig)
+            .env("POD_NAME", format!("{name}-{port}"))
+            .env("RUST_LOG", "info,ocisync=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).expect("log file"))
+            .spawn()
+            .expect("start a replica");
+        Replica { child, base }
+    }
+
+    /// The holder of the leader Lease in the harness's namespace.
+    pub async fn lease_holder(&self) -> Option<String> {
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(self.client.clone(), &self.ns);
+        leases
+            .get_opt("ocisync-controller")
+            .await
+            .ok()??
+            .spec?
+            .holder_identity
+    }
+}
