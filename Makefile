@@ -17,6 +17,10 @@ E2E_TEST = env=$$($(TESTENV) up --node); eval "$$env"; skip=; \
 		echo "make: no real node (KUBECONFIG's cluster): the real_node_* tests are not run" >&2; \
 		skip="--skip real_node_"; \
 	fi; \
+	if [[ $${OCISYNC_TESTENV_EXTERNAL_CLUSTER:-} == 1 ]]; then \
+		echo "make: KUBECONFIG's cluster is not ours: the own_control_plane_* fault tests (which kill its API server and etcd) are not run" >&2; \
+		skip="$$skip --skip own_control_plane_"; \
+	fi; \
 	OCISYNC_E2E_REQUIRED=1 $(CARGO) test --locked
 
 .PHONY: help test deps lint unit e2e demo crds testenv-up testenv-down bench build release image

@@ -45,6 +45,11 @@ readonly TIMEOUT=${OCISYNC_TESTENV_TIMEOUT:-60}
 readonly STOP_TIMEOUT=15
 readonly CLUSTER_NAMES=(kube-controller-manager kube-apiserver etcd)
 readonly REGISTRY_NAMES=(registry-plain registry-tls)
+# The Service range the API server allocates ClusterIPs from, and the pod range of the real
+# node (e2e/node.sh's POD_CIDR). Neither may leave the machine: see ensure_blackholes.
+readonly SERVICE_CIDR=10.0.0.0/24
+readonly BLACKHOLE_CIDRS=("$SERVICE_CIDR" 10.88.0.0/16)
+readonly BLACKHOLE_METRIC=4242
 
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 readonly E2E_DIR
@@ -66,6 +71,9 @@ usage: e2e/testenv.sh up|env|status|down [--purge]
   env             print the export lines of the running environment
   status          show which recorded processes are alive
   down [--purge]  stop the recorded processes; --purge also removes the state dir
+  kill NAME       SIGKILL one process of the environment (etcd, kube-apiserver,
+                  kube-controller-manager, registry-plain, registry-tls): fault tests
+  start NAME      start it again on its recorded ports and data, and wait until it serves
 EOF
 }
 
@@ -566,7 +574,14 @@ start_cluster() {
 	choose_port ETCD_PEER_PORT
 	choose_port APISERVER_PORT
 	choose_port KCM_PORT
+	start_etcd
+	write_kubeconfig
+	start_apiserver
+	write_kubeconfig
+	start_kcm
+}
 
+start_etcd() {
 	log "starting etcd on 127.0.0.1:$ETCD_PORT"
 	start_proc etcd etcd \
 		--name ocisync-testenv \
@@ -577,8 +592,9 @@ start_cluster() {
 		--initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
 		--initial-cluster "ocisync-testenv=http://127.0.0.1:$ETCD_PEER_PORT"
 	wait_for etcd "etcd /health" etcd_healthy
+}
 
-	write_kubeconfig
+start_apiserver() {
 	log "starting kube-apiserver on https://127.0.0.1:$APISERVER_PORT"
 	# With a real node, pods reach the API server through the `kubernetes` Service, whose
 	# endpoint is the advertised address: the pod bridge's gateway, not loopback.
@@ -597,11 +613,12 @@ start_cluster() {
 		--service-account-issuer https://kubernetes.default.svc \
 		--service-account-key-file "$STATE/sa.pub" \
 		--service-account-signing-key-file "$STATE/sa.key" \
-		--service-cluster-ip-range 10.0.0.0/24 \
+		--service-cluster-ip-range "$SERVICE_CIDR" \
 		--allow-privileged=true
 	wait_for kube-apiserver "/readyz" apiserver_ready
-	write_kubeconfig
+}
 
+start_kcm() {
 	log "starting kube-controller-manager"
 	start_proc kube-controller-manager "$K8S_BIN/kube-controller-manager" \
 		--kubeconfig "$STATE/kubeconfig" \
@@ -613,6 +630,28 @@ start_cluster() {
 		--cert-dir "$STATE/kcm-certs" \
 		--leader-elect=false
 	wait_for kube-controller-manager "the default/default ServiceAccount" default_sa_exists
+}
+
+# ensure_blackholes: a packet to a ClusterIP that no kube-proxy rule rewrote, or to a pod
+# address no bridge serves, would follow the default route off this machine. A blackhole
+# route per range drops it instead. kube-proxy's DNAT happens before routing, so real
+# Service traffic is unaffected, and the node's bridge route (metric 0) wins over the
+# blackhole's high metric while the bridge is up.
+ensure_blackholes() {
+	command -v ip >/dev/null 2>&1 || return 0
+	local cidr
+	for cidr in "${BLACKHOLE_CIDRS[@]}"; do
+		as_root ip route replace blackhole "$cidr" metric "$BLACKHOLE_METRIC" ||
+			die "cannot add a blackhole route for $cidr (needs root)"
+	done
+}
+
+remove_blackholes() {
+	command -v ip >/dev/null 2>&1 || return 0
+	local cidr
+	for cidr in "${BLACKHOLE_CIDRS[@]}"; do
+		as_root ip route del blackhole "$cidr" metric "$BLACKHOLE_METRIC" 2>/dev/null || true
+	done
 }
 
 # -------------------------------------------------------------- registries
@@ -786,7 +825,7 @@ cmd_up() {
 		cmds+=("${more[@]}")
 	fi
 	if ((!external)); then
-		cmds+=(etcd:etcd-server)
+		cmds+=(etcd:etcd-server ip:iproute2)
 		have_k8s_bins || cmds+=(go:golang-go rsync:rsync make:make gcc:build-essential)
 	fi
 	ensure_commands "${cmds[@]}"
@@ -802,6 +841,7 @@ cmd_up() {
 		log "KUBECONFIG=$KUBECONFIG reaches a running cluster: using it, not starting etcd/kube-apiserver/kube-controller-manager"
 		stop_names "${CLUSTER_NAMES[@]}"
 	else
+		ensure_blackholes
 		build_k8s
 		if cluster_healthy && [[ $(cat "$STATE/cluster-node-mode" 2>/dev/null || echo 0) == "$NODE" ]]; then
 			log "cluster already running on https://127.0.0.1:$APISERVER_PORT"
@@ -889,11 +929,49 @@ cmd_down() {
 	else
 		log "no recorded processes in $STATE"
 	fi
+	remove_blackholes
 	rm -f "$STATE/env"
 	if ((purge)); then
 		rm -rf -- "$STATE"
 		log "removed $STATE"
 	fi
+}
+
+# The fault tests' handles on the environment's own processes (never a KUBECONFIG cluster).
+readonly RESTARTABLE=(etcd kube-apiserver kube-controller-manager registry-plain registry-tls)
+
+restartable() {
+	[[ " ${RESTARTABLE[*]} " == *" $1 "* ]] || die "not one of ${RESTARTABLE[*]}: ${1:-}"
+	[[ -f $STATE/env ]] || die "no test environment in $STATE"
+	[[ $(env_external) != 1 ]] || die "KUBECONFIG's cluster is not ours to kill"
+}
+
+# kill NAME: SIGKILL one of the environment's processes (a crash, not a shutdown).
+cmd_kill() {
+	local name=${1:-} pid
+	restartable "$name"
+	lock_state
+	pid=$(recorded_pid "$name") || die "$name has no recorded pid"
+	is_alive "$name" || die "$name is not running"
+	kill -KILL "$pid"
+	while proc_running "$pid"; do sleep 0.1; done
+	log "killed $name (pid $pid)"
+}
+
+# start NAME: start a killed process again on its recorded ports and data, and wait for it.
+cmd_start() {
+	local name=${1:-}
+	restartable "$name"
+	lock_state
+	load_ports
+	NODE=$(cat "$STATE/cluster-node-mode" 2>/dev/null || echo 0)
+	is_alive "$name" && die "$name is running"
+	case $name in
+	etcd) start_etcd ;;
+	kube-apiserver) start_apiserver ;;
+	kube-controller-manager) start_kcm ;;
+	registry-*) ensure_registry "$name" ;;
+	esac
 }
 
 # shellcheck source=e2e/node.sh
@@ -914,6 +992,8 @@ main() {
 	env) cmd_env ;;
 	status) cmd_status ;;
 	down) cmd_down "$@" ;;
+	kill) cmd_kill "$@" ;;
+	start) cmd_start "$@" ;;
 	-h | --help | help) usage ;;
 	*) usage; exit 2 ;;
 	esac

@@ -39,6 +39,59 @@ pub const TRANSIENT: Backoff = Backoff::new(Duration::from_secs(5), Duration::fr
 /// 10 s, 20 s … up to 10 min.
 pub const WAITING: Backoff = Backoff::new(Duration::from_secs(10), Duration::from_secs(600));
 
+/// How a watch waits before it tries the API server again: from half a second, doubling per
+/// failure up to `max`, jittered by `seed`; the next event that arrives resets it (kube's
+/// `StreamBackoff`). kube's default waits up to 30 s, and after an API server outage a
+/// watch needs two tries (the reconnect, then the relist that the new server's `410
+/// Expired` asks for), so a change made during the outage waited up to a minute after the
+/// API server was back (40.7 s measured in `tests/faults_cluster.rs`). The controller waits
+/// at most [`CONTROLLER_WATCH_MAX`]; agents, of which there are thousands, at most
+/// [`AGENT_WATCH_MAX`], so their relists after an outage spread out.
+#[derive(Clone, Debug)]
+pub struct WatchBackoff {
+    steps: Backoff,
+    seed: u64,
+    failures: u32,
+}
+
+pub const CONTROLLER_WATCH_MAX: Duration = Duration::from_secs(4);
+pub const AGENT_WATCH_MAX: Duration = Duration::from_secs(8);
+
+impl WatchBackoff {
+    pub fn new(max: Duration, seed: u64) -> Self {
+        WatchBackoff {
+            steps: Backoff::new(Duration::from_millis(500), max),
+            seed,
+            failures: 0,
+        }
+    }
+}
+
+/// A controller watch's backoff (seeded by the process, so replicas do not retry together).
+pub fn controller_watch() -> WatchBackoff {
+    WatchBackoff::new(CONTROLLER_WATCH_MAX, u64::from(std::process::id()))
+}
+
+/// An agent watch's backoff, seeded by its node's name.
+pub fn agent_watch(node_name: &str) -> WatchBackoff {
+    WatchBackoff::new(AGENT_WATCH_MAX, seed_of(node_name))
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        self.failures = self.failures.saturating_add(1);
+        Some(self.steps.delay(self.failures, self.seed, None))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
 /// How long after the `failures`-th failure in a row of `class` to look again (`None`:
 /// only when the object changes). Never sooner than `retry_after`.
 pub fn retry_delay(
@@ -88,6 +141,30 @@ fn mix(mut x: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_watch_waits_at_most_its_cap_and_starts_over_after_an_event() {
+        use kube::runtime::utils::Backoff as _;
+        let mut b = super::WatchBackoff::new(super::CONTROLLER_WATCH_MAX, 7);
+        let first = b.next().expect("a delay");
+        assert!(
+            first <= std::time::Duration::from_millis(500)
+                && first >= std::time::Duration::from_millis(375)
+        );
+        let later: Vec<_> = (0..20).filter_map(|_| b.next()).collect();
+        assert!(later.iter().all(|d| *d <= super::CONTROLLER_WATCH_MAX));
+        assert!(
+            later
+                .last()
+                .is_some_and(|d| *d >= super::CONTROLLER_WATCH_MAX * 3 / 4)
+        );
+        b.reset();
+        assert_eq!(
+            b.next(),
+            Some(first),
+            "the same seed starts over at the first step"
+        );
+    }
+
     use super::*;
 
     const B: Backoff = Backoff::new(Duration::from_secs(4), Duration::from_secs(60));

@@ -203,7 +203,7 @@ fn watch_bundles(
             .any_semantic()
             .page_size(LIST_PAGE),
     )
-    .default_backoff()
+    .backoff(crate::backoff::agent_watch(&node_name))
     .modify(move |b| {
         let node = nodes.get(&ObjectRef::new(&node_name));
         cache::slim(b, node.as_ref().map(|n| n.labels()), &allow);
@@ -232,7 +232,7 @@ fn watch_node(
             .fields(&format!("metadata.name={node_name}"))
             .any_semantic(),
     )
-    .default_backoff()
+    .backoff(crate::backoff::agent_watch(&node_name))
     .reflect(writer)
     .applied_objects()
     .predicate_filter(predicates::labels, Default::default())

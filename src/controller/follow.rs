@@ -43,7 +43,7 @@ pub async fn follow(client: Client, options: &Options, shared: &Shared, election
     };
     let (reader, writer) = reflector::store();
     let mut events = watcher(api, watcher::Config::default().any_semantic())
-        .default_backoff()
+        .backoff(crate::backoff::controller_watch())
         .reflect(writer)
         .touched_objects()
         .boxed();

@@ -37,7 +37,8 @@ pub async fn lead(client: Client, options: &Options, shared: &Shared, stop: Canc
     let _source_watch = AbortOnDrop(source_watch);
     let bundle_controller: Controller<RuleBundle> =
         Controller::new(apis.bundles, watcher::Config::default().any_semantic())
-            .with_config(controller::Config::default().concurrency(options.concurrency));
+            .with_config(controller::Config::default().concurrency(options.concurrency))
+            .trigger_backoff(crate::backoff::controller_watch());
     let (cm_reader, cm_events) = managed_config_maps(apis.config_maps);
     let (node_reader, node_events) = node_labels(client.clone());
     let (report_reader, report_events) = node_reports(client.clone());
@@ -144,7 +145,7 @@ impl SourceWatch {
         };
         let (events, for_bundles) = (subscribe()?, subscribe()?);
         let watch = watcher(api, watcher::Config::default().any_semantic())
-            .default_backoff()
+            .backoff(crate::backoff::controller_watch())
             .reflect_shared(writer)
             .for_each(|event| async move {
                 if let Err(e) = event {
@@ -172,7 +173,8 @@ fn source_controller(
     ctx: &Arc<Context>,
 ) -> Controller<ArtifactSource> {
     let controller = Controller::for_shared_stream(events, reader)
-        .with_config(controller::Config::default().concurrency(options.concurrency));
+        .with_config(controller::Config::default().concurrency(options.concurrency))
+        .trigger_backoff(crate::backoff::controller_watch());
     if !options.watch_secrets {
         return controller;
     }
@@ -197,7 +199,7 @@ fn managed_config_maps(
         api,
         watcher::Config::default().labels(&managed).any_semantic(),
     )
-    .default_backoff()
+    .backoff(crate::backoff::controller_watch())
     .reflect(writer)
     .touched_objects();
     (reader, events)
@@ -215,7 +217,7 @@ fn node_labels(
         Api::<PartialObjectMeta<Node>>::all(client),
         watcher::Config::default().any_semantic(),
     )
-    .default_backoff()
+    .backoff(crate::backoff::controller_watch())
     .reflect(writer)
     .touched_objects()
     .predicate_filter(predicates::labels, Default::default());
@@ -234,7 +236,7 @@ fn node_reports(
         Api::<NodeReport>::all(client),
         watcher::Config::default().any_semantic(),
     )
-    .default_backoff()
+    .backoff(crate::backoff::controller_watch())
     .reflect(writer)
     .touched_objects();
     (reader, events)
