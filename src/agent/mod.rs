@@ -232,7 +232,7 @@ fn watch_node(
             .fields(&format!("metadata.name={node_name}"))
             .any_semantic(),
     )
-    .backoff(crate::backoff::agent_watch(&node_name))
+    .backoff(crate::backoff::agent_watch(node_name))
     .reflect(writer)
     .applied_objects()
     .predicate_filter(predicates::labels, Default::default())
