@@ -126,8 +126,7 @@ pub async fn harness_with(extra_args: &[&str]) -> Harness {
 impl Harness {
     /// Replaces the harness's controller with one on `store` and `extra` flags.
     pub fn restart_controller(&mut self, store: &std::path::Path, extra: &[&str]) {
-        self.controller.kill().expect("stop the controller");
-        self.controller.wait().expect("reap the controller");
+        self.kill_controller();
         let listen = self.base_url.trim_start_matches("http://").to_string();
         let log = std::env::temp_dir().join(format!(
             "ocisync-controller-{}-{}.log",
@@ -182,6 +181,22 @@ impl Harness {
                 panic!("{name}: not {what} within {DEADLINE:?}; status: {last:#?}");
             }
         }
+    }
+
+    /// SIGKILLs the controller and reaps it.
+    pub fn kill_controller(&mut self) {
+        self.controller.kill().expect("kill the controller");
+        self.controller.wait().expect("reap the controller");
+    }
+
+    /// Asks for a check of source `name` now, without waiting for it.
+    pub async fn request_check_nowait(&self, name: &str, value: &str) {
+        let patch =
+            serde_json::json!({"metadata": {"annotations": {"ocisync.dev/requested-at": value}}});
+        self.api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("annotate");
     }
 
     pub async fn request_check(&self, name: &str, value: &str) -> ArtifactSource {
