@@ -168,3 +168,91 @@ async fn a_controller_killed_in_the_middle_of_a_100_mib_pull_leaves_nothing_part
         .record();
     h.cleanup().await;
 }
+
+/// A tmpfs of `mib` MiB mounted for the test, unmounted when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    /// `None` where this process may not mount (not root) and the environment does not
+    /// require it.
+    fn mount(mib: u64) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().expect("mount point");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0700"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            assert!(!common::required(), "cannot mount a tmpfs (needs root)");
+            eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+            return None;
+        }
+        Some(Tmpfs(dir))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// Fills the filesystem of `dir` until about `leave` bytes are free: another tenant of
+/// the volume, which the store's own accounting does not see.
+fn ballast(dir: &Path, leave: u64) -> PathBuf {
+    let path = dir.join("ballast");
+    let free = rustix::fs::statvfs(dir)
+        .map(|s| s.f_bavail * s.f_frsize)
+        .expect("statvfs");
+    std::fs::write(&path, vec![1u8; free.saturating_sub(leave) as usize]).expect("ballast");
+    path
+}
+
+#[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
+async fn a_full_store_filesystem_is_store_failed_keeps_the_last_good_revision_and_recovers() {
+    let Some(volume) = Tmpfs::mount(32) else {
+        return;
+    };
+    let mut h = harness().await;
+    let store = volume.path().join("store");
+    h.restart_controller(&store, &[]);
+    let work = tempfile::tempdir().expect("work");
+    let repo = h.env.repo(Which::Plain, "full-store").to_string();
+    let v1 = noise(1 << 20, 3);
+    let d1 = push(&h, work.path(), &repo, &[("v1.bin", &v1)]);
+    source(&h, &repo, "1h").await;
+    h.wait("files", "Ready at v1", ready_at(&d1)).await;
+
+    let fill = ballast(volume.path(), 2 << 20);
+    let v2 = noise(8 << 20, 4);
+    let d2 = push(&h, work.path(), &repo, &[("v2.bin", &v2)]);
+    h.request_check_nowait("files", "full").await;
+    let failed = h.wait("files", "StoreFailed", reason_is("StoreFailed")).await;
+    let message = common::source_ready(&failed).map(|(_, _, m)| m.to_string()).unwrap_or_default();
+    assert!(message.contains("No space left on device"), "a clear message: {message}");
+    let o = h.api.get("files").await.expect("source");
+    assert_eq!(o.status.and_then(|s| s.artifact).map(|a| a.digest), Some(d1.clone()), "status keeps the last good revision");
+    assert_eq!(served(&h, &sha256_digest(&v1)).await, (200, true), "the last good revision still served");
+    assert_eq!(bytes_under(&store.join("tmp")), 0, "nothing half-written left in the staging area");
+
+    std::fs::remove_file(&fill).expect("space returns");
+    let back = Instant::now();
+    h.wait("files", "Ready at v2 once space returned", ready_at(&d2)).await;
+    let took = back.elapsed();
+    assert_eq!(served(&h, &sha256_digest(&v2)).await, (200, true), "the new revision served whole");
+    Row::new("disk", "store-filesystem-full")
+        .injected("the store's 32 MiB volume filled by another writer to 2 MiB free; an 8 MiB revision pushed")
+        .outcome(format!("StoreFailed ({message}); status and artifact server kept the last good revision; staging area empty; Ready at the new revision {:.1} s after space returned, without being asked", took.as_secs_f64()))
+        .recovered_after(took)
+        .record();
+    h.cleanup().await;
+    drop(volume);
+}

@@ -57,6 +57,9 @@ impl OciError {
             OciError::InvalidReference(_) => SourceReason::InvalidReference,
             OciError::InvalidManifest(_) => SourceReason::InvalidManifest,
             OciError::Internal(_) => SourceReason::InternalError,
+            OciError::Io { source, .. } if store_volume_refused(source) => {
+                SourceReason::StoreFailed
+            }
             OciError::Io { .. } => SourceReason::IoError,
         }
     }
@@ -108,3 +111,30 @@ impl OciError {
 }
 
 pub type Result<T, E = OciError> = std::result::Result<T, E>;
+
+/// A write refused because the volume is full or read-only: the controller writes only into
+/// its content store's staging area, so that is the store failing (`StoreFailed`, which
+/// users alert on), not the artifact.
+fn store_volume_refused(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::StorageFull | K::QuotaExceeded | K::ReadOnlyFilesystem
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_or_read_only_volume_is_the_store_failing_other_local_errors_are_io() {
+        let io = |kind| OciError::io("write rules.yaml", std::io::Error::from(kind));
+        use std::io::ErrorKind as K;
+        assert_eq!(io(K::StorageFull).reason(), SourceReason::StoreFailed);
+        assert_eq!(io(K::QuotaExceeded).reason(), SourceReason::StoreFailed);
+        assert_eq!(io(K::ReadOnlyFilesystem).reason(), SourceReason::StoreFailed);
+        assert_eq!(io(K::PermissionDenied).reason(), SourceReason::IoError);
+        assert!(io(K::StorageFull).is_transient(), "retried: space may come back");
+    }
+}
