@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::Which;
 use common::agent::{Agent, bundle_ready, delete_nodes, node, report_entry, revision_of};
-use common::controller::{Harness, harness, push_files, wait_on};
+use common::controller::{Harness, harness, push_files};
 use common::faults::Row;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
@@ -123,26 +123,55 @@ async fn a_controller_killed_in_the_middle_of_a_100_mib_pull_leaves_nothing_part
 
     let parts: Vec<Vec<u8>> = (0..4).map(|i| noise(25 << 20, 11 + i)).collect();
     let names = ["a.bin", "b.bin", "c.bin", "d.bin"];
-    let files: Vec<(&str, &[u8])> = names.iter().copied().zip(parts.iter().map(|p| &p[..])).collect();
+    let files: Vec<(&str, &[u8])> = names
+        .iter()
+        .copied()
+        .zip(parts.iter().map(|p| &p[..]))
+        .collect();
     let d2 = push(&h, work.path(), &repo, &files);
     let watched = sha256_digest(&parts[3]);
     let start = Instant::now();
     h.request_check_nowait("files", "big").await;
     // kill once the pull has written 30 MiB of its 100 into the store's staging area
     while bytes_under(&store.path().join("tmp")) < 30 << 20 {
-        assert!(start.elapsed() < Duration::from_secs(60), "the pull did not start");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the pull did not start"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let staged = bytes_under(&store.path().join("tmp"));
     h.kill_controller();
-    let revisions = std::fs::read_dir(store.path().join("revisions")).map(|d| d.count()).unwrap_or(0);
-    assert_eq!(revisions, 1, "the index of the last good revision kept, and only it");
-    let index = store.path().join("revisions").join(format!("{}.json", d2.trim_start_matches("sha256:")));
-    assert!(!index.exists(), "no index of the revision whose pull was killed");
+    let revisions = std::fs::read_dir(store.path().join("revisions"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(
+        revisions, 1,
+        "the index of the last good revision kept, and only it"
+    );
+    let index = store
+        .path()
+        .join("revisions")
+        .join(format!("{}.json", d2.trim_start_matches("sha256:")));
+    assert!(
+        !index.exists(),
+        "no index of the revision whose pull was killed"
+    );
     let blobs = store.path().join("blobs/sha256");
-    let committed = names.len() - parts.iter().filter(|p| !blobs.join(sha256_digest(p).trim_start_matches("sha256:")).exists()).count();
+    let committed = names.len()
+        - parts
+            .iter()
+            .filter(|p| {
+                !blobs
+                    .join(sha256_digest(p).trim_start_matches("sha256:"))
+                    .exists()
+            })
+            .count();
     let (whole, broken) = blobs_intact(&blobs);
-    assert!(broken.is_empty(), "blobs whose bytes do not hash to their name: {broken:?}");
+    assert!(
+        broken.is_empty(),
+        "blobs whose bytes do not hash to their name: {broken:?}"
+    );
 
     h.restart_controller(store.path(), &[]);
     // whatever is served meanwhile is whole (its bytes hash to the digest asked for)
@@ -153,13 +182,23 @@ async fn a_controller_killed_in_the_middle_of_a_100_mib_pull_leaves_nothing_part
             break;
         }
         let (status, intact) = served(&h, &watched).await;
-        assert!(status != 200 || intact, "served bytes that do not match their digest");
-        assert!(restarted.elapsed() < Duration::from_secs(120), "not Ready at the new revision");
+        assert!(
+            status != 200 || intact,
+            "served bytes that do not match their digest"
+        );
+        assert!(
+            restarted.elapsed() < Duration::from_secs(120),
+            "not Ready at the new revision"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let took = restarted.elapsed();
     for (name, part) in names.iter().zip(&parts) {
-        assert_eq!(served(&h, &sha256_digest(part)).await, (200, true), "{name} served whole");
+        assert_eq!(
+            served(&h, &sha256_digest(part)).await,
+            (200, true),
+            "{name} served whole"
+        );
     }
     Row::new("process", "controller-sigkill-mid-100mib-pull")
         .injected(format!("controller SIGKILLed with {} MiB of a 100 MiB layer staged", staged >> 20))
@@ -178,7 +217,13 @@ impl Tmpfs {
     fn mount(mib: u64) -> Option<Tmpfs> {
         let dir = tempfile::tempdir().expect("mount point");
         let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m,mode=0700"),
+                "tmpfs",
+            ])
             .arg(dir.path())
             .status()
             .is_ok_and(|s| s.success());
@@ -235,19 +280,43 @@ async fn a_full_store_filesystem_is_store_failed_keeps_the_last_good_revision_an
     let v2 = noise(8 << 20, 4);
     let d2 = push(&h, work.path(), &repo, &[("v2.bin", &v2)]);
     h.request_check_nowait("files", "full").await;
-    let failed = h.wait("files", "StoreFailed", reason_is("StoreFailed")).await;
-    let message = common::source_ready(&failed).map(|(_, _, m)| m.to_string()).unwrap_or_default();
-    assert!(message.contains("No space left on device"), "a clear message: {message}");
+    let failed = h
+        .wait("files", "StoreFailed", reason_is("StoreFailed"))
+        .await;
+    let message = common::source_ready(&failed)
+        .map(|(_, _, m)| m.to_string())
+        .unwrap_or_default();
+    assert!(
+        message.contains("No space left on device"),
+        "a clear message: {message}"
+    );
     let o = h.api.get("files").await.expect("source");
-    assert_eq!(o.status.and_then(|s| s.artifact).map(|a| a.digest), Some(d1.clone()), "status keeps the last good revision");
-    assert_eq!(served(&h, &sha256_digest(&v1)).await, (200, true), "the last good revision still served");
-    assert_eq!(bytes_under(&store.join("tmp")), 0, "nothing half-written left in the staging area");
+    assert_eq!(
+        o.status.and_then(|s| s.artifact).map(|a| a.digest),
+        Some(d1.clone()),
+        "status keeps the last good revision"
+    );
+    assert_eq!(
+        served(&h, &sha256_digest(&v1)).await,
+        (200, true),
+        "the last good revision still served"
+    );
+    assert_eq!(
+        bytes_under(&store.join("tmp")),
+        0,
+        "nothing half-written left in the staging area"
+    );
 
     std::fs::remove_file(&fill).expect("space returns");
     let back = Instant::now();
-    h.wait("files", "Ready at v2 once space returned", ready_at(&d2)).await;
+    h.wait("files", "Ready at v2 once space returned", ready_at(&d2))
+        .await;
     let took = back.elapsed();
-    assert_eq!(served(&h, &sha256_digest(&v2)).await, (200, true), "the new revision served whole");
+    assert_eq!(
+        served(&h, &sha256_digest(&v2)).await,
+        (200, true),
+        "the new revision served whole"
+    );
     Row::new("disk", "store-filesystem-full")
         .injected("the store's 32 MiB volume filled by another writer to 2 MiB free; an 8 MiB revision pushed")
         .outcome(format!("StoreFailed ({message}); status and artifact server kept the last good revision; staging area empty; Ready at the new revision {:.1} s after space returned, without being asked", took.as_secs_f64()))
@@ -255,4 +324,258 @@ async fn a_full_store_filesystem_is_store_failed_keeps_the_last_good_revision_an
         .record();
     h.cleanup().await;
     drop(volume);
+}
+
+/// A TCP forwarder between an agent and its controller, to cut and restore the path.
+struct Link {
+    port: u16,
+    to: String,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Link {
+    async fn new(to: &str) -> Link {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let mut link = Link {
+            port,
+            to: to.to_string(),
+            task: None,
+        };
+        link.task = Some(tokio::spawn(forward(listener, link.to.clone())));
+        link
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Refuses connections and drops the open ones.
+    fn cut(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+
+    async fn restore(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("bind again");
+        self.task = Some(tokio::spawn(forward(listener, self.to.clone())));
+    }
+}
+
+async fn forward(listener: tokio::net::TcpListener, to: String) {
+    let mut open = tokio::task::JoinSet::new();
+    while let Ok((mut client, _)) = listener.accept().await {
+        let to = to.clone();
+        open.spawn(async move {
+            if let Ok(mut server) = tokio::net::TcpStream::connect(&to).await {
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            }
+        });
+    }
+}
+
+/// The bundle's entry in the node's report: (reason, revision).
+async fn entry(h: &Harness, node: &str) -> Option<(String, Option<String>)> {
+    let reports: Api<NodeReport> = Api::all(h.client.clone());
+    let r = reports.get_opt(node).await.ok().flatten();
+    report_entry(r.as_ref(), "falco")
+}
+
+#[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
+async fn an_agent_restarted_while_its_controller_is_unreachable_keeps_its_files_and_catches_up() {
+    let h = harness().await;
+    let work = tempfile::tempdir().expect("work");
+    let node_name = format!("e2e-fault-{}", common::unique());
+    node(&h, &node_name, serde_json::json!({"e2e-fault": node_name})).await;
+    let mut link = Link::new(h.base_url.trim_start_matches("http://")).await;
+    let mut agent = Agent::start(&h, &node_name, &link.url());
+    let repo = h.env.repo(Which::Plain, "agent-cut").to_string();
+    let rules = |v: &str| format!("- rule: {v} {node_name}\n");
+    let push_rules = |v: &str| {
+        push_files(
+            &h.env,
+            Which::Plain,
+            work.path(),
+            &format!("{repo}:1"),
+            "falco-rules",
+            &[("rules.yaml", rules(v).as_bytes())],
+            &[],
+        )
+    };
+    push_rules("v1");
+    h.create("rules", serde_json::json!({"url": format!("oci://{repo}"), "ref": {"tag": "1"}, "interval": "1h", "insecure": true})).await;
+    let spec = serde_json::json!({"spec": {"sources": [{"sourceRef": {"name": "rules"}}],
+        "nodeFiles": {"directory": "/etc/falco/rules.d", "nodeSelector": {"matchLabels": {"e2e-fault": node_name}}}}});
+    h.apply::<RuleBundle>("falco", spec).await;
+    let b = h
+        .wait_for::<RuleBundle>("falco", "Ready", |b| b.is_some_and(bundle_ready))
+        .await
+        .expect("bundle");
+    let r1 = revision_of(&b).expect("revision");
+    let on_node =
+        |agent: &Agent| std::fs::read_to_string(agent.dir().join("rules.yaml")).unwrap_or_default();
+    let start = Instant::now();
+    while on_node(&agent) != rules("v1") {
+        assert!(start.elapsed() < Duration::from_secs(60), "v1 on the node");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // the path to the controller is cut; v2 is pushed and becomes the bundle's revision
+    link.cut();
+    push_rules("v2");
+    h.request_check("rules", "v2").await;
+    let b = h
+        .wait_for::<RuleBundle>("falco", "at v2", move |b| {
+            b.and_then(revision_of).is_some_and(|r| r != r1)
+        })
+        .await
+        .expect("bundle");
+    let r2 = revision_of(&b).expect("revision");
+    agent.kill();
+    agent.spawn();
+    let failing = Instant::now();
+    while entry(&h, &node_name)
+        .await
+        .map(|(reason, _)| reason)
+        .as_deref()
+        != Some("FetchFailed")
+    {
+        assert!(
+            failing.elapsed() < Duration::from_secs(60),
+            "FetchFailed reported: {:?}",
+            entry(&h, &node_name).await
+        );
+        assert_eq!(
+            on_node(&agent),
+            rules("v1"),
+            "the files stay while the controller is unreachable"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        on_node(&agent),
+        rules("v1"),
+        "the files stay after the restart"
+    );
+
+    link.restore().await;
+    let back = Instant::now();
+    let want = r2.clone();
+    while entry(&h, &node_name).await != Some(("Applied".into(), Some(want.clone()))) {
+        assert!(
+            back.elapsed() < Duration::from_secs(60),
+            "caught up: {:?}",
+            entry(&h, &node_name).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = back.elapsed();
+    assert_eq!(on_node(&agent), rules("v2"), "the new revision on the node");
+    Row::new("node", "agent-restarted-controller-unreachable")
+        .injected("the agent's path to the controller cut (connections refused), a new revision pushed, the agent restarted")
+        .outcome(format!("the agent kept the old files across the restart and reported FetchFailed; Applied at the new revision {:.1} s after the path was restored", took.as_secs_f64()))
+        .recovered_after(took)
+        .record();
+    delete_nodes(&h, &[&node_name]).await;
+    h.cleanup().await;
+}
+
+/// The marker both files of the ConfigMap carry, if they agree (`None`: absent or mixed).
+async fn config_map_marker(h: &Harness) -> Option<String> {
+    let maps: Api<ConfigMap> = Api::namespaced(h.client.clone(), &h.ns);
+    let data = maps.get_opt("rules").await.ok().flatten()?.data?;
+    let (a, b) = (data.get("a.yaml")?, data.get("b.yaml")?);
+    let marker = |s: &str| s.split_whitespace().last().map(str::to_string);
+    (marker(a) == marker(b)).then(|| marker(a)).flatten()
+}
+
+#[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
+async fn a_controller_killed_around_its_config_map_writes_converges_without_a_mixed_config_map() {
+    let mut h = harness().await;
+    let store = tempfile::tempdir().expect("store");
+    h.restart_controller(store.path(), &[]);
+    let work = tempfile::tempdir().expect("work");
+    let repo = h.env.repo(Which::Plain, "killed-mid-write").to_string();
+    let env = common::env();
+    let push_version = |i: usize| {
+        let (a, b) = (format!("- rule: a {i}\n"), format!("- macro: b {i}\n"));
+        push_files(
+            &env,
+            Which::Plain,
+            work.path(),
+            &format!("{repo}:1"),
+            "falco-rules",
+            &[("a.yaml", a.as_bytes()), ("b.yaml", b.as_bytes())],
+            &[],
+        )
+    };
+    let d0 = push_version(0);
+    h.create("rules", serde_json::json!({"url": format!("oci://{repo}"), "ref": {"tag": "1"}, "interval": "1h", "insecure": true})).await;
+    h.wait("rules", "Ready at v0", ready_at(&d0)).await;
+    let spec = serde_json::json!({"spec": {"sources": [{"sourceRef": {"name": "rules"}}], "configMap": {"name": "rules"}}});
+    h.apply::<RuleBundle>("falco", spec).await;
+
+    let mut recoveries = Vec::new();
+    let mut before_write = 0;
+    for (i, delay_ms) in [0u64, 0, 5, 10, 20, 40, 80, 160].into_iter().enumerate() {
+        let i = i + 1;
+        let d = push_version(i);
+        let index = store
+            .path()
+            .join("revisions")
+            .join(format!("{}.json", d.trim_start_matches("sha256:")));
+        h.request_check_nowait("rules", &format!("v{i}")).await;
+        // the new revision's index is committed, then status, then the ConfigMap: kill there
+        let start = Instant::now();
+        while !index.exists() {
+            assert!(start.elapsed() < Duration::from_secs(60), "v{i} stored");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        h.kill_controller();
+        let seen = config_map_marker(&h).await;
+        assert!(
+            seen.is_some(),
+            "the ConfigMap holds one whole revision, not a mix"
+        );
+        let want = i.to_string();
+        if seen.as_deref() != Some(&want) {
+            before_write += 1;
+        }
+        h.restart_controller(store.path(), &[]);
+        let back = Instant::now();
+        loop {
+            let marker = config_map_marker(&h).await;
+            assert!(marker.is_some(), "never a mixed or missing ConfigMap");
+            let bundles: Api<RuleBundle> = Api::namespaced(h.client.clone(), &h.ns);
+            let b = bundles.get("falco").await.expect("bundle");
+            if marker.as_deref() == Some(&want) && bundle_ready(&b) {
+                break;
+            }
+            assert!(
+                back.elapsed() < Duration::from_secs(60),
+                "v{i} in the ConfigMap after the restart"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        recoveries.push(back.elapsed());
+    }
+    assert!(
+        before_write > 0,
+        "no kill landed before the ConfigMap write: the test did not test it"
+    );
+    let worst = recoveries.iter().max().copied().unwrap_or_default();
+    Row::new("process", "controller-sigkill-around-configmap-writes")
+        .injected("controller SIGKILLed 8 times, 0 to 160 ms after a new revision's index was committed (before or while the bundle's ConfigMap is written), restarted on the same store")
+        .outcome(format!("{before_write} of 8 kills landed before the ConfigMap held the new revision; it always held one whole revision; after each restart it and the bundle reached the latest revision (worst {:.1} s)", worst.as_secs_f64()))
+        .recovered_after(worst)
+        .record();
+    h.cleanup().await;
 }

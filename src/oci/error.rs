@@ -133,8 +133,14 @@ mod tests {
         use std::io::ErrorKind as K;
         assert_eq!(io(K::StorageFull).reason(), SourceReason::StoreFailed);
         assert_eq!(io(K::QuotaExceeded).reason(), SourceReason::StoreFailed);
-        assert_eq!(io(K::ReadOnlyFilesystem).reason(), SourceReason::StoreFailed);
+        assert_eq!(
+            io(K::ReadOnlyFilesystem).reason(),
+            SourceReason::StoreFailed
+        );
         assert_eq!(io(K::PermissionDenied).reason(), SourceReason::IoError);
-        assert!(io(K::StorageFull).is_transient(), "retried: space may come back");
+        assert!(
+            io(K::StorageFull).is_transient(),
+            "retried: space may come back"
+        );
     }
 }
