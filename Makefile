@@ -23,7 +23,7 @@ E2E_TEST = env=$$($(TESTENV) up --node); eval "$$env"; skip=; \
 	fi; \
 	OCISYNC_E2E_REQUIRED=1 $(CARGO) test --locked
 
-.PHONY: help test deps lint unit e2e demo crds testenv-up testenv-down bench build release image
+.PHONY: help test deps lint unit e2e faults demo crds testenv-up testenv-down bench build release image
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -45,6 +45,9 @@ unit: ## unit tests only, no environment needed (`cargo test` also runs the test
 
 e2e: deps ## end-to-end tests against the local (or your KUBECONFIG's) environment
 	$(E2E_TEST) --test 'e2e_*' -- --include-ignored $$skip
+
+faults: deps ## the fault campaign (registry, control-plane, process, disk, node faults): writes bench/FAULTS.md
+	e2e/faults/run.sh
 
 testenv-up: ## start the local cluster (with a real node) and registries; prints export lines
 	$(TESTENV) up --node

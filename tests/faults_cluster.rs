@@ -168,6 +168,20 @@ impl Setup {
     }
 }
 
+/// Registry GETs of `repo`'s manifests and blobs logged after line `from`.
+fn registry_gets(s: &Setup, from: usize) -> (usize, usize) {
+    let text = std::fs::read_to_string(s.h.env.log(Which::Plain)).unwrap_or_default();
+    let name = s.repo.split_once('/').map_or("", |(_, n)| n);
+    let count = |kind: &str| {
+        let needle = format!("\"GET /v2/{name}/{kind}/");
+        text.lines()
+            .skip(from)
+            .filter(|l| l.contains(&needle))
+            .count()
+    };
+    (count("manifests"), count("blobs"))
+}
+
 /// Kills `process`, pushes `v2` a few seconds into the outage, starts it again after
 /// `outage`, and measures the time from its return to convergence.
 async fn outage_with_a_push(s: &Setup, process: &str, outage: Duration, v2: &str) -> Duration {
@@ -192,7 +206,13 @@ async fn own_control_plane_api_server_killed_for_30s_during_a_push_converges_wit
     let r1 = s.revision().await;
 
     let outage = Duration::from_secs(30);
+    let from = common::log_lines(s.h.env.log(Which::Plain));
     let took = outage_with_a_push(&s, "kube-apiserver", outage, &v2).await;
+    let (manifests, blobs) = registry_gets(&s, from);
+    assert!(
+        blobs <= 2,
+        "one pull of the new revision (config and layer), not {blobs} blob GETs"
+    );
     let r2 = s.revision().await;
     assert_ne!(r1, r2, "a new revision");
     assert_eq!(
@@ -208,6 +228,7 @@ async fn own_control_plane_api_server_killed_for_30s_during_a_push_converges_wit
     Row::new("control-plane", "kube-apiserver-sigkill-30s")
         .injected("kube-apiserver SIGKILLed for 30 s; a push 5 s into the outage; 10 s interval")
         .outcome(format!("controller and agent reconnected by themselves; ConfigMap and node file at the pushed revision {:.1} s after the API server was back; written once on the node", took.as_secs_f64()))
+        .requests(format!("registry: manifest GET {manifests}, blob GET {blobs} from the kill to convergence"))
         .recovered_after(took)
         .record();
     s.cleanup().await;
@@ -224,7 +245,13 @@ async fn own_control_plane_etcd_killed_and_restarted_with_its_data_converges_wit
     let s = setup(&v1).await;
     let r1 = s.revision().await;
 
+    let from = common::log_lines(s.h.env.log(Which::Plain));
     let took = outage_with_a_push(&s, "etcd", Duration::from_secs(20), &v2).await;
+    let (manifests, blobs) = registry_gets(&s, from);
+    assert!(
+        blobs <= 2,
+        "one pull of the new revision (config and layer), not {blobs} blob GETs"
+    );
     let r2 = s.revision().await;
     assert_ne!(r1, r2, "a new revision");
     assert_eq!(
@@ -240,6 +267,7 @@ async fn own_control_plane_etcd_killed_and_restarted_with_its_data_converges_wit
     Row::new("control-plane", "etcd-sigkill-20s")
         .injected("etcd SIGKILLed for 20 s (the API server up, answering errors); a push 5 s in; data kept")
         .outcome(format!("ConfigMap and node file at the pushed revision {:.1} s after etcd was back; written once on the node", took.as_secs_f64()))
+        .requests(format!("registry: manifest GET {manifests}, blob GET {blobs} from the kill to convergence"))
         .recovered_after(took)
         .record();
     s.cleanup().await;
