@@ -48,7 +48,8 @@ enum Expect {
         retry_after: Option<u64>,
         /// Failed checks counted before the fault stops.
         failures: usize,
-        /// The longest one failing check may take.
+        /// The least and the most one failing check takes.
+        takes: Duration,
         check: Duration,
     },
     /// The check succeeds, slowed: it takes this long at least and at most.
@@ -261,17 +262,23 @@ fn between(a: jiff::Timestamp, b: jiff::Timestamp) -> Duration {
     Duration::try_from(b.duration_since(a)).unwrap_or(Duration::ZERO)
 }
 
-/// Failed checks are spaced by the backoff: after the i-th, at least its least delay and
-/// at most its longest delay plus one check.
-fn assert_spaced(name: &str, failed: &[Failed], retry: Retry, check: Duration) -> Vec<Duration> {
+/// Failed checks are spaced by the backoff: the next one ends at least the least delay
+/// plus the least a check takes after the one before, and at most the longest delay plus
+/// the longest check.
+fn assert_spaced(
+    name: &str,
+    failed: &[Failed],
+    retry: Retry,
+    (takes, check): (Duration, Duration),
+) -> Vec<Duration> {
     let mut gaps = Vec::new();
     for (i, pair) in failed.windows(2).enumerate() {
         let gap = between(pair[0].at, pair[1].at);
         let (least, most) = retry.delay(i as u32 + 1);
         assert!(
-            gap + Duration::from_millis(20) >= least
+            gap + Duration::from_millis(20) >= least + takes
                 && gap <= most + check + Duration::from_secs(2),
-            "{name}: failed check {} came {gap:?} after the one before; the backoff is {least:?}..{most:?}: {failed:#?}",
+            "{name}: failed check {} came {gap:?} after the one before; the backoff is {least:?}..{most:?}, a check takes {takes:?}..{check:?}: {failed:#?}",
             i + 2
         );
         gaps.push(gap);
@@ -391,6 +398,7 @@ async fn failing(
         detail,
         retry_after,
         failures,
+        takes,
         check,
     } = *expect
     else {
@@ -420,7 +428,7 @@ async fn failing(
     s.serves(&o, v2).await;
     assert_failures_were(s.name, &failed, reason, detail);
     let retry = Retry::of(reason, retry_after);
-    let gaps = assert_spaced(s.name, &failed, retry, check);
+    let gaps = assert_spaced(s.name, &failed, retry, (takes, check));
     let (_, most) = retry.delay(failed.len() as u32);
     assert!(
         recovered <= most + Duration::from_secs(5),
@@ -477,6 +485,7 @@ fn transient(detail: &'static str) -> Expect {
         detail,
         retry_after: None,
         failures: 3,
+        takes: Duration::ZERO,
         check: Duration::from_secs(2),
     }
 }
@@ -488,6 +497,7 @@ fn mismatch() -> Expect {
         detail: "digest mismatch",
         retry_after: None,
         failures: 2,
+        takes: Duration::ZERO,
         check: Duration::from_secs(2),
     }
 }
@@ -513,6 +523,7 @@ async fn error_statuses_are_retried_on_the_backoff_and_retry_after_is_honoured()
         detail: "rate limited",
         retry_after,
         failures: 3,
+        takes: Duration::ZERO,
         check: Duration::from_secs(2),
     };
     run_all(vec![
@@ -642,6 +653,7 @@ async fn slow_registries_are_waited_for_within_the_timeout_and_no_longer() {
         detail: "timed out",
         retry_after: None,
         failures: 3,
+        takes: s(5),
         check: s(5),
     };
     let slowed = |at_least, at_most| Expect::Slowed { at_least, at_most };
@@ -768,7 +780,7 @@ async fn unresolvable(h: &Harness) -> Row {
         name,
         &failed,
         Retry::of("RegistryUnavailable", None),
-        Duration::from_secs(2),
+        (Duration::ZERO, Duration::from_secs(2)),
     );
     let counted = requests(&s.proxy, on);
     assert_no_storm(name, counted, 1, &s.proxy, on);

@@ -294,6 +294,10 @@ impl Reconcile<'_> {
             m.failures = failures;
             m.failure_class = Some(class);
             m.retry_after = f.retry_after;
+            // the backoff counts from the failure, not from the start of a check that may
+            // have taken as long as its timeout (else the watch event of this very status
+            // patch finds the first steps over and checks again at once)
+            m.last_check = Some(Instant::now());
         });
         let name = format!(
             "{}/{}",
