@@ -480,10 +480,15 @@ fn assert_no_storm(
 
 /// A case failing with a transient reason, three failed checks long.
 fn transient(detail: &'static str) -> Expect {
+    transient_after(detail, None)
+}
+
+/// [`transient`] where the registry says `Retry-After` (seconds).
+fn transient_after(detail: &'static str, retry_after: Option<u64>) -> Expect {
     Expect::Fails {
         reason: "RegistryUnavailable",
         detail,
-        retry_after: None,
+        retry_after,
         failures: 3,
         takes: Duration::ZERO,
         check: Duration::from_secs(2),
@@ -566,6 +571,23 @@ async fn error_statuses_are_retried_on_the_backoff_and_retry_after_is_honoured()
             on: Match::All,
             timeout: "60s",
             expect: rate_limited(Some(8)),
+        },
+        Case {
+            name: "status-429-retry-after-date",
+            injected: "every request answered 429 with Retry-After as an HTTP-date 8 s ahead",
+            fault: Fault::StatusUntil(429, 8),
+            on: Match::All,
+            timeout: "60s",
+            // whole seconds: the date is 7 to 8 s ahead when it arrives
+            expect: rate_limited(Some(7)),
+        },
+        Case {
+            name: "status-503-retry-after",
+            injected: "every request answered 503 with Retry-After: 8",
+            fault: status(503, Some(8)),
+            on: Match::All,
+            timeout: "60s",
+            expect: transient_after("HTTP 503", Some(8)),
         },
     ])
     .await;

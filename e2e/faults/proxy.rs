@@ -27,6 +27,9 @@ pub enum Fault {
     Latency(Duration),
     /// This status with a registry error body, and `Retry-After: <seconds>` when given.
     Status(u16, Option<u64>),
+    /// This status with `Retry-After` as an HTTP-date this many seconds after the answer
+    /// (whole seconds: up to one less in effect).
+    StatusUntil(u16, u64),
     /// The headers and half the body, then a TCP reset.
     Reset,
     /// The right `Content-Length`, half the body, then the connection closed (FIN).
@@ -335,7 +338,14 @@ async fn respond(stream: &mut TcpStream, state: &State, request: &Request) -> bo
     let fault = state.fault_for(kind, &request.target);
     match fault {
         Some(Fault::Status(code, retry_after)) => {
+            let retry_after = retry_after.map(|s| s.to_string());
             return write_status(stream, code, retry_after).await;
+        }
+        Some(Fault::StatusUntil(code, seconds)) => {
+            let at = jiff::Timestamp::now() + Duration::from_secs(seconds);
+            let printer = jiff::fmt::rfc2822::DateTimePrinter::new();
+            let date = printer.timestamp_to_rfc9110_string(&at).ok();
+            return write_status(stream, code, date).await;
         }
         Some(Fault::Latency(d)) => tokio::time::sleep(d).await,
         _ => {}
@@ -413,11 +423,11 @@ fn head(status: u16, headers: &[(String, String)], length: &str) -> Vec<u8> {
 }
 
 /// A registry error body for `code`, with `Retry-After` when given.
-async fn write_status(stream: &mut TcpStream, code: u16, retry_after: Option<u64>) -> bool {
+async fn write_status(stream: &mut TcpStream, code: u16, retry_after: Option<String>) -> bool {
     let body = br#"{"errors":[{"code":"UNAVAILABLE","message":"injected by the fault proxy"}]}"#;
     let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
     if let Some(s) = retry_after {
-        headers.push(("retry-after".to_string(), s.to_string()));
+        headers.push(("retry-after".to_string(), s));
     }
     let mut out = head(code, &headers, &body.len().to_string());
     out.extend_from_slice(body);
