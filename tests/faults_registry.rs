@@ -342,7 +342,7 @@ async fn run(h: &Harness, case: Case) -> Row {
     let o = h.request_check(case.name, "fault-on").await;
     let took = on.elapsed();
     let row = Row::new("registry", case.name).injected(case.injected);
-    let row = match case.expect {
+    let mut row = match case.expect {
         Expect::Slowed { at_least, at_most } => {
             slowed(&s, &o, &v2, on, took, (at_least, at_most)).await;
             row.outcome(format!(
@@ -351,9 +351,17 @@ async fn run(h: &Harness, case: Case) -> Row {
             ))
             .requests(requests_text(requests(&s.proxy, on)))
         }
-        Expect::Fails { .. } => failing(&s, &o, &v2, &case.expect, on, before, took, row).await,
+        Expect::Fails { .. } => {
+            let fault = FaultOn {
+                o,
+                v2,
+                on,
+                before,
+                took,
+            };
+            failing(&s, &fault, &case.expect, row).await
+        }
     };
-    let mut row = row;
     row.partial = unverified_blobs(h);
     assert_eq!(
         row.partial, 0,
@@ -362,6 +370,17 @@ async fn run(h: &Harness, case: Case) -> Row {
     );
     row.record();
     row
+}
+
+/// Where a case stands once its fault is on and the check it asked for ended.
+struct FaultOn {
+    /// The source after that check.
+    o: ArtifactSource,
+    v2: Version,
+    /// When the fault went on, the failed checks logged before, and how long the check took.
+    on: Instant,
+    before: usize,
+    took: Duration,
 }
 
 async fn slowed(
@@ -383,17 +402,9 @@ async fn slowed(
     );
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn failing(
-    s: &Subject<'_>,
-    o: &ArtifactSource,
-    v2: &Version,
-    expect: &Expect,
-    on: Instant,
-    before: usize,
-    took: Duration,
-    row: Row,
-) -> Row {
+async fn failing(s: &Subject<'_>, fault: &FaultOn, expect: &Expect, row: Row) -> Row {
+    let (o, v2, on) = (&fault.o, &fault.v2, fault.on);
+    let (before, took) = (fault.before, fault.took);
     let Expect::Fails {
         reason,
         detail,
