@@ -34,6 +34,9 @@ pub struct Memory {
     pub last_check: Option<Instant>,
     /// The generation the last check was for (the cached object's status may lag behind).
     pub checked_generation: Option<i64>,
+    /// The `requested-at` value the last check was for (the cached object's status may lag
+    /// behind: a check's own progress patch wakes the source again before its result is seen).
+    pub checked_request: Option<String>,
     /// A referenced Secret changed since the last check.
     pub secret_changed: bool,
     /// The last check stopped because another source was pulling the same revision: the

@@ -229,6 +229,78 @@ async fn a_secret_the_controller_may_not_read_is_not_reported_missing() {
     server.expect_no_more().await;
 }
 
+/// A registry that takes connections and never answers.
+async fn silent_registry() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn the_backoff_after_a_failed_check_counts_from_its_end() {
+    let (client, mut server) = mock_api::pair();
+    let (_root, store, _) = store_with(&[]);
+    let (registry, _silent) = silent_registry().await;
+    let mut source = ArtifactSource::new("rules", ArtifactSourceSpec::default());
+    source.metadata = meta("rules", Some("team"), "uid-1");
+    source.spec.url = format!("oci://{registry}/team/rules");
+    source.spec.insecure = true;
+    source.spec.timeout = Some("1s".into());
+    source.spec.interval = "1h".into();
+    source.spec.reference = Some(crate::api::artifact_source::OciRefSpec {
+        tag: Some("1".into()),
+        ..Default::default()
+    });
+    let ctx = context(client, store, vec![source.clone()], &[], &[]);
+    let started = std::time::Instant::now();
+    let reconcile = tokio::spawn(super::source::reconcile(Arc::new(source), ctx.clone()));
+    let event = server
+        .expect(
+            "POST",
+            "/apis/events.k8s.io/v1/namespaces/team/events",
+            201,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        event.body["reason"], "RegistryUnavailable",
+        "{}",
+        event.body
+    );
+    let status = serde_json::to_value(&*ctx.sources.state()[0]).unwrap();
+    server
+        .expect(
+            "PATCH",
+            "/apis/ocisync.dev/v1alpha1/namespaces/team/artifactsources/rules/status",
+            200,
+            status,
+        )
+        .await;
+    reconcile.await.unwrap().unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(1),
+        "the check waited out its timeout: {took:?}"
+    );
+    let since = ctx
+        .memory_of("uid-1")
+        .last_check
+        .expect("a check")
+        .elapsed();
+    assert!(
+        since < Duration::from_millis(500),
+        "the backoff counts from {since:?} ago, the start of a check that took {took:?}"
+    );
+    drop(ctx);
+    server.expect_no_more().await;
+}
+
 #[tokio::test]
 async fn a_reconcile_without_api_errors_ends_the_run_of_them() {
     let (client, server) = mock_api::pair();

@@ -91,6 +91,18 @@ pub fn next_delay(
     }
 }
 
+/// Whether the `requested-at` value `asked` still wants a check: neither the status nor
+/// this replica's memory says a check for it ran. (A reconcile may see a status older than
+/// the check that just ended, for example the progress a pull wrote; checking again then
+/// would run two checks for one request.)
+pub fn is_new_request(
+    asked: Option<&str>,
+    in_status: Option<&str>,
+    in_memory: Option<&str>,
+) -> bool {
+    asked.is_some() && asked != in_status && asked != in_memory
+}
+
 pub use crate::backoff::seed_of;
 
 #[cfg(test)]
@@ -123,6 +135,16 @@ mod tests {
         ] {
             assert_eq!(due(&forced, MIN, 1), Due::Now, "{forced:?}");
         }
+    }
+
+    #[test]
+    fn a_request_is_checked_once_even_when_the_status_seen_is_older() {
+        assert!(is_new_request(Some("b"), Some("a"), None));
+        assert!(is_new_request(Some("b"), Some("a"), Some("a")));
+        // the check for "b" ran; the status seen is still from before it
+        assert!(!is_new_request(Some("b"), Some("a"), Some("b")));
+        assert!(!is_new_request(Some("b"), Some("b"), None));
+        assert!(!is_new_request(None, Some("a"), None));
     }
 
     #[test]

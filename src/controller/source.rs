@@ -141,6 +141,7 @@ async fn reconcile_inner(source: &ArtifactSource, ctx: &Context) -> Result<Outco
     ctx.remember(&r.uid, |m| {
         m.last_check = Some(Instant::now());
         m.checked_generation = r.generation;
+        m.checked_request = r.requested_at.clone();
         m.secret_changed = false;
         m.pull_busy = false;
         if credentials_may_differ {
@@ -214,8 +215,11 @@ impl Reconcile<'_> {
         .into_iter()
         .flatten()
         .min();
-        let requested =
-            self.requested_at.is_some() && self.requested_at != self.prev.last_handled_requested_at;
+        let requested = schedule::is_new_request(
+            self.requested_at.as_deref(),
+            self.prev.last_handled_requested_at.as_deref(),
+            memory.checked_request.as_deref(),
+        );
         let mut state = CheckState {
             since_last_check: last_check,
             spec_changed: self.generation != self.prev.observed_generation
@@ -290,6 +294,10 @@ impl Reconcile<'_> {
             m.failures = failures;
             m.failure_class = Some(class);
             m.retry_after = f.retry_after;
+            // the backoff counts from the failure, not from the start of a check that may
+            // have taken as long as its timeout (else the watch event of this very status
+            // patch finds the first steps over and checks again at once)
+            m.last_check = Some(Instant::now());
         });
         let name = format!(
             "{}/{}",

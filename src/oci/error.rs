@@ -26,6 +26,12 @@ pub enum OciError {
     UnsupportedMediaType(String),
     #[error("registry unavailable: {0}")]
     RegistryUnavailable(String),
+    /// A 5xx that said when to come back (`Retry-After`).
+    #[error("registry unavailable: {detail}, retry after {}s", retry_after.as_secs())]
+    UnavailableFor {
+        detail: String,
+        retry_after: Duration,
+    },
     #[error("rate limited by the registry{}", retry_after.map(|d| format!(", retry after {}s", d.as_secs())).unwrap_or_default())]
     RateLimited { retry_after: Option<Duration> },
     #[error("invalid reference: {0}")]
@@ -52,7 +58,9 @@ impl OciError {
             OciError::TooLarge(_) => SourceReason::TooLarge,
             OciError::UnsafeContent(_) => SourceReason::UnsafeContent,
             OciError::UnsupportedMediaType(_) => SourceReason::UnsupportedMediaType,
-            OciError::RegistryUnavailable(_) => SourceReason::RegistryUnavailable,
+            OciError::RegistryUnavailable(_) | OciError::UnavailableFor { .. } => {
+                SourceReason::RegistryUnavailable
+            }
             OciError::RateLimited { .. } => SourceReason::RateLimited,
             OciError::InvalidReference(_) => SourceReason::InvalidReference,
             OciError::InvalidManifest(_) => SourceReason::InvalidManifest,
@@ -74,6 +82,7 @@ impl OciError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             OciError::RateLimited { retry_after } => *retry_after,
+            OciError::UnavailableFor { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }

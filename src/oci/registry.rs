@@ -812,8 +812,7 @@ async fn check_status(response: Response, what: &str) -> Result<Response> {
         return Ok(response);
     }
     let retry_after = header_str(response.headers(), header::RETRY_AFTER.as_str())
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(Duration::from_secs);
+        .and_then(|v| parse_retry_after(&v, jiff::Timestamp::now()));
     let code = registry_error_code(response).await;
     let detail = match code {
         Some(c) => format!("{what}: HTTP {} ({c})", status.as_u16()),
@@ -824,9 +823,36 @@ async fn check_status(response: Response, what: &str) -> Result<Response> {
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => OciError::Unauthorized(detail),
         StatusCode::TOO_MANY_REQUESTS => OciError::RateLimited { retry_after },
         StatusCode::PAYLOAD_TOO_LARGE => OciError::TooLarge(detail),
-        s if s.is_server_error() => OciError::RegistryUnavailable(detail),
+        // a 503 (or any 5xx) may say when to come back, as a 429 does (RFC 9110, 10.2.3)
+        s if s.is_server_error() => match retry_after {
+            Some(retry_after) => OciError::UnavailableFor {
+                detail,
+                retry_after,
+            },
+            None => OciError::RegistryUnavailable(detail),
+        },
         _ => OciError::RegistryUnavailable(detail),
     })
+}
+
+/// The longest wait a registry's `Retry-After` gets: a longer one (or a date further
+/// ahead) counts as this much, so that a broken or hostile registry cannot park a source
+/// for years.
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
+
+/// A `Retry-After` value, delay-seconds or an HTTP-date (RFC 9110, 10.2.3), as a wait from
+/// `now`, capped at [`RETRY_AFTER_MAX`]; a date already past is no wait.
+fn parse_retry_after(value: &str, now: jiff::Timestamp) -> Option<Duration> {
+    let value = value.trim();
+    let wait = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let parser = jiff::fmt::rfc2822::DateTimeParser::new();
+            let at = parser.parse_timestamp(value).ok()?;
+            Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(RETRY_AFTER_MAX))
 }
 
 /// The first `errors[].code` of a distribution error body, if any (bounded read).
@@ -877,6 +903,29 @@ async fn read_limited(response: Response, limit: u64, what: &str) -> Result<Byte
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_seconds_or_a_date_and_never_years() {
+        let now: jiff::Timestamp = "2026-12-02T21:00:00Z".parse().unwrap();
+        let at = |v| parse_retry_after(v, now);
+        assert_eq!(at("8"), Some(Duration::from_secs(8)));
+        assert_eq!(at(" 0 "), Some(Duration::ZERO));
+        assert_eq!(
+            at("Wed, 02 Dec 2026 21:00:30 GMT"),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(at("Wed, 02 Dec 2026 20:00:00 GMT"), Some(Duration::ZERO));
+        for far in [
+            "18446744073709551615",
+            "99999999",
+            "Tue, 01 Jan 2999 00:00:00 GMT",
+        ] {
+            assert_eq!(at(far), Some(RETRY_AFTER_MAX), "{far}");
+        }
+        for junk in ["", "-5", "soon", "1.5"] {
+            assert_eq!(at(junk), None, "{junk:?}");
+        }
+    }
 
     #[test]
     fn parses_challenges() {

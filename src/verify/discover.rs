@@ -169,6 +169,7 @@ fn is_fatal(e: &OciError) -> bool {
     matches!(
         e,
         OciError::RegistryUnavailable(_)
+            | OciError::UnavailableFor { .. }
             | OciError::Unauthorized(_)
             | OciError::RateLimited { .. }
             | OciError::Internal(_)
