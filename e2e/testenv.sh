@@ -45,11 +45,10 @@ readonly TIMEOUT=${OCISYNC_TESTENV_TIMEOUT:-60}
 readonly STOP_TIMEOUT=15
 readonly CLUSTER_NAMES=(kube-controller-manager kube-apiserver etcd)
 readonly REGISTRY_NAMES=(registry-plain registry-tls)
-# The Service range the API server allocates ClusterIPs from, and the pod range of the real
-# node (e2e/node.sh's POD_CIDR). Neither may leave the machine: see ensure_blackholes.
+# The Service range the API server allocates ClusterIPs from; with the real node's pod range
+# (e2e/node.sh's POD_CIDR) it may not leave the machine: see ensure_blackholes.
 readonly SERVICE_CIDR=10.0.0.0/24
-readonly BLACKHOLE_CIDRS=("$SERVICE_CIDR" 10.88.0.0/16)
-readonly BLACKHOLE_METRIC=4242
+readonly BLACKHOLE_CHAIN=OCISYNC-TESTENV-DROP
 
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 readonly E2E_DIR
@@ -633,25 +632,55 @@ start_kcm() {
 }
 
 # ensure_blackholes: a packet to a ClusterIP that no kube-proxy rule rewrote, or to a pod
-# address no bridge serves, would follow the default route off this machine. A blackhole
-# route per range drops it instead. kube-proxy's DNAT happens before routing, so real
-# Service traffic is unaffected, and the node's bridge route (metric 0) wins over the
-# blackhole's high metric while the bridge is up.
+# address no bridge serves, would follow the default route off this machine. A chain of
+# ours in the filter table's OUTPUT and FORWARD drops it instead. Not a blackhole route:
+# the host's own connect() to a ClusterIP looks up the route before kube-proxy's OUTPUT
+# DNAT, and a blackhole route fails it (EINVAL). Packets kube-proxy rewrote carry conntrack
+# state DNAT and pass; pod addresses pass out of the node's bridge. When a range overlaps
+# an address of this host, nothing is dropped for it (said so): that is the host's network.
 ensure_blackholes() {
-	command -v ip >/dev/null 2>&1 || return 0
+	command -v iptables >/dev/null 2>&1 || ensure_debs iptables
+	remove_blackholes
+	as_root iptables -w -N "$BLACKHOLE_CHAIN" || die "cannot create iptables chain $BLACKHOLE_CHAIN (needs root)"
 	local cidr
-	for cidr in "${BLACKHOLE_CIDRS[@]}"; do
-		as_root ip route replace blackhole "$cidr" metric "$BLACKHOLE_METRIC" ||
-			die "cannot add a blackhole route for $cidr (needs root)"
+	if host_overlaps "$SERVICE_CIDR"; then
+		log "the Service range $SERVICE_CIDR overlaps this host's addresses: not dropping it"
+	else
+		as_root iptables -w -A "$BLACKHOLE_CHAIN" -d "$SERVICE_CIDR" -m conntrack ! --ctstate DNAT -j DROP
+	fi
+	for cidr in "$POD_CIDR"; do
+		if host_overlaps "$cidr" "$NODE_BRIDGE"; then
+			log "the pod range $cidr overlaps this host's addresses: not dropping it"
+			continue
+		fi
+		as_root iptables -w -A "$BLACKHOLE_CHAIN" -d "$cidr" ! -o "$NODE_BRIDGE" -m addrtype ! --dst-type LOCAL -j DROP
 	done
+	as_root iptables -w -I OUTPUT 1 -j "$BLACKHOLE_CHAIN"
+	as_root iptables -w -I FORWARD 1 -j "$BLACKHOLE_CHAIN"
 }
 
 remove_blackholes() {
-	command -v ip >/dev/null 2>&1 || return 0
-	local cidr
-	for cidr in "${BLACKHOLE_CIDRS[@]}"; do
-		as_root ip route del blackhole "$cidr" metric "$BLACKHOLE_METRIC" 2>/dev/null || true
+	command -v iptables >/dev/null 2>&1 || return 0
+	local table_chain
+	for table_chain in OUTPUT FORWARD; do
+		while as_root iptables -w -D "$table_chain" -j "$BLACKHOLE_CHAIN" 2>/dev/null; do :; done
 	done
+	as_root iptables -w -F "$BLACKHOLE_CHAIN" 2>/dev/null || true
+	as_root iptables -w -X "$BLACKHOLE_CHAIN" 2>/dev/null || true
+	# the routes an earlier version added
+	local cidr
+	for cidr in "$SERVICE_CIDR" "$POD_CIDR"; do
+		as_root ip route del blackhole "$cidr" metric 4242 2>/dev/null || true
+	done
+}
+
+# host_overlaps CIDR [EXCEPT_DEV]: an address of this host (other than on EXCEPT_DEV) lies
+# in CIDR, or CIDR in its network.
+host_overlaps() {
+	ip -4 -o addr show | awk -v except="${2:-}" '$2 != except {print $4}' |
+		python3 -c 'import ipaddress, sys
+r = ipaddress.ip_network(sys.argv[1])
+sys.exit(0 if any(ipaddress.ip_interface(l.strip()).network.overlaps(r) for l in sys.stdin if l.strip()) else 1)' "$1"
 }
 
 # -------------------------------------------------------------- registries
@@ -825,7 +854,7 @@ cmd_up() {
 		cmds+=("${more[@]}")
 	fi
 	if ((!external)); then
-		cmds+=(etcd:etcd-server ip:iproute2)
+		cmds+=(etcd:etcd-server ip:iproute2 iptables:iptables python3:python3)
 		have_k8s_bins || cmds+=(go:golang-go rsync:rsync make:make gcc:build-essential)
 	fi
 	ensure_commands "${cmds[@]}"

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::Which;
 use common::agent::{Agent, bundle_ready, delete_nodes, node, revision_of};
-use common::controller::{Harness, harness, push_file, wait_within};
+use common::controller::{Harness, TEST_LEASE, harness, push_file, wait_within};
 use common::faults::Row;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
@@ -65,7 +65,10 @@ struct Setup {
 }
 
 async fn setup(rules: &str) -> Setup {
-    let h = harness().await;
+    setup_on(harness().await, rules).await
+}
+
+async fn setup_on(h: Harness, rules: &str) -> Setup {
     let work = tempfile::tempdir().expect("tempdir");
     let node_name = format!("e2e-fault-{}", common::unique());
     node(&h, &node_name, serde_json::json!({"e2e-fault": node_name})).await;
@@ -273,6 +276,54 @@ async fn own_control_plane_etcd_killed_and_restarted_with_its_data_converges_wit
         .injected("etcd SIGKILLed for 20 s (the API server up, answering errors); a push 5 s in; data kept")
         .outcome(format!("ConfigMap and node file at the pushed revision {:.1} s after etcd was back; written once on the node", took.as_secs_f64()))
         .requests(format!("registry: manifest GET {manifests}, blob GET {blobs} from the kill to convergence"))
+        .recovered_after(took)
+        .record();
+    s.cleanup().await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
+async fn own_control_plane_api_server_killed_under_two_replicas_with_a_lease_converges() {
+    own_control_plane();
+    let _one = SERIAL.lock().await;
+    // replica A (the harness's process, restarted with leader election) and replica B
+    let mut h = harness().await;
+    let store_a = tempfile::tempdir().expect("store a");
+    let (ns, base) = (h.ns.clone(), h.base_url.clone());
+    let mut flags = vec!["--leader-elect", "--lease-namespace", ns.as_str()];
+    flags.extend(TEST_LEASE);
+    flags.extend(["--advertise-url", base.as_str()]);
+    h.restart_controller(store_a.path(), &flags);
+    let store_b = tempfile::tempdir().expect("store b");
+    let _b = h.replica("controller-b", store_b.path(), &[]);
+    let run = common::unique();
+    let v1 = format!("- rule: before {run}\n");
+    let v2 = format!("- rule: pushed while the API server was down {run}\n");
+    let s = setup_on(h, &v1).await;
+    let before = s.h.lease_holder().await.expect("a leader");
+
+    let took = outage_with_a_push(&s, "kube-apiserver", Duration::from_secs(30), &v2).await;
+    let after = s.h.lease_holder().await.expect("a leader");
+    assert_eq!(
+        s.applied(&s.revision().await),
+        1,
+        "the new revision written once on the node"
+    );
+    // the Lease (4 s here) ran out during the outage: a leader is elected again first
+    let lease = Duration::from_secs(4);
+    let goal = INTERVAL + RELIST + lease;
+    assert!(
+        took <= goal,
+        "converged {took:?} after the API server returned; goal: one interval, the relist and a Lease ({goal:?})"
+    );
+    let same = if before == after {
+        "the same replica"
+    } else {
+        "the other replica"
+    };
+    Row::new("control-plane", "kube-apiserver-sigkill-30s-two-replicas")
+        .injected("kube-apiserver SIGKILLed for 30 s under two replicas with a 4 s Lease; a push 5 s into the outage; 10 s interval")
+        .outcome(format!("{same} leads after the outage; ConfigMap and node file at the pushed revision {:.1} s after the API server was back; written once on the node", took.as_secs_f64()))
         .recovered_after(took)
         .record();
     s.cleanup().await;
