@@ -40,56 +40,88 @@ pub const TRANSIENT: Backoff = Backoff::new(Duration::from_secs(5), Duration::fr
 pub const WAITING: Backoff = Backoff::new(Duration::from_secs(10), Duration::from_secs(600));
 
 /// How a watch waits before it tries the API server again: from half a second, doubling per
-/// failure up to `max`, jittered by `seed`; the next event that arrives resets it (kube's
-/// `StreamBackoff`). kube's default waits up to 30 s, and after an API server outage a
-/// watch needs two tries (the reconnect, then the relist that the new server's `410
-/// Expired` asks for), so a change made during the outage waited up to a minute after the
-/// API server was back (40.7 s measured in `tests/faults_cluster.rs`). The controller waits
-/// at most [`CONTROLLER_WATCH_MAX`]; agents, of which there are thousands, at most
-/// [`AGENT_WATCH_MAX`], so their relists after an outage spread out.
+/// failure up to `max`, spread over [50%, 100%] of the step by `seed`. kube's default waits up
+/// to 30 s, and after an API server outage a watch needs two tries (the reconnect, then the
+/// relist that the new server's `410 Expired` asks for), so a change made during the outage
+/// waited up to a minute after the API server was back (40.7 s measured in
+/// `tests/faults_cluster.rs`). The controller waits at most [`CONTROLLER_WATCH_MAX`]; agents,
+/// of which there are thousands, at most [`AGENT_WATCH_MAX`], so their retries after an
+/// outage spread over 4-8 s.
+///
+/// kube's `StreamBackoff` resets a backoff on every item a watch yields, and a watcher
+/// yields `Init` before each LIST: a reset there would start over at half a second on every
+/// failed relist (a LIST answered 429 by an overloaded API server, thousands of agents at
+/// once). So `reset` does nothing; the count starts over once no failure came for
+/// [`WATCH_QUIET`].
 #[derive(Clone, Debug)]
 pub struct WatchBackoff {
     steps: Backoff,
     seed: u64,
     failures: u32,
+    last_failure: Option<std::time::Instant>,
+    quiet: Duration,
 }
 
 pub const CONTROLLER_WATCH_MAX: Duration = Duration::from_secs(4);
 pub const AGENT_WATCH_MAX: Duration = Duration::from_secs(8);
+/// How long a watch must go without a failure before its backoff starts over.
+pub const WATCH_QUIET: Duration = Duration::from_secs(30);
 
 impl WatchBackoff {
-    pub fn new(max: Duration, seed: u64) -> Self {
+    pub fn new(max: Duration, seed: u64, quiet: Duration) -> Self {
         WatchBackoff {
             steps: Backoff::new(Duration::from_millis(500), max),
             seed,
             failures: 0,
+            last_failure: None,
+            quiet,
         }
     }
 }
 
-/// A controller watch's backoff (seeded by the process, so replicas do not retry together).
+/// A controller watch's backoff, seeded by the pod and the process (a pod's process is
+/// often pid 1 in every replica, so the pid alone would make replicas retry together).
 pub fn controller_watch() -> WatchBackoff {
-    WatchBackoff::new(CONTROLLER_WATCH_MAX, u64::from(std::process::id()))
+    let pod = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_default();
+    let seed = seed_of(&pod) ^ u64::from(std::process::id()).rotate_left(32);
+    WatchBackoff::new(CONTROLLER_WATCH_MAX, seed, WATCH_QUIET)
 }
 
 /// An agent watch's backoff, seeded by its node's name.
 pub fn agent_watch(node_name: &str) -> WatchBackoff {
-    WatchBackoff::new(AGENT_WATCH_MAX, seed_of(node_name))
+    WatchBackoff::new(AGENT_WATCH_MAX, seed_of(node_name), WATCH_QUIET)
 }
 
 impl Iterator for WatchBackoff {
     type Item = Duration;
 
     fn next(&mut self) -> Option<Duration> {
+        let now = std::time::Instant::now();
+        if self
+            .last_failure
+            .is_some_and(|t| now.duration_since(t) >= self.quiet)
+        {
+            self.failures = 0;
+        }
+        self.last_failure = Some(now);
         self.failures = self.failures.saturating_add(1);
-        Some(self.steps.delay(self.failures, self.seed, None))
+        let exp = (self.failures - 1).min(20);
+        let step = self
+            .steps
+            .base
+            .saturating_mul(1u32 << exp)
+            .min(self.steps.max);
+        let half = step / 2;
+        let seed = self.seed.wrapping_add(u64::from(self.failures));
+        Some(half + jitter_part(step - half, seed))
     }
 }
 
 impl kube::runtime::utils::Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        self.failures = 0;
-    }
+    /// Nothing: see [`WatchBackoff`] (the count starts over after [`WATCH_QUIET`]).
+    fn reset(&mut self) {}
 }
 
 /// How long after the `failures`-th failure in a row of `class` to look again (`None`:
@@ -142,26 +174,36 @@ fn mix(mut x: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn a_watch_waits_at_most_its_cap_and_starts_over_after_an_event() {
+    fn a_watch_backoff_grows_through_the_resets_of_failed_relists_and_is_capped() {
         use kube::runtime::utils::Backoff as _;
-        let mut b = super::WatchBackoff::new(super::CONTROLLER_WATCH_MAX, 7);
-        let first = b.next().expect("a delay");
+        use std::time::Duration;
+        let quiet = Duration::from_secs(3600);
+        let mut b = super::WatchBackoff::new(super::AGENT_WATCH_MAX, 7, quiet);
+        let mut delays = Vec::new();
+        for _ in 0..12 {
+            delays.push(b.next().expect("a delay"));
+            b.reset(); // the watcher's Init before the next LIST
+        }
+        let first = delays[0];
+        assert!(first >= Duration::from_millis(250) && first <= Duration::from_millis(500));
+        assert!(delays[4] >= Duration::from_secs(4), "grows: {delays:?}");
+        let cap = super::AGENT_WATCH_MAX;
+        assert!(delays.iter().all(|d| *d <= cap), "capped: {delays:?}");
         assert!(
-            first <= std::time::Duration::from_millis(500)
-                && first >= std::time::Duration::from_millis(375)
+            delays[8..].iter().all(|d| *d >= cap / 2),
+            "over [50%, 100%]"
         );
-        let later: Vec<_> = (0..20).filter_map(|_| b.next()).collect();
-        assert!(later.iter().all(|d| *d <= super::CONTROLLER_WATCH_MAX));
-        assert!(
-            later
-                .last()
-                .is_some_and(|d| *d >= super::CONTROLLER_WATCH_MAX * 3 / 4)
-        );
-        b.reset();
+    }
+
+    #[test]
+    fn a_watch_backoff_starts_over_after_a_quiet_period() {
+        let quiet = std::time::Duration::ZERO;
+        let mut b = super::WatchBackoff::new(super::CONTROLLER_WATCH_MAX, 7, quiet);
+        let first = b.next();
         assert_eq!(
             b.next(),
-            Some(first),
-            "the same seed starts over at the first step"
+            first,
+            "no failure within the quiet period: the first step"
         );
     }
 
