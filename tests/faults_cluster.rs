@@ -190,15 +190,37 @@ fn registry_gets(s: &Setup, from: usize) -> (usize, usize) {
     (count("manifests"), count("blobs"))
 }
 
+/// Starts a killed process again if the test ends (a failed assertion) before it did: the
+/// environment is shared by every later test.
+struct Revive(&'static str);
+
+impl Drop for Revive {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/testenv.sh");
+            let _ = std::process::Command::new(script)
+                .args(["start", self.0])
+                .status();
+        }
+    }
+}
+
 /// Kills `process`, pushes `v2` a few seconds into the outage, starts it again after
 /// `outage`, and measures the time from its return to convergence.
-async fn outage_with_a_push(s: &Setup, process: &str, outage: Duration, v2: &str) -> Duration {
+async fn outage_with_a_push(
+    s: &Setup,
+    process: &'static str,
+    outage: Duration,
+    v2: &str,
+) -> Duration {
+    let revive = Revive(process);
     testenv("kill", process);
     let down = Instant::now();
     tokio::time::sleep(Duration::from_secs(5)).await;
     s.push(v2);
     tokio::time::sleep(outage.saturating_sub(down.elapsed())).await;
     testenv("start", process);
+    std::mem::forget(revive);
     s.converged(v2, Duration::from_secs(120)).await
 }
 

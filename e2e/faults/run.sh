@@ -9,6 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 rows=target/faults/rows
 rm -rf "$rows" && mkdir -p "$rows"
+# a fault test cut short (the timeout below) may leave the API server or etcd killed:
+# `up` starts whatever is down again, for whoever uses the environment next
+trap 'e2e/testenv.sh up --node >/dev/null 2>&1 || echo "faults: could not restore the test environment" >&2' EXIT
 env=$(e2e/testenv.sh up --node)
 eval "$env"
 start=$SECONDS
