@@ -827,7 +827,7 @@ async fn check_status(response: Response, what: &str) -> Result<Response> {
         s if s.is_server_error() => match retry_after {
             Some(retry_after) => OciError::UnavailableFor {
                 detail,
-                retry_after,
+                retry_after: retry_after.min(UNAVAILABLE_RETRY_AFTER_MAX),
             },
             None => OciError::RegistryUnavailable(detail),
         },
@@ -839,6 +839,11 @@ async fn check_status(response: Response, what: &str) -> Result<Response> {
 /// ahead) counts as this much, so that a broken or hostile registry cannot park a source
 /// for years.
 pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
+
+/// The longest wait a `Retry-After` on a 5xx gets: the transient backoff's own cap. A 5xx
+/// may come from a proxy or CDN in front of the registry, not the registry's own rate
+/// policy, and should not hold a source back longer than an outage without the header does.
+pub const UNAVAILABLE_RETRY_AFTER_MAX: Duration = crate::backoff::TRANSIENT.max;
 
 /// A `Retry-After` value, delay-seconds or an HTTP-date (RFC 9110, 10.2.3), as a wait from
 /// `now`, capped at [`RETRY_AFTER_MAX`]; a date already past is no wait.
@@ -925,6 +930,36 @@ mod tests {
         for junk in ["", "-5", "soon", "1.5"] {
             assert_eq!(at(junk), None, "{junk:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_on_a_5xx_waits_no_longer_than_the_transient_backoff() {
+        let answer = |status: u16| {
+            let r = http::Response::builder()
+                .status(status)
+                .header("retry-after", "99999")
+                .body(Vec::<u8>::new())
+                .expect("response");
+            reqwest::Response::from(r)
+        };
+        let e = check_status(answer(503), "manifest")
+            .await
+            .err()
+            .expect("an error");
+        assert_eq!(e.retry_after(), Some(crate::backoff::TRANSIENT.max), "{e}");
+        assert_eq!(
+            e.reason(),
+            crate::api::reason::SourceReason::RegistryUnavailable
+        );
+        let e = check_status(answer(429), "manifest")
+            .await
+            .err()
+            .expect("an error");
+        assert_eq!(
+            e.retry_after(),
+            Some(RETRY_AFTER_MAX),
+            "a 429 is the registry's own policy"
+        );
     }
 
     #[test]
