@@ -5,21 +5,12 @@
 
 mod common;
 
+use common::ready_at;
+
 use std::time::{Duration, Instant};
 
 use common::Which;
 use common::controller::{TEST_LEASE, harness_with, push_file};
-use ocisync::api::ArtifactSource;
-
-fn ready_at(digest: &str) -> impl Fn(&ArtifactSource) -> bool + '_ {
-    move |o| {
-        o.status
-            .as_ref()
-            .and_then(|s| s.artifact.as_ref())
-            .is_some_and(|a| a.digest == digest)
-            && common::source_ready(o).is_some_and(|(status, _, _)| status == "True")
-    }
-}
 
 /// Polls `check` until it holds, failing after `within`.
 async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)

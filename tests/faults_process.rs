@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::ready_at;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -16,17 +18,6 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use ocisync::api::{ArtifactSource, NodeReport, RuleBundle};
 use ocisync::oci::registry::sha256_digest;
-
-/// Whether source `o` is Ready at manifest `digest`.
-fn ready_at(digest: &str) -> impl Fn(&ArtifactSource) -> bool + '_ {
-    move |o| {
-        o.status
-            .as_ref()
-            .and_then(|s| s.artifact.as_ref())
-            .is_some_and(|a| a.digest == digest)
-            && common::source_ready(o).is_some_and(|(status, _, _)| status == "True")
-    }
-}
 
 fn reason_is(reason: &'static str) -> impl Fn(&ArtifactSource) -> bool {
     move |o| common::source_ready(o).is_some_and(|(_, r, _)| r == reason)

@@ -944,8 +944,7 @@ mod tests {
         };
         let e = check_status(answer(503), "manifest")
             .await
-            .err()
-            .expect("an error");
+            .expect_err("an error");
         assert_eq!(e.retry_after(), Some(crate::backoff::TRANSIENT.max), "{e}");
         assert_eq!(
             e.reason(),
@@ -953,8 +952,7 @@ mod tests {
         );
         let e = check_status(answer(429), "manifest")
             .await
-            .err()
-            .expect("an error");
+            .expect_err("an error");
         assert_eq!(
             e.retry_after(),
             Some(RETRY_AFTER_MAX),

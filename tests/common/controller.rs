@@ -200,12 +200,7 @@ impl Harness {
     }
 
     pub async fn request_check(&self, name: &str, value: &str) -> ArtifactSource {
-        let patch =
-            serde_json::json!({"metadata": {"annotations": {"ocisync.dev/requested-at": value}}});
-        self.api
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .expect("annotate");
+        self.request_check_nowait(name, value).await;
         let v = value.to_string();
         self.wait(name, "checked", move |o| {
             o.status

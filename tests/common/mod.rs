@@ -272,6 +272,17 @@ pub fn source_ready(o: &ocisync::api::ArtifactSource) -> Option<(String, String,
     ready_in(&o.status.as_ref()?.conditions)
 }
 
+/// Whether source `o` is Ready at manifest `digest`.
+pub fn ready_at(digest: &str) -> impl Fn(&ocisync::api::ArtifactSource) -> bool + '_ {
+    move |o| {
+        o.status
+            .as_ref()
+            .and_then(|s| s.artifact.as_ref())
+            .is_some_and(|a| a.digest == digest)
+            && source_ready(o).is_some_and(|(status, _, _)| status == "True")
+    }
+}
+
 /// The `Ready` condition of a RuleBundle: (status, reason, message).
 pub fn bundle_ready(b: &ocisync::api::RuleBundle) -> Option<(String, String, String)> {
     ready_in(&b.status.as_ref()?.conditions)
