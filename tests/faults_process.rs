@@ -100,6 +100,82 @@ async fn source(h: &Harness, repo: &str, interval: &str) {
     .await;
 }
 
+/// Four 25 MiB files of noise: one 100 MiB layer.
+fn big_files() -> Vec<(String, Vec<u8>)> {
+    ["a.bin", "b.bin", "c.bin", "d.bin"]
+        .iter()
+        .zip(11u64..)
+        .map(|(name, seed)| (name.to_string(), noise(25 << 20, seed)))
+        .collect()
+}
+
+/// Waits until `min` bytes of a pull are staged in `store`, then SIGKILLs the controller;
+/// returns the bytes staged then.
+async fn kill_mid_pull(h: &mut Harness, store: &Path, min: u64) -> u64 {
+    let start = Instant::now();
+    while bytes_under(&store.join("tmp")) < min {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the pull did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let staged = bytes_under(&store.join("tmp"));
+    h.kill_controller();
+    staged
+}
+
+/// What a killed pull left in `store`: no index of revision `digest` and only the last
+/// good one's, every blob hashing to its name. Returns (blobs, files of it already there).
+fn nothing_partial(store: &Path, digest: &str, files: &[(String, Vec<u8>)]) -> (usize, usize) {
+    let indexes = std::fs::read_dir(store.join("revisions"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(
+        indexes, 1,
+        "the index of the last good revision kept, and only it"
+    );
+    let index = format!("revisions/{}.json", digest.trim_start_matches("sha256:"));
+    assert!(
+        !store.join(index).exists(),
+        "no index of the revision whose pull was killed"
+    );
+    let blobs = store.join("blobs/sha256");
+    let (whole, broken) = blobs_intact(&blobs);
+    assert!(
+        broken.is_empty(),
+        "blobs whose bytes do not hash to their name: {broken:?}"
+    );
+    let there = |bytes: &[u8]| {
+        blobs
+            .join(sha256_digest(bytes).trim_start_matches("sha256:"))
+            .exists()
+    };
+    (whole, files.iter().filter(|(_, b)| there(b)).count())
+}
+
+/// Polls until source `files` is Ready at `digest`, asserting that the file `watched` is
+/// never served with bytes other than its own; returns how long that took.
+async fn whole_until_ready(h: &Harness, digest: &str, watched: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        let o = h.api.get("files").await.expect("source");
+        if ready_at(digest)(&o) {
+            return start.elapsed();
+        }
+        let (status, intact) = served(h, watched).await;
+        assert!(
+            status != 200 || intact,
+            "served bytes that do not match their digest"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "not Ready at the new revision"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 #[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn a_controller_killed_in_the_middle_of_a_100_mib_pull_leaves_nothing_partial() {
@@ -112,93 +188,30 @@ async fn a_controller_killed_in_the_middle_of_a_100_mib_pull_leaves_nothing_part
     source(&h, &repo, "1h").await;
     h.wait("files", "Ready at v1", ready_at(&d1)).await;
 
-    let parts: Vec<Vec<u8>> = (0..4).map(|i| noise(25 << 20, 11 + i)).collect();
-    let names = ["a.bin", "b.bin", "c.bin", "d.bin"];
-    let files: Vec<(&str, &[u8])> = names
-        .iter()
-        .copied()
-        .zip(parts.iter().map(|p| &p[..]))
-        .collect();
-    let d2 = push(&h, work.path(), &repo, &files);
-    let watched = sha256_digest(&parts[3]);
-    let start = Instant::now();
+    let files = big_files();
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), &b[..])).collect();
+    let d2 = push(&h, work.path(), &repo, &refs);
     h.request_check_nowait("files", "big").await;
-    // kill once the pull has written 30 MiB of its 100 into the store's staging area
-    while bytes_under(&store.path().join("tmp")) < 30 << 20 {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the pull did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let staged = bytes_under(&store.path().join("tmp"));
-    h.kill_controller();
-    let revisions = std::fs::read_dir(store.path().join("revisions"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    assert_eq!(
-        revisions, 1,
-        "the index of the last good revision kept, and only it"
-    );
-    let index = store
-        .path()
-        .join("revisions")
-        .join(format!("{}.json", d2.trim_start_matches("sha256:")));
-    assert!(
-        !index.exists(),
-        "no index of the revision whose pull was killed"
-    );
-    let blobs = store.path().join("blobs/sha256");
-    let committed = names.len()
-        - parts
-            .iter()
-            .filter(|p| {
-                !blobs
-                    .join(sha256_digest(p).trim_start_matches("sha256:"))
-                    .exists()
-            })
-            .count();
-    let (whole, broken) = blobs_intact(&blobs);
-    assert!(
-        broken.is_empty(),
-        "blobs whose bytes do not hash to their name: {broken:?}"
-    );
+    let staged = kill_mid_pull(&mut h, store.path(), 30 << 20).await;
+    let (whole, committed) = nothing_partial(store.path(), &d2, &files);
 
     h.restart_controller(store.path(), &[]);
-    // whatever is served meanwhile is whole (its bytes hash to the digest asked for)
-    let restarted = Instant::now();
-    loop {
-        let o = h.api.get("files").await.expect("source");
-        if ready_at(&d2)(&o) {
-            break;
-        }
-        let (status, intact) = served(&h, &watched).await;
-        assert!(
-            status != 200 || intact,
-            "served bytes that do not match their digest"
-        );
-        assert!(
-            restarted.elapsed() < Duration::from_secs(120),
-            "not Ready at the new revision"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let took = restarted.elapsed();
+    let took = whole_until_ready(&h, &d2, &sha256_digest(&files[3].1)).await;
     assert_eq!(
         bytes_under(&store.path().join("tmp")),
         0,
         "the staging area emptied"
     );
-    for (name, part) in names.iter().zip(&parts) {
+    for (name, bytes) in &files {
         assert_eq!(
-            served(&h, &sha256_digest(part)).await,
+            served(&h, &sha256_digest(bytes)).await,
             (200, true),
             "{name} served whole"
         );
     }
     Row::new("process", "controller-sigkill-mid-100mib-pull")
         .injected(format!("controller SIGKILLed with {} MiB of a 100 MiB layer staged", staged >> 20))
-        .outcome(format!("after the kill: no index of the new revision, {whole} blobs all hashing to their names ({committed} of its 4 files, verified, already there), {revisions} index (the last good revision's) kept; after restart every file served whole; Ready at the new revision {:.1} s after the restart", took.as_secs_f64()))
+        .outcome(format!("after the kill: no index of the new revision, only the last good one's; {whole} blobs, all hashing to their names ({committed} of the new revision's 4 files, verified, already there); after restart everything served whole, staging emptied; Ready at the new revision {:.1} s after the restart", took.as_secs_f64()))
         .recovered_after(took)
         .record();
     h.cleanup().await;
@@ -382,108 +395,156 @@ async fn entry(h: &Harness, node: &str) -> Option<(String, Option<String>)> {
     report_entry(r.as_ref(), "falco")
 }
 
+/// One node and its agent, reaching its controller through a [`Link`] the test can cut,
+/// and a bundle of source `rules` onto that node.
+struct CutNode {
+    h: Harness,
+    node: String,
+    link: Link,
+    agent: Agent,
+    repo: String,
+    work: tempfile::TempDir,
+}
+
+impl CutNode {
+    async fn new() -> CutNode {
+        let h = harness().await;
+        let node_name = format!("e2e-fault-{}", common::unique());
+        node(&h, &node_name, serde_json::json!({"e2e-fault": node_name})).await;
+        let link = Link::new(h.base_url.trim_start_matches("http://")).await;
+        let agent = Agent::start(&h, &node_name, &link.url());
+        let repo = h.env.repo(Which::Plain, "agent-cut").to_string();
+        let work = tempfile::tempdir().expect("work");
+        CutNode {
+            h,
+            node: node_name,
+            link,
+            agent,
+            repo,
+            work,
+        }
+    }
+
+    fn rules(&self, v: &str) -> String {
+        format!("- rule: {v} {}\n", self.node)
+    }
+
+    fn push(&self, v: &str) {
+        let target = format!("{}:1", self.repo);
+        let files = [("rules.yaml", self.rules(v).into_bytes())];
+        let files: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (*n, &b[..])).collect();
+        push_files(
+            &self.h.env,
+            Which::Plain,
+            self.work.path(),
+            &target,
+            "falco-rules",
+            &files,
+            &[],
+        );
+    }
+
+    /// Source and bundle at `v1`, on the node.
+    async fn at_v1(&self) -> String {
+        self.push("v1");
+        let spec = serde_json::json!({"url": format!("oci://{}", self.repo), "ref": {"tag": "1"}, "interval": "1h", "insecure": true});
+        self.h.create("rules", spec).await;
+        let spec = serde_json::json!({"spec": {"sources": [{"sourceRef": {"name": "rules"}}],
+            "nodeFiles": {"directory": "/etc/falco/rules.d", "nodeSelector": {"matchLabels": {"e2e-fault": self.node}}}}});
+        self.h.apply::<RuleBundle>("falco", spec).await;
+        let b = self
+            .h
+            .wait_for::<RuleBundle>("falco", "Ready", |b| b.is_some_and(bundle_ready))
+            .await;
+        let start = Instant::now();
+        while self.on_node() != self.rules("v1") {
+            assert!(start.elapsed() < Duration::from_secs(60), "v1 on the node");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        b.and_then(|b| revision_of(&b)).expect("revision")
+    }
+
+    fn on_node(&self) -> String {
+        std::fs::read_to_string(self.agent.dir().join("rules.yaml")).unwrap_or_default()
+    }
+
+    /// Waits until the node's report says `reason` at `revision` (any revision: `None`),
+    /// and `also` holds, asserting the files stay at `v1` meanwhile.
+    async fn reported(
+        &self,
+        reason: &str,
+        revision: Option<&str>,
+        also: impl Fn() -> bool,
+        keep: Option<&str>,
+    ) -> Duration {
+        let start = Instant::now();
+        loop {
+            let e = entry(&self.h, &self.node).await;
+            let matches = e.as_ref().is_some_and(|(r, rev)| {
+                r == reason && (revision.is_none() || rev.as_deref() == revision)
+            });
+            if matches && also() {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{reason} reported: {e:?}"
+            );
+            if let Some(v) = keep {
+                assert_eq!(
+                    self.on_node(),
+                    self.rules(v),
+                    "the files stay while the controller is unreachable"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 #[tokio::test]
 #[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn an_agent_restarted_while_its_controller_is_unreachable_keeps_its_files_and_catches_up() {
-    let h = harness().await;
-    let work = tempfile::tempdir().expect("work");
-    let node_name = format!("e2e-fault-{}", common::unique());
-    node(&h, &node_name, serde_json::json!({"e2e-fault": node_name})).await;
-    let mut link = Link::new(h.base_url.trim_start_matches("http://")).await;
-    let mut agent = Agent::start(&h, &node_name, &link.url());
-    let repo = h.env.repo(Which::Plain, "agent-cut").to_string();
-    let rules = |v: &str| format!("- rule: {v} {node_name}\n");
-    let push_rules = |v: &str| {
-        push_files(
-            &h.env,
-            Which::Plain,
-            work.path(),
-            &format!("{repo}:1"),
-            "falco-rules",
-            &[("rules.yaml", rules(v).as_bytes())],
-            &[],
-        )
-    };
-    push_rules("v1");
-    h.create("rules", serde_json::json!({"url": format!("oci://{repo}"), "ref": {"tag": "1"}, "interval": "1h", "insecure": true})).await;
-    let spec = serde_json::json!({"spec": {"sources": [{"sourceRef": {"name": "rules"}}],
-        "nodeFiles": {"directory": "/etc/falco/rules.d", "nodeSelector": {"matchLabels": {"e2e-fault": node_name}}}}});
-    h.apply::<RuleBundle>("falco", spec).await;
-    let b = h
-        .wait_for::<RuleBundle>("falco", "Ready", |b| b.is_some_and(bundle_ready))
-        .await
-        .expect("bundle");
-    let r1 = revision_of(&b).expect("revision");
-    let on_node =
-        |agent: &Agent| std::fs::read_to_string(agent.dir().join("rules.yaml")).unwrap_or_default();
-    let start = Instant::now();
-    while on_node(&agent) != rules("v1") {
-        assert!(start.elapsed() < Duration::from_secs(60), "v1 on the node");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
+    let mut c = CutNode::new().await;
+    let r1 = c.at_v1().await;
     // the path to the controller is cut; v2 is pushed and becomes the bundle's revision
-    link.cut();
-    push_rules("v2");
-    h.request_check("rules", "v2").await;
-    let b = h
-        .wait_for::<RuleBundle>("falco", "at v2", move |b| {
+    c.link.cut();
+    c.push("v2");
+    c.h.request_check("rules", "v2").await;
+    let b =
+        c.h.wait_for::<RuleBundle>("falco", "at v2", move |b| {
             b.and_then(revision_of).is_some_and(|r| r != r1)
         })
-        .await
-        .expect("bundle");
-    let r2 = revision_of(&b).expect("revision");
-    agent.kill();
-    let logged = agent.log_text().len();
-    agent.spawn();
+        .await;
+    let r2 = b.and_then(|b| revision_of(&b)).expect("revision");
+    c.agent.kill();
+    let logged = c.agent.log_text().len();
+    c.agent.spawn();
     // the restarted agent itself fails to fetch (its own log says so), then reports it
-    let failing = Instant::now();
-    let fetch_failed = |agent: &Agent| agent.log_text()[logged..].contains("FetchFailed");
-    while !fetch_failed(&agent)
-        || entry(&h, &node_name)
-            .await
-            .map(|(reason, _)| reason)
-            .as_deref()
-            != Some("FetchFailed")
-    {
-        assert!(
-            failing.elapsed() < Duration::from_secs(60),
-            "FetchFailed reported: {:?}",
-            entry(&h, &node_name).await
-        );
-        assert_eq!(
-            on_node(&agent),
-            rules("v1"),
-            "the files stay while the controller is unreachable"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let log = c.agent.log.clone();
+    let its_own = move || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .get(logged..)
+            .is_some_and(|t| t.contains("FetchFailed"))
+    };
+    c.reported("FetchFailed", None, its_own, Some("v1")).await;
     assert_eq!(
-        on_node(&agent),
-        rules("v1"),
+        c.on_node(),
+        c.rules("v1"),
         "the files stay after the restart"
     );
 
-    link.restore().await;
-    let back = Instant::now();
-    let want = r2.clone();
-    while entry(&h, &node_name).await != Some(("Applied".into(), Some(want.clone()))) {
-        assert!(
-            back.elapsed() < Duration::from_secs(60),
-            "caught up: {:?}",
-            entry(&h, &node_name).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let took = back.elapsed();
-    assert_eq!(on_node(&agent), rules("v2"), "the new revision on the node");
+    c.link.restore().await;
+    let took = c.reported("Applied", Some(&r2), || true, None).await;
+    assert_eq!(c.on_node(), c.rules("v2"), "the new revision on the node");
     Row::new("node", "agent-restarted-controller-unreachable")
         .injected("the agent's path to the controller cut (connections refused), a new revision pushed, the agent restarted")
-        .outcome(format!("the agent kept the old files across the restart and reported FetchFailed; Applied at the new revision {:.1} s after the path was restored", took.as_secs_f64()))
+        .outcome(format!("the agent kept the old files across the restart and its new process reported FetchFailed; Applied at the new revision {:.1} s after the path was restored", took.as_secs_f64()))
         .recovered_after(took)
         .record();
-    delete_nodes(&h, &[&node_name]).await;
-    h.cleanup().await;
+    delete_nodes(&c.h, &[&c.node]).await;
+    c.h.cleanup().await;
 }
 
 /// The marker both files of the ConfigMap carry, if they agree (`None`: absent or mixed).
