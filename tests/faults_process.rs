@@ -556,6 +556,49 @@ async fn config_map_marker(h: &Harness) -> Option<String> {
     (marker(a) == marker(b)).then(|| marker(a)).flatten()
 }
 
+/// Waits until `store` holds revision `digest`'s index (the controller then writes status,
+/// then the ConfigMap), waits `delay` more, SIGKILLs the controller and returns the
+/// ConfigMap's marker then.
+async fn kill_after_index(
+    h: &mut Harness,
+    store: &Path,
+    digest: &str,
+    delay: Duration,
+) -> Option<String> {
+    let index = store.join(format!(
+        "revisions/{}.json",
+        digest.trim_start_matches("sha256:")
+    ));
+    let start = Instant::now();
+    while !index.exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "{digest} stored");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(delay).await;
+    h.kill_controller();
+    config_map_marker(h).await
+}
+
+/// Waits until the ConfigMap holds version `want` and the bundle is Ready, asserting the
+/// ConfigMap is never mixed or missing meanwhile; returns how long that took.
+async fn config_map_reaches(h: &Harness, want: &str) -> Duration {
+    let start = Instant::now();
+    let bundles: Api<RuleBundle> = Api::namespaced(h.client.clone(), &h.ns);
+    loop {
+        let marker = config_map_marker(h).await;
+        assert!(marker.is_some(), "never a mixed or missing ConfigMap");
+        let b = bundles.get("falco").await.expect("bundle");
+        if marker.as_deref() == Some(want) && bundle_ready(&b) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "v{want} in the ConfigMap after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 #[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
 async fn a_controller_killed_around_its_config_map_writes_converges_without_a_mixed_config_map() {
@@ -567,13 +610,14 @@ async fn a_controller_killed_around_its_config_map_writes_converges_without_a_mi
     let env = common::env();
     let push_version = |i: usize| {
         let (a, b) = (format!("- rule: a {i}\n"), format!("- macro: b {i}\n"));
+        let files = [("a.yaml", a.as_bytes()), ("b.yaml", b.as_bytes())];
         push_files(
             &env,
             Which::Plain,
             work.path(),
             &format!("{repo}:1"),
             "falco-rules",
-            &[("a.yaml", a.as_bytes()), ("b.yaml", b.as_bytes())],
+            &files,
             &[],
         )
     };
@@ -585,56 +629,23 @@ async fn a_controller_killed_around_its_config_map_writes_converges_without_a_mi
     h.wait_for::<RuleBundle>("falco", "Ready at v0", |b| b.is_some_and(bundle_ready))
         .await;
 
-    let mut recoveries = Vec::new();
-    let mut before_write = 0;
-    for (i, delay_ms) in [0u64, 0, 5, 10, 20, 40, 80, 160].into_iter().enumerate() {
-        let i = i + 1;
+    let (mut worst, mut before_write) = (Duration::ZERO, 0);
+    for (i, delay_ms) in (1usize..).zip([0u64, 0, 5, 10, 20, 40, 80, 160]) {
         let d = push_version(i);
-        let index = store
-            .path()
-            .join("revisions")
-            .join(format!("{}.json", d.trim_start_matches("sha256:")));
         h.request_check_nowait("rules", &format!("v{i}")).await;
-        // the new revision's index is committed, then status, then the ConfigMap: kill there
-        let start = Instant::now();
-        while !index.exists() {
-            assert!(start.elapsed() < Duration::from_secs(60), "v{i} stored");
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-        h.kill_controller();
-        let seen = config_map_marker(&h).await;
-        assert!(
-            seen.is_some(),
-            "the ConfigMap holds one whole revision, not a mix"
-        );
-        let want = i.to_string();
-        if seen.as_deref() != Some(&want) {
+        let seen =
+            kill_after_index(&mut h, store.path(), &d, Duration::from_millis(delay_ms)).await;
+        assert!(seen.is_some(), "the ConfigMap holds one whole revision");
+        if seen != Some(i.to_string()) {
             before_write += 1;
         }
         h.restart_controller(store.path(), &[]);
-        let back = Instant::now();
-        loop {
-            let marker = config_map_marker(&h).await;
-            assert!(marker.is_some(), "never a mixed or missing ConfigMap");
-            let bundles: Api<RuleBundle> = Api::namespaced(h.client.clone(), &h.ns);
-            let b = bundles.get("falco").await.expect("bundle");
-            if marker.as_deref() == Some(&want) && bundle_ready(&b) {
-                break;
-            }
-            assert!(
-                back.elapsed() < Duration::from_secs(60),
-                "v{i} in the ConfigMap after the restart"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        recoveries.push(back.elapsed());
+        worst = worst.max(config_map_reaches(&h, &i.to_string()).await);
     }
     assert!(
         before_write > 0,
         "no kill landed before the ConfigMap write: the test did not test it"
     );
-    let worst = recoveries.iter().max().copied().unwrap_or_default();
     Row::new("process", "controller-sigkill-around-configmap-writes")
         .injected("controller SIGKILLed 8 times, 0 to 160 ms after a new revision's index was committed (before or while the bundle's ConfigMap is written), restarted on the same store")
         .outcome(format!("{before_write} of 8 kills landed before the ConfigMap held the new revision; after each restart it and the bundle reached the latest revision (worst {:.1} s)", worst.as_secs_f64()))
