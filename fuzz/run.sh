@@ -25,7 +25,9 @@ ALL_TARGETS=(reference manifest unpack content_check falco_config glob_names lab
 read -r -a TARGETS <<<"${FUZZ_TARGETS:-${ALL_TARGETS[*]}}"
 TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
 export CARGO_TARGET_DIR=$ROOT/target/fuzz-build
-BIN=$CARGO_TARGET_DIR/$TRIPLE/release
+# release for campaigns; the smoke builds the quicker `smoke` profile (see Cargo.toml)
+PROFILE=${FUZZ_PROFILE:-release}
+bin() { echo "$CARGO_TARGET_DIR/$TRIPLE/$PROFILE/$1"; }
 WORK=$ROOT/target/fuzz-corpus
 ARTIFACTS=$ROOT/target/fuzz-artifacts
 STATS=$ROOT/target/fuzz-stats
@@ -40,7 +42,7 @@ build() {
 		-Cllvm-args=-sanitizer-coverage-inline-8bit-counters
 		-Cllvm-args=-sanitizer-coverage-pc-table
 		-Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing)
-	RUSTFLAGS="${flags[*]}" cargo build --locked --release --manifest-path "$FUZZ/Cargo.toml" \
+	RUSTFLAGS="${flags[*]}" cargo build --locked --profile "$PROFILE" --manifest-path "$FUZZ/Cargo.toml" \
 		--target "$TRIPLE" "${TARGETS[@]/#/--bin=}"
 }
 
@@ -84,7 +86,7 @@ run_one() {
 	mapfile -t seeds < <(seed_dirs "$t")
 	echo "fuzz: $t for ${seconds}s" >&2
 	local status=0
-	"$BIN/$t" "${options[@]}" -max_total_time="$seconds" "$WORK/$t" "${seeds[@]}" >"$log" 2>&1 ||
+	"$(bin "$t")" "${options[@]}" -max_total_time="$seconds" "$WORK/$t" "${seeds[@]}" >"$log" 2>&1 ||
 		status=$?
 	write_stats "$t" "$seconds" "$log" "$status"
 	return "$status"
@@ -108,9 +110,12 @@ write_stats() {
 
 smoke() {
 	local seconds=${FUZZ_SECONDS:-20} t failed=()
-	# the smoke starts from the committed seeds alone, and keeps nothing
+	# the smoke starts from the committed seeds alone, and keeps nothing but its logs
 	WORK=$(mktemp -d)
 	trap 'rm -rf "$WORK"' EXIT
+	STATS=$ROOT/target/fuzz-smoke
+	ARTIFACTS=$STATS/artifacts
+	rm -rf "$STATS"
 	for t in "${TARGETS[@]}"; do
 		run_one "$t" "$seconds" || { failed+=("$t"); tail -40 "$STATS/$t.log" >&2; }
 	done
@@ -144,7 +149,7 @@ minimize() {
 		mkdir -p "$fresh" "$pool"
 		find "$WORK/$t" "$FUZZ/corpus/$t" -maxdepth 1 -type f ! -name 'shared-*' -size -"$keep"c \
 			-exec cp -t "$pool" {} + 2>/dev/null || true
-		"$BIN/$t" -merge=1 "-timeout=$TIMEOUT" "-rss_limit_mb=$RSS_MB" "$fresh" "$pool" \
+		"$(bin "$t")" -merge=1 "-timeout=$TIMEOUT" "-rss_limit_mb=$RSS_MB" "$fresh" "$pool" \
 			>"$STATS/$t.merge.log" 2>&1
 		rm -rf "$FUZZ/corpus/$t"
 		mkdir -p "$FUZZ/corpus/$t"
@@ -156,12 +161,12 @@ minimize() {
 repro() {
 	local t=$1
 	shift
-	"$BIN/$t" "-timeout=$TIMEOUT" "-rss_limit_mb=$RSS_MB" "$@"
+	"$(bin "$t")" "-timeout=$TIMEOUT" "-rss_limit_mb=$RSS_MB" "$@"
 }
 
 case ${1:-} in
 build) build ;;
-smoke) build && smoke ;;
+smoke) PROFILE=${FUZZ_PROFILE:-smoke} && build && smoke ;;
 campaign) build && campaign ;;
 minimize) minimize ;;
 repro) shift && repro "$@" ;;

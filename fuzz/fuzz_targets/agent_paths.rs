@@ -53,16 +53,30 @@ fuzz_target!(|data: &[u8]| {
     };
     let namespace = bundle.metadata.namespace.clone().unwrap_or_default();
     ocisync_fuzz::assert_plain_absolute(&directory, "applied directory");
-    assert!(directory.starts_with(&allowed), "{directory:?} outside {allowed:?}");
+    assert!(
+        directory.starts_with(&allowed),
+        "{directory:?} outside {allowed:?}"
+    );
     assert_eq!(allow.granted(&directory, &namespace), Ok(allowed.as_path()));
     for f in &files {
         ocisync_fuzz::assert_plain_name(&f.key, "file name");
         assert!(!f.key.starts_with(".."), "{:?} starts with ..", f.key);
         assert!(valid_key(&f.key));
-        let status = bundle.status.as_ref().expect("a status, since files are applied");
-        assert!(status.files.iter().any(|s| s.path == f.key && s.digest == f.digest.as_str()));
+        let status = bundle
+            .status
+            .as_ref()
+            .expect("a status, since files are applied");
+        assert!(
+            status
+                .files
+                .iter()
+                .any(|s| s.path == f.key && s.digest == f.digest.as_str())
+        );
     }
-    let id = format!("{namespace}.{}", bundle.metadata.name.clone().unwrap_or_default());
+    let id = format!(
+        "{namespace}.{}",
+        bundle.metadata.name.clone().unwrap_or_default()
+    );
     on_the_node(&directory, &allowed, &id, &files);
 });
 

@@ -52,7 +52,10 @@ fn mapped_name(path: &str) {
     ocisync_fuzz::assert_plain_name(&key, "key_for");
     assert!(!key.starts_with(".."), "{key:?} starts with ..");
     assert!(key.len() <= MAX_KEY_LEN);
-    assert!(valid_key(&key), "the agent refuses {key:?} made from {path:?}");
+    assert!(
+        valid_key(&key),
+        "the agent refuses {key:?} made from {path:?}"
+    );
     assert_eq!(key_for(&key).as_deref(), Ok(key.as_str()), "not idempotent");
 }
 
@@ -84,7 +87,9 @@ fn planned(sources: &[(Vec<String>, Vec<String>)]) {
             .iter()
             .enumerate()
             .map(|(i, (include, _))| BundleSource {
-                source_ref: LocalObjectReference { name: format!("s{i}") },
+                source_ref: LocalObjectReference {
+                    name: format!("s{i}"),
+                },
                 include: include.clone(),
             })
             .collect(),
@@ -112,7 +117,11 @@ fn planned(sources: &[(Vec<String>, Vec<String>)]) {
     for (i, (include, paths)) in sources.iter().enumerate() {
         if include.is_empty() {
             let from_here = plan.files.iter().filter(|f| f.source == format!("s{i}"));
-            assert_eq!(from_here.count(), paths.len(), "source {i} without patterns");
+            assert_eq!(
+                from_here.count(),
+                paths.len(),
+                "source {i} without patterns"
+            );
         }
     }
     for s in plan.status_files() {

@@ -30,7 +30,11 @@ fuzz_target!(|data: &[u8]| {
     let again: LabelSelector = serde_json::from_str(&written).expect("a written selector parses");
     assert_eq!(again, selector, "through {written}");
     assert_eq!(again.matches(&labels), matched);
-    assert_eq!(matched, expected(&selector, &labels), "{written} on {labels:?}");
+    assert_eq!(
+        matched,
+        expected(&selector, &labels),
+        "{written} on {labels:?}"
+    );
     if selector.match_labels.is_empty() && selector.match_expressions.is_empty() {
         assert!(matched, "an empty selector selects every node");
     }

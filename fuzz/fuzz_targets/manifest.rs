@@ -103,7 +103,11 @@ fn acceptable(m: &OciImageManifest) -> bool {
 
 fn layers(manifest: &OciImageManifest, digests: &[Digest]) {
     assert_eq!(manifest.layers.len(), digests.len());
-    let types: Vec<&str> = manifest.layers.iter().map(|l| l.media_type.as_str()).collect();
+    let types: Vec<&str> = manifest
+        .layers
+        .iter()
+        .map(|l| l.media_type.as_str())
+        .collect();
     let kind = ContentKind::detect(
         &manifest.config.media_type,
         manifest.artifact_type.as_deref(),

@@ -48,7 +48,9 @@ fuzz_target!(|data: &[u8]| {
                 "unexpected error kind: {e}"
             );
             let path = staging.path().to_path_buf();
-            staging.close().expect("the staging directory can be removed");
+            staging
+                .close()
+                .expect("the staging directory can be removed");
             assert!(!path.exists());
         }
     }
@@ -82,7 +84,11 @@ fn written_tree_passes(store: &Store, dest: &Path, budget: &Budget) {
     assert!(dirs <= LIMITS.max_dirs, "{dirs} directories");
     assert!(budget.files.len() <= LIMITS.max_files);
     let files_on_disk = tree.iter().filter(|(_, d)| !*d).count();
-    assert_eq!(files_on_disk, budget.files.len(), "files on disk vs reported");
+    assert_eq!(
+        files_on_disk,
+        budget.files.len(),
+        "files on disk vs reported"
+    );
     let mut total = 0u64;
     for f in &budget.files {
         ocisync_fuzz::assert_plain_relative(&f.path, "unpacked path");
@@ -117,7 +123,12 @@ fn written_tree_passes(store: &Store, dest: &Path, budget: &Budget) {
 fn nothing_elsewhere(root: &Path) {
     let top: Vec<String> = std::fs::read_dir(root)
         .expect("read the scratch root")
-        .map(|e| e.expect("an entry").file_name().to_string_lossy().into_owned())
+        .map(|e| {
+            e.expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     assert_eq!(top, ["store"], "written beside the store");
     let tmp = root.join("store").join("tmp");
