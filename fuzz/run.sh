@@ -12,6 +12,7 @@
 #                                     working corpus in target/fuzz-corpus, statistics in
 #                                     target/fuzz-stats/<target>.json
 #   fuzz/run.sh minimize              merge the working corpora into fuzz/corpus (minimised)
+#   fuzz/run.sh stats                 fuzz/STATS.md from target/fuzz-stats/*.json
 #   fuzz/run.sh repro TARGET FILE...  run inputs once (a finding's reproducer)
 #
 # FUZZ_TARGETS (space-separated) narrows the targets; FUZZ_TIMEOUT (seconds per input,
@@ -158,6 +159,24 @@ minimize() {
 	done
 }
 
+# fuzz/STATS.md: a table of the last campaign's target/fuzz-stats/*.json.
+stats_table() {
+	local f
+	{
+		echo "# Fuzzing campaign"
+		echo
+		echo "Written by \`fuzz/run.sh stats\` from target/fuzz-stats/*.json; $(date -u +%Y-%m-%d), $(nproc) cores, one target at a time."
+		echo
+		echo "| target | seconds | execs | exec/s | coverage (cov) | features (ft) | corpus | crashes |"
+		echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+		for f in "$STATS"/*.json; do
+			[[ -f $f ]] || continue
+			python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("| {target} | {seconds} | {execs} | {execs_per_sec} | {coverage} | {features} | {corpus} | {crashes} |".format(**d))' "$f"
+		done
+	} >"$FUZZ/STATS.md"
+	cat "$FUZZ/STATS.md"
+}
+
 repro() {
 	local t=$1
 	shift
@@ -169,6 +188,7 @@ build) build ;;
 smoke) PROFILE=${FUZZ_PROFILE:-smoke} && build && smoke ;;
 campaign) build && campaign ;;
 minimize) minimize ;;
+stats) stats_table ;;
 repro) shift && repro "$@" ;;
 *)
 	sed -n '2,20p' "$0" >&2
