@@ -45,7 +45,7 @@ unit: ## unit tests only, no environment needed (`cargo test` also runs the test
 fuzz: ## run each fuzz target FUZZ_SECONDS (default 3600), one at a time; stats in target/fuzz-stats
 	fuzz/run.sh campaign
 
-fuzz-smoke: ## build the fuzz targets and run each FUZZ_SECONDS (default 20)
+fuzz-smoke: ## build the fuzz targets and run each FUZZ_SECONDS (default 15)
 	fuzz/run.sh smoke
 
 e2e: deps ## end-to-end tests against the local (or your KUBECONFIG's) environment

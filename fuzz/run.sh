@@ -6,7 +6,7 @@
 # RSS limit.
 #
 #   fuzz/run.sh build                 build every target
-#   fuzz/run.sh smoke                 each target FUZZ_SECONDS (default 20) from the committed
+#   fuzz/run.sh smoke                 each target FUZZ_SECONDS (default 15) from the committed
 #                                     seeds and regressions; fails on any finding
 #   fuzz/run.sh campaign              each target FUZZ_SECONDS (default 3600), one at a time,
 #                                     working corpus in target/fuzz-corpus, statistics in
@@ -110,7 +110,7 @@ write_stats() {
 }
 
 smoke() {
-	local seconds=${FUZZ_SECONDS:-20} t failed=()
+	local seconds=${FUZZ_SECONDS:-15} t failed=()
 	# the smoke starts from the committed seeds alone, and keeps nothing but its logs
 	WORK=$(mktemp -d)
 	trap 'rm -rf "$WORK"' EXIT
@@ -185,7 +185,7 @@ repro() {
 
 case ${1:-} in
 build) build ;;
-smoke) PROFILE=${FUZZ_PROFILE:-smoke} && build && smoke ;;
+smoke) PROFILE=${FUZZ_PROFILE:-smoke} && cargo fmt --manifest-path "$FUZZ/Cargo.toml" -- --check && build && smoke ;;
 campaign) build && campaign ;;
 minimize) minimize ;;
 stats) stats_table ;;
