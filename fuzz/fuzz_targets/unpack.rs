@@ -1,8 +1,8 @@
 //! Layer unpacking with its budget: a tar (gzip-compressed or not) or a single titled
 //! file, written into a store staging directory as a pull does, then committed to the store.
 //!
-//! Input: a flags byte (bit 0: gzip, bit 1: a single file whose name is the first line),
-//! then the layer's bytes.
+//! Input: a flags byte (bit 0: gzip, bit 1: a single file whose name is the first line,
+//! bit 2: two layers), then the layer's bytes.
 //!
 //! Invariants: an unpack either writes a tree that passes the same checks again (only
 //! files and directories, each path plain and relative, exactly the files it reports with
@@ -57,7 +57,20 @@ fuzz_target!(|data: &[u8]| {
     nothing_elsewhere(root.path());
 });
 
-fn unpack(flags: u8, layer: &[u8], dest: &Path, budget: &mut Budget) -> Result<(), OciError> {
+/// Bit 2: two layers into one tree with one budget, as a pull of a manifest with two
+/// layers; the first is as long as the next two bytes say (little-endian).
+fn unpack(flags: u8, data: &[u8], dest: &Path, budget: &mut Budget) -> Result<(), OciError> {
+    if flags & 4 == 0 || data.len() < 2 {
+        return unpack_layer(flags, data, dest, budget);
+    }
+    let (len, rest) = data.split_at(2);
+    let len = usize::from(u16::from_le_bytes([len[0], len[1]])).min(rest.len());
+    let (first, second) = rest.split_at(len);
+    unpack_layer(flags, first, dest, budget)?;
+    unpack_layer(flags, second, dest, budget)
+}
+
+fn unpack_layer(flags: u8, layer: &[u8], dest: &Path, budget: &mut Budget) -> Result<(), OciError> {
     let size = layer.len() as u64;
     if flags & 2 != 0 {
         let (name, mut body) = match layer.iter().position(|b| *b == b'\n') {
