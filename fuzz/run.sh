@@ -152,11 +152,34 @@ minimize() {
 			-exec cp -t "$pool" {} + 2>/dev/null || true
 		"$(bin "$t")" -merge=1 "-timeout=$TIMEOUT" "-rss_limit_mb=$RSS_MB" "$fresh" "$pool" \
 			>"$STATS/$t.merge.log" 2>&1
+		drop_shared "$fresh" "$WORK/$t"
 		rm -rf "$FUZZ/corpus/$t"
 		mkdir -p "$FUZZ/corpus/$t"
 		cp "$fresh"/* "$FUZZ/corpus/$t/" 2>/dev/null || true
 		echo "fuzz: $t corpus $(find "$FUZZ/corpus/$t" -type f | wc -l) inputs" >&2
 	done
+}
+
+# Removes from $1 every input that holds 32 bytes in a row of shared/testdata or of the
+# inputs made from it (shared-* in $2): what was made from upstream files is not committed.
+drop_shared() {
+	local dir=$1 work=$2
+	[[ -d $SHARED ]] || return 0
+	python3 - "$dir" "$SHARED" "$work" <<-'PY'
+		import os, sys
+		dir, shared, work = sys.argv[1:]
+		W = 32
+		sources = [os.path.join(r, f) for r, _, fs in os.walk(shared) for f in fs]
+		sources += [os.path.join(work, f) for f in os.listdir(work) if f.startswith("shared-")]
+		windows = set()
+		for path in sources:
+		    data = open(path, "rb").read()
+		    windows.update(data[i:i + W] for i in range(0, max(len(data) - W + 1, 0)))
+		for f in os.listdir(dir):
+		    data = open(os.path.join(dir, f), "rb").read()
+		    if any(data[i:i + W] in windows for i in range(0, max(len(data) - W + 1, 0))):
+		        os.remove(os.path.join(dir, f))
+	PY
 }
 
 # fuzz/STATS.md: a table of the last campaign's target/fuzz-stats/*.json.
