@@ -23,12 +23,12 @@ E2E_TEST = env=$$($(TESTENV) up --node); eval "$$env"; skip=; \
 	fi; \
 	OCISYNC_E2E_REQUIRED=1 $(CARGO) test --locked
 
-.PHONY: help test deps lint unit e2e faults demo crds testenv-up testenv-down bench build release image
+.PHONY: help test deps lint unit e2e faults demo crds testenv-up testenv-down bench build release image fuzz fuzz-smoke
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-test: deps lint ## everything CI runs: deps, fmt, clippy, unit and end-to-end tests (real node included)
+test: deps lint fuzz-smoke ## everything CI runs: deps, fmt, clippy, a fuzz smoke, unit and end-to-end tests (real node included)
 	$(E2E_TEST) -- --include-ignored $$skip
 
 deps: $(PYENV)/.done ## install what the tests need besides cargo (apt packages come with testenv-up)
@@ -42,6 +42,15 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 
 unit: ## unit tests only, no environment needed (`cargo test` also runs the tests that need none)
 	$(CARGO) test --locked --lib --bins
+
+# Fuzzing (fuzz/run.sh): libFuzzer through libfuzzer-sys on the stable toolchain, nothing
+# to install besides the crates. The smoke builds every target and runs each briefly from the
+# committed seeds, so that the harnesses keep compiling and the seeds keep passing.
+fuzz: ## run each fuzz target FUZZ_SECONDS (default 3600), one at a time; stats in target/fuzz-stats
+	fuzz/run.sh campaign
+
+fuzz-smoke: ## build the fuzz targets and run each FUZZ_SECONDS (default 15)
+	fuzz/run.sh smoke
 
 e2e: deps ## end-to-end tests against the local (or your KUBECONFIG's) environment
 	$(E2E_TEST) --test 'e2e_*' -- --include-ignored $$skip

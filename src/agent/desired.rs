@@ -124,8 +124,8 @@ fn valid_namespace(n: &str) -> bool {
         && !n.ends_with('-')
 }
 
-/// `/a/b/c` as a path when absolute with only plain parts (no empty parts, and none that
-/// starts with `..`, the prefix of the agent's own names; one trailing `/` is fine).
+/// `/a/b/c` as a path when absolute with only plain parts (no empty parts, no NUL, and none
+/// that starts with `..`, the prefix of the agent's own names; one trailing `/` is fine).
 fn plain_absolute(dir: &str) -> Option<PathBuf> {
     let rest = dir.strip_prefix('/')?;
     let rest = rest.strip_suffix('/').unwrap_or(rest);
@@ -133,7 +133,9 @@ fn plain_absolute(dir: &str) -> Option<PathBuf> {
         return Some(PathBuf::from("/"));
     }
     rest.split('/')
-        .all(|part| !part.is_empty() && part != "." && !part.starts_with(".."))
+        .all(|part| {
+            !part.is_empty() && part != "." && !part.starts_with("..") && !part.contains('\0')
+        })
         .then(|| Path::new("/").join(rest))
 }
 

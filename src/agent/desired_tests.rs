@@ -175,6 +175,22 @@ fn directory_parts_starting_with_two_dots_are_refused() {
     assert!(AllowList::new(&["/etc/..x".into()]).is_err());
 }
 
+/// Found by the `agent_paths` fuzz target: a NUL byte in an `--allowed-dir` or in
+/// `nodeFiles.directory` was taken as a path part (no file system can hold it).
+#[test]
+fn directory_parts_with_nul_are_refused() {
+    assert!(AllowList::new(&["/var/lib/kub\0ta".into()]).is_err());
+    assert!(AllowList::new(&["/etc/falco=a\0b".into()]).is_err());
+    let b = bundle("/etc/falco/site\0x", &[], &[("r.yaml", D)]);
+    assert!(matches!(
+        decide(&b, &labels(&[]), &allow()),
+        Decision::Refuse {
+            reason: NodeReason::InvalidPath,
+            ..
+        }
+    ));
+}
+
 fn in_namespace(dir: &str, ns: &str) -> RuleBundle {
     let mut b = bundle(dir, &[], &[("r.yaml", D)]);
     b.metadata.namespace = Some(ns.into());

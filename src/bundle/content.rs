@@ -282,6 +282,10 @@ pub fn seccomp_profile(bytes: &[u8]) -> Result<(), String> {
     if bytes.trim_ascii_start().first() != Some(&b'{') {
         return Err("a seccomp profile is a JSON object with a defaultAction".into());
     }
+    // JSON is UTF-8; serde_json checks only the strings it keeps, not those it skips
+    if let Err(e) = std::str::from_utf8(bytes) {
+        return Err(format!("not valid JSON: not UTF-8 ({e})"));
+    }
     let doc: Profile = serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
     match doc.default_action {
         Some(IsString(true)) => Ok(()),
@@ -485,6 +489,19 @@ mod tests {
         // block style counts too
         let block: String = (0..60_000).map(|i| format!("- list: l{i}\n")).collect();
         assert!(yaml_events_estimate(block.as_bytes()) > MAX_YAML_EVENTS);
+    }
+
+    /// Found by the `content_check` fuzz target: a byte that is not UTF-8 inside a string
+    /// the check skips (a syscall name) passed, though the profile is not JSON.
+    #[test]
+    fn seccomp_profiles_must_be_utf8() {
+        let profile =
+            b"{\"defaultAction\":\"SCMP_ACT_ERRNO\",\"syscalls\":[{\"names\":[\"wri\x8ee\"]}]}";
+        let e = seccomp_profile(profile).unwrap_err();
+        assert!(e.contains("not UTF-8"), "{e}");
+        assert!(
+            seccomp_profile(b"{\"defaultAction\":\"SCMP_ACT_LOG\",\"x\":\"\xc3\xa9\"}").is_ok()
+        );
     }
 
     #[test]

@@ -322,6 +322,17 @@ fn check_total_size(layers: &[&OciDescriptor], limit: u64) -> Result<()> {
     }
 }
 
+/// The checks an image manifest goes through before any of its layers is fetched (parse,
+/// descriptor digests and sizes, the sum of all layer sizes against `limits`), without a
+/// registry: for the fuzz targets in `fuzz/`.
+#[doc(hidden)]
+pub fn checked_manifest(bytes: &[u8], limits: &Limits) -> Result<(OciImageManifest, Vec<Digest>)> {
+    let parsed = parse_manifest(Digest::of(bytes), bytes)?;
+    let layers: Vec<&OciDescriptor> = parsed.manifest.layers.iter().collect();
+    check_total_size(&layers, limits.max_artifact_bytes)?;
+    Ok((parsed.manifest, parsed.layer_digests))
+}
+
 /// Parses the image manifest `digest`, and the digest of each of its layers.
 fn parse_manifest(digest: Digest, bytes: &[u8]) -> Result<ImageManifest> {
     let manifest: OciImageManifest = serde_json::from_slice(bytes)

@@ -775,8 +775,9 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 }
 
 /// The manifest's media type: the header's when it names a manifest type, else the
-/// `mediaType` field of the body.
-fn effective_media_type(header: &str, body: &[u8]) -> String {
+/// `mediaType` field of the body. Public for the fuzz targets in `fuzz/`.
+#[doc(hidden)]
+pub fn effective_media_type(header: &str, body: &[u8]) -> String {
     let known = [
         MANIFEST_V1,
         INDEX_V1,

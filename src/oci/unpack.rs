@@ -67,6 +67,10 @@ pub const MAX_PATH_DEPTH: usize = 32;
 /// The longest path (as written in the archive) an artifact may hold, in bytes.
 pub const MAX_PATH_BYTES: usize = 1024;
 
+/// The longest part of a path, in bytes (Linux's `NAME_MAX`): a longer one cannot be
+/// created, and is refused as content rather than failing as a local I/O error.
+pub const MAX_NAME_BYTES: usize = 255;
+
 /// What has been written so far for one artifact (shared by its layers).
 #[derive(Debug)]
 pub struct Budget {
@@ -138,8 +142,8 @@ impl Budget {
 }
 
 /// Validates an archive path and returns it normalised (no `.` parts, `/` separators):
-/// relative, without `..`, UTF-8, at most [`MAX_PATH_BYTES`] long and [`MAX_PATH_DEPTH`]
-/// parts deep.
+/// relative, without `..` or NUL, UTF-8, at most [`MAX_PATH_BYTES`] long, [`MAX_PATH_DEPTH`]
+/// parts deep and [`MAX_NAME_BYTES`] a part.
 pub fn safe_relative_path(raw: &Path) -> Result<Option<String>> {
     let length = raw.as_os_str().len();
     if length > MAX_PATH_BYTES {
@@ -156,6 +160,7 @@ pub fn safe_relative_path(raw: &Path) -> Result<Option<String>> {
                 let s = p.to_str().ok_or_else(|| {
                     OciError::UnsafeContent(format!("path {shown:?} is not UTF-8"))
                 })?;
+                plain_part(s, &shown)?;
                 parts.push(s.to_string());
             }
             Component::CurDir => {}
@@ -176,6 +181,23 @@ pub fn safe_relative_path(raw: &Path) -> Result<Option<String>> {
         )));
     }
     Ok((!parts.is_empty()).then(|| parts.join("/")))
+}
+
+/// A part the file system can create: no NUL, at most [`MAX_NAME_BYTES`].
+fn plain_part(part: &str, shown: &str) -> Result<()> {
+    if part.contains('\0') {
+        return Err(OciError::UnsafeContent(format!(
+            "path {shown:?} contains a NUL byte"
+        )));
+    }
+    if part.len() > MAX_NAME_BYTES {
+        let start: String = part.chars().take(64).collect();
+        return Err(OciError::UnsafeContent(format!(
+            "path part {start:?}... is {} bytes long, over the limit of {MAX_NAME_BYTES}",
+            part.len()
+        )));
+    }
+    Ok(())
 }
 
 /// The largest PAX record set, GNU long name or GNU long link name one tar member may carry,
@@ -1088,7 +1110,8 @@ mod tests {
             "UnsafeContent"
         );
         assert!(at(4, 255).is_ok()); // 1023 bytes
-        assert!(at(1, MAX_PATH_BYTES).is_ok());
+        assert!(at(1, MAX_NAME_BYTES).is_ok());
+        assert!(at(1, MAX_NAME_BYTES + 1).is_err()); // one part the file system cannot hold
         assert_eq!(
             at(1, MAX_PATH_BYTES + 1).unwrap_err().reason().as_str(),
             "UnsafeContent"
@@ -1226,5 +1249,26 @@ mod tests {
             &mut budget,
         );
         assert_eq!(r.unwrap_err().reason().as_str(), "TooLarge");
+    }
+
+    /// Found by the `unpack` fuzz target: a NUL byte or an over-long part in a file name
+    /// (a single file's title, a PAX path) failed as a local I/O error, which is retried as
+    /// transient, instead of being refused as unsafe content.
+    #[test]
+    fn names_the_file_system_cannot_hold_are_unsafe_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut budget = Budget::new(Limits::default());
+        let title = "a\0\0udit)json";
+        let e = write_single(&mut &b"{}"[..], dir.path(), title, &mut budget).unwrap_err();
+        assert_eq!(e.reason().as_str(), "UnsafeContent", "{e}");
+        let long = format!("rules/{}.yaml", "r".repeat(MAX_NAME_BYTES));
+        for path in [b"rules/a\0b.yaml".as_slice(), long.as_bytes()] {
+            let (dir, r) = unpack(&tar_with_pax(&pax_record("path", path), "f", b"x"));
+            let e = r.expect_err("refused");
+            assert_eq!(e.reason().as_str(), "UnsafeContent", "{e}");
+            assert_eq!(count_entries(dir.path()), 0);
+        }
+        let longest = "n".repeat(MAX_NAME_BYTES);
+        assert!(safe_relative_path(Path::new(&longest)).is_ok());
     }
 }
