@@ -9,6 +9,7 @@ pub mod cli;
 pub mod controller;
 pub mod digest;
 pub mod errors;
+pub mod import;
 pub mod metrics;
 #[cfg(test)]
 pub(crate) mod mock_api;

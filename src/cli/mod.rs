@@ -2,6 +2,7 @@
 
 mod artifact;
 mod cluster;
+mod import;
 mod verify;
 
 use std::path::PathBuf;
@@ -31,6 +32,8 @@ pub enum Command {
     Pull(artifact::PullArgs),
     /// Verify an artifact's cosign signature (a trusted key, or a keyless identity).
     Verify(verify::VerifyArgs),
+    /// Print ocisync objects that replace another tool's configuration (falcoctl).
+    Import(import::ImportArgs),
 }
 
 /// Flags every in-cluster subcommand shares.
@@ -259,6 +262,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Push(args) => artifact::push(args).await,
         Command::Pull(args) => artifact::pull(args).await,
         Command::Verify(args) => verify::verify(args).await,
+        Command::Import(args) => import::import(args).await,
     }
 }
 
