@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod controller;
+pub mod falcoctl;
 pub mod faults;
 pub mod signing;
 
