@@ -132,3 +132,172 @@ async fn apply_documents(h: &common::controller::Harness, yaml: &str) {
         }
     }
 }
+
+/// The bundle's ConfigMap data (text files) and binaryData keys.
+async fn config_map(
+    h: &common::controller::Harness,
+    name: &str,
+) -> (std::collections::BTreeMap<String, String>, Vec<String>) {
+    let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(h.client.clone(), &h.ns);
+    let cm = api.get(name).await.expect("the bundle's ConfigMap");
+    let binary = cm.binary_data.unwrap_or_default().into_keys().collect();
+    (cm.data.unwrap_or_default(), binary)
+}
+
+fn condition(b: &RuleBundle, type_: &str) -> Option<(String, String, String)> {
+    let c = b
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Waits until bundle `falco` is at its generation with Ready `status` and `reason`.
+async fn bundle_is(
+    h: &common::controller::Harness,
+    status: &'static str,
+    reason: &'static str,
+) -> RuleBundle {
+    h.wait_for::<RuleBundle>("falco", reason, move |b| {
+        b.is_some_and(|b| {
+            let current =
+                b.status.as_ref().and_then(|s| s.observed_generation) == b.metadata.generation;
+            current && condition(b, "Ready").is_some_and(|(s, r, _)| s == status && r == reason)
+        })
+    })
+    .await
+    .expect("bundle")
+}
+
+#[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
+async fn requirements_hold_a_revision_back_until_the_named_falco_meets_them_and_dependencies_are_reported()
+ {
+    let h = harness().await;
+    let registry = h.env.registry(Which::Plain);
+    let rules_repo = h.env.repo(Which::Plain, "falcoctl-req-rules");
+    let v1 = serde_json::json!({"name": "e2e-rules", "version": "1.0.0",
+        "requirements": [{"name": "engine_version_semver", "version": "0.31.0"}]});
+    common::falcoctl::push_rulesfile(
+        &registry,
+        &rules_repo,
+        "1",
+        ("e2e_rules.yaml", b"- list: v1\n"),
+        v1,
+    )
+    .await;
+    let spec = |repo: &ocisync::oci::reference::Repository| serde_json::json!({"url": format!("oci://{repo}"), "ref": {"tag": "1"}, "interval": "1h", "insecure": true});
+    h.create("rules", spec(&rules_repo)).await;
+    let bundle = |engine: &str, policy: &str, sources: &[&str]| {
+        let sources: Vec<_> = sources
+            .iter()
+            .map(|s| serde_json::json!({"sourceRef": {"name": s}}))
+            .collect();
+        serde_json::json!({"spec": {"sources": sources, "configMap": {"name": "falco-rules"},
+            "falco": {"engineVersion": engine, "dependencies": policy}}})
+    };
+    h.apply::<RuleBundle>("falco", bundle("0.41.0", "Warn", &["rules"]))
+        .await;
+    bundle_is(&h, "True", "Succeeded").await;
+    assert_eq!(
+        config_map(&h, "falco-rules")
+            .await
+            .0
+            .get("e2e_rules.yaml")
+            .map(String::as_str),
+        Some("- list: v1\n")
+    );
+
+    // v2 needs a newer engine and a plugin: held back, v1 stays in the ConfigMap
+    let v2 = serde_json::json!({"name": "e2e-rules", "version": "2.0.0",
+        "requirements": [{"name": "engine_version_semver", "version": "0.50.0"}],
+        "dependencies": [{"name": "e2e-plugin", "version": "0.2.0"}]});
+    let d2 = common::falcoctl::push_rulesfile(
+        &registry,
+        &rules_repo,
+        "1",
+        ("e2e_rules.yaml", b"- list: v2\n"),
+        v2,
+    )
+    .await;
+    h.request_check("rules", "v2").await;
+    h.wait("rules", "Ready at v2", common::ready_at(&d2)).await;
+    let held = bundle_is(&h, "False", "RequirementsNotMet").await;
+    let (_, _, message) = condition(&held, "Ready").expect("Ready");
+    assert!(
+        message.contains("0.50.0")
+            && message.contains("0.41.0")
+            && message.contains("keeping revision"),
+        "{message}"
+    );
+    assert_eq!(
+        config_map(&h, "falco-rules")
+            .await
+            .0
+            .get("e2e_rules.yaml")
+            .map(String::as_str),
+        Some("- list: v1\n")
+    );
+
+    // the Falco named is new enough: applied, the missing plugin a warning condition
+    h.apply::<RuleBundle>("falco", bundle("0.50.1", "Warn", &["rules"]))
+        .await;
+    let warned = bundle_is(&h, "True", "Succeeded").await;
+    let deps = condition(&warned, "DependenciesMet").expect("DependenciesMet");
+    assert_eq!(
+        (deps.0.as_str(), deps.1.as_str()),
+        ("False", "DependencyMissing"),
+        "{deps:?}"
+    );
+    assert!(deps.2.contains("e2e-plugin 0.2.0"), "{deps:?}");
+    assert_eq!(
+        config_map(&h, "falco-rules")
+            .await
+            .0
+            .get("e2e_rules.yaml")
+            .map(String::as_str),
+        Some("- list: v2\n")
+    );
+    h.apply::<RuleBundle>("falco", bundle("0.50.1", "Block", &["rules"]))
+        .await;
+    bundle_is(&h, "False", "DependencyMissing").await;
+
+    // a plugin source in falcoctl's layout (an index per platform) provides it
+    let plugin_repo = h.env.repo(Which::Plain, "falcoctl-req-plugin");
+    let config = serde_json::json!({"name": "e2e-plugin", "version": "0.2.3",
+        "requirements": [{"name": "plugin_api_version", "version": "3.0.0"}]});
+    let platforms: [(&str, &[u8]); 2] = [
+        ("linux/amd64", b"\x7fELF amd64"),
+        ("linux/arm64", b"\x7fELF arm64"),
+    ];
+    common::falcoctl::push_plugin(
+        &registry,
+        &plugin_repo,
+        "1",
+        "libe2e.so",
+        &platforms,
+        config,
+    )
+    .await;
+    h.create("plugin", spec(&plugin_repo)).await;
+    let met = async {
+        h.apply::<RuleBundle>("falco", bundle("0.50.1", "Block", &["rules", "plugin"]))
+            .await;
+        bundle_is(&h, "True", "Succeeded").await
+    }
+    .await;
+    assert_eq!(
+        condition(&met, "DependenciesMet").map(|c| c.0),
+        Some("True".into())
+    );
+    assert!(
+        config_map(&h, "falco-rules")
+            .await
+            .1
+            .contains(&"libe2e.so".to_string())
+    );
+    h.cleanup().await;
+}

@@ -39,6 +39,8 @@ pub enum ConditionType {
     Stalled,
     /// ArtifactSource with `spec.verify`: the last check's signature verification.
     SourceVerified,
+    /// RuleBundle whose rules declare plugin dependencies: whether its sources provide them.
+    DependenciesMet,
 }
 
 impl ConditionType {
@@ -48,6 +50,7 @@ impl ConditionType {
             ConditionType::Reconciling => "Reconciling",
             ConditionType::Stalled => "Stalled",
             ConditionType::SourceVerified => "SourceVerified",
+            ConditionType::DependenciesMet => "DependenciesMet",
         }
     }
 }

@@ -219,6 +219,10 @@ reasons! {
         TooManyFiles => Waiting,
         /// The selected files are over the 1 MiB a ConfigMap can hold.
         TooLargeForConfigMap => Waiting,
+        /// A source's revision requires a newer Falco than `spec.falco` names.
+        RequirementsNotMet => Waiting,
+        /// A rules artifact needs a plugin no source provides (`dependencies: Block`).
+        DependencyMissing => Waiting,
         /// A ConfigMap of that name exists and is not this bundle's.
         ConfigMapNotOwned => Waiting,
         /// A selected node's agent could not apply the current revision.

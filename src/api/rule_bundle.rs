@@ -40,6 +40,35 @@ pub struct RuleBundleSpec {
     /// Stop updating the targets; what is there stays.
     #[serde(default)]
     pub suspend: bool,
+    /// The Falco that reads the bundle: revisions whose config blob requires more are held
+    /// back (`RequirementsNotMet`), and rules' plugin dependencies are checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub falco: Option<FalcoConsumer>,
+}
+
+/// What a bundle knows of the Falco that consumes it.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FalcoConsumer {
+    /// The rules engine version of that Falco (`falco --version` prints it as "Engine"),
+    /// checked against each artifact's `engine_version_semver` requirement: same major,
+    /// at least the minor and patch (falcoctl's rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = "^(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)$"))]
+    pub engine_version: Option<String>,
+    /// A rules artifact that depends on a plugin no source of the bundle provides at a
+    /// compatible version: `Warn` (default) sets `DependenciesMet=False` and applies it,
+    /// `Block` holds it back with `DependencyMissing`.
+    #[serde(default)]
+    pub dependencies: DependencyPolicy,
+}
+
+/// What a missing dependency does.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum DependencyPolicy {
+    #[default]
+    Warn,
+    Block,
 }
 
 /// One source of files.

@@ -52,6 +52,17 @@ pub fn fits(sizes: impl IntoIterator<Item = u64>) -> Result<(), Problem> {
 }
 
 /// Builds the ConfigMap from the files' names and bytes, or says why it cannot hold them.
+/// Whether text may go in `data`: the API server decodes an apply patch as YAML, which
+/// refuses control characters (YAML's printable set: tab, LF, CR, U+0085 and no C0, DEL,
+/// C1, U+FFFE or U+FFFF), so a file holding one goes in `binaryData`, as kubectl puts it.
+fn yaml_printable(text: &str) -> bool {
+    text.chars().all(|c| match c {
+        '\t' | '\n' | '\r' | '\u{85}' => true,
+        '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}' | '\u{fffe}' | '\u{ffff}' => false,
+        _ => true,
+    })
+}
+
 pub fn build(
     target: &ConfigMapTarget,
     bundle_name: &str,
@@ -65,8 +76,11 @@ pub fn build(
     let mut binary = BTreeMap::new();
     for (key, bytes) in files {
         match String::from_utf8(bytes) {
-            Ok(text) => {
+            Ok(text) if yaml_printable(&text) => {
                 data.insert(key, text);
+            }
+            Ok(text) => {
+                binary.insert(key, ByteString(text.into_bytes()));
             }
             Err(e) => {
                 binary.insert(key, ByteString(e.into_bytes()));
@@ -114,6 +128,33 @@ mod tests {
             controller: Some(true),
             block_owner_deletion: Some(true),
         }
+    }
+
+    #[test]
+    fn text_with_control_characters_goes_to_binary_data() {
+        for (text, printable) in [
+            ("- rule: x\tä\r\n", true),
+            ("\u{85}next line", true),
+            ("\u{7f}ELF", false),
+            ("ansi \u{1b}[31m", false),
+            ("nul \u{0}", false),
+            ("c1 \u{9b}", false),
+            ("\u{feff}bom", true),
+            ("\u{ffff}", false),
+        ] {
+            assert_eq!(yaml_printable(text), printable, "{text:?}");
+        }
+        let cm = build(
+            &ConfigMapTarget::default(),
+            "b",
+            "ns",
+            owner(),
+            "sha256:r",
+            vec![("lib.so".into(), b"\x7fELF x".to_vec())],
+        )
+        .unwrap();
+        assert!(cm.data.unwrap_or_default().is_empty());
+        assert_eq!(cm.binary_data.unwrap()["lib.so"].0, b"\x7fELF x");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod content;
 pub mod keys;
 pub mod nodes;
 pub mod plan;
+pub mod requirements;
 pub mod status;
 
 pub use crate::api::reason::BundleReason;

@@ -70,6 +70,9 @@ pub struct Plan {
     pub sources: Vec<SourceRevision>,
     /// Sorted by key.
     pub files: Vec<PlannedFile>,
+    /// With `spec.falco` and sources that declare plugin dependencies: those no source
+    /// provides (`dependencies: Warn`); `None` when nothing was checked.
+    pub missing_dependencies: Option<Vec<String>>,
 }
 
 impl Plan {
@@ -191,6 +194,11 @@ pub fn plan<'a>(
 ) -> Result<Plan, Problem> {
     validate(spec)?;
     let ready = ready_sources(spec, lookup)?;
+    let named: Vec<(&str, &Artifact)> = ready
+        .iter()
+        .map(|(s, a)| (s.source_ref.name.as_str(), *a))
+        .collect();
+    let missing_dependencies = super::requirements::check(spec.falco.as_ref(), &named)?;
     let mut by_key: BTreeMap<String, PlannedFile> = BTreeMap::new();
     let mut hasher = Sha256::new();
     let mut sources = Vec::new();
@@ -241,6 +249,7 @@ pub fn plan<'a>(
         revision: Digest::from_sha256(hasher).to_string(),
         sources,
         files: by_key.into_values().collect(),
+        missing_dependencies,
     })
 }
 

@@ -3,7 +3,7 @@
 use super::nodes::Rollout;
 use super::plan::Plan;
 use super::{BundleReason, Problem};
-use crate::api::condition::conclude;
+use crate::api::condition::{ConditionType, Status, conclude, remove_condition, set_condition};
 use crate::api::rule_bundle::{ConfigMapStatus, RuleBundleStatus};
 
 /// The ConfigMap (if any) holds `plan`'s revision; `Ready` also waits for the nodes when
@@ -34,6 +34,7 @@ pub fn applied(
         ),
     };
     s.config_map = config_map.map(|name| ConfigMapStatus { name });
+    dependencies(&mut s, plan, generation, now);
     s.nodes = rollout.map(|r| r.counts.clone());
     let (reason, message) = rollout_outcome(rollout, &plan.revision, message);
     let class = reason.class();
@@ -46,6 +47,36 @@ pub fn applied(
         now,
     );
     s
+}
+
+/// `DependenciesMet`: False naming what is missing, True when something was checked and
+/// everything is there, absent when no source declares dependencies.
+fn dependencies(s: &mut RuleBundleStatus, plan: &Plan, generation: Option<i64>, now: &str) {
+    let Some(missing) = &plan.missing_dependencies else {
+        remove_condition(&mut s.conditions, ConditionType::DependenciesMet);
+        return;
+    };
+    let (status, reason, message) = match missing.as_slice() {
+        [] => (
+            Status::True,
+            "DependenciesMet",
+            "every plugin the rules need is provided".to_string(),
+        ),
+        missing => (
+            Status::False,
+            BundleReason::DependencyMissing.as_str(),
+            missing.join("; "),
+        ),
+    };
+    set_condition(
+        &mut s.conditions,
+        ConditionType::DependenciesMet,
+        status,
+        reason,
+        &message,
+        generation,
+        now,
+    );
 }
 
 /// The reason of an applied revision: its nodes' failures first, then nodes still
@@ -163,7 +194,37 @@ mod tests {
             revision: rev.into(),
             sources: vec![],
             files: vec![],
+            missing_dependencies: None,
         }
+    }
+
+    #[test]
+    fn dependencies_met_is_set_only_when_something_was_checked() {
+        let mut p = plan("sha256:a");
+        let base = RuleBundleStatus::default();
+        let none = applied(&base, Some(1), &p, None, None, "t");
+        assert!(find(&none.conditions, ConditionType::DependenciesMet).is_none());
+        p.missing_dependencies = Some(vec!["rules needs k8saudit 0.7.0".into()]);
+        let missing = applied(&none, Some(1), &p, None, None, "t");
+        let c = find(&missing.conditions, ConditionType::DependenciesMet).unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "DependencyMissing")
+        );
+        assert!(c.message.contains("k8saudit"));
+        let r = find(&missing.conditions, ConditionType::Ready).unwrap();
+        assert_eq!(r.status, "True", "a warning: the bundle is applied");
+        p.missing_dependencies = Some(vec![]);
+        let met = applied(&missing, Some(1), &p, None, None, "t");
+        assert_eq!(
+            find(&met.conditions, ConditionType::DependenciesMet)
+                .unwrap()
+                .status,
+            "True"
+        );
+        p.missing_dependencies = None;
+        let gone = applied(&met, Some(2), &p, None, None, "t");
+        assert!(find(&gone.conditions, ConditionType::DependenciesMet).is_none());
     }
 
     #[test]
