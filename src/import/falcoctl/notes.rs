@@ -50,10 +50,10 @@ fn artifact_notes(config: &Config, options: &Options, notes: &mut Vec<String>) {
         notes.push("artifact.noVerify is true: no spec.verify was written, signatures are not checked (drop noVerify and import again to check the index's signatures)".into());
     }
     if a.install.resolvedeps != Some(false) {
-        notes.push("artifact.install.resolveDeps: ocisync does not install dependencies; list every plugin your rules need in the refs".into());
+        notes.push("artifact.install.resolveDeps: ocisync does not install dependencies; list every plugin your rules need in the refs (spec.falco on a bundle reports any that is missing)".into());
     }
     if let Some(url) = &a.follow.falcoversions {
-        notes.push(format!("artifact.follow.falcoversions ({url}): not mapped; requirements (engine_version_semver) are not checked against the running Falco"));
+        notes.push(format!("artifact.follow.falcoversions ({url}): not mapped; set the bundles' spec.falco.engineVersion to your Falco's engine version to hold back revisions that need a newer one"));
     }
     let dirs = [
         (
