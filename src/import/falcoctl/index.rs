@@ -126,7 +126,7 @@ pub fn resolve(written: &str, index: &Index) -> Result<Resolved, RefError> {
     let (registry, repository) = name_part
         .split_once('/')
         .ok_or_else(|| invalid("no repository"))?;
-    if registry.is_empty() || !repository_valid(repository) {
+    if !registry_valid(registry) || !repository_valid(repository) {
         return Err(invalid(
             "registry/repository expected, repository in lowercase",
         ));
@@ -157,7 +157,7 @@ fn resolve_in_index(
         .entries
         .get(name)
         .ok_or_else(|| RefError::NotInIndex(written.to_string()))?;
-    if entry.registry.is_empty() || !repository_valid(&entry.repository) {
+    if !registry_valid(&entry.registry) || !repository_valid(&entry.repository) {
         return Err(RefError::Invalid(
             written.to_string(),
             "the index entry's registry or repository is invalid",
@@ -215,6 +215,22 @@ fn tag_valid(tag: &str) -> bool {
         .next()
         .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
     first_ok && tag.len() <= 128 && bytes.all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+/// `host[:port]`: letters, digits, `.` and `-` (no scheme, path, user or spaces).
+fn registry_valid(registry: &str) -> bool {
+    let (host, port) = match registry.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (registry, None),
+    };
+    let host_ok = !host.is_empty()
+        && !host.starts_with(['.', '-'])
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    host_ok && port_ok
 }
 
 fn repository_valid(repo: &str) -> bool {

@@ -16,12 +16,51 @@ pub fn render(import: &Import, command: &str) -> String {
     out
 }
 
+/// Each note as `# ` lines. A note may quote the input (a URL, a registry, a user name):
+/// any line break YAML knows (CR, NEL, LS, PS, not only LF) or other control character in
+/// it becomes a space, so that no input can end the comment and start YAML of its own.
 fn comments(out: &mut String, notes: &[String]) {
     for note in notes {
-        for line in note.lines() {
+        for line in note.split('\n') {
             out.push_str("# ");
-            out.push_str(line);
+            out.extend(line.chars().map(|c| {
+                if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
+                    ' '
+                } else {
+                    c
+                }
+            }));
             out.push('\n');
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::import::falcoctl::Doc;
+
+    #[test]
+    fn no_input_in_a_comment_can_start_a_line_of_yaml() {
+        let hostile = "x\rkind: Secret\u{85}a: b\u{2028}c: d\u{2029}e: f\x0bg\nh: i".to_string();
+        let import = Import {
+            notes: vec![hostile.clone()],
+            docs: vec![Doc {
+                notes: vec![hostile],
+                object: serde_json::json!({"kind": "ArtifactSource"}),
+            }],
+        };
+        let text = render(&import, "cmd");
+        for line in text.split(|c: char| {
+            c == '\n' || c == '\r' || c == '\u{85}' || c == '\u{2028}' || c == '\u{2029}'
+        }) {
+            assert!(
+                line.starts_with('#')
+                    || line == "---"
+                    || line == "kind: ArtifactSource"
+                    || line.is_empty(),
+                "{line:?} in {text:?}"
+            );
         }
     }
 }

@@ -134,6 +134,22 @@ fn bad_references_are_refused_with_the_reference_named() {
     ] {
         assert!(matches!(resolve(bad), Err(RefError::Invalid(..))), "{bad}");
     }
+    let hostile = INDEX.replace(
+        "registry: ghcr.io\n  repository: falcosecurity/rules/falco-rules",
+        "registry: \"ghcr.io\\nkind: Secret\"\n  repository: falcosecurity/rules/falco-rules",
+    );
+    let mut idx = Index::default();
+    idx.add(&hostile).expect("index");
+    assert!(
+        matches!(
+            index::resolve("falco-rules:5", &idx),
+            Err(RefError::Invalid(..))
+        ),
+        "a registry with a line break"
+    );
+    for bad in ["user@ghcr.io/x:1", "ghcr.io:port/x:1", "-x.io/y:1"] {
+        assert!(matches!(resolve(bad), Err(RefError::Invalid(..))), "{bad}");
+    }
     let dup = format!(
         "{INDEX}{}",
         &INDEX[INDEX.find("- name: k8saudit").unwrap_or(0)..]
