@@ -131,7 +131,7 @@ pub enum ConfigError {
 /// Parses a falcoctl.yaml, or a Falco chart values file's `falcoctl.config`.
 pub fn parse(text: &str) -> Result<(Config, Origin), ConfigError> {
     let value: Value =
-        serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+        serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml(redacted(&e)))?;
     let value = lowercase_keys(value);
     let (value, origin) = match value.get("falcoctl").and_then(|f| f.get("config")) {
         Some(config) => (config.clone(), Origin::ChartValues),
@@ -140,8 +140,28 @@ pub fn parse(text: &str) -> Result<(Config, Origin), ConfigError> {
     if !(value.is_mapping() || value.is_null()) {
         return Err(ConfigError::Shape("the top level is not a mapping".into()));
     }
-    let config = serde_yaml_ng::from_value(value).map_err(|e| ConfigError::Shape(e.to_string()))?;
+    let config = serde_yaml_ng::from_value(value).map_err(|e| ConfigError::Shape(redacted(&e)))?;
     Ok((config, origin))
+}
+
+/// A parse error without the values it quotes: a misplaced password must not be printed
+/// (serde quotes the value it did not expect, `invalid type: string "…"`).
+fn redacted(e: &serde_yaml_ng::Error) -> String {
+    let text = e.to_string();
+    let mut out = String::new();
+    let mut quoted = false;
+    for c in text.chars() {
+        match (c, quoted) {
+            ('"', false) => {
+                quoted = true;
+                out.push_str("\"…");
+            }
+            ('"', true) => quoted = false,
+            (_, true) => {}
+            (c, false) => out.push(c),
+        }
+    }
+    out
 }
 
 /// Every mapping key lowercased, at every depth (viper's case-insensitive keys).

@@ -404,6 +404,20 @@ fn options_reach_every_source_and_the_output_parses_back() {
 }
 
 #[test]
+fn a_password_in_the_wrong_place_is_not_in_the_error() {
+    for config in [
+        "registry: {auth: {basic: \"robot:s3cr3t\"}}",
+        "registry: {auth: {basic: [{registry: r, password: [s3cr3t]}]}}",
+        "registry: {auth: {basic: [{password: \"s3cr3t\", password: x}]}}",
+    ] {
+        let e = import(config, &index(), &options())
+            .expect_err(config)
+            .to_string();
+        assert!(!e.contains("s3cr3t"), "{e}");
+    }
+}
+
+#[test]
 fn nothing_to_import_is_an_error() {
     assert!(matches!(
         import("indexes: []", &index(), &options()),
