@@ -636,7 +636,9 @@ start_kcm() {
 # ours in the filter table's OUTPUT and FORWARD drops it instead. Not a blackhole route:
 # the host's own connect() to a ClusterIP looks up the route before kube-proxy's OUTPUT
 # DNAT, and a blackhole route fails it (EINVAL). Packets kube-proxy rewrote carry conntrack
-# state DNAT and pass; pod addresses pass out of the node's bridge. When a range overlaps
+# state DNAT and pass (the host's own, rewritten from a ClusterIP to a pod, still show the
+# default route's interface here: the pod-range rule must let them pass too); pod
+# addresses pass out of the node's bridge. When a range overlaps
 # an address of this host, nothing is dropped for it (said so): that is the host's network.
 ensure_blackholes() {
 	command -v iptables >/dev/null 2>&1 || ensure_debs iptables
@@ -653,7 +655,8 @@ ensure_blackholes() {
 			log "the pod range $cidr overlaps this host's addresses: not dropping it"
 			continue
 		fi
-		as_root iptables -w -A "$BLACKHOLE_CHAIN" -d "$cidr" ! -o "$NODE_BRIDGE" -m addrtype ! --dst-type LOCAL -j DROP
+		as_root iptables -w -A "$BLACKHOLE_CHAIN" -d "$cidr" ! -o "$NODE_BRIDGE" -m addrtype ! --dst-type LOCAL \
+			-m conntrack ! --ctstate DNAT -j DROP
 	done
 	as_root iptables -w -I OUTPUT 1 -j "$BLACKHOLE_CHAIN"
 	as_root iptables -w -I FORWARD 1 -j "$BLACKHOLE_CHAIN"
