@@ -203,6 +203,9 @@ pub fn decide(
     if status.observed_generation != bundle.metadata.generation {
         return Decision::Wait;
     }
+    if let Some(refusal) = engine_refusal(bundle, node_labels) {
+        return refusal;
+    }
     let mut files = Vec::new();
     for f in &status.files {
         if !valid_key(&f.path) {
@@ -230,6 +233,45 @@ pub fn decide(
         revision: revision.clone(),
         files,
     }
+}
+
+/// With `spec.falco.engineVersionFromNodeLabel`: a refusal when this node's label is
+/// missing or names an engine older than a source revision requires (files kept).
+fn engine_refusal(bundle: &RuleBundle, node_labels: &BTreeMap<String, String>) -> Option<Decision> {
+    let label = bundle
+        .spec
+        .falco
+        .as_ref()?
+        .engine_version_from_node_label
+        .as_ref()?;
+    let refuse = |message| {
+        Some(Decision::Refuse {
+            reason: NodeReason::RequirementsNotMet,
+            message,
+        })
+    };
+    let status = bundle.status.as_ref()?;
+    let required = status
+        .sources
+        .iter()
+        .filter_map(|s| Some((s, s.engine_version.as_ref()?)));
+    let Some(have) = node_labels.get(label) else {
+        return match required.clone().next() {
+            Some(_) => refuse(format!(
+                "the node has no label {label} naming its Falco engine version"
+            )),
+            None => None,
+        };
+    };
+    for (source, version) in required {
+        if !crate::bundle::requirements::compatible(version, have) {
+            return refuse(format!(
+                "ArtifactSource {} revision {} requires engine_version_semver {version}; the node's {label} is {have}",
+                source.name, source.revision
+            ));
+        }
+    }
+    None
 }
 
 /// A file name the controller could have produced: `[-._a-zA-Z0-9]+`, not `.`, not `..*`.

@@ -260,3 +260,51 @@ fn a_status_planned_for_another_generation_is_not_acted_on() {
         Decision::Apply { .. }
     ));
 }
+
+#[test]
+fn a_node_whose_falco_label_is_older_than_a_revision_requires_keeps_its_files() {
+    use crate::api::rule_bundle::{FalcoConsumer, SourceRevision};
+    const LABEL: &str = "falco.org/engine-version";
+    let mut b = bundle("/etc/falco/rules.d", &[], &[("r.yaml", D)]);
+    b.spec.falco = Some(FalcoConsumer {
+        engine_version_from_node_label: Some(LABEL.into()),
+        ..Default::default()
+    });
+    let requires = |b: &mut RuleBundle, v: Option<&str>| {
+        let s = b.status.as_mut().expect("status");
+        s.sources = vec![SourceRevision {
+            name: "rules".into(),
+            revision: "5.0.0@sha256:x".into(),
+            engine_version: v.map(String::from),
+        }];
+    };
+    requires(&mut b, Some("0.50.0"));
+    let refused = |d: Decision| match d {
+        Decision::Refuse { reason, message } => Some((reason, message)),
+        _ => None,
+    };
+    let (reason, message) =
+        refused(decide(&b, &labels(&[(LABEL, "0.41.0")]), &allow())).expect("held back");
+    assert_eq!(reason, NodeReason::RequirementsNotMet);
+    assert!(
+        message.contains("0.50.0") && message.contains("0.41.0") && message.contains("rules"),
+        "{message}"
+    );
+    let (_, message) = refused(decide(&b, &labels(&[]), &allow())).expect("no label: held back");
+    assert!(message.contains(LABEL), "{message}");
+    assert!(matches!(
+        decide(&b, &labels(&[(LABEL, "0.50.2")]), &allow()),
+        Decision::Apply { .. }
+    ));
+    requires(&mut b, None);
+    assert!(
+        matches!(decide(&b, &labels(&[]), &allow()), Decision::Apply { .. }),
+        "nothing required: no label needed"
+    );
+    b.spec.falco = None;
+    requires(&mut b, Some("9.0.0"));
+    assert!(
+        matches!(decide(&b, &labels(&[]), &allow()), Decision::Apply { .. }),
+        "not asked to check"
+    );
+}

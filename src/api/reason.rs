@@ -247,6 +247,8 @@ reasons! {
         Removing => Progressing,
         /// The directory is not one the agent may write for this namespace.
         DirectoryNotAllowed => Stalled,
+        /// The revision requires a newer Falco engine than this node's label says.
+        RequirementsNotMet => Waiting,
         /// The directory or a file name cannot be written safely.
         InvalidPath => Stalled,
         /// A file of this node's own is in the way.

@@ -56,6 +56,12 @@ pub struct FalcoConsumer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("pattern" = "^(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)$"))]
     pub engine_version: Option<String>,
+    /// A Node label holding the engine version of the Falco on that node: each node's
+    /// agent checks the revision against it, and a node whose Falco is older (or whose
+    /// label is missing) reports `RequirementsNotMet` and keeps the files it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 317))]
+    pub engine_version_from_node_label: Option<String>,
     /// A rules artifact that depends on a plugin no source of the bundle provides at a
     /// compatible version: `Warn` (default) sets `DependenciesMet=False` and applies it,
     /// `Block` holds it back with `DependencyMissing`.
@@ -197,6 +203,10 @@ pub struct SourceRevision {
     pub name: String,
     /// Its artifact revision.
     pub revision: String,
+    /// The engine version (`engine_version_semver`) that revision requires, for agents
+    /// that check it against their node's Falco (`spec.falco.engineVersionFromNodeLabel`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_version: Option<String>,
 }
 
 /// A file in the bundle.

@@ -52,13 +52,15 @@ pub fn fits(sizes: impl IntoIterator<Item = u64>) -> Result<(), Problem> {
 }
 
 /// Builds the ConfigMap from the files' names and bytes, or says why it cannot hold them.
-/// Whether text may go in `data`: the API server decodes an apply patch as YAML, which
-/// refuses control characters (YAML's printable set: tab, LF, CR, U+0085 and no C0, DEL,
-/// C1, U+FFFE or U+FFFF), so a file holding one goes in `binaryData`, as kubectl puts it.
+/// Whether text may go in `data` byte for byte: the API server decodes an apply patch as
+/// YAML, which refuses DEL, C1, U+FFFE and U+FFFF, and folds NEL, LS and PS even inside a
+/// quoted string (go-yaml counts them as line breaks). Such a file, or one with any other
+/// control character but tab, LF and CR, goes in `binaryData`, as kubectl puts it.
 fn yaml_printable(text: &str) -> bool {
     text.chars().all(|c| match c {
-        '\t' | '\n' | '\r' | '\u{85}' => true,
-        '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}' | '\u{fffe}' | '\u{ffff}' => false,
+        '\t' | '\n' | '\r' => true,
+        '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}' => false,
+        '\u{2028}' | '\u{2029}' | '\u{fffe}' | '\u{ffff}' => false,
         _ => true,
     })
 }
@@ -134,7 +136,8 @@ mod tests {
     fn text_with_control_characters_goes_to_binary_data() {
         for (text, printable) in [
             ("- rule: x\tä\r\n", true),
-            ("\u{85}next line", true),
+            ("\u{85}next line", false),
+            ("line\u{2028}separator", false),
             ("\u{7f}ELF", false),
             ("ansi \u{1b}[31m", false),
             ("nul \u{0}", false),

@@ -236,6 +236,7 @@ pub fn plan<'a>(
         sources.push(SourceRevision {
             name: name.clone(),
             revision: artifact.revision.clone(),
+            engine_version: super::requirements::engine_requirement(artifact),
         });
     }
     status_fits(by_key.values())?;

@@ -66,18 +66,47 @@ fn engine_met(name: &str, artifact: &Artifact, engine: &str) -> Result<(), Probl
     Ok(())
 }
 
+/// The engine version an artifact's config blob requires, if any.
+pub fn engine_requirement(artifact: &Artifact) -> Option<String> {
+    let config = artifact.config.as_ref()?;
+    let r = config
+        .requirements
+        .iter()
+        .find(|r| r.name == ENGINE_REQUIREMENT)?;
+    Some(r.version.chars().take(64).collect())
+}
+
 /// Whether `have` meets `required`: same major, at least the version. A plain integer N
 /// is `0.N.0` (how falcoctl turns a rules file's `required_engine_version` into semver);
 /// a version that does not parse is not met.
 pub fn compatible(required: &str, have: &str) -> bool {
     match (version(required), version(have)) {
-        (Some(req), Some(have)) => req.major == have.major && have >= req,
+        // precedence, as semver orders versions: build metadata does not count
+        (Some(req), Some(have)) => req.major == have.major && have.cmp_precedence(&req).is_ge(),
         _ => false,
     }
 }
 
+/// The first few messages, and how many more: a message goes into a condition and a log.
+pub fn summary(messages: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = messages
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if messages.len() > SHOWN {
+        text.push_str(&format!("; and {} more", messages.len() - SHOWN));
+    }
+    text
+}
+
 fn version(s: &str) -> Option<Version> {
     let s = s.trim();
+    if s.len() > 64 {
+        return None;
+    }
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         return s.parse::<u64>().ok().map(|minor| Version::new(0, minor, 0));
     }
@@ -174,6 +203,7 @@ mod tests {
         FalcoConsumer {
             engine_version: engine.map(String::from),
             dependencies,
+            ..FalcoConsumer::default()
         }
     }
 
@@ -189,6 +219,9 @@ mod tests {
             ("27", "0.26.5", false),
             ("v0.3.0", "0.3.1", true),
             ("not a version", "1.0.0", false),
+            ("0.41.0+build.7", "0.41.0", true), // build metadata has no precedence
+            ("0.50.0-rc1", "0.49.9", false),
+            ("0.50.0", "0.50.0-rc1", false),
             ("0.31.0", "", false),
         ] {
             assert_eq!(compatible(required, have), ok, "{required} against {have}");

@@ -135,6 +135,17 @@ pub fn failed(
     };
     let (class, reason) = (problem.reason.class(), problem.reason.as_str());
     conclude(&mut s.conditions, class, reason, &message, generation, now);
+    if problem.reason == BundleReason::DependencyMissing {
+        set_condition(
+            &mut s.conditions,
+            ConditionType::DependenciesMet,
+            Status::False,
+            reason,
+            &problem.message,
+            generation,
+            now,
+        );
+    }
     s
 }
 

@@ -197,13 +197,73 @@ impl FalcoConfig {
             && config.version.is_none()
             && config.dependencies.is_empty()
             && config.requirements.is_empty();
-        (!empty).then_some(config)
+        (!empty).then(|| config.bounded())
     }
+
+    /// At most [`MAX_CONFIG_ENTRIES`] requirements and dependencies, [`MAX_ALTERNATIVES`]
+    /// alternatives each, and strings of at most [`MAX_CONFIG_FIELD`] printable characters:
+    /// the blob (up to 1 MiB, from any registry) goes into status and into every bundle's
+    /// dependency check.
+    fn bounded(mut self) -> Self {
+        self.name = self.name.as_deref().map(field);
+        self.version = self.version.as_deref().map(field);
+        self.requirements.truncate(MAX_CONFIG_ENTRIES);
+        for r in &mut self.requirements {
+            (r.name, r.version) = (field(&r.name), field(&r.version));
+        }
+        self.dependencies.truncate(MAX_CONFIG_ENTRIES);
+        for d in &mut self.dependencies {
+            (d.name, d.version) = (field(&d.name), field(&d.version));
+            d.alternatives.truncate(MAX_ALTERNATIVES);
+            for a in &mut d.alternatives {
+                (a.name, a.version) = (field(&a.name), field(&a.version));
+            }
+        }
+        self
+    }
+}
+
+/// Most requirements, and most dependencies, kept from a Falco config blob.
+pub const MAX_CONFIG_ENTRIES: usize = 64;
+/// Most alternatives kept for one dependency.
+pub const MAX_ALTERNATIVES: usize = 16;
+/// Most characters kept of a name or version.
+pub const MAX_CONFIG_FIELD: usize = 128;
+
+/// A config string as status may hold it: no control characters or line separators
+/// (the API server reads status applies as YAML), at most [`MAX_CONFIG_FIELD`] characters.
+fn field(s: &str) -> String {
+    s.chars()
+        .filter(|c| {
+            !c.is_control() && !matches!(c, '\u{2028}' | '\u{2029}' | '\u{fffe}' | '\u{ffff}')
+        })
+        .take(MAX_CONFIG_FIELD)
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hostile_config_blob_is_bounded() {
+        let long = "9".repeat(10_000);
+        let alternatives: Vec<_> = (0..100)
+            .map(|i| serde_json::json!({"name": format!("a{i}"), "version": "1.0.0"}))
+            .collect();
+        let deps: Vec<_> = (0..1000).map(|i| serde_json::json!({"name": format!("d{i}\u{85}\u{7f}"), "version": long, "alternatives": alternatives})).collect();
+        let blob = serde_json::json!({"name": "x\u{2028}y", "version": long, "dependencies": deps,
+            "requirements": (0..1000).map(|_| serde_json::json!({"name": "engine_version_semver", "version": "0.1.0"})).collect::<Vec<_>>()});
+        let c = FalcoConfig::parse(&serde_json::to_vec(&blob).unwrap()).unwrap();
+        assert_eq!(
+            (c.dependencies.len(), c.requirements.len()),
+            (MAX_CONFIG_ENTRIES, MAX_CONFIG_ENTRIES)
+        );
+        assert_eq!(c.dependencies[0].alternatives.len(), MAX_ALTERNATIVES);
+        assert_eq!(c.dependencies[0].name, "d0");
+        assert_eq!(c.name.as_deref(), Some("xy"));
+        assert_eq!(c.version.map(|v| v.len()), Some(MAX_CONFIG_FIELD));
+    }
 
     #[test]
     fn detects_kinds_from_config_then_artifact_type_then_layers() {

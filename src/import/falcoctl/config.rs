@@ -87,7 +87,8 @@ pub struct Auth {
 pub struct BasicAuth {
     pub registry: String,
     pub user: String,
-    pub password: String,
+    /// Any YAML value: never parsed, so that no parse error can quote it.
+    pub password: Value,
 }
 
 impl std::fmt::Debug for BasicAuth {
@@ -144,21 +145,37 @@ pub fn parse(text: &str) -> Result<(Config, Origin), ConfigError> {
     Ok((config, origin))
 }
 
-/// A parse error without the values it quotes: a misplaced password must not be printed
-/// (serde quotes the value it did not expect, `invalid type: string "…"`).
-fn redacted(e: &serde_yaml_ng::Error) -> String {
+/// A parse error without the values it quotes: a misplaced password must not be printed.
+/// serde says `invalid type: string "…", expected …` (or an integer in backticks): what
+/// stands between `invalid type:`/`invalid value:` and `, expected` is left out, and any
+/// quoted text elsewhere.
+pub fn redacted(e: &dyn std::fmt::Display) -> String {
     let text = e.to_string();
+    let text = match ["invalid type:", "invalid value:"]
+        .iter()
+        .find_map(|m| text.find(m).map(|i| (i, m.len())))
+    {
+        Some((start, len)) => match text[start..].find(", expected") {
+            Some(end) => format!("{} …{}", &text[..start + len], &text[start + end..]),
+            None => text[..start + len].to_string(),
+        },
+        None => text,
+    };
     let mut out = String::new();
-    let mut quoted = false;
+    let mut quote = None;
     for c in text.chars() {
-        match (c, quoted) {
-            ('"', false) => {
-                quoted = true;
-                out.push_str("\"…");
+        match quote {
+            None if c == '"' || c == '`' => {
+                quote = Some(c);
+                out.push(c);
+                out.push('…');
             }
-            ('"', true) => quoted = false,
-            (_, true) => {}
-            (c, false) => out.push(c),
+            Some(q) if c == q => {
+                quote = None;
+                out.push(c);
+            }
+            Some(_) => {}
+            None => out.push(c),
         }
     }
     out

@@ -77,7 +77,8 @@ pub enum RefError {
 impl Index {
     /// Adds one index file's entries (a YAML list); duplicates inside one file are an error.
     pub fn add(&mut self, text: &str) -> Result<(), String> {
-        let entries: Vec<Entry> = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+        let entries: Vec<Entry> =
+            serde_yaml_ng::from_str(text).map_err(|e| super::config::redacted(&e))?;
         let mut seen = std::collections::BTreeSet::new();
         for entry in entries {
             if !seen.insert(entry.name.clone()) {

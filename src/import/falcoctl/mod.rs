@@ -10,6 +10,8 @@ mod render;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashSet;
+
 use config::Config;
 use index::{Index, RefError, Resolved};
 
@@ -84,14 +86,13 @@ pub fn import(
 
 /// The install and then the follow references, each once, resolved.
 fn wanted(config: &Config, index: &Index) -> Result<Vec<Wanted>, ImportError> {
-    let install = &config.artifact.install.refs;
-    let follow = &config.artifact.follow.dirs.refs;
-    let mut order: Vec<&String> = Vec::new();
-    for r in install.iter().chain(follow) {
-        if !order.contains(&r) {
-            order.push(r);
-        }
-    }
+    let install: HashSet<&String> = config.artifact.install.refs.iter().collect();
+    let follow: HashSet<&String> = config.artifact.follow.dirs.refs.iter().collect();
+    let mut seen = HashSet::new();
+    let order: Vec<&String> = (config.artifact.install.refs.iter())
+        .chain(&config.artifact.follow.dirs.refs)
+        .filter(|r| seen.insert(*r))
+        .collect();
     if order.is_empty() {
         return Err(ImportError::NoRefs);
     }

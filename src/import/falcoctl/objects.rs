@@ -102,7 +102,7 @@ fn source(
 
 /// spec.verify from an index entry's cosign settings. Exact values are matched whole;
 /// falcoctl's regexps match anywhere (as cosign's), ocisync's are anchored at the start: a
-/// regexp without `^` gets one, which only narrows what is accepted.
+/// regexp is wrapped in `^(?:…)`, which only narrows what is accepted.
 fn verify(cosign: &Cosign, name: &str, notes: &mut Vec<String>) -> Option<VerifySpec> {
     if !cosign.certificate_github_workflow.is_empty() {
         notes.push("signature certificate-github-workflow: not checked (ocisync matches issuer and subject)".into());
@@ -151,13 +151,14 @@ fn identity(exact: &str, regexp: &str, notes: &mut Vec<String>, what: &str) -> O
     if regexp.is_empty() {
         return None;
     }
-    if regexp.starts_with('^') {
-        return Some(regexp.to_string());
+    // a group, so that every branch of an alternation (`a|b`) is anchored
+    if let Some(rest) = regexp.strip_prefix('^') {
+        return Some(format!("^(?:{rest})"));
     }
     notes.push(format!(
         "signature {what} regexp {regexp:?} anchored at the start (falcoctl matches it anywhere)"
     ));
-    Some(format!("^{regexp}"))
+    Some(format!("^(?:{regexp})"))
 }
 
 fn bundle(kind: ArtifactType, chunk: usize, sources: &[&String], options: &Options) -> Doc {
@@ -170,7 +171,7 @@ fn bundle(kind: ArtifactType, chunk: usize, sources: &[&String], options: &Optio
         ArtifactType::Plugin => (
             "falco-plugins",
             &options.plugins_dir,
-            "plugins onto every node (each source pulls the controller's platform; set spec.platform for another)",
+            "plugins onto every node (each source pulls the controller's platform; set spec.platform for another); spec.falco checks a rules file's plugin dependencies within one bundle, so the rules in falco-rules do not see the plugins here",
         ),
         ArtifactType::Asset => (
             "falco-assets",

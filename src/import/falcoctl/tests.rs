@@ -208,7 +208,10 @@ falcoctl:
         id["issuer"],
         r"^https://token\.actions\.githubusercontent\.com$"
     );
-    assert_eq!(id["subject"], "^https://github.com/falcosecurity/rules/");
+    assert_eq!(
+        id["subject"],
+        "^(?:https://github.com/falcosecurity/rules/)"
+    );
     assert!(
         spec(&i, "container").get("verify").is_none(),
         "a full reference has no index signature"
@@ -306,6 +309,23 @@ fn signatures_map_to_verify_or_say_why_not() {
         spec(&i, "falco-rules")["verify"]["secretRef"]["name"],
         "falco-rules-cosign-key"
     );
+    let alternation = INDEX.replace(
+        "certificate-identity-regexp: https://github.com/falcosecurity/rules/",
+        "certificate-identity-regexp: ^a|b",
+    );
+    let i = import(
+        "artifact: {follow: {refs: [falco-rules:5]}}",
+        &[("i".into(), alternation)],
+        &options(),
+    )
+    .expect("import");
+    let subject = spec(&i, "falco-rules")["verify"]["matchOIDCIdentity"][0]["subject"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(subject, "^(?:a|b)", "every branch anchored");
+    let re = regex::Regex::new(&subject).expect("regex");
+    assert!(!re.is_match("evil-b") && re.is_match("b-ok"));
     let no_issuer = INDEX.replace(
         "certificate-oidc-issuer: https://token.actions.githubusercontent.com",
         "certificate-oidc-issuer: \"\"",
