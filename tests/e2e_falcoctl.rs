@@ -301,3 +301,105 @@ async fn requirements_hold_a_revision_back_until_the_named_falco_meets_them_and_
     );
     h.cleanup().await;
 }
+
+#[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
+async fn each_node_holds_back_a_revision_its_labelled_falco_is_too_old_for() {
+    use common::agent::{relabel, report_entry};
+    use common::controller::wait_on;
+    const LABEL: &str = "falco.org/engine-version";
+    let h = harness().await;
+    let registry = h.env.registry(Which::Plain);
+    let repo = h.env.repo(Which::Plain, "falcoctl-node-rules");
+    let config = |version: &str, engine: &str| {
+        serde_json::json!({"name": "e2e-rules", "version": version,
+            "requirements": [{"name": "engine_version_semver", "version": engine}]})
+    };
+    common::falcoctl::push_rulesfile(
+        &registry,
+        &repo,
+        "1",
+        ("e2e_rules.yaml", b"- list: v1\n"),
+        config("1.0.0", "0.31.0"),
+    )
+    .await;
+    h.create("rules", serde_json::json!({"url": format!("oci://{repo}"), "ref": {"tag": "1"}, "interval": "1h", "insecure": true})).await;
+    let run = common::unique();
+    let (old, new) = (
+        format!("e2e-falco-old-{run}"),
+        format!("e2e-falco-new-{run}"),
+    );
+    node(
+        &h,
+        &old,
+        serde_json::json!({"e2e-run": run, LABEL: "0.41.0"}),
+    )
+    .await;
+    node(
+        &h,
+        &new,
+        serde_json::json!({"e2e-run": run, LABEL: "0.50.1"}),
+    )
+    .await;
+    let mut agents = [
+        Agent::start(&h, &old, &h.base_url),
+        Agent::start(&h, &new, &h.base_url),
+    ];
+    h.apply::<RuleBundle>("falco", serde_json::json!({"spec": {"sources": [{"sourceRef": {"name": "rules"}}],
+        "nodeFiles": {"directory": "/etc/falco/rules.d", "nodeSelector": {"matchLabels": {"e2e-run": run}}},
+        "falco": {"engineVersionFromNodeLabel": LABEL}}}))
+        .await;
+    let has = |agent: &Agent, text: &'static str| {
+        let files = agent.files();
+        move || match files.get("e2e_rules.yaml") {
+            Some(b) if b == text.as_bytes() => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    };
+    for a in &agents {
+        eventually("v1 on both nodes", || has(a, "- list: v1\n")()).await;
+    }
+
+    common::falcoctl::push_rulesfile(
+        &registry,
+        &repo,
+        "1",
+        ("e2e_rules.yaml", b"- list: v2\n"),
+        config("2.0.0", "0.50.0"),
+    )
+    .await;
+    h.request_check("rules", "v2").await;
+    eventually("v2 on the node whose Falco is new enough", || {
+        has(&agents[1], "- list: v2\n")()
+    })
+    .await;
+    let reports: kube::Api<ocisync::api::NodeReport> = kube::Api::all(h.client.clone());
+    let held = wait_on(reports.clone(), &old, "RequirementsNotMet", |r| {
+        report_entry(r, "falco").is_some_and(|(reason, _)| reason == "RequirementsNotMet")
+    })
+    .await;
+    let entry = held
+        .as_ref()
+        .and_then(|r| r.spec.bundles.iter().find(|b| b.name == "falco"))
+        .expect("entry");
+    assert!(
+        entry.message.contains("0.50.0") && entry.message.contains("0.41.0"),
+        "{entry:?}"
+    );
+    assert_eq!(
+        agents[0].files().get("e2e_rules.yaml").map(Vec::as_slice),
+        Some(&b"- list: v1\n"[..]),
+        "the old node keeps v1"
+    );
+
+    relabel(&h, &old, serde_json::json!({LABEL: "0.50.2"})).await;
+    eventually("v2 on the upgraded node", || {
+        has(&agents[0], "- list: v2\n")()
+    })
+    .await;
+    for a in &mut agents {
+        a.kill();
+    }
+    delete_nodes(&h, &[&old, &new]).await;
+    h.cleanup().await;
+}
