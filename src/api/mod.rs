@@ -21,6 +21,24 @@ pub const GROUP: &str = "ocisync.dev";
 /// The one field manager ocisync writes with (server-side apply).
 pub const FIELD_MANAGER: &str = "ocisync";
 
+/// Whether text passes through an apply byte for byte: the API server decodes an apply
+/// patch as YAML, which refuses DEL, C1, U+FFFE and U+FFFF, and folds NEL, LS and PS even
+/// inside a quoted string (go-yaml counts them as line breaks). Other control characters
+/// than tab, LF and CR are refused too (none belongs in text we store).
+pub fn yaml_printable(text: &str) -> bool {
+    text.chars().all(|c| match c {
+        '\t' | '\n' | '\r' => true,
+        '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}' => false,
+        '\u{2028}' | '\u{2029}' | '\u{fffe}' | '\u{ffff}' => false,
+        _ => true,
+    })
+}
+
+/// A name (a file name, an annotation key): [`yaml_printable`] and on one line.
+pub fn plain_name(text: &str) -> bool {
+    yaml_printable(text) && !text.contains(['\t', '\n', '\r'])
+}
+
 /// Every CustomResourceDefinition, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     let mut crds = vec![ArtifactSource::crd(), RuleBundle::crd(), NodeReport::crd()];

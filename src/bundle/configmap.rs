@@ -52,19 +52,6 @@ pub fn fits(sizes: impl IntoIterator<Item = u64>) -> Result<(), Problem> {
 }
 
 /// Builds the ConfigMap from the files' names and bytes, or says why it cannot hold them.
-/// Whether text may go in `data` byte for byte: the API server decodes an apply patch as
-/// YAML, which refuses DEL, C1, U+FFFE and U+FFFF, and folds NEL, LS and PS even inside a
-/// quoted string (go-yaml counts them as line breaks). Such a file, or one with any other
-/// control character but tab, LF and CR, goes in `binaryData`, as kubectl puts it.
-fn yaml_printable(text: &str) -> bool {
-    text.chars().all(|c| match c {
-        '\t' | '\n' | '\r' => true,
-        '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}' => false,
-        '\u{2028}' | '\u{2029}' | '\u{fffe}' | '\u{ffff}' => false,
-        _ => true,
-    })
-}
-
 pub fn build(
     target: &ConfigMapTarget,
     bundle_name: &str,
@@ -78,7 +65,7 @@ pub fn build(
     let mut binary = BTreeMap::new();
     for (key, bytes) in files {
         match String::from_utf8(bytes) {
-            Ok(text) if yaml_printable(&text) => {
+            Ok(text) if crate::api::yaml_printable(&text) => {
                 data.insert(key, text);
             }
             Ok(text) => {
@@ -145,7 +132,7 @@ mod tests {
             ("\u{feff}bom", true),
             ("\u{ffff}", false),
         ] {
-            assert_eq!(yaml_printable(text), printable, "{text:?}");
+            assert_eq!(crate::api::yaml_printable(text), printable, "{text:?}");
         }
         let cm = build(
             &ConfigMapTarget::default(),

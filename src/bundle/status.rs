@@ -225,7 +225,9 @@ mod tests {
         assert!(c.message.contains("k8saudit"));
         p.missing_dependencies = Some((0..50).map(|i| format!("needs p{i}")).collect());
         let many = applied(&missing, Some(1), &p, None, None, "t");
-        let m = &find(&many.conditions, ConditionType::DependenciesMet).unwrap().message;
+        let m = &find(&many.conditions, ConditionType::DependenciesMet)
+            .unwrap()
+            .message;
         assert!(m.ends_with("and 45 more") && !m.contains("p5;"), "{m}");
         let r = find(&missing.conditions, ConditionType::Ready).unwrap();
         assert_eq!(r.status, "True", "a warning: the bundle is applied");

@@ -692,9 +692,21 @@ fn artifact_of(
             crate::server::revision_path(key.as_str())
         )),
         last_update_time: Some(stored_at),
-        annotations: pulled.annotations.clone(),
+        annotations: printable(&pulled.annotations),
         verification: None,
     }
+}
+
+/// The manifest annotations a status can hold: an entry with a control character would make
+/// the API server refuse every status write of the source (it reads applies as YAML).
+fn printable(
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> std::collections::BTreeMap<String, String> {
+    annotations
+        .iter()
+        .filter(|(k, v)| crate::api::plain_name(k) && crate::api::yaml_printable(v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// The most bytes an artifact's file list may take in status, and its manifest annotations:
@@ -914,6 +926,23 @@ mod tests {
         assert!(e.message.contains("10000 files"), "{}", e.message);
         let e = status_fits(&pulled(1, 100_000)).unwrap_err();
         assert!(e.message.contains("annotations"), "{}", e.message);
+    }
+
+    #[test]
+    fn annotations_a_status_cannot_hold_are_left_out() {
+        let annotations = [
+            (
+                "org.opencontainers.image.description",
+                "two\nlines are fine",
+            ),
+            ("del", "x\u{7f}"),
+            ("nel", "a\u{85}b"),
+            ("key\u{9b}", "v"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into();
+        let kept: Vec<String> = printable(&annotations).into_keys().collect();
+        assert_eq!(kept, ["org.opencontainers.image.description"]);
     }
 
     fn key(registry: &str, repository: &str, digest: &str) -> ProvenRevision {

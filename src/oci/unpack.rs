@@ -183,11 +183,18 @@ pub fn safe_relative_path(raw: &Path) -> Result<Option<String>> {
     Ok((!parts.is_empty()).then(|| parts.join("/")))
 }
 
-/// A part the file system can create: no NUL, at most [`MAX_NAME_BYTES`].
+/// A part the file system can create and a status can hold: no NUL, no control character
+/// or line separator (the API server would refuse the status listing it, for good), at
+/// most [`MAX_NAME_BYTES`].
 fn plain_part(part: &str, shown: &str) -> Result<()> {
     if part.contains('\0') {
         return Err(OciError::UnsafeContent(format!(
             "path {shown:?} contains a NUL byte"
+        )));
+    }
+    if !crate::api::plain_name(part) {
+        return Err(OciError::UnsafeContent(format!(
+            "path {shown:?} contains a control character or a line separator"
         )));
     }
     if part.len() > MAX_NAME_BYTES {
@@ -814,6 +821,11 @@ mod tests {
                 ("f", T::Regular, b"1", None),
                 ("f/g", T::Regular, b"2", None),
             ]),
+            // names a status could not hold (the API server reads it as YAML)
+            tar_with(&[("del\u{7f}.yaml", T::Regular, b"x", None)]),
+            tar_with(&[("c1\u{85}.yaml", T::Regular, b"x", None)]),
+            tar_with(&[("dir\n/x.yaml", T::Regular, b"x", None)]),
+            tar_with(&[("ls\u{2028}.yaml", T::Regular, b"x", None)]),
         ];
         for (i, t) in cases.iter().enumerate() {
             let (dir, r) = unpack(t);
