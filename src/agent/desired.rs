@@ -124,9 +124,19 @@ fn valid_namespace(n: &str) -> bool {
         && !n.ends_with('-')
 }
 
+/// The longest `nodeFiles.directory`: with the host root before it and a file name after,
+/// the whole path must stay well under the kernel's 4096-byte PATH_MAX, or nothing that
+/// reads it by path (Falco, kubelet, a shell) could open what the agent wrote (found by the
+/// agent_paths fuzz target: a 4133-byte directory).
+pub const MAX_DIRECTORY_BYTES: usize = 1024;
+
 /// `/a/b/c` as a path when absolute with only plain parts (no empty parts, no NUL, and none
-/// that starts with `..`, the prefix of the agent's own names; one trailing `/` is fine).
+/// that starts with `..`, the prefix of the agent's own names; one trailing `/` is fine),
+/// at most [`MAX_DIRECTORY_BYTES`] long.
 fn plain_absolute(dir: &str) -> Option<PathBuf> {
+    if dir.len() > MAX_DIRECTORY_BYTES {
+        return None;
+    }
     let rest = dir.strip_prefix('/')?;
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest.is_empty() {
@@ -173,8 +183,8 @@ pub fn decide(
         return Decision::Refuse {
             reason: NodeReason::InvalidPath,
             message: format!(
-                "nodeFiles.directory {:?} must be absolute, without . parts or parts starting with ..",
-                target.directory
+                "nodeFiles.directory {:?} must be absolute, at most {MAX_DIRECTORY_BYTES} bytes, without . parts or parts starting with ..",
+                target.directory.chars().take(128).collect::<String>()
             ),
         };
     };

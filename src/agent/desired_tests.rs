@@ -308,3 +308,28 @@ fn a_node_whose_falco_label_is_older_than_a_revision_requires_keeps_its_files() 
         "not asked to check"
     );
 }
+
+#[test]
+fn a_directory_too_long_to_open_by_path_is_refused() {
+    let long = format!("/etc/falco/{}", "d/".repeat(600));
+    let b = bundle(&long, &[], &[("r.yaml", D)]);
+    match decide(&b, &labels(&[]), &allow()) {
+        Decision::Refuse { reason, message } => {
+            assert_eq!(reason, NodeReason::InvalidPath);
+            assert!(
+                message.contains("1024 bytes") && message.len() < 400,
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let fits = format!("/etc/falco/{}", "d/".repeat(400));
+    assert!(matches!(
+        decide(
+            &bundle(&fits, &[], &[("r.yaml", D)]),
+            &labels(&[]),
+            &allow()
+        ),
+        Decision::Apply { .. }
+    ));
+}
