@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use super::disk::WantedFile;
 use crate::api::RuleBundle;
 use crate::api::reason::NodeReason;
+use crate::api::rule_bundle::BundleFile;
 use crate::digest::Digest;
+use crate::oci::platform::{self, Platform};
 
 /// One `--allowed-dir`: a host directory and the namespaces whose bundles may write in it
 /// (`None`: every namespace, for single-tenant clusters).
@@ -216,33 +218,54 @@ pub fn decide(
     if let Some(refusal) = engine_refusal(bundle, node_labels) {
         return refusal;
     }
-    let mut files = Vec::new();
-    for f in &status.files {
-        if !valid_key(&f.path) {
+    let ours = match for_this_platform(&status.files, node_labels) {
+        Ok(files) => files,
+        Err(message) => {
             return Decision::Refuse {
-                reason: NodeReason::InvalidPath,
-                message: format!("file name {:?} is not a plain file name", f.path),
+                reason: NodeReason::PlatformNotAvailable,
+                message,
             };
         }
-        // Parsed once here: a digest is a file name on the artifact server's URL path.
+    };
+    match wanted_files(ours) {
+        Ok(files) => Decision::Apply {
+            directory,
+            allowed,
+            revision: revision.clone(),
+            files,
+        },
+        Err(message) => Decision::Refuse {
+            reason: NodeReason::InvalidPath,
+            message,
+        },
+    }
+}
+
+/// The files to write, each name plain and written once, each digest parsed once here (a
+/// digest is a file name on the artifact server's URL path).
+fn wanted_files(files: Vec<&BundleFile>) -> Result<Vec<WantedFile>, String> {
+    let mut names = BTreeSet::new();
+    let mut wanted = Vec::with_capacity(files.len());
+    for f in files {
+        if !valid_key(&f.path) {
+            return Err(format!("file name {:?} is not a plain file name", f.path));
+        }
+        if !names.insert(f.path.as_str()) {
+            return Err(format!("file name {} is listed twice", f.path));
+        }
         let Ok(digest) = Digest::parse(&f.digest) else {
-            return Decision::Refuse {
-                reason: NodeReason::InvalidPath,
-                message: format!("file {} has an invalid digest {:?}", f.path, f.digest),
-            };
+            return Err(format!(
+                "file {} has an invalid digest {:?}",
+                f.path, f.digest
+            ));
         };
-        files.push(WantedFile {
+        wanted.push(WantedFile {
             key: f.path.clone(),
             digest,
             size: u64::try_from(f.size).unwrap_or(0),
         });
     }
-    Decision::Apply {
-        directory,
-        allowed,
-        revision: revision.clone(),
-        files,
-    }
+    Ok(wanted)
 }
 
 /// With `spec.falco.engineVersionFromNodeLabel`: a refusal when this node's label is
@@ -282,6 +305,42 @@ fn engine_refusal(bundle: &RuleBundle, node_labels: &BTreeMap<String, String>) -
         }
     }
     None
+}
+
+/// The files this node takes: those for every node, and of each source with files per
+/// platform (`platform: all`) those of the platform its labels name. `Err` names a source
+/// with nothing for it (or a platform that is not one).
+fn for_this_platform<'a>(
+    files: &'a [BundleFile],
+    node_labels: &BTreeMap<String, String>,
+) -> Result<Vec<&'a BundleFile>, String> {
+    let mut by_source: BTreeMap<&str, BTreeSet<Platform>> = BTreeMap::new();
+    for f in files {
+        if let Some(text) = &f.platform {
+            let platform = Platform::parse(text).ok_or_else(|| {
+                let shown: String = text.chars().take(64).collect();
+                format!(
+                    "file {} names platform {shown:?}, not os/arch[/variant]",
+                    f.path
+                )
+            })?;
+            by_source.entry(&f.source).or_default().insert(platform);
+        }
+    }
+    let mut chosen: BTreeMap<&str, String> = BTreeMap::new();
+    for (source, platforms) in by_source {
+        let available: Vec<Platform> = platforms.into_iter().collect();
+        let platform = platform::for_node(&available, node_labels)
+            .map_err(|why| format!("ArtifactSource {source}: {why}"))?;
+        chosen.insert(source, platform.to_string());
+    }
+    Ok(files
+        .iter()
+        .filter(|f| match &f.platform {
+            None => true,
+            Some(p) => chosen.get(f.source.as_str()) == Some(p),
+        })
+        .collect())
 }
 
 /// A file name the controller could have produced: `[-._a-zA-Z0-9]+`, not `.`, not `..*`.

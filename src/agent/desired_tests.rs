@@ -30,6 +30,7 @@ fn bundle(dir: &str, selector: &[(&str, &str)], files: &[(&str, &str)]) -> RuleB
                 source: "s".into(),
                 digest: d.to_string(),
                 size: 1,
+                platform: None,
             })
             .collect(),
         ..Default::default()
@@ -332,4 +333,96 @@ fn a_directory_too_long_to_open_by_path_is_refused() {
         ),
         Decision::Apply { .. }
     ));
+}
+
+const E: &str = "sha256:eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
+const F: &str = "sha256:ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
+
+/// A bundle whose source `plugin` has `libx.so` for amd64 (digest E) and arm64/v8 (F),
+/// and whose source `s` has a rules file for every node.
+fn mixed_bundle() -> RuleBundle {
+    let mut b = bundle("/etc/falco/plugins", &[], &[("x_rules.yaml", D)]);
+    let status = b.status.as_mut().expect("status");
+    for (platform, digest) in [("linux/amd64", E), ("linux/arm64/v8", F)] {
+        status.files.push(BundleFile {
+            path: "libx.so".into(),
+            source: "plugin".into(),
+            digest: digest.into(),
+            size: 1,
+            platform: Some(platform.into()),
+        });
+    }
+    b
+}
+
+fn platform_labels(os: &str, arch: &str) -> BTreeMap<String, String> {
+    labels(&[("kubernetes.io/os", os), ("kubernetes.io/arch", arch)])
+}
+
+fn applied(d: Decision) -> Vec<(String, String)> {
+    match d {
+        Decision::Apply { files, .. } => files
+            .into_iter()
+            .map(|f| (f.key, f.digest.to_string()))
+            .collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn each_node_takes_the_files_of_its_own_platform() {
+    let b = mixed_bundle();
+    let amd = applied(decide(&b, &platform_labels("linux", "amd64"), &allow()));
+    assert_eq!(
+        amd,
+        [
+            ("x_rules.yaml".into(), D.into()),
+            ("libx.so".into(), E.into())
+        ]
+    );
+    let arm = applied(decide(&b, &platform_labels("linux", "arm64"), &allow()));
+    assert_eq!(
+        arm,
+        [
+            ("x_rules.yaml".into(), D.into()),
+            ("libx.so".into(), F.into())
+        ]
+    );
+}
+
+#[test]
+fn a_node_whose_platform_a_source_lacks_is_refused_and_keeps_its_files() {
+    let b = mixed_bundle();
+    for node in [platform_labels("linux", "s390x"), labels(&[])] {
+        match decide(&b, &node, &allow()) {
+            Decision::Refuse { reason, message } => {
+                assert_eq!(reason, NodeReason::PlatformNotAvailable);
+                assert!(message.contains("ArtifactSource plugin"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_status_with_a_forged_platform_or_a_name_twice_is_refused() {
+    let mut forged = mixed_bundle();
+    forged.status.as_mut().unwrap().files[1].platform = Some("linux/../../etc".into());
+    assert!(matches!(
+        decide(&forged, &platform_labels("linux", "amd64"), &allow()),
+        Decision::Refuse {
+            reason: NodeReason::PlatformNotAvailable,
+            ..
+        }
+    ));
+    // a name for every node and the same name for this node's platform
+    let mut twice = mixed_bundle();
+    twice.status.as_mut().unwrap().files[0].path = "libx.so".into();
+    match decide(&twice, &platform_labels("linux", "amd64"), &allow()) {
+        Decision::Refuse { reason, message } => {
+            assert_eq!(reason, NodeReason::InvalidPath);
+            assert!(message.contains("twice"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -131,6 +131,7 @@ pub(crate) fn bundle(revision: &str, bytes: &[u8]) -> Arc<RuleBundle> {
             source: "s".into(),
             digest: Digest::of(bytes).to_string(),
             size: bytes.len() as i64,
+            platform: None,
         }],
         ..Default::default()
     });

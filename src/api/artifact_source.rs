@@ -55,8 +55,11 @@ pub struct ArtifactSourceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer_selector: Option<LayerSelector>,
     /// Platform (`os/arch[/variant]`) to pick from an image index. Default: the controller's.
+    /// `all` stores every platform's files (for plugins on mixed-architecture clusters):
+    /// each node gets the files of its `kubernetes.io/os` and `kubernetes.io/arch`, and a
+    /// ConfigMap target refuses the source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("pattern" = "^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$"))]
+    #[schemars(extend("pattern" = "^(all|[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?)$"))]
     pub platform: Option<String>,
     /// Stop checking the reference; the last artifact stays served.
     #[serde(default)]
@@ -235,4 +238,8 @@ pub struct ArtifactFile {
     pub digest: String,
     /// Size in bytes.
     pub size: i64,
+    /// With `platform: all`: the image index platform (`os/arch[/variant]`) the file is
+    /// for; nodes take the files of their own platform.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
 }

@@ -223,6 +223,9 @@ reasons! {
         RequirementsNotMet => Waiting,
         /// A rules artifact needs a plugin no source provides (`dependencies: Block`).
         DependencyMissing => Waiting,
+        /// A ConfigMap target over a source that stores every platform (`platform: all`):
+        /// files per platform belong on nodes.
+        MultiPlatformSource => Waiting,
         /// A ConfigMap of that name exists and is not this bundle's.
         ConfigMapNotOwned => Waiting,
         /// A selected node's agent could not apply the current revision.
@@ -249,6 +252,8 @@ reasons! {
         DirectoryNotAllowed => Stalled,
         /// The revision requires a newer Falco engine than this node's label says.
         RequirementsNotMet => Waiting,
+        /// A source stores files per platform and none for this node's os and arch.
+        PlatformNotAvailable => Waiting,
         /// The directory or a file name cannot be written safely.
         InvalidPath => Stalled,
         /// A file of this node's own is in the way.

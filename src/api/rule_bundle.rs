@@ -220,6 +220,10 @@ pub struct BundleFile {
     pub digest: String,
     /// Size in bytes.
     pub size: i64,
+    /// The platform (`os/arch[/variant]`) the file is for, from a source with
+    /// `platform: all`: a node takes it only when it is the node's platform.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
 }
 
 /// The ConfigMap written for a bundle.

@@ -60,6 +60,8 @@ pub struct PlannedFile {
     pub kind: ContentKind,
     pub digest: Digest,
     pub size: u64,
+    /// The platform it is for (a source with `platform: all`); `None`: every node's.
+    pub platform: Option<String>,
 }
 
 /// The desired content of a bundle.
@@ -68,7 +70,7 @@ pub struct Plan {
     /// `sha256:<hex>` over the ordered source revisions and the selection.
     pub revision: String,
     pub sources: Vec<SourceRevision>,
-    /// Sorted by key.
+    /// Sorted by key, then platform (none first).
     pub files: Vec<PlannedFile>,
     /// With `spec.falco` and sources that declare plugin dependencies: those no source
     /// provides (`dependencies: Warn`); `None` when nothing was checked.
@@ -85,6 +87,7 @@ impl Plan {
                 source: f.source.clone(),
                 digest: f.digest.to_string(),
                 size: i64::try_from(f.size).unwrap_or(i64::MAX),
+                platform: f.platform.clone(),
             })
             .collect()
     }
@@ -172,8 +175,9 @@ fn status_fits<'a>(files: impl Iterator<Item = &'a PlannedFile>) -> Result<(), P
     let (mut count, mut bytes) = (0usize, 0usize);
     for f in files {
         count += 1;
-        // {"path":"","source":"","digest":"","size":}, and the separator
-        let entry = f.key.len() + f.source.len() + f.digest.as_str().len() + 20 + 40;
+        // {"path":"","source":"","digest":"","size":,"platform":""}, and the separator
+        let platform = f.platform.as_ref().map_or(0, |p| p.len() + 14);
+        let entry = f.key.len() + f.source.len() + f.digest.as_str().len() + 20 + 40 + platform;
         bytes = bytes.saturating_add(entry);
     }
     if bytes > MAX_STATUS_FILES_BYTES {
@@ -199,7 +203,10 @@ pub fn plan<'a>(
         .map(|(s, a)| (s.source_ref.name.as_str(), *a))
         .collect();
     let missing_dependencies = super::requirements::check(spec.falco.as_ref(), &named)?;
-    let mut by_key: BTreeMap<String, PlannedFile> = BTreeMap::new();
+    if spec.config_map.is_some() {
+        refuse_platforms_in_config_map(&named)?;
+    }
+    let mut by_key: BTreeMap<(String, Option<String>), PlannedFile> = BTreeMap::new();
     let mut hasher = Sha256::new();
     let mut sources = Vec::new();
     for (s, artifact) in ready {
@@ -217,10 +224,10 @@ pub fn plan<'a>(
         for f in selected {
             count += 1;
             let file = planned_file(name, artifact, f)?;
-            if let Some(other) = by_key.get(&file.key) {
+            if let Some(other) = clashing(&by_key, &file) {
                 return Err(conflict(other, &file));
             }
-            by_key.insert(file.key.clone(), file);
+            by_key.insert((file.key.clone(), file.platform.clone()), file);
         }
         if count == 0 {
             return Err(no_files_selected(s, artifact));
@@ -244,6 +251,10 @@ pub fn plan<'a>(
         hasher.update(f.key.as_bytes());
         hasher.update([0]);
         hasher.update(f.digest.as_str().as_bytes());
+        if let Some(platform) = &f.platform {
+            hasher.update([2]);
+            hasher.update(platform.as_bytes());
+        }
         hasher.update([1]);
     }
     Ok(Plan {
@@ -297,7 +308,39 @@ fn planned_file(name: &str, artifact: &Artifact, f: &ArtifactFile) -> Result<Pla
         kind: artifact.kind,
         digest,
         size: u64::try_from(f.size).unwrap_or(0),
+        platform: f.platform.clone(),
     })
+}
+
+/// A planned file a node would get together with `file` under the same name: one of the
+/// same platform, and one for every node against one for a platform (and back).
+fn clashing<'m>(
+    by_key: &'m BTreeMap<(String, Option<String>), PlannedFile>,
+    file: &PlannedFile,
+) -> Option<&'m PlannedFile> {
+    let mut same_key = by_key
+        .range((file.key.clone(), None)..)
+        .take_while(|((k, _), _)| *k == file.key)
+        .map(|(_, f)| f);
+    match &file.platform {
+        None => same_key.next(),
+        Some(_) => same_key.find(|f| f.platform.is_none() || f.platform == file.platform),
+    }
+}
+
+/// A ConfigMap cannot hold files per platform: every reader of it would get them all.
+fn refuse_platforms_in_config_map(sources: &[(&str, &Artifact)]) -> Result<(), Problem> {
+    for (name, artifact) in sources {
+        if let Some(f) = artifact.files.iter().find(|f| f.platform.is_some()) {
+            let message = format!(
+                "ArtifactSource {name} stores files per platform (platform: all; {} is for {}): a ConfigMap would give every reader all of them; deliver them with nodeFiles, or give the ConfigMap a source with one platform",
+                f.path,
+                f.platform.as_deref().unwrap_or_default()
+            );
+            return Err(Problem::new(BundleReason::MultiPlatformSource, message));
+        }
+    }
+    Ok(())
 }
 
 fn conflict(other: &PlannedFile, file: &PlannedFile) -> Problem {

@@ -15,6 +15,7 @@ fn artifact(revision: &str, files: &[&str]) -> Artifact {
                 path: (*p).into(),
                 digest: Digest::of(p.as_bytes()).to_string(),
                 size: 10,
+                platform: None,
             })
             .collect(),
         ..Default::default()
@@ -278,4 +279,95 @@ fn a_source_with_verify_is_usable_only_with_a_verified_artifact() {
         s.artifact = Some(verified.clone());
     }
     assert_eq!(source_state(Some(&ok)), SourceState::Ready(&verified));
+}
+
+/// An artifact of `platform: all`: each (platform, path) a file whose bytes differ by
+/// platform.
+fn per_platform(revision: &str, files: &[(&str, &str)]) -> Artifact {
+    let mut a = artifact(revision, &[]);
+    a.kind = ContentKind::FalcoPlugin;
+    a.files = files
+        .iter()
+        .map(|(platform, path)| ArtifactFile {
+            path: (*path).into(),
+            digest: Digest::of(format!("{platform}{path}").as_bytes()).to_string(),
+            size: 10,
+            platform: Some((*platform).into()),
+        })
+        .collect();
+    a
+}
+
+#[test]
+fn files_per_platform_share_a_name_and_reach_status_with_their_platform() {
+    let plugin = per_platform(
+        "1@p",
+        &[("linux/amd64", "libx.so"), ("linux/arm64", "libx.so")],
+    );
+    let rules = artifact("1@r", &["x_rules.yaml"]);
+    let mut s = spec(vec![source("plugin", &[]), source("rules", &[])]);
+    let lookup = |name: &str| match name {
+        "plugin" => SourceState::Ready(&plugin),
+        _ => SourceState::Ready(&rules),
+    };
+    let p = plan(&s, lookup).unwrap();
+    let listed: Vec<(String, Option<String>)> = p
+        .status_files()
+        .into_iter()
+        .map(|f| (f.path, f.platform))
+        .collect();
+    let want = |k: &str, p: Option<&str>| (k.to_string(), p.map(String::from));
+    assert_eq!(
+        listed,
+        [
+            want("libx.so", Some("linux/amd64")),
+            want("libx.so", Some("linux/arm64")),
+            want("x_rules.yaml", None)
+        ]
+    );
+
+    // a ConfigMap would hand every platform's file to every reader
+    s.config_map = Some(Default::default());
+    let e = plan(&s, lookup).unwrap_err();
+    assert_eq!(e.reason, BundleReason::MultiPlatformSource);
+    assert!(
+        e.message.contains("ArtifactSource plugin") && e.message.contains("nodeFiles"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn a_name_for_every_node_clashes_with_the_same_name_for_one_platform() {
+    let plugin = per_platform("1@p", &[("linux/amd64", "libx.so")]);
+    let plain = artifact("1@q", &["libx.so"]);
+    for order in [["plugin", "plain"], ["plain", "plugin"]] {
+        let s = spec(order.iter().map(|n| source(n, &[])).collect());
+        let e = plan(&s, |name| match name {
+            "plugin" => SourceState::Ready(&plugin),
+            _ => SourceState::Ready(&plain),
+        })
+        .unwrap_err();
+        assert_eq!(e.reason, BundleReason::FileConflict, "{order:?}");
+    }
+    let twice = per_platform(
+        "1@p",
+        &[("linux/amd64", "a/libx.so"), ("linux/amd64", "a_libx.so")],
+    );
+    let e = plan(&spec(vec![source("plugin", &[])]), |_| {
+        SourceState::Ready(&twice)
+    })
+    .unwrap_err();
+    assert_eq!(e.reason, BundleReason::FileConflict);
+}
+
+#[test]
+fn the_revision_changes_with_a_files_platform() {
+    let amd = per_platform("1@p", &[("linux/amd64", "libx.so")]);
+    let mut arm = amd.clone();
+    arm.files[0].platform = Some("linux/arm64".into());
+    let s = spec(vec![source("plugin", &[])]);
+    let a = plan(&s, |_| SourceState::Ready(&amd)).unwrap();
+    let b = plan(&s, |_| SourceState::Ready(&arm)).unwrap();
+    assert_ne!(a.revision, b.revision);
 }

@@ -105,6 +105,7 @@ pub struct PullArgs {
     #[arg(long, value_name = "RANGE")]
     semver: Option<String>,
     /// Platform to pick from an image index (`os/arch[/variant]`); default: this machine's.
+    /// `all`: every platform, each into a directory `os-arch[-variant]`.
     #[arg(long)]
     platform: Option<String>,
     /// Only layers of this media type.
@@ -341,7 +342,7 @@ pub async fn pull(args: PullArgs) -> anyhow::Result<ExitCode> {
                 "kind": pulled.kind,
                 "config": pulled.config,
                 "size": pulled.size(),
-                "files": pulled.files.iter().map(|f| serde_json::json!({"path": f.path, "digest": f.digest, "size": f.size})).collect::<Vec<_>>(),
+                "files": pulled.files.iter().map(|f| serde_json::json!({"path": f.location(), "digest": f.digest, "size": f.size, "platform": f.platform.as_ref().map(ToString::to_string)})).collect::<Vec<_>>(),
             })
         ),
         OutputFormat::Text => {
@@ -350,7 +351,7 @@ pub async fn pull(args: PullArgs) -> anyhow::Result<ExitCode> {
                 reference.repository, resolved.head.digest, pulled.kind
             );
             for f in &pulled.files {
-                println!("{}  {}  {}", f.digest, f.size, f.path);
+                println!("{}  {}  {}", f.digest, f.size, f.location());
             }
         }
     }

@@ -442,6 +442,7 @@ mod tests {
                 path: path.to_string(),
                 digest: digest.clone(),
                 size: bytes.len() as u64,
+                platform: None,
             });
             planned.push(PlannedFile {
                 key: path.to_string(),
@@ -450,6 +451,7 @@ mod tests {
                 kind: ContentKind::FalcoRules,
                 digest,
                 size: bytes.len() as u64,
+                platform: None,
             });
         }
         let manifest = crate::digest::Digest::of(b"manifest");

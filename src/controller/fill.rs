@@ -64,11 +64,14 @@ pub fn files_of(artifact: &Artifact) -> Result<Vec<IndexFile>, String> {
         .iter()
         .map(|f| {
             check_relative_path(&f.path).map_err(|e| e.to_string())?;
-            Ok(IndexFile {
+            let file = IndexFile {
                 path: f.path.clone(),
                 digest: Digest::parse(&f.digest).map_err(|e| e.to_string())?,
                 size: u64::try_from(f.size).map_err(|_| format!("{}: negative size", f.path))?,
-            })
+                platform: f.platform.clone(),
+            };
+            file.staged_path().map_err(|e| e.to_string())?;
+            Ok(file)
         })
         .collect()
 }
@@ -130,7 +133,8 @@ impl Filler {
         self.peer_index(base, w, files).await?;
         let staging = self.store.staging_dir().map_err(|e| one_line(&e))?;
         for f in files {
-            let out = create_staged(staging.path(), &f.path).await?;
+            let staged = f.staged_path().map_err(|e| e.to_string())?;
+            let out = create_staged(staging.path(), &staged).await?;
             let want = WantedFile {
                 key: f.path.clone(),
                 digest: f.digest.clone(),
@@ -167,18 +171,8 @@ impl Filler {
         .await
         .map_err(|_| "the registry took too long".to_string())?
         .map_err(|e| one_line(&e))?;
-        let mut got: Vec<(String, Digest, u64)> = pulled
-            .files
-            .iter()
-            .map(|f| (f.path.clone(), f.digest.clone(), f.size))
-            .collect();
-        let mut listed: Vec<(String, Digest, u64)> = files
-            .iter()
-            .map(|f| (f.path.clone(), f.digest.clone(), f.size))
-            .collect();
-        got.sort();
-        listed.sort();
-        if got != listed {
+        let got: Vec<IndexFile> = pulled.files.iter().map(IndexFile::from).collect();
+        if sorted(&got) != sorted(files) {
             return Err("the registry's files differ from the ones status lists".into());
         }
         self.commit(w, staging, files.to_vec()).await
@@ -226,11 +220,14 @@ fn limits_for(files: &[IndexFile]) -> crate::oci::unpack::Limits {
     }
 }
 
-/// (path, digest, size) of each file, sorted, for comparing lists.
-fn sorted(files: &[IndexFile]) -> Vec<(&str, &str, u64)> {
+/// (platform, path, digest, size) of each file, sorted, for comparing lists.
+fn sorted(files: &[IndexFile]) -> Vec<(Option<&str>, &str, &str, u64)> {
     let mut v: Vec<_> = files
         .iter()
-        .map(|f| (f.path.as_str(), f.digest.as_str(), f.size))
+        .map(|f| {
+            let platform = f.platform.as_deref();
+            (platform, f.path.as_str(), f.digest.as_str(), f.size)
+        })
         .collect();
     v.sort_unstable();
     v
@@ -281,6 +278,7 @@ mod tests {
                 path: path.into(),
                 digest: format!("sha256:{}", "a".repeat(64)),
                 size,
+                platform: None,
             }],
             ..Default::default()
         }

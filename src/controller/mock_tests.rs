@@ -95,6 +95,7 @@ fn store_with(names: &[&str]) -> (tempfile::TempDir, Store, Vec<Digest>) {
             path: "f.yaml".into(),
             digest: Digest::of(name.as_bytes()),
             size: name.len() as u64,
+            platform: None,
         };
         let manifest = Digest::of(format!("manifest {name}").as_bytes());
         store.commit(&manifest, staging.path(), &[file]).unwrap();
@@ -385,6 +386,7 @@ fn source_with_file(bytes: &[u8]) -> ArtifactSource {
                 path: "r.yaml".into(),
                 digest: Digest::of(bytes).to_string(),
                 size: bytes.len() as i64,
+                platform: None,
             }];
         }
     }
@@ -405,6 +407,7 @@ async fn a_bundle_whose_content_failed_its_check_is_not_read_again() {
         path: "r.yaml".into(),
         digest: Digest::of(bad),
         size: bad.len() as u64,
+        platform: None,
     };
     store
         .commit(&Digest::of(b"manifest"), staging.path(), &[file])

@@ -684,6 +684,7 @@ fn artifact_of(
                 path: f.path.clone(),
                 digest: f.digest.to_string(),
                 size: i64::try_from(f.size).unwrap_or(i64::MAX),
+                platform: f.platform.as_ref().map(ToString::to_string),
             })
             .collect(),
         url: Some(format!(
@@ -717,11 +718,13 @@ const MAX_STATUS_ANNOTATIONS_BYTES: usize = 64 << 10;
 
 /// Refuses, before it is stored, an artifact whose status would be too large to write.
 fn status_fits(pulled: &Pulled) -> Result<(), Failure> {
-    // {"path":"","digest":"","size":}, and the separator
+    // {"path":"","digest":"","size":,"platform":""}, and the separator
     let files = pulled
         .files
         .iter()
-        .map(|f| f.path.len() + f.digest.as_str().len() + 50)
+        .map(|f| {
+            f.path.len() + f.digest.as_str().len() + 50 + if f.platform.is_some() { 60 } else { 0 }
+        })
         .fold(0usize, usize::saturating_add);
     let annotations = pulled
         .annotations
@@ -787,15 +790,7 @@ async fn pull_and_store(
     let pulled = budget.blame(pulled)??;
     ctx.metrics.pulled_bytes(pulled.size());
     status_fits(&pulled)?;
-    let files: Vec<IndexFile> = pulled
-        .files
-        .iter()
-        .map(|f| IndexFile {
-            path: f.path.clone(),
-            digest: f.digest.clone(),
-            size: f.size,
-        })
-        .collect();
+    let files: Vec<IndexFile> = pulled.files.iter().map(IndexFile::from).collect();
     let incoming = RevisionIndex {
         digest: target.digest.clone(),
         selection: target.selection.clone(),
@@ -917,6 +912,7 @@ mod tests {
                     path: format!("rules/{i:05}.yaml"),
                     digest: Digest::of(b""),
                     size: 1,
+                    platform: None,
                 })
                 .collect(),
         };

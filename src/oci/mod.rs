@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod content;
 pub mod error;
+pub mod platform;
 pub mod pull;
 pub mod push;
 pub mod reference;

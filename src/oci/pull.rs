@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use super::content::{self, ContentKind, FalcoConfig, LayerForm};
 use super::error::{OciError, Result};
+use super::platform;
 use super::reference::{self, RefSelector, Reference, Repository};
 use super::registry::{ManifestHead, RawManifest, Registry};
 use super::unpack::{self, Budget, Limits, WrittenFile};
@@ -196,11 +197,111 @@ pub async fn pull_manifest_into(
     options: &PullOptions,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Pulled> {
+    if options.platform.as_deref() == Some(platform::ALL) && is_index(&raw.media_type) {
+        return pull_every_platform(registry, repo, raw, dest, options, progress).await;
+    }
+    let image = image_manifest(registry, repo, raw, options).await?;
+    let manifest_digest = image.digest.clone();
+    let limit = options.limits.max_artifact_bytes;
+    let budget = Budget::new(options.limits);
+    let (facts, _, budget) = pull_image(
+        registry, repo, image, dest, options, limit, budget, progress,
+    )
+    .await?;
+    Ok(facts.with_files(manifest_digest, budget.files))
+}
+
+/// What an image manifest says of its artifact, besides its files.
+struct ImageFacts {
+    kind: ContentKind,
+    config: Option<FalcoConfig>,
+    annotations: BTreeMap<String, String>,
+}
+
+impl ImageFacts {
+    fn with_files(self, manifest_digest: Digest, mut files: Vec<WrittenFile>) -> Pulled {
+        files.sort_by(|a, b| (&a.platform, &a.path).cmp(&(&b.platform, &b.path)));
+        Pulled {
+            manifest_digest,
+            kind: self.kind,
+            config: self.config,
+            annotations: self.annotations,
+            files,
+        }
+    }
+}
+
+fn is_index(media_type: &str) -> bool {
+    matches!(
+        media_type,
+        content::INDEX_V1 | content::DOCKER_MANIFEST_LIST_V2
+    )
+}
+
+/// `platform: all`: each platform of the index into a directory of its own under `dest`
+/// (see [`platform::Platform::dir_name`]), its files marked with it; one budget, and at
+/// most `max_artifact_bytes` of layers, for them all. The kind, config and annotations are
+/// the first platform's (falcoctl writes the same config for each).
+async fn pull_every_platform(
+    registry: &Registry,
+    repo: &Repository,
+    raw: RawManifest,
+    dest: &Path,
+    options: &PullOptions,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Pulled> {
+    let index: OciImageIndex = serde_json::from_slice(&raw.bytes)
+        .map_err(|e| OciError::InvalidManifest(format!("image index: {e}")))?;
+    let mut budget = Budget::new(options.limits);
+    let mut left = options.limits.max_artifact_bytes;
+    let mut first = None;
+    for (platform, digest) in platform::every_platform(&index)? {
+        let inner = registry
+            .fetch_manifest(repo, digest.as_str(), Some(&digest))
+            .await?;
+        if is_index(&inner.media_type) {
+            return Err(OciError::UnsupportedMediaType("nested image index".into()));
+        }
+        let image = parse_manifest(inner.digest, &inner.bytes)?;
+        let dir = dest.join(platform.dir_name());
+        tokio::fs::create_dir(&dir)
+            .await
+            .map_err(|e| OciError::io(format!("create {}", platform.dir_name()), e))?;
+        budget.next_tree();
+        let start = budget.files.len();
+        let (facts, used, b) =
+            pull_image(registry, repo, image, &dir, options, left, budget, progress).await?;
+        budget = b;
+        left = left.saturating_sub(used);
+        for f in &mut budget.files[start..] {
+            f.platform = Some(platform.clone());
+        }
+        first.get_or_insert(facts);
+    }
+    let facts =
+        first.ok_or_else(|| OciError::NotFound("the image index names no platform".into()))?;
+    Ok(facts.with_files(raw.digest, budget.files))
+}
+
+/// Pulls the layers of one image manifest into `dest` (at most `limit` bytes of them,
+/// as stored), with its config blob where its kind has one; what it is, the bytes its
+/// layers take, and the budget after it.
+#[allow(clippy::too_many_arguments)]
+async fn pull_image(
+    registry: &Registry,
+    repo: &Repository,
+    image: ImageManifest,
+    dest: &Path,
+    options: &PullOptions,
+    limit: u64,
+    mut budget: Budget,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<(ImageFacts, u64, Budget)> {
     let ImageManifest {
-        digest: manifest_digest,
         manifest,
         layer_digests,
-    } = image_manifest(registry, repo, raw, options).await?;
+        ..
+    } = image;
     let layers: Vec<(&OciDescriptor, &Digest)> = manifest
         .layers
         .iter()
@@ -221,18 +322,41 @@ pub async fn pull_manifest_into(
         ));
     }
     let descriptors: Vec<&OciDescriptor> = layers.iter().map(|(l, _)| *l).collect();
-    check_total_size(&descriptors, options.limits.max_artifact_bytes)?;
+    let used = check_total_size(&descriptors, limit)?;
+    let kind = kind_of(&manifest);
+    let config = falco_config(registry, repo, kind, &manifest).await?;
+    for (layer, digest) in layers {
+        budget = pull_layer(registry, repo, layer, digest, dest, budget, progress).await?;
+    }
+    let facts = ImageFacts {
+        kind,
+        config,
+        annotations: manifest.annotations.unwrap_or_default(),
+    };
+    Ok((facts, used, budget))
+}
+
+fn kind_of(manifest: &OciImageManifest) -> ContentKind {
     let layer_types: Vec<&str> = manifest
         .layers
         .iter()
         .map(|l| l.media_type.as_str())
         .collect();
-    let kind = ContentKind::detect(
+    ContentKind::detect(
         &manifest.config.media_type,
         manifest.artifact_type.as_deref(),
         &layer_types,
-    );
-    let config = match kind {
+    )
+}
+
+/// The parsed Falco config blob of a Falco artifact that has one.
+async fn falco_config(
+    registry: &Registry,
+    repo: &Repository,
+    kind: ContentKind,
+    manifest: &OciImageManifest,
+) -> Result<Option<FalcoConfig>> {
+    match kind {
         ContentKind::FalcoRules | ContentKind::FalcoPlugin | ContentKind::FalcoAsset
             if manifest.config.size > 0 =>
         {
@@ -240,23 +364,10 @@ pub async fn pull_manifest_into(
             let raw = registry
                 .fetch_small_blob(repo, &config_digest, 1024 * 1024)
                 .await?;
-            FalcoConfig::parse(&raw)
+            Ok(FalcoConfig::parse(&raw))
         }
-        _ => None,
-    };
-    let mut budget = Budget::new(options.limits);
-    for (layer, digest) in layers {
-        budget = pull_layer(registry, repo, layer, digest, dest, budget, progress).await?;
+        _ => Ok(None),
     }
-    let mut files = budget.files;
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(Pulled {
-        manifest_digest,
-        kind,
-        config,
-        annotations: manifest.annotations.unwrap_or_default(),
-        files,
-    })
 }
 
 /// Progress of one layer download, for terminals.
@@ -306,13 +417,13 @@ async fn image_manifest(
     }
 }
 
-/// Refuses layers whose sizes add up past `limit` (or past what a u64 holds).
-fn check_total_size(layers: &[&OciDescriptor], limit: u64) -> Result<()> {
+/// Refuses layers whose sizes add up past `limit` (or past what a u64 holds); their total.
+fn check_total_size(layers: &[&OciDescriptor], limit: u64) -> Result<u64> {
     let total = layers
         .iter()
         .try_fold(0u64, |sum, l| sum.checked_add(u64::try_from(l.size).ok()?));
     match total {
-        Some(total) if total <= limit => Ok(()),
+        Some(total) if total <= limit => Ok(total),
         Some(total) => Err(OciError::TooLarge(format!(
             "artifact layers total {total} bytes, limit {limit}"
         ))),

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::error::{OciError, Result};
+use super::platform::Platform;
 use crate::digest::{self, CopyError, Digest, HashingWriter};
 
 /// Limits on what one artifact may contain. Defaults are safe for rules and profiles.
@@ -55,6 +56,20 @@ pub struct WrittenFile {
     /// The digest of its bytes.
     pub digest: Digest,
     pub size: u64,
+    /// The index platform it belongs to, when a pull took every platform (its path is then
+    /// relative to that platform's directory); set by the pull, never by the unpacker.
+    pub platform: Option<Platform>,
+}
+
+impl WrittenFile {
+    /// Where it was written, relative to the pull's directory: below its platform's
+    /// directory when it has a platform.
+    pub fn location(&self) -> String {
+        match &self.platform {
+            Some(p) => format!("{}/{}", p.dir_name(), self.path),
+            None => self.path.clone(),
+        }
+    }
 }
 
 /// What every file or directory an unpack creates costs against the unpacked-size budget,
@@ -101,6 +116,16 @@ impl Budget {
 
     fn check_cancelled(&self) -> Result<()> {
         check_cancelled(&self.cancelled)
+    }
+
+    /// Starts another tree (the next platform of an index, in a directory of its own): its
+    /// paths may repeat the last tree's, while files, directories and bytes keep counting
+    /// against the limits of the whole artifact.
+    pub fn next_tree(&mut self) {
+        self.limits.max_files = self.limits.max_files.saturating_sub(self.seen.len());
+        self.limits.max_dirs = self.limits.max_dirs.saturating_sub(self.dirs.len());
+        self.seen.clear();
+        self.dirs.clear();
     }
 
     /// Creates the directory `rel` below `dest` and its missing parents, one level at a
@@ -628,6 +653,7 @@ fn write_file(
         path: rel.to_string(),
         digest,
         size,
+        platform: None,
     })
 }
 
@@ -868,6 +894,26 @@ mod tests {
                 .as_str(),
             "TooLarge"
         );
+    }
+
+    #[test]
+    fn the_trees_of_one_artifact_share_its_file_and_directory_limits() {
+        let t = tar_with(&[
+            ("d/a", tar::EntryType::Regular, b"1", None),
+            ("d/b", tar::EntryType::Regular, b"2", None),
+        ]);
+        let mut b = Budget::new(Limits {
+            max_files: 3,
+            max_dirs: 3,
+            ..Limits::default()
+        });
+        let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        unpack_tar(&t[..], one.path(), t.len() as u64, &mut b).unwrap();
+        // the same paths again in the next tree, but only one file is left of the three
+        b.next_tree();
+        let e = unpack_tar(&t[..], two.path(), t.len() as u64, &mut b).unwrap_err();
+        assert!(e.to_string().contains("more than 1 files"), "{e}");
+        assert_eq!(b.files.len(), 3, "both trees' files are kept");
     }
 
     /// One PAX record, `"<len> <key>=<value>\n"`, its length counting itself.

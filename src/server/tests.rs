@@ -58,6 +58,7 @@ async fn start_with(limits: ServerLimits, big_size: u32) -> TestServer {
             path: path.into(),
             digest: digest_of(bytes),
             size: bytes.len() as u64,
+            platform: None,
         });
     }
     let manifest = Digest::from_hex(&"c".repeat(64)).unwrap();

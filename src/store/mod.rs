@@ -49,6 +49,39 @@ pub struct IndexFile {
     pub digest: Digest,
     /// Size in bytes.
     pub size: u64,
+    /// The image index platform (`os/arch[/variant]`) it is a file of, when the source
+    /// takes every platform (`platform: all`); staged under that platform's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+}
+
+impl IndexFile {
+    /// Where a pull stages it, relative to the staging directory: its path, below its
+    /// platform's directory when it has one (a platform that is not plain is refused).
+    pub fn staged_path(&self) -> Result<String, StoreError> {
+        check_relative_path(&self.path)?;
+        match &self.platform {
+            None => Ok(self.path.clone()),
+            Some(p) => match crate::oci::platform::Platform::parse(p) {
+                Some(p) => Ok(format!("{}/{}", p.dir_name(), self.path)),
+                None => Err(StoreError::UnsafePath(format!(
+                    "platform {:?}",
+                    p.chars().take(MAX_ECHO).collect::<String>()
+                ))),
+            },
+        }
+    }
+}
+
+impl From<&crate::oci::unpack::WrittenFile> for IndexFile {
+    fn from(f: &crate::oci::unpack::WrittenFile) -> Self {
+        IndexFile {
+            path: f.path.clone(),
+            digest: f.digest.clone(),
+            size: f.size,
+            platform: f.platform.as_ref().map(ToString::to_string),
+        }
+    }
 }
 
 /// The files of one revision, stored as `revisions/<hex>.json` where `sha256:<hex>` is
@@ -61,7 +94,7 @@ pub struct RevisionIndex {
     /// What of the manifest the files are; absent for the default (every layer).
     #[serde(default, skip_serializing_if = "Selection::is_default")]
     pub selection: Selection,
-    /// The files, sorted by path.
+    /// The files, sorted by platform (none first) and path.
     pub files: Vec<IndexFile>,
 }
 
@@ -266,8 +299,7 @@ impl Store {
         let index_path = self.index_path(&revision_key(digest, selection));
         let mut seen = HashSet::new();
         for file in files {
-            check_relative_path(&file.path)?;
-            if !seen.insert(file.path.as_str()) {
+            if !seen.insert(file.staged_path()?) {
                 return Err(StoreError::UnsafePath(format!(
                     "{} (listed twice)",
                     file.path
@@ -282,7 +314,7 @@ impl Store {
             }
         }
         let mut sorted = files.to_vec();
-        sorted.sort_by(|a, b| a.path.cmp(&b.path));
+        sorted.sort_by(|a, b| (&a.platform, &a.path).cmp(&(&b.platform, &b.path)));
         let index = RevisionIndex {
             digest: digest.clone(),
             selection: selection.clone(),
@@ -295,7 +327,7 @@ impl Store {
     /// Verifies one staged file and moves it to its blob unless that blob exists; whether
     /// it stored a new blob.
     fn commit_file(&self, staging: &Path, file: &IndexFile, n: usize) -> Result<bool, StoreError> {
-        let staged = staged_regular_file(staging, &file.path)?;
+        let staged = staged_regular_file(staging, &file.staged_path()?)?;
         let hex = file.digest.hex();
         let blob = self.blob_location(&file.digest);
         if fs::symlink_metadata(&blob).is_ok() {

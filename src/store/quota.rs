@@ -428,6 +428,7 @@ mod tests {
                     path: path.to_string(),
                     digest: digest(*blob),
                     size: *size,
+                    platform: None,
                 })
                 .collect(),
         }
@@ -579,6 +580,7 @@ mod tests {
             path: "big".into(),
             digest: Digest::of(&bytes),
             size: 5000,
+            platform: None,
         };
         let first = RevisionIndex {
             digest: digest(1),
@@ -629,6 +631,7 @@ mod tests {
             path: "a".into(),
             digest: Digest::of(b"a"),
             size: 1,
+            platform: None,
         };
         let kept = store
             .commit_selection(&digest(1), &layers("a"), staging.path(), &[a_file])
@@ -641,6 +644,7 @@ mod tests {
             path: "c".into(),
             digest: digest(3),
             size: 1,
+            platform: None,
         });
         let refused = store.check_quota(&incoming, &[kept.key()], 0).unwrap_err();
         assert_eq!(refused.needed, Some(6 * BLOCK), "a's revision is counted");
@@ -673,6 +677,7 @@ mod tests {
                     path,
                     digest: empty.clone(),
                     size: 0,
+                    platform: None,
                 }
             })
             .collect();

@@ -25,6 +25,7 @@ fn stage(store: &Store, files: &[(&str, &[u8])]) -> (tempfile::TempDir, Vec<Inde
             path: path.to_string(),
             digest: digest_of(bytes),
             size: bytes.len() as u64,
+            platform: None,
         });
     }
     (dir, listed)
@@ -223,6 +224,7 @@ fn symlinks_in_staging_are_refused() {
             path: path.into(),
             digest: digest_of(b"a"),
             size: 1,
+            platform: None,
         }];
         let err = store
             .commit(&manifest(1), staging.path(), &listed)
@@ -274,6 +276,7 @@ fn missing_staged_file_is_an_io_error() {
         path: "nope".into(),
         digest: digest_of(b""),
         size: 0,
+        platform: None,
     }];
     let err = store
         .commit(&manifest(1), staging.path(), &listed)
@@ -387,4 +390,57 @@ fn an_index_is_only_read_under_its_own_key() {
         store.index(&manifest(2)).map(|i| i.selection),
         Some(Selection::default())
     );
+}
+
+#[test]
+fn files_per_platform_are_staged_in_their_platforms_directory_and_may_share_a_path() {
+    let (_root, store) = open();
+    let (staging, mut files) = stage(
+        &store,
+        &[
+            ("linux-amd64/libx.so", b"amd"),
+            ("linux-arm64-v8/libx.so", b"arm"),
+        ],
+    );
+    for (f, platform) in files.iter_mut().zip(["linux/amd64", "linux/arm64/v8"]) {
+        f.path = "libx.so".into();
+        f.platform = Some(platform.into());
+    }
+    let selection = Selection {
+        platform: Some("all".into()),
+        layer_media_type: None,
+    };
+    let index = store
+        .commit_selection(&manifest(7), &selection, staging.path(), &files)
+        .unwrap();
+    let listed: Vec<(Option<&str>, &str)> = index
+        .files
+        .iter()
+        .map(|f| (f.platform.as_deref(), f.path.as_str()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (Some("linux/amd64"), "libx.so"),
+            (Some("linux/arm64/v8"), "libx.so")
+        ]
+    );
+    assert!(store.has(&index.key()));
+
+    // a platform that is not one cannot steer the staged path, and one listed twice is refused
+    let (staging, mut forged) = stage(&store, &[("x/libx.so", b"x")]);
+    forged[0].path = "libx.so".into();
+    forged[0].platform = Some("../x".into());
+    assert!(matches!(
+        store.commit_selection(&manifest(8), &selection, staging.path(), &forged),
+        Err(StoreError::UnsafePath(_))
+    ));
+    let (staging, mut twice) = stage(&store, &[("linux-amd64/libx.so", b"amd")]);
+    twice[0].path = "libx.so".into();
+    twice[0].platform = Some("linux/amd64".into());
+    twice.push(twice[0].clone());
+    assert!(matches!(
+        store.commit_selection(&manifest(9), &selection, staging.path(), &twice),
+        Err(StoreError::UnsafePath(m)) if m.contains("twice")
+    ));
 }
