@@ -338,6 +338,43 @@ async fn floating_tags_and_platform_indexes() {
             "{platform}"
         );
     }
+    // every platform, each in a directory of its own, listed with its platform
+    let out = work.path().join("out-all");
+    let all = ok_json(&pull(
+        &env,
+        which,
+        work.path(),
+        &format!("{prepo}:0.1.0"),
+        &out,
+        &["--platform", "all"],
+    ));
+    for (dir, want) in [
+        ("linux-amd64", &b"amd64 build"[..]),
+        ("linux-arm64", b"arm64 build"),
+    ] {
+        assert_eq!(
+            std::fs::read(out.join(dir).join("libx.so")).expect(dir),
+            want
+        );
+    }
+    let listed: Vec<(&str, &str)> = all["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap_or(""),
+                f["platform"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("linux-amd64/libx.so", "linux/amd64"),
+            ("linux-arm64/libx.so", "linux/arm64")
+        ]
+    );
     let out = work.path().join("out-none");
     let missing = pull(
         &env,
