@@ -95,6 +95,9 @@ fn source(
             .clone()
             .map(|name| LocalObjectReference { name }),
         verify,
+        // falcoctl installs each node's own build of a plugin: every platform is stored
+        // and each node's agent takes its own
+        platform: (r.kind == ArtifactType::Plugin).then(|| crate::oci::platform::ALL.to_string()),
         ..ArtifactSourceSpec::default()
     };
     (spec, notes)
@@ -171,7 +174,7 @@ fn bundle(kind: ArtifactType, chunk: usize, sources: &[&String], options: &Optio
         ArtifactType::Plugin => (
             "falco-plugins",
             &options.plugins_dir,
-            "plugins onto every node (each source pulls the controller's platform; set spec.platform for another); spec.falco checks a rules file's plugin dependencies within one bundle, so the rules in falco-rules do not see the plugins here",
+            "plugins onto every node, each node its own platform's build (platform: all); spec.falco checks a rules file's plugin dependencies within one bundle, so the rules in falco-rules do not see the plugins here",
         ),
         ArtifactType::Asset => (
             "falco-assets",

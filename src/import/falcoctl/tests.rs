@@ -216,6 +216,12 @@ falcoctl:
         spec(&i, "container").get("verify").is_none(),
         "a full reference has no index signature"
     );
+    assert_eq!(
+        spec(&i, "container")["platform"],
+        "all",
+        "each node takes its own build of a plugin"
+    );
+    assert!(rules.get("platform").is_none(), "{rules}");
     let notes = i.notes.join("\n");
     for expected in [
         "chart values",
