@@ -390,3 +390,85 @@ async fn each_node_holds_back_a_revision_its_labelled_falco_is_too_old_for() {
     delete_nodes(&h, &[&old, &new]).await;
     h.cleanup().await;
 }
+
+#[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
+async fn a_semver_source_picks_the_highest_version_its_bundles_falco_can_run() {
+    let h = harness().await;
+    let registry = h.env.registry(Which::Plain);
+    let repo = h.env.repo(Which::Plain, "falcoctl-semver-rules");
+    for (tag, engine, text) in [
+        ("1.0.0", "0.31.0", &b"- list: v1\n"[..]),
+        ("1.1.0", "0.41.0", b"- list: v1.1\n"),
+        ("2.0.0", "0.50.0", b"- list: v2\n"),
+    ] {
+        let config = serde_json::json!({"name": "e2e-rules", "version": tag,
+            "requirements": [{"name": "engine_version_semver", "version": engine}]});
+        common::falcoctl::push_rulesfile(&registry, &repo, tag, ("e2e_rules.yaml", text), config)
+            .await;
+    }
+    let bundle = |engine: &str| {
+        serde_json::json!({"spec": {"sources": [{"sourceRef": {"name": "rules"}}],
+            "configMap": {"name": "falco-rules"}, "falco": {"engineVersion": engine}}})
+    };
+    // the bundle first, seen by the controller, so the source's first check knows its Falco
+    h.apply::<RuleBundle>("falco", bundle("0.41.0")).await;
+    bundle_is(&h, "False", "SourceNotReady").await;
+    h.create(
+        "rules",
+        serde_json::json!({"url": format!("oci://{repo}"),
+        "ref": {"semver": ">=1.0.0"}, "interval": "1h", "insecure": true}),
+    )
+    .await;
+    let source_at = |version: &'static str| {
+        move |s: Option<&ArtifactSource>| {
+            let ready = s
+                .and_then(|s| s.status.as_ref())
+                .and_then(|st| st.conditions.iter().find(|c| c.type_ == "Ready"));
+            ready.is_some_and(|c| {
+                c.status == "True"
+                    && c.message
+                        .starts_with(&format!("stored revision {version}@"))
+            })
+        }
+    };
+    let held = h
+        .wait_for::<ArtifactSource>("rules", "1.1.0 stored", source_at("1.1.0"))
+        .await
+        .expect("source");
+    let status = held.status.expect("status");
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+    let message = ready.map(|c| c.message.as_str()).unwrap_or_default();
+    assert!(
+        message.contains("picked over 2.0.0")
+            && message.contains("0.50.0")
+            && message.contains("RuleBundle falco names Falco engine 0.41.0"),
+        "{message}"
+    );
+    bundle_is(&h, "True", "Succeeded").await;
+    assert_eq!(rules_text(&h).await.as_deref(), Some("- list: v1.1\n"));
+
+    // Falco upgraded: the next check takes the highest
+    h.apply::<RuleBundle>("falco", bundle("0.50.1")).await;
+    h.request_check("rules", "after the upgrade").await;
+    h.wait_for::<ArtifactSource>("rules", "2.0.0 stored", source_at("2.0.0"))
+        .await;
+    eventually_text(&h, "- list: v2\n").await;
+    h.cleanup().await;
+}
+
+/// Waits until the rules file in the bundle's ConfigMap is `want`.
+async fn eventually_text(h: &common::controller::Harness, want: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        let got = rules_text(h).await;
+        if got.as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            start.elapsed() < common::controller::DEADLINE,
+            "rules text {got:?}, want {want:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

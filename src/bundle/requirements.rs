@@ -68,7 +68,11 @@ fn engine_met(name: &str, artifact: &Artifact, engine: &str) -> Result<(), Probl
 
 /// The engine version an artifact's config blob requires, if any.
 pub fn engine_requirement(artifact: &Artifact) -> Option<String> {
-    let config = artifact.config.as_ref()?;
+    engine_requirement_of(artifact.config.as_ref()?)
+}
+
+/// The engine version a Falco config blob requires, if any.
+pub fn engine_requirement_of(config: &crate::oci::content::FalcoConfig) -> Option<String> {
     let r = config
         .requirements
         .iter()

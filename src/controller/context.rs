@@ -109,6 +109,9 @@ pub struct State {
     /// Signature checks that passed, by (manifest digest, policy fingerprint): a revision
     /// is verified once per policy, not at every check of its tag.
     verified: Mutex<HashMap<(Digest, Digest), Verification>>,
+    /// The `engine_version_semver` a manifest's config requires (`None`: nothing), by
+    /// manifest digest: read once for a semver source's version pick.
+    requirements: Mutex<HashMap<Digest, Option<String>>>,
 }
 
 impl Default for State {
@@ -123,6 +126,7 @@ impl Default for State {
             failed_checks: Mutex::default(),
             checks: tokio::sync::Semaphore::new(CONCURRENT_CHECKS),
             verified: Mutex::default(),
+            requirements: Mutex::default(),
         }
     }
 }
@@ -253,6 +257,22 @@ impl Context {
                 m.clear();
             }
             m.insert((digest.clone(), fingerprint.clone()), v.clone());
+        }
+    }
+
+    /// The engine requirement remembered for manifest `digest`, if read before.
+    pub fn engine_requirement(&self, digest: &Digest) -> Option<Option<String>> {
+        self.state.requirements.lock().ok()?.get(digest).cloned()
+    }
+
+    /// Remembers manifest `digest`'s engine requirement (at most [`MAX_VERIFIED`], then
+    /// the map starts again, as [`Context::remember_verified`]).
+    pub fn remember_engine_requirement(&self, digest: &Digest, requirement: Option<String>) {
+        if let Ok(mut m) = self.state.requirements.lock() {
+            if m.len() >= MAX_VERIFIED {
+                m.clear();
+            }
+            m.insert(digest.clone(), requirement);
         }
     }
 

@@ -5,6 +5,7 @@
 pub mod bundle;
 mod census;
 pub mod context;
+mod engine_pick;
 pub mod fill;
 mod follow;
 mod lead;

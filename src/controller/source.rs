@@ -60,7 +60,9 @@ const PULL_BUSY_WAIT: Duration = Duration::from_secs(2);
 
 /// What a check that did not fail found.
 enum Checked {
-    Stored(Box<Artifact>),
+    /// The revision is stored; the note says why it is not the highest version (a semver
+    /// source picked one its bundles' Falco can run).
+    Stored(Box<Artifact>, Option<String>),
     /// Another source is pulling this revision: try again in [`PULL_BUSY_RETRY`].
     PullBusy,
 }
@@ -151,7 +153,7 @@ async fn reconcile_inner(source: &ArtifactSource, ctx: &Context) -> Result<Outco
     });
     let (checked, fingerprint) = r.check(&valid, state.content_missing).await;
     match checked {
-        Ok(Checked::Stored(artifact)) => r.stored(*artifact, &valid).await,
+        Ok(Checked::Stored(artifact, note)) => r.stored(*artifact, note, &valid).await,
         Ok(Checked::PullBusy) => {
             ctx.remember(&r.uid, |m| m.pull_busy = true);
             Ok(Outcome::Waiting(PULL_BUSY_RETRY))
@@ -250,13 +252,19 @@ impl Reconcile<'_> {
     }
 
     /// The check stored (or found) the revision: Ready.
-    async fn stored(&self, artifact: Artifact, valid: &ValidSpec) -> Result<Outcome, Error> {
+    async fn stored(
+        &self,
+        artifact: Artifact,
+        note: Option<String>,
+        valid: &ValidSpec,
+    ) -> Result<Outcome, Error> {
         let requested_at = self.requested_at.as_deref();
         let present = stored_key(&artifact);
         let next = status::ready(
             &self.prev,
             self.generation,
             artifact,
+            note.as_deref(),
             &self.now,
             requested_at,
         );
@@ -339,7 +347,16 @@ async fn check(
         .run("resolve", pull::resolve(&registry, &valid.reference))
         .await;
     ctx.metrics.registry_request("resolve", outcome(&resolved));
-    let found = Found::new(source, valid, resolved?);
+    let (resolved, picked) = super::engine_pick::for_source(
+        ctx,
+        source,
+        &registry,
+        &valid.reference,
+        resolved?,
+        &deadline,
+    )
+    .await?;
+    let found = Found::new(source, valid, resolved);
     let uid = source.uid().unwrap_or_default();
     let proven = ctx.memory_of(&uid).proven;
     let digest = &found.proof.digest;
@@ -355,7 +372,8 @@ async fn check(
     );
     if let (Step::Reuse, Some(a), None | Some(Some(_))) = (step, status, &remembered) {
         let v = remembered.flatten();
-        return Ok(Checked::Stored(Box::new(relabelled(a, &found.resolved, v))));
+        let artifact = relabelled(a, &found.resolved, v);
+        return Ok(Checked::Stored(Box::new(artifact), picked));
     }
     let repo = &valid.reference.repository;
     let pull = Pull {
@@ -380,7 +398,7 @@ async fn check(
     if let (Step::ProveThenReuse | Step::Reuse, Some(a)) = (step, status) {
         ctx.remember(&uid, |m| m.proven = Some(found.proof.clone()));
         let artifact = relabelled(a, &found.resolved, verification);
-        return Ok(Checked::Stored(Box::new(artifact)));
+        return Ok(Checked::Stored(Box::new(artifact), picked));
     }
     // the pull lock is held until GC ran: a revision pulled now is in use before any status
     let Some(Taken {
@@ -401,7 +419,7 @@ async fn check(
     if new {
         super::collect_garbage(ctx).await;
     }
-    Ok(Checked::Stored(Box::new(artifact)))
+    Ok(Checked::Stored(Box::new(artifact), picked))
 }
 
 /// The proof: this source's registry, with this source's credentials, serves the manifest

@@ -14,10 +14,14 @@ pub fn ready(
     prev: &ArtifactSourceStatus,
     generation: Option<i64>,
     artifact: Artifact,
+    note: Option<&str>,
     now: &str,
     requested_at: Option<&str>,
 ) -> ArtifactSourceStatus {
-    let message = format!("stored revision {}", artifact.revision);
+    let message = match note {
+        Some(note) => format!("stored revision {} ({note})", artifact.revision),
+        None => format!("stored revision {}", artifact.revision),
+    };
     let mut s = prev.clone();
     match &artifact.verification {
         Some(v) => set_condition(
@@ -174,11 +178,31 @@ mod tests {
     }
 
     #[test]
+    fn a_picked_lower_version_says_why_in_the_ready_message() {
+        let note = "1.0.0 was picked over 2.0.0, which requires engine_version_semver 0.50.0";
+        let ok = ready(
+            &ArtifactSourceStatus::default(),
+            Some(1),
+            artifact("1.0.0@sha256:aa"),
+            Some(note),
+            "t1",
+            None,
+        );
+        let r = find(&ok.conditions, ConditionType::Ready).unwrap();
+        assert_eq!(r.status, "True");
+        assert_eq!(
+            r.message,
+            format!("stored revision 1.0.0@sha256:aa ({note})")
+        );
+    }
+
+    #[test]
     fn failure_keeps_the_last_artifact_and_says_so() {
         let ok = ready(
             &ArtifactSourceStatus::default(),
             Some(1),
             artifact("1@sha256:aa"),
+            None,
             "t1",
             None,
         );
@@ -214,6 +238,7 @@ mod tests {
             &ArtifactSourceStatus::default(),
             Some(1),
             verified("p1"),
+            None,
             "t1",
             None,
         );
@@ -252,7 +277,7 @@ mod tests {
         let v = find(&flaky.conditions, ConditionType::SourceVerified).expect("kept");
         assert_eq!(v.status, "True");
         // verify removed: the next stored revision drops the condition
-        let plain = ready(&ok, Some(3), artifact("2@sha256:cc"), "t5", None);
+        let plain = ready(&ok, Some(3), artifact("2@sha256:cc"), None, "t5", None);
         assert!(find(&plain.conditions, ConditionType::SourceVerified).is_none());
     }
 
@@ -262,10 +287,11 @@ mod tests {
             &ArtifactSourceStatus::default(),
             Some(1),
             artifact("1@x"),
+            None,
             "t1",
             None,
         );
-        let b = ready(&a, Some(1), artifact("2@y"), "t2", None);
+        let b = ready(&a, Some(1), artifact("2@y"), None, "t2", None);
         let r = find(&b.conditions, ConditionType::Ready).unwrap();
         assert_eq!(r.last_transition_time, "t1");
         assert!(r.message.contains("2@y"));
@@ -280,7 +306,7 @@ mod tests {
             "True"
         );
         assert!(s.last_check_time.is_none());
-        let fixed = ready(&s, Some(2), artifact("1@x"), "t2", None);
+        let fixed = ready(&s, Some(2), artifact("1@x"), None, "t2", None);
         assert!(find(&fixed.conditions, ConditionType::Stalled).is_none());
         assert_eq!(fixed.observed_generation, Some(2));
     }
@@ -292,7 +318,7 @@ mod tests {
             find(&s.conditions, ConditionType::Ready).unwrap().status,
             "Unknown"
         );
-        let done = ready(&s, Some(1), artifact("1@x"), "t2", None);
+        let done = ready(&s, Some(1), artifact("1@x"), None, "t2", None);
         assert!(find(&done.conditions, ConditionType::Reconciling).is_none());
     }
 }

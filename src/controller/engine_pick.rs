@@ -1,0 +1,295 @@
+//! A semver source feeding a Falco: of the versions its range matches, the highest whose
+//! `engine_version_semver` requirement the oldest Falco among the RuleBundles over it
+//! (`spec.falco.engineVersion`) meets, instead of one those bundles would hold back.
+
+use kube::ResourceExt;
+use oci_client::manifest::OciImageManifest;
+
+use super::context::Context;
+use crate::api::artifact_source::Artifact;
+use crate::api::{ArtifactSource, RuleBundle};
+use crate::bundle::requirements::{compatible, engine_requirement, engine_requirement_of};
+use crate::digest::Digest;
+use crate::oci::OciError;
+use crate::oci::content::{self, FalcoConfig};
+use crate::oci::pull::{Deadline, Resolved};
+use crate::oci::reference::{RefSelector, Reference, Repository};
+use crate::oci::registry::Registry;
+
+/// The most versions below the highest tried, each a HEAD (and, unless remembered, a
+/// manifest and config GET): a range of hundreds of releases costs a bounded walk.
+pub const MAX_CANDIDATES: usize = 16;
+
+/// The oldest Falco a source feeds: the bundle naming it and its engine version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Consumer {
+    pub bundle: String,
+    pub engine: String,
+}
+
+/// Of the bundles in `namespace` that take files from source `name` and name their Falco's
+/// engine version, the one with the oldest (versions that do not parse are left out: the
+/// CRD's pattern refuses them).
+pub fn oldest_consumer<'a>(
+    bundles: impl IntoIterator<Item = &'a RuleBundle>,
+    namespace: &str,
+    name: &str,
+) -> Option<Consumer> {
+    bundles
+        .into_iter()
+        .filter(|b| b.namespace().as_deref() == Some(namespace))
+        .filter(|b| b.spec.sources.iter().any(|s| s.source_ref.name == name))
+        .filter_map(|b| {
+            let engine = b.spec.falco.as_ref()?.engine_version.clone()?;
+            let version = semver::Version::parse(&engine).ok()?;
+            Some((version, b.name_any(), engine))
+        })
+        .min()
+        .map(|(_, bundle, engine)| Consumer { bundle, engine })
+}
+
+/// The tags matching `range` below version `highest`, highest first, at most
+/// [`MAX_CANDIDATES`].
+pub fn candidates_below<'t>(
+    range: &semver::VersionReq,
+    tags: &'t [String],
+    highest: &semver::Version,
+) -> Vec<(&'t str, semver::Version)> {
+    let mut below: Vec<(&str, semver::Version)> = tags
+        .iter()
+        .filter_map(|t| {
+            let v = semver::Version::parse(t.strip_prefix('v').unwrap_or(t)).ok()?;
+            (range.matches(&v) && v < *highest).then_some((t.as_str(), v))
+        })
+        .collect();
+    below.sort_by(|a, b| b.1.cmp(&a.1));
+    below.dedup_by(|a, b| a.1 == b.1);
+    below.truncate(MAX_CANDIDATES);
+    below
+}
+
+/// What [`pick`] chose instead of the highest version, and why, for the Ready message.
+pub struct Picked {
+    pub resolved: Resolved,
+    pub note: String,
+}
+
+/// Where a source's engine requirements come from: its status artifact (no request), then
+/// what the controller remembers by digest, then the registry.
+pub struct Lookup<'a> {
+    pub registry: &'a Registry,
+    pub repo: &'a Repository,
+    pub known: Option<&'a Artifact>,
+    pub remembered: &'a (dyn Fn(&Digest) -> Option<Option<String>> + Sync),
+    pub remember: &'a (dyn Fn(&Digest, Option<String>) + Sync),
+    pub deadline: &'a Deadline,
+}
+
+/// With a semver reference whose highest match requires a newer engine than `consumer`
+/// runs: the highest lower match whose requirement it meets, if any of the
+/// [`MAX_CANDIDATES`] below does. `None`: keep the highest (the bundles then report
+/// `RequirementsNotMet`).
+pub async fn pick(
+    lookup: &Lookup<'_>,
+    reference: &Reference,
+    highest: &Resolved,
+    consumer: &Consumer,
+) -> Result<Option<Picked>, OciError> {
+    let RefSelector::Semver(range) = &reference.selector else {
+        return Ok(None);
+    };
+    let needs = match lookup.requirement(&highest.head.digest).await? {
+        Some(r) if !compatible(&r, &consumer.engine) => r,
+        _ => return Ok(None),
+    };
+    let Ok(top) = semver::Version::parse(&highest.label) else {
+        return Ok(None);
+    };
+    let tags = lookup
+        .deadline
+        .run("tags", lookup.registry.list_tags(lookup.repo, 100_000))
+        .await?;
+    for (tag, version) in candidates_below(range, &tags, &top) {
+        let head = lookup
+            .deadline
+            .run("resolve", lookup.registry.resolve(lookup.repo, tag))
+            .await?;
+        let fits = lookup
+            .requirement(&head.digest)
+            .await?
+            .is_none_or(|r| compatible(&r, &consumer.engine));
+        if fits {
+            let note = format!(
+                "{} was picked over {}, which requires engine_version_semver {needs}: RuleBundle {} names Falco engine {}",
+                version, highest.label, consumer.bundle, consumer.engine
+            );
+            let resolved = Resolved {
+                label: version.to_string(),
+                head,
+            };
+            return Ok(Some(Picked { resolved, note }));
+        }
+    }
+    Ok(None)
+}
+
+/// For source `source` whose reference resolved to `highest`: the revision to take (a
+/// lower version when the bundles over it run an older Falco than it needs) and, then, the
+/// note saying so.
+pub async fn for_source(
+    ctx: &Context,
+    source: &ArtifactSource,
+    registry: &Registry,
+    reference: &Reference,
+    highest: Resolved,
+    deadline: &Deadline,
+) -> Result<(Resolved, Option<String>), OciError> {
+    if !matches!(reference.selector, RefSelector::Semver(_)) {
+        return Ok((highest, None));
+    }
+    let namespace = source.namespace().unwrap_or_default();
+    let bundles = ctx.bundles.state();
+    let consumer = oldest_consumer(
+        bundles.iter().map(|b| b.as_ref()),
+        &namespace,
+        &source.name_any(),
+    );
+    let Some(consumer) = consumer else {
+        return Ok((highest, None));
+    };
+    let known = source.status.as_ref().and_then(|s| s.artifact.as_ref());
+    let lookup = Lookup {
+        registry,
+        repo: &reference.repository,
+        known,
+        remembered: &|d| ctx.engine_requirement(d),
+        remember: &|d, r| ctx.remember_engine_requirement(d, r),
+        deadline,
+    };
+    Ok(match pick(&lookup, reference, &highest, &consumer).await? {
+        Some(p) => (p.resolved, Some(p.note)),
+        None => (highest, None),
+    })
+}
+
+impl Lookup<'_> {
+    /// The engine requirement of the revision `digest`.
+    async fn requirement(&self, digest: &Digest) -> Result<Option<String>, OciError> {
+        if let Some(a) = self.known.filter(|a| a.digest == digest.as_str()) {
+            return Ok(engine_requirement(a));
+        }
+        if let Some(r) = (self.remembered)(digest) {
+            return Ok(r);
+        }
+        let r = self
+            .deadline
+            .run("requirements", self.fetch_requirement(digest))
+            .await?;
+        (self.remember)(digest, r.clone());
+        Ok(r)
+    }
+
+    /// The manifest and, for a Falco rules or plugin artifact, its config blob (at most
+    /// 1 MiB); an image index or another kind requires nothing.
+    async fn fetch_requirement(&self, digest: &Digest) -> Result<Option<String>, OciError> {
+        let raw = self
+            .registry
+            .fetch_manifest(self.repo, digest.as_str(), Some(digest))
+            .await?;
+        if raw.media_type != content::MANIFEST_V1 {
+            return Ok(None);
+        }
+        let manifest: OciImageManifest = serde_json::from_slice(&raw.bytes)
+            .map_err(|e| OciError::InvalidManifest(format!("image manifest: {e}")))?;
+        let falco = matches!(
+            manifest.config.media_type.as_str(),
+            content::FALCO_RULES_CONFIG | content::FALCO_PLUGIN_CONFIG
+        );
+        if !falco || manifest.config.size <= 0 {
+            return Ok(None);
+        }
+        let config = Digest::parse(&manifest.config.digest).map_err(|_| {
+            OciError::InvalidManifest("the config descriptor's digest is not sha256".into())
+        })?;
+        let blob = self
+            .registry
+            .fetch_small_blob(self.repo, &config, 1024 * 1024)
+            .await?;
+        Ok(FalcoConfig::parse(&blob).and_then(|c| engine_requirement_of(&c)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::artifact_source::LocalObjectReference;
+    use crate::api::rule_bundle::{BundleSource, FalcoConsumer, RuleBundleSpec};
+
+    fn bundle(ns: &str, name: &str, sources: &[&str], engine: Option<&str>) -> RuleBundle {
+        let mut b = RuleBundle::new(
+            name,
+            RuleBundleSpec {
+                sources: sources
+                    .iter()
+                    .map(|s| BundleSource {
+                        source_ref: LocalObjectReference {
+                            name: s.to_string(),
+                        },
+                        include: vec![],
+                    })
+                    .collect(),
+                falco: engine.map(|e| FalcoConsumer {
+                    engine_version: Some(e.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+        b.metadata.namespace = Some(ns.into());
+        b
+    }
+
+    #[test]
+    fn the_oldest_falco_over_the_source_in_its_namespace_decides() {
+        let bundles = [
+            bundle("a", "new", &["rules"], Some("0.50.1")),
+            bundle("a", "old", &["other", "rules"], Some("0.41.0")),
+            bundle("a", "unnamed", &["rules"], None),
+            bundle("a", "elsewhere", &["other"], Some("0.10.0")),
+            bundle("b", "other-namespace", &["rules"], Some("0.9.0")),
+            bundle("a", "ten", &["rules"], Some("0.100.0")),
+        ];
+        assert_eq!(
+            oldest_consumer(&bundles, "a", "rules"),
+            Some(Consumer {
+                bundle: "old".into(),
+                engine: "0.41.0".into()
+            })
+        );
+        assert_eq!(oldest_consumer(&bundles, "a", "nothing"), None);
+        assert_eq!(oldest_consumer(&bundles[2..3], "a", "rules"), None);
+    }
+
+    #[test]
+    fn candidates_are_the_matching_versions_below_the_highest_newest_first_and_bounded() {
+        let range = semver::VersionReq::parse(">=1.0.0, <3").unwrap();
+        let mut tags: Vec<String> = [
+            "latest", "1.0.0", "v1.2.0", "2.0.0", "1.1.0", "3.0.0", "1.2.0",
+        ]
+        .map(String::from)
+        .to_vec();
+        let top = semver::Version::parse("2.0.0").unwrap();
+        let got: Vec<&str> = candidates_below(&range, &tags, &top)
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        assert_eq!(
+            got,
+            ["v1.2.0", "1.1.0", "1.0.0"],
+            "1.2.0 and v1.2.0 are one version"
+        );
+        tags.extend((0..100).map(|i| format!("1.5.{i}")));
+        assert_eq!(candidates_below(&range, &tags, &top).len(), MAX_CANDIDATES);
+        assert_eq!(candidates_below(&range, &tags, &top)[0].0, "1.5.99");
+    }
+}
