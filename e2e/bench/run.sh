@@ -10,7 +10,7 @@ BENCH_RESULTS=$(mktemp /tmp/ocisync-bench-rows.XXXXXX)
 trap 'rm -f "$BENCH_RESULTS"' EXIT
 source e2e/bench/lib.sh
 [[ -x $BIN ]] || cargo build --release --locked
-for part in ${BENCH_PARTS:-pull changes scale fanout propagation webhook agent verify}; do
+for part in ${BENCH_PARTS:-pull changes scale fanout plugins propagation webhook agent verify}; do
 	echo "=== $part"
 	"e2e/bench/$part.sh"
 done
