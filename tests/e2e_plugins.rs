@@ -126,3 +126,60 @@ async fn each_node_gets_the_plugin_of_its_own_architecture() {
     delete_nodes(&h, &names).await;
     h.cleanup().await;
 }
+
+#[tokio::test]
+#[ignore = "needs the test environment: eval \"$(e2e/testenv.sh up --node)\" (make e2e runs it)"]
+async fn every_platform_refuses_a_plugin_for_no_platform_and_platforms_that_disagree() {
+    let h = harness().await;
+    let registry = h.env.registry(Which::Plain);
+    let config = |version: &str| serde_json::json!({"name": "e2e-plugin", "version": version});
+    let spec = |repo: &ocisync::oci::reference::Repository| {
+        serde_json::json!({"url": format!("oci://{repo}"), "ref": {"tag": "1"},
+            "interval": "1h", "insecure": true, "platform": "all"})
+    };
+    let failed_with = |reason: &'static str, words: &'static str| {
+        move |s: &ocisync::api::ArtifactSource| {
+            common::source_ready(s).is_some_and(|(status, r, message)| {
+                status == "False" && r == reason && message.contains(words)
+            })
+        }
+    };
+
+    // one manifest, no index: its library would reach nodes of every architecture
+    let single = h.env.repo(Which::Plain, "plugin-no-platform");
+    common::falcoctl::push_plugin_manifest(
+        &registry,
+        &single,
+        "1",
+        ("libe2e.so", b"\x7fELF amd64"),
+        config("0.1.0"),
+    )
+    .await;
+    h.create("single", spec(&single)).await;
+    h.wait(
+        "single",
+        "refused",
+        failed_with("UnsupportedMediaType", "one image manifest"),
+    )
+    .await;
+
+    // platforms whose config blobs differ: only one of them would be checked
+    let mixed = h.env.repo(Which::Plain, "plugin-mixed-configs");
+    common::falcoctl::push_plugin_configs(
+        &registry,
+        &mixed,
+        "1",
+        "libe2e.so",
+        &[
+            ("linux/amd64", b"\x7fELF amd64", config("0.1.0")),
+            ("linux/arm64", b"\x7fELF arm64", config("0.2.0")),
+        ],
+    )
+    .await;
+    h.create("mixed", spec(&mixed)).await;
+    let refused = h
+        .wait("mixed", "refused", failed_with("InvalidManifest", "differ"))
+        .await;
+    assert!(refused.status.and_then(|s| s.artifact).is_none());
+    h.cleanup().await;
+}

@@ -12,6 +12,7 @@ use crate::api::condition::{ConditionType, find};
 use crate::api::rule_bundle::{BundleFile, BundleSource, RuleBundleSpec, SourceRevision};
 use crate::digest::Digest;
 use crate::oci::content::ContentKind;
+use crate::oci::platform::{Platform, same_node_platform};
 
 /// What the bundle sees of one of its sources.
 #[derive(Clone, Debug, PartialEq)]
@@ -294,6 +295,18 @@ fn ready_sources<'a, 's>(
 fn planned_file(name: &str, artifact: &Artifact, f: &ArtifactFile) -> Result<PlannedFile, Problem> {
     let key = keys::key_for(&f.path)
         .map_err(|e| Problem::new(BundleReason::InvalidContent, format!("{name}: {e}")))?;
+    if let Some(p) = f
+        .platform
+        .as_deref()
+        .filter(|p| Platform::parse(p).is_none())
+    {
+        let shown: String = p.chars().take(64).collect();
+        let message = format!(
+            "ArtifactSource {name} lists {} for platform {shown:?}, not os/arch[/variant]",
+            f.path
+        );
+        return Err(Problem::new(BundleReason::SourceNotReady, message));
+    }
     let digest = Digest::parse(&f.digest).map_err(|_| {
         let message = format!(
             "ArtifactSource {name} lists {} with an invalid digest",
@@ -312,20 +325,23 @@ fn planned_file(name: &str, artifact: &Artifact, f: &ArtifactFile) -> Result<Pla
     })
 }
 
-/// A planned file a node would get together with `file` under the same name: one of the
-/// same platform, and one for every node against one for a platform (and back).
+/// A planned file a node would get together with `file` under the same name: one for
+/// every node against any other, and two for the same os and architecture (a node of it
+/// may take either variant).
 fn clashing<'m>(
     by_key: &'m BTreeMap<(String, Option<String>), PlannedFile>,
     file: &PlannedFile,
 ) -> Option<&'m PlannedFile> {
-    let mut same_key = by_key
+    let platform = |f: &PlannedFile| f.platform.as_deref().and_then(Platform::parse);
+    let mine = platform(file);
+    by_key
         .range((file.key.clone(), None)..)
         .take_while(|((k, _), _)| *k == file.key)
-        .map(|(_, f)| f);
-    match &file.platform {
-        None => same_key.next(),
-        Some(_) => same_key.find(|f| f.platform.is_none() || f.platform == file.platform),
-    }
+        .map(|(_, f)| f)
+        .find(|other| match (&mine, platform(other)) {
+            (Some(a), Some(b)) => same_node_platform(a, &b),
+            _ => true,
+        })
 }
 
 /// A ConfigMap cannot hold files per platform: every reader of it would get them all.

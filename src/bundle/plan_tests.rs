@@ -371,3 +371,23 @@ fn the_revision_changes_with_a_files_platform() {
     let b = plan(&s, |_| SourceState::Ready(&arm)).unwrap();
     assert_ne!(a.revision, b.revision);
 }
+
+#[test]
+fn two_sources_with_one_name_for_the_same_arch_clash_whatever_their_variants() {
+    let a = per_platform("1@a", &[("linux/arm64", "libx.so")]);
+    let b = per_platform("1@b", &[("linux/arm64/v8", "libx.so")]);
+    let s = spec(vec![source("a", &[]), source("b", &[])]);
+    let e = plan(&s, |name| match name {
+        "a" => SourceState::Ready(&a),
+        _ => SourceState::Ready(&b),
+    })
+    .unwrap_err();
+    assert_eq!(e.reason, BundleReason::FileConflict);
+    let mut forged = a.clone();
+    forged.files[0].platform = Some("linux/../x".into());
+    let e = plan(&spec(vec![source("a", &[])]), |_| {
+        SourceState::Ready(&forged)
+    })
+    .unwrap_err();
+    assert_eq!(e.reason, BundleReason::SourceNotReady, "{}", e.message);
+}

@@ -71,6 +71,17 @@ pub fn engine_requirement(artifact: &Artifact) -> Option<String> {
     engine_requirement_of(artifact.config.as_ref()?)
 }
 
+/// Every engine version a Falco config blob requires (a revision fits an engine that
+/// meets them all, as [`check`] decides).
+pub fn engine_requirements_of(config: &crate::oci::content::FalcoConfig) -> Vec<String> {
+    config
+        .requirements
+        .iter()
+        .filter(|r| r.name == ENGINE_REQUIREMENT)
+        .map(|r| r.version.clone())
+        .collect()
+}
+
 /// The engine version a Falco config blob requires, if any.
 pub fn engine_requirement_of(config: &crate::oci::content::FalcoConfig) -> Option<String> {
     let r = config

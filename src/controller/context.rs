@@ -109,9 +109,10 @@ pub struct State {
     /// Signature checks that passed, by (manifest digest, policy fingerprint): a revision
     /// is verified once per policy, not at every check of its tag.
     verified: Mutex<HashMap<(Digest, Digest), Verification>>,
-    /// The `engine_version_semver` a manifest's config requires (`None`: nothing), by
-    /// manifest digest: read once for a semver source's version pick.
-    requirements: Mutex<HashMap<Digest, Option<String>>>,
+    /// The `engine_version_semver` requirements of a revision's config, by manifest digest
+    /// and platform selection: read once (from bytes checked against the digest) for a
+    /// semver source's version pick.
+    requirements: Mutex<HashMap<RequirementKey, Vec<String>>>,
 }
 
 impl Default for State {
@@ -130,6 +131,10 @@ impl Default for State {
         }
     }
 }
+
+/// A revision whose requirements are remembered: its manifest digest and the platform
+/// selection (`spec.platform`) that picks from an index.
+pub type RequirementKey = (Digest, Option<String>);
 
 /// Most remembered verifications (each a few hundred bytes).
 pub const MAX_VERIFIED: usize = 4096;
@@ -260,19 +265,19 @@ impl Context {
         }
     }
 
-    /// The engine requirement remembered for manifest `digest`, if read before.
-    pub fn engine_requirement(&self, digest: &Digest) -> Option<Option<String>> {
-        self.state.requirements.lock().ok()?.get(digest).cloned()
+    /// The engine requirements remembered for a revision, if read before.
+    pub fn engine_requirements(&self, key: &RequirementKey) -> Option<Vec<String>> {
+        self.state.requirements.lock().ok()?.get(key).cloned()
     }
 
-    /// Remembers manifest `digest`'s engine requirement (at most [`MAX_VERIFIED`], then
-    /// the map starts again, as [`Context::remember_verified`]).
-    pub fn remember_engine_requirement(&self, digest: &Digest, requirement: Option<String>) {
+    /// Remembers a revision's engine requirements (at most [`MAX_VERIFIED`], then the map
+    /// starts again, as [`Context::remember_verified`]).
+    pub fn remember_engine_requirements(&self, key: &RequirementKey, requirements: Vec<String>) {
         if let Ok(mut m) = self.state.requirements.lock() {
             if m.len() >= MAX_VERIFIED {
                 m.clear();
             }
-            m.insert(digest.clone(), requirement);
+            m.insert(key.clone(), requirements);
         }
     }
 

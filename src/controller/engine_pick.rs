@@ -3,16 +3,17 @@
 //! (`spec.falco.engineVersion`) meets, instead of one those bundles would hold back.
 
 use kube::ResourceExt;
-use oci_client::manifest::OciImageManifest;
+use oci_client::manifest::{OciImageIndex, OciImageManifest};
 
 use super::context::Context;
 use crate::api::artifact_source::Artifact;
 use crate::api::{ArtifactSource, RuleBundle};
-use crate::bundle::requirements::{compatible, engine_requirement, engine_requirement_of};
+use crate::bundle::requirements::{compatible, engine_requirements_of};
 use crate::digest::Digest;
 use crate::oci::OciError;
 use crate::oci::content::{self, FalcoConfig};
-use crate::oci::pull::{Deadline, Resolved};
+use crate::oci::platform;
+use crate::oci::pull::{self, Deadline, Resolved};
 use crate::oci::reference::{RefSelector, Reference, Repository};
 use crate::oci::registry::Registry;
 
@@ -27,9 +28,10 @@ pub struct Consumer {
     pub engine: String,
 }
 
-/// Of the bundles in `namespace` that take files from source `name` and name their Falco's
-/// engine version, the one with the oldest (versions that do not parse are left out: the
-/// CRD's pattern refuses them).
+/// Of the bundles in `namespace` that take files from source `name` into a target, are not
+/// suspended and name their Falco's engine version, the one with the oldest (versions that
+/// do not parse are left out: the CRD's pattern refuses them). The namespace is the tenant:
+/// a bundle elsewhere never steers the pick.
 pub fn oldest_consumer<'a>(
     bundles: impl IntoIterator<Item = &'a RuleBundle>,
     namespace: &str,
@@ -39,6 +41,7 @@ pub fn oldest_consumer<'a>(
         .into_iter()
         .filter(|b| b.namespace().as_deref() == Some(namespace))
         .filter(|b| b.spec.sources.iter().any(|s| s.source_ref.name == name))
+        .filter(|b| !b.spec.suspend && (b.spec.config_map.is_some() || b.spec.node_files.is_some()))
         .filter_map(|b| {
             let engine = b.spec.falco.as_ref()?.engine_version.clone()?;
             let version = semver::Version::parse(&engine).ok()?;
@@ -75,13 +78,14 @@ pub struct Picked {
 }
 
 /// Where a source's engine requirements come from: its status artifact (no request), then
-/// what the controller remembers by digest, then the registry.
+/// what the controller remembers by digest and platform selection, then the registry.
 pub struct Lookup<'a> {
     pub registry: &'a Registry,
     pub repo: &'a Repository,
+    /// `spec.platform`: which manifest of an index the source takes.
+    pub platform: Option<&'a str>,
     pub known: Option<&'a Artifact>,
-    pub remembered: &'a (dyn Fn(&Digest) -> Option<Option<String>> + Sync),
-    pub remember: &'a (dyn Fn(&Digest, Option<String>) + Sync),
+    pub ctx: &'a Context,
     pub deadline: &'a Deadline,
 }
 
@@ -98,9 +102,9 @@ pub async fn pick(
     let RefSelector::Semver(range) = &reference.selector else {
         return Ok(None);
     };
-    let needs = match lookup.requirement(&highest.head.digest).await? {
-        Some(r) if !compatible(&r, &consumer.engine) => r,
-        _ => return Ok(None),
+    let needs = lookup.requirements(&highest.head.digest).await?;
+    let Some(needs) = needs.iter().find(|r| !compatible(r, &consumer.engine)) else {
+        return Ok(None);
     };
     let Ok(top) = semver::Version::parse(&highest.label) else {
         return Ok(None);
@@ -115,9 +119,10 @@ pub async fn pick(
             .run("resolve", lookup.registry.resolve(lookup.repo, tag))
             .await?;
         let fits = lookup
-            .requirement(&head.digest)
+            .requirements(&head.digest)
             .await?
-            .is_none_or(|r| compatible(&r, &consumer.engine));
+            .iter()
+            .all(|r| compatible(r, &consumer.engine));
         if fits {
             let note = format!(
                 "{} was picked over {}, which requires engine_version_semver {needs}: RuleBundle {} names Falco engine {}",
@@ -161,9 +166,9 @@ pub async fn for_source(
     let lookup = Lookup {
         registry,
         repo: &reference.repository,
+        platform: source.spec.platform.as_deref(),
         known,
-        remembered: &|d| ctx.engine_requirement(d),
-        remember: &|d, r| ctx.remember_engine_requirement(d, r),
+        ctx,
         deadline,
     };
     Ok(match pick(&lookup, reference, &highest, &consumer).await? {
@@ -173,40 +178,52 @@ pub async fn for_source(
 }
 
 impl Lookup<'_> {
-    /// The engine requirement of the revision `digest`.
-    async fn requirement(&self, digest: &Digest) -> Result<Option<String>, OciError> {
+    /// The engine requirements of the revision `digest`.
+    async fn requirements(&self, digest: &Digest) -> Result<Vec<String>, OciError> {
         if let Some(a) = self.known.filter(|a| a.digest == digest.as_str()) {
-            return Ok(engine_requirement(a));
+            return Ok(a
+                .config
+                .as_ref()
+                .map(engine_requirements_of)
+                .unwrap_or_default());
         }
-        if let Some(r) = (self.remembered)(digest) {
+        let key = (digest.clone(), self.platform.map(String::from));
+        if let Some(r) = self.ctx.engine_requirements(&key) {
             return Ok(r);
         }
         let r = self
             .deadline
-            .run("requirements", self.fetch_requirement(digest))
+            .run("requirements", self.fetch_requirements(digest))
             .await?;
-        (self.remember)(digest, r.clone());
+        self.ctx.remember_engine_requirements(&key, r.clone());
         Ok(r)
     }
 
-    /// The manifest and, for a Falco rules or plugin artifact, its config blob (at most
-    /// 1 MiB); an image index or another kind requires nothing.
-    async fn fetch_requirement(&self, digest: &Digest) -> Result<Option<String>, OciError> {
-        let raw = self
-            .registry
-            .fetch_manifest(self.repo, digest.as_str(), Some(digest))
-            .await?;
-        if raw.media_type != content::MANIFEST_V1 {
-            return Ok(None);
+    /// The manifest (of an index: the one the source's platform takes, as a pull takes it)
+    /// and, for a Falco rules or plugin artifact, its config blob of at most 1 MiB. Only
+    /// bytes checked against their digests decide, never a registry's Content-Type.
+    async fn fetch_requirements(&self, digest: &Digest) -> Result<Vec<String>, OciError> {
+        let mut raw = self.fetch(digest).await?;
+        if let Some(index) = as_index(&raw) {
+            let entry = match self.platform {
+                Some(platform::ALL) => platform::every_platform(&index)?.swap_remove(0).1,
+                Some(p) => pull::pick_platform(&index, p)?,
+                None => pull::pick_platform(&index, &pull::default_platform())?,
+            };
+            raw = self.fetch(&entry).await?;
+            if as_index(&raw).is_some() {
+                return Ok(Vec::new());
+            }
         }
-        let manifest: OciImageManifest = serde_json::from_slice(&raw.bytes)
-            .map_err(|e| OciError::InvalidManifest(format!("image manifest: {e}")))?;
+        let Ok(manifest) = serde_json::from_slice::<OciImageManifest>(&raw) else {
+            return Ok(Vec::new());
+        };
         let falco = matches!(
             manifest.config.media_type.as_str(),
             content::FALCO_RULES_CONFIG | content::FALCO_PLUGIN_CONFIG
         );
         if !falco || manifest.config.size <= 0 {
-            return Ok(None);
+            return Ok(Vec::new());
         }
         let config = Digest::parse(&manifest.config.digest).map_err(|_| {
             OciError::InvalidManifest("the config descriptor's digest is not sha256".into())
@@ -215,8 +232,26 @@ impl Lookup<'_> {
             .registry
             .fetch_small_blob(self.repo, &config, 1024 * 1024)
             .await?;
-        Ok(FalcoConfig::parse(&blob).and_then(|c| engine_requirement_of(&c)))
+        Ok(FalcoConfig::parse(&blob)
+            .map(|c| engine_requirements_of(&c))
+            .unwrap_or_default())
     }
+
+    /// The bytes of manifest `digest`, checked against it.
+    async fn fetch(&self, digest: &Digest) -> Result<bytes::Bytes, OciError> {
+        let raw = self
+            .registry
+            .fetch_manifest(self.repo, digest.as_str(), Some(digest))
+            .await?;
+        Ok(raw.bytes)
+    }
+}
+
+/// The image index `bytes` are, by their own content (a `manifests` list).
+fn as_index(bytes: &[u8]) -> Option<OciImageIndex> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    value.get("manifests")?;
+    serde_json::from_value(value).ok()
 }
 
 #[cfg(test)]
@@ -242,6 +277,7 @@ mod tests {
                     engine_version: Some(e.into()),
                     ..Default::default()
                 }),
+                config_map: Some(Default::default()),
                 ..Default::default()
             },
         );
@@ -259,6 +295,18 @@ mod tests {
             bundle("b", "other-namespace", &["rules"], Some("0.9.0")),
             bundle("a", "ten", &["rules"], Some("0.100.0")),
         ];
+        let mut idle = [
+            bundle("a", "suspended", &["rules"], Some("0.1.0")),
+            bundle("a", "no-target", &["rules"], Some("0.1.0")),
+        ];
+        idle[0].spec.suspend = true;
+        idle[1].spec.config_map = None;
+        let with_idle: Vec<&RuleBundle> = bundles.iter().chain(&idle).collect();
+        assert_eq!(
+            oldest_consumer(with_idle, "a", "rules").map(|c| c.bundle),
+            Some("old".into()),
+            "a suspended bundle or one without a target does not steer the pick"
+        );
         assert_eq!(
             oldest_consumer(&bundles, "a", "rules"),
             Some(Consumer {
@@ -291,5 +339,18 @@ mod tests {
         tags.extend((0..100).map(|i| format!("1.5.{i}")));
         assert_eq!(candidates_below(&range, &tags, &top).len(), MAX_CANDIDATES);
         assert_eq!(candidates_below(&range, &tags, &top)[0].0, "1.5.99");
+    }
+
+    #[test]
+    fn an_index_is_told_by_its_bytes_not_by_what_the_registry_calls_it() {
+        let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json",
+            "config":{"mediaType":"application/vnd.cncf.falco.rulesfile.config.v1+json","digest":"sha256:aa","size":1},"layers":[]}"#;
+        assert!(
+            as_index(manifest).is_none(),
+            "a manifest calling itself an index"
+        );
+        let index = br#"{"schemaVersion":2,"manifests":[]}"#;
+        assert!(as_index(index).is_some());
+        assert!(as_index(b"not json").is_none());
     }
 }

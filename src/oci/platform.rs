@@ -148,10 +148,21 @@ pub fn every_platform(index: &OciImageIndex) -> Result<Vec<(Platform, Digest)>> 
     Ok(found.into_iter().collect())
 }
 
+/// The variant an architecture's baseline is, as containerd normalises it: a file built
+/// for any other variant may use instructions a node of that architecture lacks.
+fn baseline_variant(arch: &str) -> Option<&'static str> {
+    match arch {
+        "arm64" => Some("v8"),
+        "arm" => Some("v7"),
+        "amd64" => Some("v1"),
+        _ => None,
+    }
+}
+
 /// Of the platforms a source has files for, the one a Node with `labels` takes: its os and
-/// architecture, and of several variants the one without, else the only one, else the
-/// variant the kubelet's platform defaults to (`v8` for arm64, `v7` for arm). `Err` says
-/// why none fits.
+/// architecture without a variant, else with its architecture's baseline variant (`v8`
+/// for arm64, `v7` for arm, `v1` for amd64); never another variant, which could crash on
+/// the node's CPU. `Err` says why none fits.
 pub fn for_node<'a>(
     available: &'a [Platform],
     labels: &BTreeMap<String, String>,
@@ -161,37 +172,29 @@ pub fn for_node<'a>(
             "the node has no {OS_LABEL} and {ARCH_LABEL} labels to pick a platform by"
         ));
     };
-    let matching: Vec<&Platform> = available.iter().filter(|p| p.runs_on(labels)).collect();
-    let default_variant = match arch.as_str() {
-        "arm64" => Some("v8"),
-        "arm" => Some("v7"),
-        _ => None,
-    };
-    let chosen = matching
-        .iter()
+    let matching = || available.iter().filter(|p| p.runs_on(labels));
+    let baseline = baseline_variant(arch);
+    let chosen = matching()
         .find(|p| p.variant.is_none())
-        .or(if matching.len() == 1 {
-            matching.first()
-        } else {
-            None
-        })
-        .or_else(|| {
-            matching
-                .iter()
-                .find(|p| p.variant.as_deref() == default_variant)
-        });
-    chosen.copied().ok_or_else(|| {
+        .or_else(|| matching().find(|p| p.variant.is_some() && p.variant.as_deref() == baseline));
+    chosen.ok_or_else(|| {
         let names: Vec<String> = available.iter().map(Platform::to_string).collect();
         format!(
             "no files for this node's platform {os}/{arch}{}; there are files for {}",
-            if matching.is_empty() {
-                ""
+            if matching().next().is_some() {
+                " (only variants other than the baseline)"
             } else {
-                " (several variants, none the default)"
+                ""
             },
             names.join(", ")
         )
     })
+}
+
+/// Whether a node could take files of both: the same os and architecture (variants
+/// aside, since which one a node takes depends on what else is offered).
+pub fn same_node_platform(a: &Platform, b: &Platform) -> bool {
+    a.os == b.os && a.arch == b.arch
 }
 
 #[cfg(test)]
@@ -317,6 +320,15 @@ mod tests {
         assert!(unlabelled.contains(ARCH_LABEL), "{unlabelled}");
         let ambiguous = [p("linux/arm/v5"), p("linux/arm/v6")];
         assert!(for_node(&ambiguous, &labels("linux", "arm")).is_err());
+        // a lone variant other than the baseline may not run on the node's CPU
+        let v3 = [p("linux/amd64/v3")];
+        let e = for_node(&v3, &labels("linux", "amd64")).expect_err("amd64/v3");
+        assert!(e.contains("other than the baseline"), "{e}");
+        let v1 = [p("linux/amd64/v3"), p("linux/amd64/v1")];
+        assert_eq!(
+            for_node(&v1, &labels("linux", "amd64")).map(Platform::to_string),
+            Ok("linux/amd64/v1".into())
+        );
         assert!(for_node(&available, &labels("windows", "amd64")).is_err());
     }
 }

@@ -201,6 +201,14 @@ pub async fn pull_manifest_into(
         return pull_every_platform(registry, repo, raw, dest, options, progress).await;
     }
     let image = image_manifest(registry, repo, raw, options).await?;
+    if options.platform.as_deref() == Some(platform::ALL)
+        && kind_of(&image.manifest) == ContentKind::FalcoPlugin
+    {
+        // its files would go to every node, whatever architecture they were built for
+        return Err(OciError::UnsupportedMediaType(
+            "platform all: this plugin is one image manifest, for no platform in particular; push it as an image index (ocisync push --platform os/arch), or set the platform the source takes".into(),
+        ));
+    }
     let manifest_digest = image.digest.clone();
     let limit = options.limits.max_artifact_bytes;
     let budget = Budget::new(options.limits);
@@ -276,9 +284,17 @@ async fn pull_every_platform(
         for f in &mut budget.files[start..] {
             f.platform = Some(platform.clone());
         }
-        first.get_or_insert(facts);
+        match &first {
+            None => first = Some((platform, facts)),
+            Some((p, f)) if f.kind != facts.kind || f.config != facts.config => {
+                return Err(OciError::InvalidManifest(format!(
+                    "the image index's platforms {p} and {platform} differ in kind or Falco config: requirements and dependencies would be checked for one of them only"
+                )));
+            }
+            Some(_) => {}
+        }
     }
-    let facts =
+    let (_, facts) =
         first.ok_or_else(|| OciError::NotFound("the image index names no platform".into()))?;
     Ok(facts.with_files(raw.digest, budget.files))
 }

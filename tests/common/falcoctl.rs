@@ -56,10 +56,25 @@ pub async fn push_plugin(
     platforms: &[(&str, &[u8])],
     config: serde_json::Value,
 ) -> String {
+    let each: Vec<(&str, &[u8], serde_json::Value)> = platforms
+        .iter()
+        .map(|(p, b)| (*p, *b, config.clone()))
+        .collect();
+    push_plugin_configs(registry, repo, tag, name, &each).await
+}
+
+/// A plugin index whose platforms may carry different config blobs.
+pub async fn push_plugin_configs(
+    registry: &Registry,
+    repo: &Repository,
+    tag: &str,
+    name: &str,
+    platforms: &[(&str, &[u8], serde_json::Value)],
+) -> String {
     let mut manifests = Vec::new();
-    for (platform, library) in platforms {
+    for (platform, library, config) in platforms {
         let (digest, size) =
-            push_manifest(registry, repo, "", Kind::Plugin, (name, library), &config).await;
+            push_manifest(registry, repo, "", Kind::Plugin, (name, library), config).await;
         let (os, arch) = platform.split_once('/').expect("os/arch");
         manifests.push(serde_json::json!({
             "mediaType": MANIFEST, "digest": digest, "size": size,
@@ -75,6 +90,19 @@ pub async fn push_plugin(
         .await
         .expect("push index");
     digest
+}
+
+/// A plugin as one image manifest at `tag` (no index, no platform); its digest.
+pub async fn push_plugin_manifest(
+    registry: &Registry,
+    repo: &Repository,
+    tag: &str,
+    file: (&str, &[u8]),
+    config: serde_json::Value,
+) -> String {
+    push_manifest(registry, repo, tag, Kind::Plugin, file, &config)
+        .await
+        .0
 }
 
 /// One manifest of `kind` at `reference` (its digest when empty); its digest and size.
