@@ -9,7 +9,8 @@
 //! with `..`), inside the allowed directory that decides for it, which admits the bundle's
 //! namespace; a file name is plain (never empty, `.`, `..`, holding `/` or NUL) and one the
 //! agent accepts; a digest is sha256 and shown as given; under a host root the directory
-//! stays under it; opening and staging it creates nothing outside the directory.
+//! stays under it; opening and staging it creates nothing outside the directory; each
+//! file is named once, and one listed for a platform is for the node's (linux/amd64).
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -41,6 +42,8 @@ fuzz_target!(|data: &[u8]| {
     let labels = BTreeMap::from([
         ("kubernetes.io/hostname".to_string(), "node-1".to_string()),
         ("role".to_string(), "falco".to_string()),
+        ("kubernetes.io/os".to_string(), "linux".to_string()),
+        ("kubernetes.io/arch".to_string(), "amd64".to_string()),
     ]);
     let Decision::Apply {
         directory,
@@ -58,7 +61,9 @@ fuzz_target!(|data: &[u8]| {
         "{directory:?} outside {allowed:?}"
     );
     assert_eq!(allow.granted(&directory, &namespace), Ok(allowed.as_path()));
+    let mut names = std::collections::BTreeSet::new();
     for f in &files {
+        assert!(names.insert(f.key.as_str()), "{:?} applied twice", f.key);
         ocisync_fuzz::assert_plain_name(&f.key, "file name");
         assert!(!f.key.starts_with(".."), "{:?} starts with ..", f.key);
         assert!(valid_key(&f.key));
@@ -66,12 +71,12 @@ fuzz_target!(|data: &[u8]| {
             .status
             .as_ref()
             .expect("a status, since files are applied");
-        assert!(
-            status
-                .files
-                .iter()
-                .any(|s| s.path == f.key && s.digest == f.digest.as_str())
-        );
+        assert!(status.files.iter().any(|s| {
+            let for_node = s.platform.as_deref().is_none_or(|p| {
+                p == "linux/amd64" || p.starts_with("linux/amd64/")
+            });
+            s.path == f.key && s.digest == f.digest.as_str() && for_node
+        }));
     }
     let id = format!(
         "{namespace}.{}",

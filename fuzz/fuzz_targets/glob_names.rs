@@ -70,6 +70,7 @@ fn artifact(i: usize, paths: &[String]) -> Artifact {
                 path: p.clone(),
                 digest: Digest::of(p.as_bytes()).to_string(),
                 size: 1,
+                platform: None,
             })
             .collect(),
         ..Default::default()

@@ -121,11 +121,7 @@ fn written_tree_passes(store: &Store, dest: &Path, budget: &Budget) {
     let files: Vec<IndexFile> = budget
         .files
         .iter()
-        .map(|f| IndexFile {
-            path: f.path.clone(),
-            digest: f.digest.clone(),
-            size: f.size,
-        })
+        .map(IndexFile::from)
         .collect();
     store
         .commit(&Digest::of(b"manifest"), dest, &files)
