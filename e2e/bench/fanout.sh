@@ -53,24 +53,11 @@ before=$(wc -l <"$log")
 	--store-dir "$work/store" 2>"$work/controller.log" &
 ctl=$!
 kubectl wait -n "$ns" --for=condition=Ready artsrc/rules --timeout=120s >/dev/null
-for i in $(seq 1 "$AGENTS"); do
-	mkdir -p "$work/h$i/etc/falco"
-	RUST_LOG=warn "$BIN" agent --node-name "$ns-n$i" --host-root "$work/h$i" --allowed-dir /etc/falco \
-		--controller-url "http://127.0.0.1:$port" --listen 127.0.0.1:0 2>>"$work/agents.log" &
-	agents+=($!)
-done
-# every agent has listed the (still empty) bundles: its NodeReport exists
-wait_for 300 "all agents up" 'import json, subprocess, sys
-out = subprocess.run(["kubectl", "get", "nodereports", "-o", "json"], capture_output=True, check=True).stdout
-n = sum(1 for i in json.loads(out)["items"] if i["metadata"]["name"].startswith(sys.argv[1]))
-sys.exit(0 if n >= int(sys.argv[2]) else 1)' "$ns-n" "$AGENTS"
+start_agents "$ns" "$AGENTS" "$work" "$port" 300
 start=$(now)
 printf 'apiVersion: ocisync.dev/v1alpha1\nkind: RuleBundle\nmetadata: {name: big}\nspec: {sources: [{sourceRef: {name: rules}}], nodeFiles: {directory: /etc/falco/rules.d, nodeSelector: {matchLabels: {bench: "%s"}}}}\n' \
 	"$ns" | kubectl apply -n "$ns" -f - >/dev/null
-wait_for 600 "every node updated" 'import json, subprocess, sys
-o = json.loads(subprocess.run(["kubectl", "get", "rulebundle", "big", "-n", sys.argv[1], "-o", "json"], capture_output=True, check=True).stdout)
-n = (o.get("status") or {}).get("nodes") or {}
-sys.exit(0 if n.get("updated") == int(sys.argv[2]) == n.get("desired") else 1)' "$ns" "$AGENTS"
+rolled_out "$ns" big "$AGENTS" 600
 end=$(now)
 bgets=$(tail -n +"$((before + 1))" "$log" | grep -cE '"GET /v2/'"$ns"'/rules/blobs/' || true)
 blobs=$(curl -fsS "http://127.0.0.1:$port/metrics" | awk '/^ocisync_artifact_server_requests_total\{.*route="blob"/ {s += $2} END {print s + 0}')

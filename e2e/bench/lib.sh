@@ -44,3 +44,30 @@ wait_for() { # seconds what code args...
 		sleep 0.2
 	done
 }
+
+# One agent process per fake Node `$ns-n1`..`$ns-n$count`, each with its own host root
+# `$work/h<i>` allowed to write /etc/falco, against the controller at 127.0.0.1:$port; their
+# pids are appended to the array `agents`. Waits (up to $wait seconds) until every agent
+# has listed the bundles, that is, written its NodeReport.
+start_agents() { # ns count work port wait
+	local ns=$1 count=$2 work=$3 port=$4 i
+	for i in $(seq 1 "$count"); do
+		mkdir -p "$work/h$i/etc/falco"
+		RUST_LOG=warn "$BIN" agent --node-name "$ns-n$i" --host-root "$work/h$i" --allowed-dir /etc/falco \
+			--controller-url "http://127.0.0.1:$port" --listen 127.0.0.1:0 2>>"$work/agents.log" &
+		agents+=($!)
+	done
+	wait_for "$5" "all agents up" 'import json, subprocess, sys
+out = subprocess.run(["kubectl", "get", "nodereports", "-o", "json"], capture_output=True, check=True).stdout
+n = sum(1 for i in json.loads(out)["items"] if i["metadata"]["name"].startswith(sys.argv[1]))
+sys.exit(0 if n >= int(sys.argv[2]) else 1)' "$ns-n" "$count"
+}
+
+# Waits (up to $4 seconds) until RuleBundle $2 in namespace $1 counts $3 nodes desired and
+# updated.
+rolled_out() { # ns bundle count seconds
+	wait_for "$4" "every node updated" 'import json, subprocess, sys
+o = json.loads(subprocess.run(["kubectl", "get", "rulebundle", sys.argv[2], "-n", sys.argv[1], "-o", "json"], capture_output=True, check=True).stdout)
+n = (o.get("status") or {}).get("nodes") or {}
+sys.exit(0 if n.get("updated") == int(sys.argv[3]) == n.get("desired") else 1)' "$1" "$2" "$3"
+}

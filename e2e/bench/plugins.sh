@@ -60,23 +60,11 @@ before=$(wc -l <"$log")
 	--store-dir "$work/store" 2>"$work/controller.log" &
 ctl=$!
 kubectl wait -n "$ns" --for=condition=Ready artsrc/plugin --timeout=120s >/dev/null
-for i in $(seq 1 "$NODES"); do
-	mkdir -p "$work/h$i/etc/falco"
-	RUST_LOG=warn "$BIN" agent --node-name "$ns-n$i" --host-root "$work/h$i" --allowed-dir /etc/falco \
-		--controller-url "http://127.0.0.1:$port" --listen 127.0.0.1:0 2>>"$work/agents.log" &
-	agents+=($!)
-done
-wait_for 900 "all agents up" 'import json, subprocess, sys
-out = subprocess.run(["kubectl", "get", "nodereports", "-o", "json"], capture_output=True, check=True).stdout
-n = sum(1 for i in json.loads(out)["items"] if i["metadata"]["name"].startswith(sys.argv[1]))
-sys.exit(0 if n >= int(sys.argv[2]) else 1)' "$ns-n" "$NODES"
+start_agents "$ns" "$NODES" "$work" "$port" 900
 start=$(now)
 printf 'apiVersion: ocisync.dev/v1alpha1\nkind: RuleBundle\nmetadata: {name: plugins}\nspec: {sources: [{sourceRef: {name: plugin}}], nodeFiles: {directory: /etc/falco/plugins, nodeSelector: {matchLabels: {bench: "%s"}}}}\n' \
 	"$ns" | kubectl apply -n "$ns" -f - >/dev/null
-wait_for 900 "every node updated" 'import json, subprocess, sys
-o = json.loads(subprocess.run(["kubectl", "get", "rulebundle", "plugins", "-n", sys.argv[1], "-o", "json"], capture_output=True, check=True).stdout)
-n = (o.get("status") or {}).get("nodes") or {}
-sys.exit(0 if n.get("updated") == int(sys.argv[2]) == n.get("desired") else 1)' "$ns" "$NODES"
+rolled_out "$ns" plugins "$NODES" 900
 end=$(now)
 ours=$(requests "$before")
 ours_mib=$(mib_sent "$before")

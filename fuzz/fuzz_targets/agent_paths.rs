@@ -72,9 +72,10 @@ fuzz_target!(|data: &[u8]| {
             .as_ref()
             .expect("a status, since files are applied");
         assert!(status.files.iter().any(|s| {
-            let for_node = s.platform.as_deref().is_none_or(|p| {
-                p == "linux/amd64" || p.starts_with("linux/amd64/")
-            });
+            let for_node = s
+                .platform
+                .as_deref()
+                .is_none_or(|p| p == "linux/amd64" || p.starts_with("linux/amd64/"));
             s.path == f.key && s.digest == f.digest.as_str() && for_node
         }));
     }

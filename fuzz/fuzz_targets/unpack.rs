@@ -118,11 +118,7 @@ fn written_tree_passes(store: &Store, dest: &Path, budget: &Budget) {
         total += f.size + ENTRY_COST;
     }
     assert!(total <= LIMITS.max_unpacked_bytes, "{total} bytes unpacked");
-    let files: Vec<IndexFile> = budget
-        .files
-        .iter()
-        .map(IndexFile::from)
-        .collect();
+    let files: Vec<IndexFile> = budget.files.iter().map(IndexFile::from).collect();
     store
         .commit(&Digest::of(b"manifest"), dest, &files)
         .expect("the store accepts what the unpack wrote");
