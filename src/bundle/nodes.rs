@@ -26,7 +26,7 @@ pub fn rollout<'a>(
     generation: Option<i64>,
     revision: Option<&str>,
     nodes: impl IntoIterator<Item = (&'a str, &'a BTreeMap<String, String>)>,
-    reports: &BTreeMap<String, std::sync::Arc<NodeReport>>,
+    report_of: impl Fn(&str) -> Option<std::sync::Arc<NodeReport>>,
 ) -> Rollout {
     let mut r = Rollout::default();
     for (name, labels) in nodes {
@@ -34,8 +34,9 @@ pub fn rollout<'a>(
             continue;
         }
         r.counts.desired += 1;
-        let entry = reports
-            .get(name)
+        let report = report_of(name);
+        let entry = report
+            .as_ref()
             .and_then(|rep| rep.spec.bundles.iter().find(|b| b.uid == uid))
             .filter(|e| e.generation.is_some() && e.generation == generation);
         match entry {
@@ -132,7 +133,9 @@ mod tests {
             report_at(6, "n7", &[("u", "FetchFailed", None)]),
         ]
         .into();
-        let r = rollout(&target, "u", Some(7), Some("r2"), nodes, &reports);
+        let r = rollout(&target, "u", Some(7), Some("r2"), nodes, |n| {
+            reports.get(n).cloned()
+        });
         assert_eq!(
             r.counts,
             NodeCounts {

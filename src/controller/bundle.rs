@@ -18,6 +18,7 @@ use crate::api::condition::is_news;
 use crate::api::rule_bundle::ConfigMapTarget;
 use crate::api::rule_bundle::RuleBundleStatus;
 use crate::api::{ArtifactSource, FIELD_MANAGER, RuleBundle};
+use crate::bundle::nodes::Rollout;
 use crate::bundle::plan::{self, Plan, PlannedFile};
 use crate::bundle::{BundleReason, Problem, configmap, content, status};
 use crate::store::Store;
@@ -36,16 +37,19 @@ pub async fn reconcile(bundle: Arc<RuleBundle>, ctx: Arc<Context>) -> Result<Act
     let uid = bundle.uid().unwrap_or_default();
     let (label, reason) = match &result {
         Ok(_) if bundle.spec.suspend => ("skipped", ""),
-        Ok(reason) => (reason.class().metric_label(), reason.as_str()),
+        Ok((reason, _)) => (reason.class().metric_label(), reason.as_str()),
         Err(e) => (e.metric_label(), e.reason()),
     };
     let seconds = started.elapsed().as_secs_f64();
     ctx.metrics.reconcile("RuleBundle", label, reason, seconds);
-    let reason = result?;
+    let (reason, count_in) = result?;
     ctx.api_succeeded(&uid);
     let class = reason.class();
     if bundle.spec.suspend {
         return Ok(Action::await_change());
+    }
+    if let Some(wait) = count_in {
+        return Ok(Action::requeue(wait)); // the nodes' rollout is counted then
     }
     let failures = if class.is_failure() {
         ctx.bundle_failed(&uid)
@@ -58,23 +62,29 @@ pub async fn reconcile(bundle: Arc<RuleBundle>, ctx: Arc<Context>) -> Result<Act
 }
 
 /// Brings the bundle up to date; the reason its status now has (`Succeeded` when
-/// suspended: nothing to do).
-async fn reconcile_inner(bundle: &RuleBundle, ctx: &Context) -> Result<BundleReason, Error> {
+/// suspended: nothing to do), and when to count its nodes' rollout if not counted now.
+async fn reconcile_inner(
+    bundle: &RuleBundle,
+    ctx: &Context,
+) -> Result<(BundleReason, Option<Duration>), Error> {
     if bundle.spec.suspend {
-        return Ok(BundleReason::Succeeded);
+        return Ok((BundleReason::Succeeded, None));
     }
     let prev = bundle.status.clone().unwrap_or_default();
     let now = now_rfc3339();
-    let (next, reason) = match bring_up_to_date(bundle, ctx, &prev).await {
+    let (next, reason, count_in) = match bring_up_to_date(bundle, ctx, &prev).await {
         Ok((plan, cm_name)) => applied(bundle, ctx, &prev, &plan, cm_name, &now).await,
-        Err(problem) => failed(bundle, ctx, &prev, problem, &now).await,
+        Err(problem) => {
+            let (next, reason) = failed(bundle, ctx, &prev, problem, &now).await;
+            (next, reason, None)
+        }
     };
     if next != prev {
         let namespace = bundle.namespace().unwrap_or_default();
         let api: Api<RuleBundle> = Api::namespaced(ctx.client.clone(), &namespace);
         patch_status(&api, &bundle.name_any(), &next).await?;
     }
-    Ok(reason)
+    Ok((reason, count_in))
 }
 
 /// Plans the bundle, and unless its ConfigMap already holds that plan's revision (and
@@ -114,7 +124,9 @@ async fn bring_up_to_date(
 }
 
 /// The status of an applied plan (with its nodes' rollout), and an Event for a new
-/// revision.
+/// revision. When only the nodes' reports can have changed and their rollout was counted
+/// within [`ROLLOUT_EVERY`](super::context::ROLLOUT_EVERY), the status stays as it is and
+/// the time until the next count is returned.
 async fn applied(
     bundle: &RuleBundle,
     ctx: &Context,
@@ -122,12 +134,26 @@ async fn applied(
     plan: &Plan,
     cm_name: Option<String>,
     now: &str,
-) -> (RuleBundleStatus, BundleReason) {
+) -> (RuleBundleStatus, BundleReason, Option<Duration>) {
     let generation = bundle.meta().generation;
-    let rollout = bundle.spec.node_files.as_ref().map(|t| {
-        let uid = bundle.uid().unwrap_or_default();
-        ctx.rollout(t, &uid, generation, &plan.revision)
-    });
+    let uid = bundle.uid().unwrap_or_default();
+    let moved = prev.observed_generation != generation
+        || prev.revision.as_deref() != Some(plan.revision.as_str())
+        || prev.nodes.is_none();
+    let rollout = match &bundle.spec.node_files {
+        None => None,
+        Some(target) => match ctx.count_rollout(&uid, moved) {
+            Ok(()) => Some(ctx.rollout(target, &uid, generation, &plan.revision)),
+            Err(wait) => {
+                let counted = Rollout {
+                    counts: prev.nodes.clone().unwrap_or_default(),
+                    failures: Vec::new(),
+                };
+                let reason = status::rollout_reason(Some(&counted));
+                return (prev.clone(), reason, Some(wait));
+            }
+        },
+    };
     let next = status::applied(prev, generation, plan, cm_name, rollout.as_ref(), now);
     if prev.revision.as_deref() != Some(plan.revision.as_str()) {
         let note = format!("applied revision {}", plan.revision);
@@ -135,7 +161,7 @@ async fn applied(
         ctx.publish(&object, EventType::Normal, "Applied", &note, "Apply")
             .await;
     }
-    (next, status::rollout_reason(rollout.as_ref()))
+    (next, status::rollout_reason(rollout.as_ref()), None)
 }
 
 /// The status of a problem (what was applied stays), and an Event and a log line when the

@@ -8,13 +8,15 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, ObjectReference, Secret};
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Error;
+use super::events::Recorder;
+use super::source_users::SourceUsers;
 use crate::api::artifact_source::{Artifact, Verification};
 use crate::api::reason::{BundleReason, Class, Problem};
 use crate::api::rule_bundle::NodeFilesTarget;
@@ -72,6 +74,8 @@ pub struct Context {
     pub registry_timeout: Duration,
     pub sources: reflector::Store<ArtifactSource>,
     pub bundles: reflector::Store<RuleBundle>,
+    /// Which bundles use which source (from the bundles' watch).
+    pub source_users: Arc<SourceUsers>,
     /// The ConfigMaps ocisync manages (metadata only, by label).
     pub config_maps: reflector::Store<PartialObjectMeta<ConfigMap>>,
     /// Nodes by metadata, and the agents' reports (for `RuleBundle.status.nodes`).
@@ -113,6 +117,9 @@ pub struct State {
     /// and platform selection: read once (from bytes checked against the digest) for a
     /// semver source's version pick.
     requirements: Mutex<HashMap<RequirementKey, Vec<String>>>,
+    /// Per bundle uid: when its nodes' rollout was last counted (see
+    /// [`Context::count_rollout`]).
+    rollouts: Mutex<HashMap<String, Instant>>,
 }
 
 impl Default for State {
@@ -128,6 +135,7 @@ impl Default for State {
             checks: tokio::sync::Semaphore::new(CONCURRENT_CHECKS),
             verified: Mutex::default(),
             requirements: Mutex::default(),
+            rollouts: Mutex::default(),
         }
     }
 }
@@ -138,6 +146,12 @@ pub type RequirementKey = (Digest, Option<String>);
 
 /// Most remembered verifications (each a few hundred bytes).
 pub const MAX_VERIFIED: usize = 4096;
+
+/// The least time between two counts of a bundle's rollout over its nodes while nothing
+/// but the nodes' reports changed: with 5,000 agents reporting one after another, the count
+/// (a pass over every node) and the status write happen at most once a second, not once
+/// per report.
+pub const ROLLOUT_EVERY: Duration = Duration::from_secs(1);
 
 /// How many content checks run at once, whatever `--concurrency`: their memory adds up.
 pub const CONCURRENT_CHECKS: usize = 2;
@@ -317,25 +331,8 @@ impl Context {
 
     /// The bundles that take files from a source.
     pub fn bundles_using(&self, source: &ArtifactSource) -> Vec<ObjectRef<RuleBundle>> {
-        let name = source.name_any();
-        let namespace = source.namespace();
-        self.bundles
-            .state()
-            .iter()
-            .filter(|b| b.namespace() == namespace)
-            .filter(|b| b.spec.sources.iter().any(|s| s.source_ref.name == name))
-            .map(|b| ObjectRef::from_obj(b.as_ref()))
-            .collect()
-    }
-
-    /// The bundles with a `nodeFiles` target (a Node's labels changed, or it came or went).
-    pub fn bundles_on_nodes(&self) -> Vec<ObjectRef<RuleBundle>> {
-        self.bundles
-            .state()
-            .iter()
-            .filter(|b| b.spec.node_files.is_some())
-            .map(|b| ObjectRef::from_obj(b.as_ref()))
-            .collect()
+        let namespace = source.namespace().unwrap_or_default();
+        self.source_users.of(&namespace, &source.name_any())
     }
 
     /// The bundles a node's report speaks of.
@@ -348,6 +345,26 @@ impl Context {
             .collect()
     }
 
+    /// Whether the rollout of the bundle `uid` is counted now: always when the bundle moved
+    /// (`moved`: a new generation or revision), else at most once per [`ROLLOUT_EVERY`];
+    /// `Err` holds how long until the next count.
+    pub fn count_rollout(&self, uid: &str, moved: bool) -> Result<(), Duration> {
+        let Ok(mut counted) = self.state.rollouts.lock() else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let since = counted
+            .get(uid)
+            .map(|at| now.saturating_duration_since(*at));
+        match since {
+            Some(since) if !moved && since < ROLLOUT_EVERY => Err(ROLLOUT_EVERY - since),
+            _ => {
+                counted.insert(uid.to_string(), now);
+                Ok(())
+            }
+        }
+    }
+
     /// The rollout of `revision` of the bundle `uid` at `generation` over the nodes `target`
     /// selects.
     pub fn rollout(
@@ -358,22 +375,11 @@ impl Context {
         revision: &str,
     ) -> Rollout {
         let nodes = self.nodes.state();
-        let reports: std::collections::BTreeMap<String, Arc<NodeReport>> = self
-            .reports
-            .state()
-            .into_iter()
-            .map(|r| (r.name_any(), r))
-            .collect();
-        let named: Vec<(String, &std::collections::BTreeMap<String, String>)> =
-            nodes.iter().map(|n| (n.name_any(), n.labels())).collect();
-        nodes::rollout(
-            target,
-            uid,
-            generation,
-            Some(revision),
-            named.iter().map(|(n, l)| (n.as_str(), *l)),
-            &reports,
-        )
+        let named = nodes
+            .iter()
+            .filter_map(|n| Some((n.meta().name.as_deref()?, n.labels())));
+        let report_of = |name: &str| self.reports.get(&ObjectRef::new(name));
+        nodes::rollout(target, uid, generation, Some(revision), named, report_of)
     }
 
     /// Records an Event on an object; a failure to record is logged, never fatal.
@@ -451,6 +457,9 @@ impl Context {
         }
         if let Ok(mut f) = self.state.failed_checks.lock() {
             f.retain(|uid, _| bundle(uid));
+        }
+        if let Ok(mut r) = self.state.rollouts.lock() {
+            r.retain(|uid, _| bundle(uid));
         }
         for counts in [&self.state.api_failures, &self.state.bundle_failures] {
             if let Ok(mut c) = counts.lock() {

@@ -5,17 +5,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
+use futures_util::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 
 use super::context::Context;
-use super::{Options, Shared, bundle, collect_garbage, error_policy, prune_reports, source};
+use super::events::Recorder;
+use super::source_users::SourceUsers;
+use super::{
+    Options, Shared, bundle, collect_garbage, error_policy, node_watch, prune_reports, source,
+};
 use crate::api::{ArtifactSource, NodeReport, RuleBundle};
 use crate::bundle::configmap::MANAGED_BY;
 
@@ -35,12 +39,14 @@ pub async fn lead(client: Client, options: &Options, shared: &Shared, stop: Canc
         return;
     };
     let _source_watch = AbortOnDrop(source_watch);
+    let source_users = Arc::new(SourceUsers::default());
+    let (bundle_reader, bundle_events) = bundle_watch(apis.bundles, source_users.clone());
     let bundle_controller: Controller<RuleBundle> =
-        Controller::new(apis.bundles, watcher::Config::default().any_semantic())
+        Controller::for_stream(bundle_events, bundle_reader.clone())
             .with_config(controller::Config::default().concurrency(options.concurrency))
             .trigger_backoff(crate::backoff::controller_watch());
     let (cm_reader, cm_events) = managed_config_maps(apis.config_maps);
-    let (node_reader, node_events) = node_labels(client.clone());
+    let (node_reader, node_events) = node_watch::watch(client.clone(), bundle_reader.clone());
     let (report_reader, report_events) = node_reports(client.clone());
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -50,7 +56,8 @@ pub async fn lead(client: Client, options: &Options, shared: &Shared, stop: Canc
         base_url: options.base_url.trim_end_matches('/').to_string(),
         registry_timeout: options.registry_timeout,
         sources: source_reader.clone(),
-        bundles: bundle_controller.store(),
+        bundles: bundle_reader,
+        source_users,
         config_maps: cm_reader,
         nodes: node_reader,
         reports: report_reader,
@@ -70,10 +77,7 @@ pub async fn lead(client: Client, options: &Options, shared: &Shared, stop: Canc
             let ctx = ctx.clone();
             move |s| ctx.bundles_using(&s)
         })
-        .watches_stream(node_events, {
-            let ctx = ctx.clone();
-            move |_| ctx.bundles_on_nodes()
-        })
+        .reconcile_on(node_events)
         .watches_stream(report_events, {
             let ctx = ctx.clone();
             move |r| ctx.bundles_in_report(&r)
@@ -146,6 +150,7 @@ impl SourceWatch {
         let (events, for_bundles) = (subscribe()?, subscribe()?);
         let watch = watcher(api, watcher::Config::default().any_semantic())
             .backoff(crate::backoff::controller_watch())
+            .modify(|s| s.metadata.managed_fields = None)
             .reflect_shared(writer)
             .for_each(|event| async move {
                 if let Err(e) = event {
@@ -185,6 +190,28 @@ fn source_controller(
     controller.watches_stream(changes, move |s| ctx.sources_using(&s))
 }
 
+/// The RuleBundles, without their managed fields (never read, and a large share of a small
+/// object), feeding the index of the sources they use.
+fn bundle_watch(
+    api: Api<RuleBundle>,
+    users: Arc<SourceUsers>,
+) -> (
+    reflector::Store<RuleBundle>,
+    impl futures_util::Stream<Item = Result<RuleBundle, watcher::Error>>,
+) {
+    let (reader, writer) = reflector::store();
+    let events = watcher(api, watcher::Config::default().any_semantic())
+        .backoff(crate::backoff::controller_watch())
+        .modify(|b| b.metadata.managed_fields = None)
+        .map_ok(move |event| {
+            users.apply(&event);
+            event
+        })
+        .reflect(writer)
+        .applied_objects();
+    (reader, events)
+}
+
 /// The ConfigMaps ocisync wrote, by label and metadata only: an edit or a deletion wakes
 /// the owning bundle, which puts it back.
 fn managed_config_maps(
@@ -205,25 +232,6 @@ fn managed_config_maps(
     (reader, events)
 }
 
-/// Nodes by metadata; only label changes wake bundles (they move `status.nodes`).
-fn node_labels(
-    client: Client,
-) -> (
-    reflector::Store<PartialObjectMeta<Node>>,
-    impl futures_util::Stream<Item = Result<PartialObjectMeta<Node>, watcher::Error>>,
-) {
-    let (reader, writer) = reflector::store();
-    let events = watcher(
-        Api::<PartialObjectMeta<Node>>::all(client),
-        watcher::Config::default().any_semantic(),
-    )
-    .backoff(crate::backoff::controller_watch())
-    .reflect(writer)
-    .touched_objects()
-    .predicate_filter(predicates::labels, Default::default());
-    (reader, events)
-}
-
 /// The agents' reports, which move `status.nodes`.
 fn node_reports(
     client: Client,
@@ -237,6 +245,7 @@ fn node_reports(
         watcher::Config::default().any_semantic(),
     )
     .backoff(crate::backoff::controller_watch())
+    .modify(|r| r.metadata.managed_fields = None)
     .reflect(writer)
     .touched_objects();
     (reader, events)

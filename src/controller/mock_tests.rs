@@ -8,12 +8,13 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
 use kube::core::PartialObjectMeta;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, Store as Cache};
 use kube::runtime::watcher;
 use serde_json::json;
 
 use super::context::Context;
+use super::events::Recorder;
 use crate::api::artifact_source::{Artifact, ArtifactSourceSpec, ArtifactSourceStatus};
 use crate::api::node_report::NodeReportSpec;
 use crate::api::{ArtifactSource, NodeReport};
@@ -76,6 +77,7 @@ fn context(
         registry_timeout: Duration::from_secs(5),
         sources: cache(sources),
         bundles: cache(Vec::new()),
+        source_users: Default::default(),
         config_maps: cache(Vec::new()),
         nodes: cache(nodes.iter().map(node).collect()),
         reports: cache(reports.iter().map(report).collect()),
@@ -429,9 +431,18 @@ async fn a_bundle_whose_content_failed_its_check_is_not_read_again() {
         assert!(
             event
                 .path
-                .starts_with("/apis/events.k8s.io/v1/namespaces/team/events")
+                .starts_with("/apis/events.k8s.io/v1/namespaces/team/events"),
+            "{} {}",
+            event.method,
+            event.path
         );
-        assert_eq!(event.body["reason"], "InvalidContent", "{round}");
+        if round == "checked" {
+            assert_eq!(event.method, "POST");
+            assert_eq!(event.body["reason"], "InvalidContent");
+        } else {
+            assert_eq!(event.method, "PATCH");
+            assert_eq!(event.body["series"]["count"], 2);
+        }
         let path = "/apis/ocisync.dev/v1alpha1/namespaces/team/rulebundles/b/status";
         let answer = serde_json::to_value(&*bundle).unwrap();
         server.expect("PATCH", path, 200, answer).await;
