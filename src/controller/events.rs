@@ -98,7 +98,8 @@ impl Series {
             .retain(|_, seen| now.saturating_duration_since(seen.last) < SERIES_TTL);
     }
 
-    pub fn len(&self) -> usize {
+    /// How many keys are remembered.
+    pub fn remembered(&self) -> usize {
         self.by_key.len()
     }
 }
@@ -284,20 +285,20 @@ mod tests {
         }
         let t1 = t0 + SERIES_TTL;
         let _ = s.step(1000, t1); // first sweep: all expired
-        assert_eq!(s.len(), 0);
+        assert_eq!(s.remembered(), 0);
         s.record(7, "e7".into(), 1, t0); // an old one, recorded after the sweep
         let _ = s.step(1000, t1 + Duration::from_secs(1));
-        assert_eq!(s.len(), 1, "no second sweep within a minute");
+        assert_eq!(s.remembered(), 1, "no second sweep within a minute");
         let _ = s.step(1000, t1 + SWEEP_EVERY);
-        assert_eq!(s.len(), 0);
+        assert_eq!(s.remembered(), 0);
         // full of live keys: a new key clears them rather than grow
         let t2 = t1 + SWEEP_EVERY;
         for k in 0..MAX_SERIES as u64 {
             s.record(k, String::new(), 1, t2);
         }
-        assert_eq!(s.len(), MAX_SERIES);
+        assert_eq!(s.remembered(), MAX_SERIES);
         s.record(u64::MAX, "new".into(), 1, t2);
-        assert_eq!(s.len(), 1);
+        assert_eq!(s.remembered(), 1);
     }
 
     #[tokio::test]
