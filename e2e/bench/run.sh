@@ -5,9 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 eval "$(e2e/testenv.sh up)"
-export BENCH_RESULTS
+export BENCH_RESULTS BENCH_SECTIONS
 BENCH_RESULTS=$(mktemp /tmp/ocisync-bench-rows.XXXXXX)
-trap 'rm -f "$BENCH_RESULTS"' EXIT
+# Markdown sections a part adds below the table (scale.sh's growth series)
+BENCH_SECTIONS=$(mktemp /tmp/ocisync-bench-sections.XXXXXX)
+trap 'rm -f "$BENCH_RESULTS" "$BENCH_SECTIONS"' EXIT
 source e2e/bench/lib.sh
 [[ -x $BIN ]] || cargo build --release --locked
 for part in ${BENCH_PARTS:-pull changes scale fanout plugins propagation webhook agent verify}; do
@@ -32,6 +34,7 @@ mkdir -p bench
 	echo "| area | what | ocisync | peer | ratio |"
 	echo "|---|---|---|---|---|"
 	cat "$BENCH_RESULTS"
+	cat "$BENCH_SECTIONS"
 } >"$out"
 echo
 cat "$out"

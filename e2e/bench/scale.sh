@@ -1,97 +1,231 @@
 #!/usr/bin/env bash
-# Scale: 1,000 ArtifactSources (over 10 repositories) and 1,000 RuleBundles (ConfigMap
-# target; each takes its own source plus one source shared by all) created at once.
-# Reports the time until all are Ready, the controller's peak RSS and CPU seconds, the
-# registry requests, then the time from one new revision of the shared source until every
-# ConfigMap holds it, and the SIGTERM-to-exit time.
+# Scale, as a growth series. For each size N in BENCH_SCALE_SIZES (default 1000 2000 4000
+# 8000): N ArtifactSources (over N/100 repositories) and N RuleBundles (ConfigMap target;
+# each takes its own source plus one source shared by all) are created, then a fresh
+# controller starts. Per size: the time until every bundle is Ready, the controller's CPU
+# seconds and peak RSS, its RSS once idle, the registry requests, the time from a new
+# revision of the shared source until every ConfigMap holds it, and the API server's
+# requests for that (from its own /metrics). Completion is seen through one watch
+# (watch_until.py), not by listing thousands of objects over and over.
+#
+# Then the API server's own rate for the same writes (the api-floor example: ConfigMaps by
+# server-side apply, 16 at a time) and a table per size with the slope k of cost ~ N^k
+# (k = 1: linear), on stdout and, under `make bench`, in bench/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${OCISYNC_REGISTRY_PLAIN:?run: eval \"\$(e2e/testenv.sh up)\"}"
 source e2e/bench/lib.sh
-N=${BENCH_OBJECTS:-1000}
-REPOS=${BENCH_REPOS:-10}
-ns=bench-scale-$(date +%s)
+read -r -a SIZES <<<"${BENCH_SCALE_SIZES:-1000 2000 4000 8000}"
+CONCURRENCY=${BENCH_CONCURRENCY:-16}
+WATCH=e2e/bench/watch_until.py
 work=$(mktemp -d /tmp/ocisync-bench-scale.XXXXXX)
-port=$(free_port)
+namespaces=()
 cleanup() {
 	[[ -n ${ctl:-} ]] && kill "$ctl" 2>/dev/null || true
-	kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1 || true
+	for ns in "${namespaces[@]}"; do
+		kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1 || true
+	done
 	rm -rf "$work"
 }
 trap cleanup EXIT
-push() { # file repo
-	"$BIN" push "$1" "$OCISYNC_REGISTRY_PLAIN/$ns/$2:1" --type falco-rules --insecure -O json >/dev/null
-}
+cargo build --release --locked --example api-floor 2>/dev/null
+FLOOR=target/release/examples/api-floor
 
 kubectl apply --server-side --field-manager=ocisync -f crds/ >/dev/null
 kubectl wait --for condition=Established --timeout=60s crd --all >/dev/null
-kubectl create namespace "$ns" >/dev/null
-for r in $(seq 1 "$REPOS"); do
-	mkdir -p "$work/in$r"
-	printf -- '- rule: bench %s %s\n  condition: evt.type = open\n' "$r" "$ns" >"$work/in$r/rules_$r.yaml"
-	push "$work/in$r/rules_$r.yaml" "repo$r"
-done
-mkdir -p "$work/shared"
-printf -- '- macro: shared_v1\n  condition: proc.name = sh\n' >"$work/shared/shared.yaml"
-push "$work/shared/shared.yaml" shared
-{
+
+push() { # ns file repo
+	"$BIN" push "$2" "$OCISYNC_REGISTRY_PLAIN/$1/$3:1" --type falco-rules --insecure -O json >/dev/null
+}
+
+objects() { # ns n repos
+	local ns=$1 n=$2 repos=$3 i
 	printf -- '---\napiVersion: ocisync.dev/v1alpha1\nkind: ArtifactSource\nmetadata: {name: shared}\nspec: {url: "oci://%s/%s/shared", ref: {tag: "1"}, interval: 1h, insecure: true}\n' \
 		"$OCISYNC_REGISTRY_PLAIN" "$ns"
-	for i in $(seq 1 "$N"); do
-		r=$(((i - 1) % REPOS + 1))
+	for i in $(seq 1 "$n"); do
 		printf -- '---\napiVersion: ocisync.dev/v1alpha1\nkind: ArtifactSource\nmetadata: {name: s%s}\nspec: {url: "oci://%s/%s/repo%s", ref: {tag: "1"}, interval: 1h, insecure: true}\n' \
-			"$i" "$OCISYNC_REGISTRY_PLAIN" "$ns" "$r"
+			"$i" "$OCISYNC_REGISTRY_PLAIN" "$ns" "$(((i - 1) % repos + 1))"
 		printf -- '---\napiVersion: ocisync.dev/v1alpha1\nkind: RuleBundle\nmetadata: {name: b%s}\nspec: {sources: [{sourceRef: {name: s%s}}, {sourceRef: {name: shared}}], configMap: {}}\n' "$i" "$i"
 	done
-} >"$work/objects.yaml"
-kubectl apply -n "$ns" -f "$work/objects.yaml" >/dev/null
-echo "$N sources over $REPOS repositories, 1 shared source and $N bundles created in $ns"
+}
 
-log=$OCISYNC_REGISTRY_PLAIN_LOG
-before=$(wc -l <"$log")
-start=$(now)
-"$BIN" controller --namespace "$ns" --listen "127.0.0.1:$port" --artifact-base-url "http://127.0.0.1:$port" \
-	--store-dir "$work/store" --concurrency "${BENCH_CONCURRENCY:-16}" 2>"$work/controller.log" &
-ctl=$!
-ALL_READY='import json, subprocess, sys
-ns, kind, want = sys.argv[1], sys.argv[2], int(sys.argv[3])
-out = subprocess.run(["kubectl", "get", kind, "-n", ns, "-o", "json"], capture_output=True, check=True).stdout
-ready = sum(1 for i in json.loads(out)["items"]
-            if any(c["type"] == "Ready" and c["status"] == "True" for c in (i.get("status") or {}).get("conditions", [])))
-sys.exit(0 if ready >= want else 1)'
-wait_for 600 "all sources Ready" "$ALL_READY" "$ns" artifactsources "$((N + 1))"
-sources_at=$(now)
-wait_for 600 "all bundles Ready" "$ALL_READY" "$ns" rulebundles "$N"
-end=$(now)
-rss=$(peak_rss_mib "$ctl")
-cpu=$(cpu_seconds "$ctl")
-reqs=$(tail -n +"$((before + 1))" "$log" | grep -E '^127\.0\.0\.1 .*"(HEAD|GET) /v2/'"$ns"'/' || true)
-heads=$(grep -c '"HEAD ' <<<"$reqs" || true)
-mgets=$(grep -c '"GET .*/manifests/' <<<"$reqs" || true)
-bgets=$(grep -c '"GET .*/blobs/' <<<"$reqs" || true)
-echo "all $((N + 1)) sources Ready after $(elapsed "$start" "$sources_at") s, all $N bundles Ready after $(elapsed "$start" "$end") s"
-echo "controller: peak RSS $rss MiB, CPU $cpu s; registry: $heads HEAD, $mgets manifest GET, $bgets blob GET"
-row Scale "$((N + 1)) ArtifactSources + $N RuleBundles (ConfigMap) created at once: all Ready" "$(elapsed "$start" "$end") s" "—" "—"
-row Scale "controller peak RSS / CPU during that" "$rss MiB / $cpu s" "—" "—"
-row Scale "registry requests for it ($REPOS+1 repositories)" "$heads HEAD, $mgets manifest GET, $bgets blob GET" "—" "—"
+# Creates the objects of `$work/objects.yaml` in $1, four kubectl processes at once.
+create_objects() {
+	local ns=$1 part pids=()
+	rm -f "$work"/part.*
+	csplit -s -z -f "$work/part." "$work/objects.yaml" '/^---$/' '{*}'
+	mkdir -p "$work/parts"
+	rm -f "$work"/parts/*
+	local i=0
+	for part in "$work"/part.*; do
+		cat "$part" >>"$work/parts/$((i % 4))"
+		i=$((i + 1))
+	done
+	rm -f "$work"/part.*
+	for part in "$work"/parts/*; do
+		kubectl create -n "$ns" -f "$part" >/dev/null &
+		pids+=($!)
+	done
+	for p in "${pids[@]}"; do wait "$p"; done
+}
 
-# one new revision of the shared source: until every ConfigMap has it
-printf -- '- macro: shared_v2\n  condition: proc.name = bash\n' >"$work/shared/shared.yaml"
-push "$work/shared/shared.yaml" shared
-pushed=$(now)
-kubectl annotate -n "$ns" artsrc/shared ocisync.dev/requested-at="$(date +%s)" --overwrite >/dev/null
-wait_for 600 "every ConfigMap updated" 'import json, subprocess, sys
-out = subprocess.run(["kubectl", "get", "configmaps", "-n", sys.argv[1], "-l", "app.kubernetes.io/managed-by=ocisync", "-o", "json"], capture_output=True, check=True).stdout
-n = sum(1 for i in json.loads(out)["items"] if "shared_v2" in (i.get("data") or {}).get("shared.yaml", ""))
-sys.exit(0 if n >= int(sys.argv[2]) else 1)' "$ns" "$N"
-updated=$(now)
-echo "new shared revision in all $N ConfigMaps $(elapsed "$pushed" "$updated") s after the push (check requested at once)"
-row Scale "one new revision of the shared source until all $N ConfigMaps have it" "$(elapsed "$pushed" "$updated") s" "—" "—"
-idle=$(rss_mib "$ctl")
-stop_start=$(now)
-kill -TERM "$ctl"
-wait "$ctl" || true
-stop_end=$(now)
-ctl=
-echo "controller RSS after: $idle MiB; SIGTERM to exit: $(elapsed "$stop_start" "$stop_end" 2) s"
-row Footprint "controller RSS holding $((N + 1)) sources and $N bundles, idle" "$idle MiB" "—" "—"
+# The API server's request counts (verb resource subresource -> n) from its /metrics.
+api_requests() {
+	kubectl get --raw /metrics | python3 -c '
+import re, sys, collections
+counts = collections.Counter()
+for line in sys.stdin:
+    if not line.startswith("apiserver_request_total{"):
+        continue
+    labels = dict(re.findall(r"(\w+)=\"([^\"]*)\"", line))
+    if labels.get("verb") in ("POST", "PATCH", "PUT", "DELETE", "APPLY", "CREATE", "UPDATE"):
+        key = (labels.get("verb"), labels.get("resource"), labels.get("subresource", ""))
+        counts[key] += float(line.rsplit(" ", 1)[1])
+for (verb, resource, sub), n in sorted(counts.items()):
+    print(verb, resource, sub or "-", int(n))'
+}
+
+# Writes per kind between two api_requests snapshots: "n ConfigMap, n status, n Event, n total".
+writes_between() {
+	python3 - "$1" "$2" <<-'PY'
+		import sys
+		def read(path):
+		    out = {}
+		    for line in open(path):
+		        verb, resource, sub, n = line.split()
+		        out[(verb, resource, sub)] = int(n)
+		    return out
+		a, b = read(sys.argv[1]), read(sys.argv[2])
+		d = {k: b[k] - a.get(k, 0) for k in b if b[k] - a.get(k, 0) > 0}
+		by = lambda res, sub=None: sum(n for (v, r, s), n in d.items() if r == res and (sub is None or s == sub))
+		cms, status, events = by("configmaps"), by("rulebundles", "status") + by("artifactsources", "status"), by("events")
+		print(f"{cms} {status} {events} {sum(d.values())}")
+	PY
+}
+
+# One size: prints "n ready_s cpu_s peak_mib idle_mib shared_s cm status events total".
+one_size() {
+	local n=$1 repos=$(($1 / 100 > 0 ? $1 / 100 : 1)) ns r port deadline=$((120 + $1 / 10))
+	ns=bench-scale-$n-$(date +%s)
+	namespaces+=("$ns")
+	kubectl create namespace "$ns" >/dev/null
+	mkdir -p "$work/$ns"
+	for r in $(seq 1 "$repos"); do
+		printf -- '- rule: bench %s %s\n  condition: evt.type = open\n' "$r" "$ns" >"$work/$ns/rules_$r.yaml"
+		push "$ns" "$work/$ns/rules_$r.yaml" "repo$r"
+	done
+	printf -- '- macro: shared_v1\n  condition: proc.name = sh\n' >"$work/$ns/shared.yaml"
+	push "$ns" "$work/$ns/shared.yaml" shared
+	objects "$ns" "$n" "$repos" >"$work/objects.yaml"
+	local created_at
+	created_at=$(now)
+	create_objects "$ns"
+	echo "size $n: $((n + 1)) sources over $repos repositories and $n bundles created in $(elapsed "$created_at" "$(now)") s" >&2
+
+	local log=$OCISYNC_REGISTRY_PLAIN_LOG before start
+	before=$(wc -l <"$log")
+	api_requests >"$work/api.start"
+	port=$(free_port)
+	start=$(date +%s.%N)
+	"$WATCH" "/apis/ocisync.dev/v1alpha1/namespaces/$ns/rulebundles" "$n" ready --start "$start" \
+		--deadline "$deadline" >"$work/ready" &
+	local watcher=$!
+	"$BIN" controller --namespace "$ns" --listen "127.0.0.1:$port" --artifact-base-url "http://127.0.0.1:$port" \
+		--store-dir "$work/$ns/store" --concurrency "$CONCURRENCY" 2>"$work/$ns/controller.log" &
+	ctl=$!
+	wait "$watcher"
+	local ready cpu peak start_writes
+	ready=$(cat "$work/ready")
+	api_requests >"$work/api.ready"
+	start_writes=$(writes_between "$work/api.start" "$work/api.ready" | awk '{print $4}')
+	cpu=$(cpu_seconds "$ctl")
+	peak=$(peak_rss_mib "$ctl")
+	local reqs heads mgets bgets
+	reqs=$(tail -n +"$((before + 1))" "$log" | grep -E '^127\.0\.0\.1 .*"(HEAD|GET) /v2/'"$ns"'/' || true)
+	heads=$(grep -c '"HEAD ' <<<"$reqs" || true)
+	mgets=$(grep -c '"GET .*/manifests/' <<<"$reqs" || true)
+	bgets=$(grep -c '"GET .*/blobs/' <<<"$reqs" || true)
+	echo "size $n: all bundles Ready after $ready s; controller CPU $cpu s, peak RSS $peak MiB; registry: $heads HEAD, $mgets manifest GET, $bgets blob GET; API writes: $start_writes" >&2
+
+	# one new revision of the shared source: until every ConfigMap has it
+	printf -- '- macro: shared_v2\n  condition: proc.name = bash\n' >"$work/$ns/shared.yaml"
+	push "$ns" "$work/$ns/shared.yaml" shared
+	api_requests >"$work/api.before"
+	start=$(date +%s.%N)
+	"$WATCH" "/api/v1/namespaces/$ns/configmaps?labelSelector=app.kubernetes.io/managed-by%3Docisync" \
+		"$n" data shared.yaml shared_v2 --start "$start" --deadline "$deadline" >"$work/shared" &
+	watcher=$!
+	kubectl annotate -n "$ns" artsrc/shared ocisync.dev/requested-at="$(date +%s)" --overwrite >/dev/null
+	wait "$watcher"
+	local shared writes
+	shared=$(cat "$work/shared")
+	api_requests >"$work/api.after"
+	writes=$(writes_between "$work/api.before" "$work/api.after")
+	echo "size $n: the new shared revision in all $n ConfigMaps after $shared s; API writes (ConfigMap, status, Event, all): $writes" >&2
+	local idle
+	idle=$(rss_mib "$ctl")
+	kill -TERM "$ctl"
+	wait "$ctl" || true
+	ctl=
+	last_ns=$ns
+	echo "$n $ready $cpu $peak $idle $shared $writes $start_writes"
+}
+
+last_ns=
+for n in "${SIZES[@]}"; do
+	one_size "$n" >>"$work/series"
+done
+# the API server's own rate for the same writes, against the largest size's bundles (the
+# controller stopped)
+"$FLOOR" "$last_ns" "${SIZES[-1]}" "$CONCURRENCY" >"$work/floor"
+cat "$work/floor" >&2
+
+python3 - "$work/series" "$work/floor" >"$work/table" <<-'PY'
+	import math, sys
+	rows = [line.split() for line in open(sys.argv[1]) if line.strip()]
+	floor = {}
+	for line in open(sys.argv[2]):
+	    p, _, _, rate, _ = line.split()
+	    floor[p] = float(rate)  # the last configmap pass: updates
+	def slope(xs, ys):
+	    pts = [(math.log(x), math.log(y)) for x, y in zip(xs, ys) if x > 0 and y > 0]
+	    if len(pts) < 2:
+	        return "—"
+	    mx = sum(p[0] for p in pts) / len(pts)
+	    my = sum(p[1] for p in pts) / len(pts)
+	    den = sum((p[0] - mx) ** 2 for p in pts)
+	    return f"{sum((p[0] - mx) * (p[1] - my) for p in pts) / den:.2f}" if den else "—"
+	n = [int(r[0]) for r in rows]
+	col = lambda i: [float(r[i]) for r in rows]
+	print("| objects (sources + bundles) | all bundles Ready (API writes) | controller CPU | controller peak RSS (idle after) | shared revision into every ConfigMap | bundles/s in it (API writes: ConfigMap, status, Event) |")
+	print("|---|---|---|---|---|---|")
+	for r in rows:
+	    size, ready, cpu, peak, idle, shared, cms, status, events, total, ready_writes = r
+	    print(f"| {int(size):,} + {int(size):,} | {float(ready):.1f} s ({int(ready_writes):,}) | {float(cpu):.1f} s | {peak} MiB ({idle}) | {float(shared):.1f} s "
+	          f"| {int(size) / float(shared):.0f} ({int(cms):,}, {int(status):,}, {int(events):,}) |")
+	print(f"| slope k (cost ~ N^k) | {slope(n, col(1))} | {slope(n, col(2))} | {slope(n, col(3))} | {slope(n, col(5))} | |")
+	print()
+	last = rows[-1]
+	ours = int(last[0]) / float(last[5])
+	print(f"The API server's own rate here, against the {n[-1]:,} bundles of the largest size with the controller stopped "
+	      f"(e2e/bench/api_floor.rs, 16 at a time): {floor.get('configmap', 0):.0f} ConfigMap updates/s alone, and "
+	      f"{floor.get('revision', 0):.0f} bundles/s for the three writes a new revision costs (ConfigMap, status, Event). "
+	      f"ocisync's {ours:.0f} bundles/s is {ours / floor.get('revision', 1):.2f} of that floor.")
+PY
+cat "$work/table"
+largest=${SIZES[-1]}
+read -r _ ready cpu peak idle shared _ <<<"$(tail -1 "$work/series")"
+row Scale "$((largest + 1)) ArtifactSources + $largest RuleBundles (ConfigMap) created at once: all Ready" "$ready s" "—" "—"
+row Scale "controller peak RSS / CPU during that" "$peak MiB / $cpu s" "—" "—"
+row Scale "one new revision of the shared source until all $largest ConfigMaps have it" "$shared s" "—" "—"
+row Footprint "controller RSS holding $((largest + 1)) sources and $largest bundles, idle" "$idle MiB" "—" "—"
+if [[ -n ${BENCH_SECTIONS:-} ]]; then
+	{
+		echo
+		echo "## Scale: growth series"
+		echo
+		echo "e2e/bench/scale.sh, sizes ${SIZES[*]}, --concurrency $CONCURRENCY; each size in its own namespace with a fresh controller."
+		echo
+		cat "$work/table"
+	} >>"$BENCH_SECTIONS"
+fi

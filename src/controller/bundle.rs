@@ -30,6 +30,9 @@ use crate::errors::api_error_summary;
 
 /// How often a bundle is looked at again with nothing changed (drift repair).
 const RESYNC: Duration = Duration::from_secs(600);
+/// When a bundle whose cached copy is older than this controller's last status write is
+/// looked at again, if its watch has not brought the write by then.
+const BEHIND_OWN_WRITE: Duration = Duration::from_secs(5);
 
 pub async fn reconcile(bundle: Arc<RuleBundle>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
@@ -70,6 +73,11 @@ async fn reconcile_inner(
     if bundle.spec.suspend {
         return Ok((BundleReason::Succeeded, None));
     }
+    let uid = bundle.uid().unwrap_or_default();
+    if ctx.behind_own_write(&uid, bundle.resource_version().as_deref()) {
+        // the watch event of that write wakes the bundle again; this is only a safety net
+        return Ok((current_reason(bundle), Some(BEHIND_OWN_WRITE)));
+    }
     let prev = bundle.status.clone().unwrap_or_default();
     let now = now_rfc3339();
     let (next, reason, count_in) = match bring_up_to_date(bundle, ctx, &prev).await {
@@ -82,9 +90,21 @@ async fn reconcile_inner(
     if next != prev {
         let namespace = bundle.namespace().unwrap_or_default();
         let api: Api<RuleBundle> = Api::namespaced(ctx.client.clone(), &namespace);
-        patch_status(&api, &bundle.name_any(), &next).await?;
+        let written = patch_status(&api, &bundle.name_any(), &next).await?;
+        let before = bundle.resource_version();
+        ctx.remember_status_write(&bundle.uid().unwrap_or_default(), before, written);
     }
     Ok((reason, count_in))
+}
+
+/// The reason the bundle's Ready condition gives (`Succeeded` when there is none).
+fn current_reason(bundle: &RuleBundle) -> BundleReason {
+    bundle
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .and_then(|c| BundleReason::parse(&c.reason))
+        .unwrap_or(BundleReason::Succeeded)
 }
 
 /// Plans the bundle, and unless its ConfigMap already holds that plan's revision (and

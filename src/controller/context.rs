@@ -120,6 +120,9 @@ pub struct State {
     /// Per bundle uid: when its nodes' rollout was last counted (see
     /// [`Context::count_rollout`]).
     rollouts: Mutex<HashMap<String, Instant>>,
+    /// Per bundle uid: the resourceVersions before and after this controller's last status
+    /// write (see [`Context::behind_own_write`]).
+    status_writes: Mutex<HashMap<String, (String, String)>>,
 }
 
 impl Default for State {
@@ -136,6 +139,7 @@ impl Default for State {
             verified: Mutex::default(),
             requirements: Mutex::default(),
             rollouts: Mutex::default(),
+            status_writes: Mutex::default(),
         }
     }
 }
@@ -345,6 +349,29 @@ impl Context {
             .collect()
     }
 
+    /// Remembers that this controller's status write moved the bundle `uid` from the
+    /// resourceVersion `before` to `after`.
+    pub fn remember_status_write(&self, uid: &str, before: Option<String>, after: Option<String>) {
+        if let (Ok(mut w), Some(before), Some(after)) =
+            (self.state.status_writes.lock(), before, after)
+        {
+            w.insert(uid.to_string(), (before, after));
+        }
+    }
+
+    /// Whether the cache still holds the bundle `uid` as it was before this controller's
+    /// last status write (at `resource_version`): a reconcile woken by the ConfigMap it
+    /// just wrote would see its old status and do the work again (a second ConfigMap
+    /// write, Event and status write). The write's own watch event wakes it once the
+    /// cache has it.
+    pub fn behind_own_write(&self, uid: &str, resource_version: Option<&str>) -> bool {
+        let Ok(w) = self.state.status_writes.lock() else {
+            return false;
+        };
+        w.get(uid)
+            .is_some_and(|(before, _)| Some(before.as_str()) == resource_version)
+    }
+
     /// Whether the rollout of the bundle `uid` is counted now: always when the bundle moved
     /// (`moved`: a new generation or revision), else at most once per [`ROLLOUT_EVERY`];
     /// `Err` holds how long until the next count.
@@ -461,6 +488,9 @@ impl Context {
         if let Ok(mut r) = self.state.rollouts.lock() {
             r.retain(|uid, _| bundle(uid));
         }
+        if let Ok(mut w) = self.state.status_writes.lock() {
+            w.retain(|uid, _| bundle(uid));
+        }
         for counts in [&self.state.api_failures, &self.state.bundle_failures] {
             if let Ok(mut c) = counts.lock() {
                 c.retain(|uid, _| sources.contains(uid) || bundle(uid));
@@ -519,8 +549,13 @@ pub fn stored_key(artifact: &Artifact) -> Option<Digest> {
         .or_else(|| Digest::parse(&artifact.digest).ok())
 }
 
-/// Writes an object's status with server-side apply under ocisync's field manager.
-pub async fn patch_status<K>(api: &Api<K>, name: &str, status: &impl Serialize) -> Result<(), Error>
+/// Writes an object's status with server-side apply under ocisync's field manager; returns
+/// the object's new resourceVersion.
+pub async fn patch_status<K>(
+    api: &Api<K>,
+    name: &str,
+    status: &impl Serialize,
+) -> Result<Option<String>, Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
 {
@@ -529,14 +564,15 @@ where
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(body),
-    )
-    .await
-    .map_err(Error::Kube)?;
-    Ok(())
+    let written = api
+        .patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await
+        .map_err(Error::Kube)?;
+    Ok(written.meta().resource_version.clone())
 }
 
 #[cfg(test)]
