@@ -171,8 +171,11 @@ one_size() {
 	echo "$n $ready $cpu $peak $idle $shared $writes $start_writes"
 }
 
+# Each size but the last is deleted (and gone) before the next starts: the API server
+# slows as etcd fills, and a size should not pay for the ones before it.
 last_ns=
 for n in "${SIZES[@]}"; do
+	[[ -n $last_ns ]] && kubectl delete namespace "$last_ns" --timeout=600s >/dev/null
 	one_size "$n" >>"$work/series"
 done
 # the API server's own rate for the same writes, against the largest size's bundles (the

@@ -6,7 +6,9 @@ meet a condition; prints the seconds since START (a Unix time, default: now).
 
 PATH is the collection's API path (/apis/ocisync.dev/v1alpha1/namespaces/NS/rulebundles,
 /api/v1/namespaces/NS/configmaps?labelSelector=...). CONDITION is `ready` (a Ready condition
-with status True) or `data KEY TEXT` (data[KEY] contains TEXT).
+with status True), `data KEY TEXT` (data[KEY] contains TEXT), `rolled-out` (a bundle's
+status.nodes counts every desired node updated, and some are desired) or `desired N` (a
+bundle's status.nodes.desired is N).
 
 The benchmarks used to poll with `kubectl get -o json` every 0.2 s: at thousands of objects
 each poll lists them all, and the polling took as much of the API server as the system
@@ -50,6 +52,11 @@ def meets(obj, condition, args):
     if condition == "data":
         key, text = args
         return text in ((obj.get("data") or {}).get(key) or "")
+    nodes = (obj.get("status") or {}).get("nodes") or {}
+    if condition == "rolled-out":
+        return nodes.get("desired", 0) > 0 and nodes.get("updated") == nodes.get("desired")
+    if condition == "desired":
+        return nodes.get("desired") == int(args[0])
     raise SystemExit(f"unknown condition {condition}")
 
 

@@ -153,12 +153,11 @@ pub async fn for_source(
         return Ok((highest, None));
     }
     let namespace = source.namespace().unwrap_or_default();
-    let bundles = ctx.bundles.state();
-    let consumer = oldest_consumer(
-        bundles.iter().map(|b| b.as_ref()),
-        &namespace,
-        &source.name_any(),
-    );
+    let name = source.name_any();
+    let bundles: Vec<_> = (ctx.source_users.of(&namespace, &name).iter())
+        .filter_map(|b| ctx.bundles.get(b))
+        .collect();
+    let consumer = oldest_consumer(bundles.iter().map(|b| b.as_ref()), &namespace, &name);
     let Some(consumer) = consumer else {
         return Ok((highest, None));
     };
