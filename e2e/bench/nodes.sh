@@ -55,6 +55,14 @@ for line in sys.stdin:
 print(int(n))'
 }
 
+# RuleBundle reconciles so far, from the controller's /metrics on port $1.
+reconciles() {
+	curl -sf "http://127.0.0.1:$1/metrics" | python3 -c '
+import sys
+print(int(sum(float(l.rsplit(" ", 1)[1]) for l in sys.stdin
+              if l.startswith("ocisync_reconciles_total{") and "kind=\"RuleBundle\"" in l)))'
+}
+
 bundle() { # ns name [zone]
 	local selector="{matchLabels: {bench: \"$1\"}}"
 	[[ -n ${3:-} ]] && selector="{matchLabels: {bench: \"$1\", bench-zone: \"$3\"}}"
@@ -62,7 +70,8 @@ bundle() { # ns name [zone]
 		"$2" "$1" "$selector"
 }
 
-# One size: prints "n rollout_s cpu_s status_writes rss_before rss_after relabel_writes".
+# One size: prints "n rollout_s cpu_s status_writes rss_before rss_after relabel_writes
+# relabel_reconciles".
 one_size() {
 	local n=$1 ns port i
 	ns=bench-nodes-$n-$(date +%s)
@@ -139,19 +148,22 @@ for b in json.load(sys.stdin)["items"]:
 	z0=$(kubectl get rulebundle -n "$ns" zone-0 -o jsonpath='{.status.nodes.desired}')
 	z1=$(kubectl get rulebundle -n "$ns" zone-1 -o jsonpath='{.status.nodes.desired}')
 	writes_before=$(status_writes)
+	local reconciled
+	reconciled=$(reconciles "$port")
 	kubectl label node "$moved" bench-zone=z1 --overwrite >/dev/null
 	"$WATCH" "/apis/ocisync.dev/v1alpha1/namespaces/$ns/rulebundles?fieldSelector=metadata.name%3Dzone-0" \
 		1 desired $((z0 - 1)) --deadline 60 >/dev/null
 	"$WATCH" "/apis/ocisync.dev/v1alpha1/namespaces/$ns/rulebundles?fieldSelector=metadata.name%3Dzone-1" \
 		1 desired $((z1 + 1)) --deadline 60 >/dev/null
 	relabel=$(($(status_writes) - writes_before))
-	echo "nodes $n: relabel of one node from zone 0 to zone 1: $relabel status writes (zone-0 and zone-1 move)" >&2
+	reconciled=$(($(reconciles "$port") - reconciled))
+	echo "nodes $n: relabel of one node from zone 0 to zone 1: $relabel status writes, $reconciled bundle reconciles (zone-0 and zone-1 move)" >&2
 	kill -TERM "$ctl"
 	wait "$ctl" || true
 	ctl=
 	kubectl delete nodes -l "bench=$ns" --wait=false >/dev/null 2>&1 || true
 	kubectl delete nodereports -l "bench=$ns" --wait=false >/dev/null 2>&1 || true
-	echo "$n $rolled $cpu $writes $rss_before $rss_after $relabel"
+	echo "$n $rolled $cpu $writes $rss_before $rss_after $relabel $reconciled"
 }
 
 for n in "${SIZES[@]}"; do
@@ -160,17 +172,17 @@ done
 python3 - "$work/series" >"$work/table" <<-'PY'
 	import sys
 	rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
-	print("| Nodes (with NodeReports) | every bundle's status.nodes complete after the first report | controller CPU in it (per 1,000 nodes) | bundle status writes in it | controller RSS before the Nodes / after (per node) | status writes for a relabel of one node |")
+	print("| Nodes (with NodeReports) | every bundle's status.nodes complete after the first report | controller CPU in it (per 1,000 nodes) | bundle status writes in it | controller RSS before the Nodes / after (per node) | a relabel of one node: status writes, bundle reconciles |")
 	print("|---|---|---|---|---|---|")
-	for n, rolled, cpu, writes, before, after, relabel in rows:
+	for n, rolled, cpu, writes, before, after, relabel, reconciled in rows:
 	    per = (float(after) - float(before)) * 1024 / int(n)
-	    print(f"| {int(n):,} | {float(rolled):.1f} s | {float(cpu):.1f} s ({float(cpu) * 1000 / int(n):.2f} s) | {writes} | {before} / {after} MiB ({per:.1f} KiB) | {relabel} |")
+	    print(f"| {int(n):,} | {float(rolled):.1f} s | {float(cpu):.1f} s ({float(cpu) * 1000 / int(n):.2f} s) | {writes} | {before} / {after} MiB ({per:.1f} KiB) | {relabel}, {reconciled} |")
 PY
 cat "$work/table"
 largest=${SIZES[-1]}
-read -r _ rolled cpu writes _ _ relabel <<<"$(tail -1 "$work/series")"
+read -r _ rolled cpu writes _ _ relabel reconciled <<<"$(tail -1 "$work/series")"
 row Scale "$largest Nodes with NodeReports (11 nodeFiles bundles): every status.nodes complete after the first report" "$rolled s (controller CPU $cpu s, $writes status writes)" "—" "—"
-row Scale "relabel of one node among $largest: bundle status writes" "$relabel (the two bundles whose selection moved)" "—" "—"
+row Scale "relabel of one node among $largest (11 bundles): status writes, bundle reconciles" "$relabel, $reconciled (the two bundles whose selection moved)" "—" "—"
 if [[ -n ${BENCH_SECTIONS:-} ]]; then
 	{
 		echo
