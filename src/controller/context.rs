@@ -120,9 +120,9 @@ pub struct State {
     /// Per bundle uid: when its nodes' rollout was last counted (see
     /// [`Context::count_rollout`]).
     rollouts: Mutex<HashMap<String, Instant>>,
-    /// Per bundle uid: the resourceVersions before and after this controller's last status
-    /// write (see [`Context::behind_own_write`]).
-    status_writes: Mutex<HashMap<String, (String, String)>>,
+    /// Per bundle uid: the resourceVersion before this controller's last status write
+    /// that moved it, and when (see [`Context::behind_own_write`]).
+    status_writes: Mutex<HashMap<String, (String, Instant)>>,
 }
 
 impl Default for State {
@@ -156,6 +156,10 @@ pub const MAX_VERIFIED: usize = 4096;
 /// (a pass over every node) and the status write happen at most once a second, not once
 /// per report.
 pub const ROLLOUT_EVERY: Duration = Duration::from_secs(1);
+
+/// The longest a bundle reconcile waits for the cache to hold this controller's own last
+/// status write (see [`Context::behind_own_write`]).
+pub const OWN_WRITE_WAIT: Duration = Duration::from_secs(30);
 
 /// How many content checks run at once, whatever `--concurrency`: their memory adds up.
 pub const CONCURRENT_CHECKS: usize = 2;
@@ -350,26 +354,39 @@ impl Context {
     }
 
     /// Remembers that this controller's status write moved the bundle `uid` from the
-    /// resourceVersion `before` to `after`.
+    /// resourceVersion `before` to `after`. A write that changed nothing (the same
+    /// resourceVersion: another field manager keeps a field this one leaves out) brings no
+    /// watch event, and is not remembered.
     pub fn remember_status_write(&self, uid: &str, before: Option<String>, after: Option<String>) {
-        if let (Ok(mut w), Some(before), Some(after)) =
-            (self.state.status_writes.lock(), before, after)
-        {
-            w.insert(uid.to_string(), (before, after));
+        let Ok(mut w) = self.state.status_writes.lock() else {
+            return;
+        };
+        match (before, after) {
+            (Some(before), Some(after)) if before != after => {
+                w.insert(uid.to_string(), (before, Instant::now()));
+            }
+            _ => {
+                w.remove(uid);
+            }
         }
     }
 
     /// Whether the cache still holds the bundle `uid` as it was before this controller's
-    /// last status write (at `resource_version`): a reconcile woken by the ConfigMap it
-    /// just wrote would see its old status and do the work again (a second ConfigMap
-    /// write, Event and status write). The write's own watch event wakes it once the
-    /// cache has it.
+    /// last status write (at `resource_version`), within [`OWN_WRITE_WAIT`] of it: a
+    /// reconcile woken by the ConfigMap it just wrote would see its old status and do the
+    /// work again (a second ConfigMap write, Event and status write). The write's own watch
+    /// event wakes it once the cache has it; past the wait, the reconcile runs anyway.
     pub fn behind_own_write(&self, uid: &str, resource_version: Option<&str>) -> bool {
-        let Ok(w) = self.state.status_writes.lock() else {
+        let Ok(mut w) = self.state.status_writes.lock() else {
             return false;
         };
-        w.get(uid)
-            .is_some_and(|(before, _)| Some(before.as_str()) == resource_version)
+        let behind = w.get(uid).is_some_and(|(before, at)| {
+            Some(before.as_str()) == resource_version && at.elapsed() < OWN_WRITE_WAIT
+        });
+        if !behind {
+            w.remove(uid);
+        }
+        behind
     }
 
     /// Whether the rollout of the bundle `uid` is counted now: always when the bundle moved
@@ -421,7 +438,7 @@ impl Context {
         let event = Event {
             type_,
             reason: reason.to_string(),
-            note: Some(note.chars().take(1000).collect()),
+            note: Some(truncated(note, MAX_NOTE_BYTES).to_string()),
             action: action.to_string(),
             secondary: None,
         };
@@ -518,6 +535,18 @@ fn is_final(reason: BundleReason) -> bool {
     )
 }
 
+/// An Event's note is at most 1 KiB (the API server refuses longer ones).
+const MAX_NOTE_BYTES: usize = 1000;
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+pub fn truncated(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 fn clear(counts: &Mutex<HashMap<String, u32>>, uid: &str) {
     if let Ok(mut c) = counts.lock() {
         c.remove(uid);
@@ -578,6 +607,34 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notes_are_cut_on_a_character_boundary() {
+        assert_eq!(truncated("abc", 2), "ab");
+        assert_eq!(truncated("abc", 10), "abc");
+        let wide = "é".repeat(600); // 1,200 bytes
+        let cut = truncated(&wide, MAX_NOTE_BYTES);
+        assert_eq!(cut.len(), 1000);
+        assert!(cut.chars().all(|c| c == 'é'));
+        assert_eq!(truncated("aé", 2), "a");
+    }
+
+    #[tokio::test]
+    async fn a_write_that_changed_nothing_does_not_hold_the_bundle_back() {
+        let (client, _api) = crate::mock_api::pair();
+        let (_root, ctx) = super::super::mock_tests::bare_context(client);
+        // a write that moved the object: the cache at the old version is behind
+        ctx.remember_status_write("u", Some("1".into()), Some("2".into()));
+        assert!(ctx.behind_own_write("u", Some("1")));
+        assert!(!ctx.behind_own_write("u", Some("2")));
+        // once caught up, the old version no longer counts (the entry is gone)
+        assert!(!ctx.behind_own_write("u", Some("1")));
+        // a write the API server found unchanged brings no event: never behind
+        ctx.remember_status_write("u", Some("2".into()), Some("2".into()));
+        assert!(!ctx.behind_own_write("u", Some("2")));
+        ctx.remember_status_write("u", Some("2".into()), None);
+        assert!(!ctx.behind_own_write("u", Some("2")));
+    }
 
     #[test]
     fn a_status_names_its_store_key_in_its_url() {

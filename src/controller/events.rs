@@ -9,8 +9,7 @@
 //! swept at most once per [`SWEEP_EVERY`], and at most [`MAX_SERIES`] keys are held.
 
 use std::collections::HashMap;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -31,6 +30,7 @@ pub const MAX_SERIES: usize = 65_536;
 pub struct Recorder {
     client: Client,
     reporter: Reporter,
+    keys: RandomState,
     series: Mutex<Series>,
 }
 
@@ -75,8 +75,7 @@ impl Series {
     /// Remembers that the Event `key` named `name` counts `count` at `now`.
     pub fn record(&mut self, key: u64, name: String, count: i32, now: Instant) {
         if self.by_key.len() >= MAX_SERIES && !self.by_key.contains_key(&key) {
-            self.swept = None;
-            self.sweep(now);
+            self.sweep(now); // at most once a minute, like any sweep
             if self.by_key.len() >= MAX_SERIES {
                 self.by_key.clear(); // bounded: repeats start new Events for a while
             }
@@ -104,10 +103,10 @@ impl Series {
     }
 }
 
-/// An Event's key: what a repeat shares with its first.
-pub fn key_of(event: &Event, object: &ObjectReference) -> u64 {
-    let mut h = DefaultHasher::new();
-    (
+/// An Event's key: what a repeat shares with its first, hashed with this process's
+/// random keys (a tenant cannot aim a collision at another object's series).
+pub fn key_of(keys: &RandomState, event: &Event, object: &ObjectReference) -> u64 {
+    keys.hash_one((
         &object.kind,
         &object.namespace,
         &object.name,
@@ -116,9 +115,7 @@ pub fn key_of(event: &Event, object: &ObjectReference) -> u64 {
         &event.reason,
         &event.action,
         &event.note,
-    )
-        .hash(&mut h);
-    h.finish()
+    ))
 }
 
 impl Recorder {
@@ -126,13 +123,14 @@ impl Recorder {
         Recorder {
             client,
             reporter,
+            keys: RandomState::new(),
             series: Mutex::default(),
         }
     }
 
     /// Creates the Event on `object`, or counts a repeat into the first one.
     pub async fn publish(&self, event: &Event, object: &ObjectReference) -> kube::Result<()> {
-        let key = key_of(event, object);
+        let key = key_of(&self.keys, event, object);
         let now = Instant::now();
         let step = match self.series.lock() {
             Ok(mut s) => s.step(key, now),
@@ -172,7 +170,8 @@ impl Recorder {
     fn event(&self, event: &Event, object: &ObjectReference) -> K8sEvent {
         let now = jiff::Timestamp::now();
         let controller = &self.reporter.controller;
-        let name = object.name.as_deref().unwrap_or(controller);
+        // a name of at most 253 characters, as the API server requires
+        let name = super::context::truncated(object.name.as_deref().unwrap_or(controller), 200);
         K8sEvent {
             metadata: ObjectMeta {
                 name: Some(format!("{name}.{:x}", now.as_nanosecond())),
@@ -240,9 +239,10 @@ mod tests {
 
     #[test]
     fn a_repeat_within_the_ttl_counts_into_the_first_event() {
+        let keys = RandomState::new();
         let mut s = Series::default();
         let t0 = Instant::now();
-        let k = key_of(&event("a"), &object("b1"));
+        let k = key_of(&keys, &event("a"), &object("b1"));
         assert_eq!(s.step(k, t0), Step::Create);
         s.record(k, "b1.1".into(), 1, t0);
         let later = t0 + Duration::from_secs(30);
@@ -262,18 +262,19 @@ mod tests {
 
     #[test]
     fn keys_differ_by_object_note_type_and_reason() {
-        let base = key_of(&event("a"), &object("b1"));
-        assert_ne!(base, key_of(&event("b"), &object("b1")));
-        assert_ne!(base, key_of(&event("a"), &object("b2")));
+        let keys = RandomState::new();
+        let base = key_of(&keys, &event("a"), &object("b1"));
+        assert_ne!(base, key_of(&keys, &event("b"), &object("b1")));
+        assert_ne!(base, key_of(&keys, &event("a"), &object("b2")));
         let mut warning = event("a");
         warning.type_ = EventType::Warning;
-        assert_ne!(base, key_of(&warning, &object("b1")));
+        assert_ne!(base, key_of(&keys, &warning, &object("b1")));
         let mut reason = event("a");
         reason.reason = "Other".into();
-        assert_ne!(base, key_of(&reason, &object("b1")));
+        assert_ne!(base, key_of(&keys, &reason, &object("b1")));
         let mut other_uid = object("b1");
         other_uid.uid = Some("uid-new".into());
-        assert_ne!(base, key_of(&event("a"), &other_uid));
+        assert_ne!(base, key_of(&keys, &event("a"), &other_uid));
     }
 
     #[test]

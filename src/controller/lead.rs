@@ -200,6 +200,7 @@ fn bundle_watch(
     impl futures_util::Stream<Item = Result<RuleBundle, watcher::Error>>,
 ) {
     let (reader, writer) = reflector::store();
+    let listed = reader.clone();
     let events = watcher(api, watcher::Config::default().any_semantic())
         .backoff(crate::backoff::controller_watch())
         .modify(|b| b.metadata.managed_fields = None)
@@ -208,8 +209,24 @@ fn bundle_watch(
             event
         })
         .reflect(writer)
-        .applied_objects();
+        .flat_map(move |event| futures_util::stream::iter(to_reconcile(event, &listed)));
     (reader, events)
+}
+
+/// The bundles one event of their watch wakes. A relist's bundles are woken once it is
+/// complete (the cache swaps to the new list then): woken page by page, a bundle created
+/// while the watch was down would not be in the cache yet, and its reconcile would be
+/// dropped.
+fn to_reconcile(
+    event: Result<watcher::Event<RuleBundle>, watcher::Error>,
+    listed: &reflector::Store<RuleBundle>,
+) -> Vec<Result<RuleBundle, watcher::Error>> {
+    match event {
+        Ok(watcher::Event::Apply(b)) => vec![Ok(b)],
+        Ok(watcher::Event::InitDone) => listed.state().iter().map(|b| Ok((**b).clone())).collect(),
+        Ok(_) => Vec::new(),
+        Err(e) => vec![Err(e)],
+    }
 }
 
 /// The ConfigMaps ocisync wrote, by label and metadata only: an edit or a deletion wakes
@@ -283,5 +300,47 @@ fn spawn_gc(ctx: Arc<Context>, stop: CancellationToken) -> tokio::task::JoinHand
 async fn log_error<T, E: std::fmt::Display>(kind: &'static str, result: Result<T, E>) {
     if let Err(e) = result {
         tracing::debug!(kind, error = %e, "reconcile");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relist_wakes_its_bundles_once_the_cache_holds_them() {
+        let (reader, mut writer) = reflector::store::<RuleBundle>();
+        let bundle = |name: &str| {
+            let mut b = RuleBundle::new(name, Default::default());
+            b.metadata.namespace = Some("team".into());
+            b
+        };
+        let names = |woken: Vec<Result<RuleBundle, watcher::Error>>| -> Vec<String> {
+            woken
+                .into_iter()
+                .filter_map(|b| b.ok()?.metadata.name)
+                .collect()
+        };
+        let mut woken = Vec::new();
+        for event in [
+            watcher::Event::Init,
+            watcher::Event::InitApply(bundle("b1")),
+            watcher::Event::InitApply(bundle("b2")),
+            watcher::Event::InitDone,
+        ] {
+            writer.apply_watcher_event(&event);
+            let now = names(to_reconcile(Ok(event), &reader));
+            woken.push(now);
+        }
+        assert!(woken[..3].iter().all(Vec::is_empty), "{woken:?}");
+        let mut all = woken[3].clone();
+        all.sort();
+        assert_eq!(all, ["b1", "b2"]);
+        // between relists, each change wakes its bundle
+        let applied = watcher::Event::Apply(bundle("b3"));
+        writer.apply_watcher_event(&applied);
+        assert_eq!(names(to_reconcile(Ok(applied), &reader)), ["b3"]);
+        let deleted = watcher::Event::Delete(bundle("b3"));
+        assert!(to_reconcile(Ok(deleted), &reader).is_empty());
     }
 }

@@ -85,6 +85,14 @@ fn context(
     })
 }
 
+/// A context over an empty store, with nothing cached (the store's directory is kept
+/// with the returned guard).
+pub(super) fn bare_context(client: Client) -> (tempfile::TempDir, Arc<Context>) {
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(root.path()).unwrap();
+    (root, context(client, store, Vec::new(), &[], &[]))
+}
+
 /// A store holding one revision per name (one file each); their store keys.
 fn store_with(names: &[&str]) -> (tempfile::TempDir, Store, Vec<Digest>) {
     let root = tempfile::tempdir().unwrap();

@@ -89,6 +89,9 @@ fn woken_by(
         }
         watcher::Event::Init | watcher::Event::InitApply(_) => return Vec::new(),
     };
+    if old == new {
+        return Vec::new(); // a status or annotation change: no bundle scan
+    }
     relabeled(&bundles.state(), old.as_ref(), new.as_ref())
 }
 
