@@ -96,15 +96,18 @@ run_one() {
 # target/fuzz-stats/<target>.json: what libFuzzer reported at the end of the run.
 write_stats() {
 	local t=$1 seconds=$2 log=$3 status=$4
-	local execs rate cov ft corpus crashes
+	local execs rate cov ft corpus crashes slow
 	execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
 	rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
 	cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1 | grep -oE '[0-9]+' || true)
 	ft=$(grep -oE 'ft: [0-9]+' "$log" | tail -1 | grep -oE '[0-9]+' || true)
 	corpus=$(find "$WORK/$t" -type f | wc -l)
-	crashes=$(find "$ARTIFACTS/$t" -type f | wc -l)
+	# findings: crashes, timeouts, out-of-memory; a slow unit (over 10 s of wall time, which
+	# a niced fuzzer on a busy machine also reports) is counted apart, to be timed again
+	crashes=$(find "$ARTIFACTS/$t" -type f \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' -o -name 'leak-*' \) | wc -l)
+	slow=$(find "$ARTIFACTS/$t" -type f -name 'slow-unit-*' | wc -l)
 	cat >"$STATS/$t.json" <<-EOF
-		{"target": "$t", "seconds": $seconds, "execs": ${execs:-0}, "execs_per_sec": ${rate:-0}, "coverage": ${cov:-0}, "features": ${ft:-0}, "corpus": $corpus, "crashes": $crashes, "exit": $status}
+		{"target": "$t", "seconds": $seconds, "execs": ${execs:-0}, "execs_per_sec": ${rate:-0}, "coverage": ${cov:-0}, "features": ${ft:-0}, "corpus": $corpus, "crashes": $crashes, "slow_units": $slow, "exit": $status}
 	EOF
 	cat "$STATS/$t.json" >&2
 }
@@ -188,13 +191,13 @@ stats_table() {
 	{
 		echo "# Fuzzing campaign"
 		echo
-		echo "Written by \`fuzz/run.sh stats\` from target/fuzz-stats/*.json; $(date -u +%Y-%m-%d), $(nproc) cores, one target at a time."
+		echo "Written by \`fuzz/run.sh stats\` from target/fuzz-stats/*.json; $(date -u +%Y-%m-%d), $(nproc) cores. How each target's run went (when, beside what, from which commit): bench/FAULTS.md."
 		echo
-		echo "| target | seconds | execs | exec/s | coverage (cov) | features (ft) | corpus | crashes |"
-		echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+		echo "| target | seconds | execs | exec/s | coverage (cov) | features (ft) | corpus | crashes | slow units |"
+		echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 		for f in "$STATS"/*.json; do
 			[[ -f $f ]] || continue
-			python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("| {target} | {seconds} | {execs} | {execs_per_sec} | {coverage} | {features} | {corpus} | {crashes} |".format(**d))' "$f"
+			python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d.setdefault("slow_units", "-"); print("| {target} | {seconds} | {execs} | {execs_per_sec} | {coverage} | {features} | {corpus} | {crashes} | {slow_units} |".format(**d))' "$f"
 		done
 	} >"$FUZZ/STATS.md"
 	cat "$FUZZ/STATS.md"
