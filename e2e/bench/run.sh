@@ -12,7 +12,7 @@ BENCH_SECTIONS=$(mktemp /tmp/ocisync-bench-sections.XXXXXX)
 trap 'rm -f "$BENCH_RESULTS" "$BENCH_SECTIONS"' EXIT
 source e2e/bench/lib.sh
 [[ -x $BIN ]] || cargo build --release --locked
-for part in ${BENCH_PARTS:-pull changes scale fanout plugins propagation webhook agent verify}; do
+for part in ${BENCH_PARTS:-pull changes scale nodes fanout plugins propagation webhook agent verify}; do
 	echo "=== $part"
 	"e2e/bench/$part.sh"
 done
