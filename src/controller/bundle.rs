@@ -92,7 +92,7 @@ async fn reconcile_inner(
         let api: Api<RuleBundle> = Api::namespaced(ctx.client.clone(), &namespace);
         let written = patch_status(&api, &bundle.name_any(), &next).await?;
         let before = bundle.resource_version();
-        ctx.remember_status_write(&bundle.uid().unwrap_or_default(), before, written);
+        ctx.remember_status_write(&uid, before, written);
     }
     Ok((reason, count_in))
 }
