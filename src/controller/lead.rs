@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::Reporter;
@@ -150,7 +151,7 @@ impl SourceWatch {
         let (events, for_bundles) = (subscribe()?, subscribe()?);
         let watch = watcher(api, watcher::Config::default().any_semantic())
             .backoff(crate::backoff::controller_watch())
-            .modify(|s| s.metadata.managed_fields = None)
+            .modify(|s| slim(&mut s.metadata))
             .reflect_shared(writer)
             .for_each(|event| async move {
                 if let Err(e) = event {
@@ -203,7 +204,7 @@ fn bundle_watch(
     let listed = reader.clone();
     let events = watcher(api, watcher::Config::default().any_semantic())
         .backoff(crate::backoff::controller_watch())
-        .modify(|b| b.metadata.managed_fields = None)
+        .modify(|b| slim(&mut b.metadata))
         .map_ok(move |event| {
             users.apply(&event);
             event
@@ -229,8 +230,8 @@ fn to_reconcile(
     }
 }
 
-/// The ConfigMaps ocisync wrote, by label and metadata only: an edit or a deletion wakes
-/// the owning bundle, which puts it back.
+/// The ConfigMaps ocisync wrote, by label and metadata only (without managedFields, which
+/// were most of it): an edit or a deletion wakes the owning bundle, which puts it back.
 fn managed_config_maps(
     api: Api<PartialObjectMeta<ConfigMap>>,
 ) -> (
@@ -244,6 +245,7 @@ fn managed_config_maps(
         watcher::Config::default().labels(&managed).any_semantic(),
     )
     .backoff(crate::backoff::controller_watch())
+    .modify(|cm| slim(&mut cm.metadata))
     .reflect(writer)
     .touched_objects();
     (reader, events)
@@ -262,7 +264,7 @@ fn node_reports(
         watcher::Config::default().any_semantic(),
     )
     .backoff(crate::backoff::controller_watch())
-    .modify(|r| r.metadata.managed_fields = None)
+    .modify(|r| slim(&mut r.metadata))
     .reflect(writer)
     .touched_objects();
     (reader, events)
@@ -297,6 +299,18 @@ fn spawn_gc(ctx: Arc<Context>, stop: CancellationToken) -> tokio::task::JoinHand
     })
 }
 
+/// kubectl's copy of what was last applied client-side: a second copy of the object.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// What a cache keeps of an object's metadata: no managed fields and no `LAST_APPLIED`,
+/// which together are often most of an object and are never read here.
+fn slim(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
 async fn log_error<T, E: std::fmt::Display>(kind: &'static str, result: Result<T, E>) {
     if let Err(e) = result {
         tracing::debug!(kind, error = %e, "reconcile");
@@ -306,6 +320,49 @@ async fn log_error<T, E: std::fmt::Display>(kind: &'static str, result: Result<T
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mock_api;
+    use kube::ResourceExt;
+    use kube::runtime::reflector::ObjectRef;
+
+    #[tokio::test]
+    async fn the_config_map_cache_holds_no_managed_fields_or_last_applied_copy() {
+        let (client, mut server) = mock_api::pair();
+        let (reader, events) = managed_config_maps(Api::all(client));
+        let watch = tokio::spawn(events.for_each(|_| async {}));
+        let listed = serde_json::json!({
+            "apiVersion": "meta.k8s.io/v1",
+            "kind": "PartialObjectMetadataList",
+            "metadata": {"resourceVersion": "7"},
+            "items": [{
+                "apiVersion": "meta.k8s.io/v1",
+                "kind": "PartialObjectMetadata",
+                "metadata": {
+                    "name": "cm", "namespace": "team", "resourceVersion": "6",
+                    "labels": {"app.kubernetes.io/managed-by": "ocisync"},
+                    "annotations": {LAST_APPLIED: "{}", "ocisync.dev/revision": "sha256:1"},
+                    "managedFields": [{"manager": "ocisync", "operation": "Apply",
+                        "fieldsType": "FieldsV1", "fieldsV1": {"f:data": {"f:rules.yaml": {}}}}],
+                },
+            }],
+        });
+        let seen = server
+            .expect("GET", "/api/v1/configmaps", 200, listed)
+            .await;
+        assert!(seen.body.is_null());
+        let ready = tokio::time::timeout(Duration::from_secs(5), reader.wait_until_ready()).await;
+        assert!(matches!(ready, Ok(Ok(()))), "the cache never filled");
+        let cm = reader.get(&ObjectRef::new("cm").within("team"));
+        let cm = cm.expect("the listed ConfigMap is cached");
+        assert!(cm.metadata.managed_fields.is_none(), "{:?}", cm.metadata);
+        assert!(cm.metadata.labels.is_some(), "the labels are kept");
+        let annotations: Vec<_> = cm.annotations().keys().collect();
+        assert_eq!(
+            annotations,
+            ["ocisync.dev/revision"],
+            "only kubectl's copy goes"
+        );
+        watch.abort();
+    }
 
     #[test]
     fn a_relist_wakes_its_bundles_once_the_cache_holds_them() {
