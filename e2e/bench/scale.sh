@@ -28,45 +28,16 @@ cleanup() {
 	rm -rf "$work"
 }
 trap cleanup EXIT
-cargo build --release --locked --example api-floor 2>/dev/null
+cargo build --release --locked --example api-floor --example bench-objects 2>/dev/null
 FLOOR=target/release/examples/api-floor
+# creates the objects of one size, $CONCURRENCY requests at a time (kubectl makes one at a time)
+OBJECTS=target/release/examples/bench-objects
 
 kubectl apply --server-side --field-manager=ocisync -f crds/ >/dev/null
 kubectl wait --for condition=Established --timeout=60s crd --all >/dev/null
 
 push() { # ns file repo
 	"$BIN" push "$2" "$OCISYNC_REGISTRY_PLAIN/$1/$3:1" --type falco-rules --insecure -O json >/dev/null
-}
-
-objects() { # ns n repos
-	local ns=$1 n=$2 repos=$3 i
-	printf -- '---\napiVersion: ocisync.dev/v1alpha1\nkind: ArtifactSource\nmetadata: {name: shared}\nspec: {url: "oci://%s/%s/shared", ref: {tag: "1"}, interval: 1h, insecure: true}\n' \
-		"$OCISYNC_REGISTRY_PLAIN" "$ns"
-	for i in $(seq 1 "$n"); do
-		printf -- '---\napiVersion: ocisync.dev/v1alpha1\nkind: ArtifactSource\nmetadata: {name: s%s}\nspec: {url: "oci://%s/%s/repo%s", ref: {tag: "1"}, interval: 1h, insecure: true}\n' \
-			"$i" "$OCISYNC_REGISTRY_PLAIN" "$ns" "$(((i - 1) % repos + 1))"
-		printf -- '---\napiVersion: ocisync.dev/v1alpha1\nkind: RuleBundle\nmetadata: {name: b%s}\nspec: {sources: [{sourceRef: {name: s%s}}, {sourceRef: {name: shared}}], configMap: {}}\n' "$i" "$i"
-	done
-}
-
-# Creates the objects of `$work/objects.yaml` in $1, four kubectl processes at once.
-create_objects() {
-	local ns=$1 part pids=()
-	rm -f "$work"/part.*
-	csplit -s -z -f "$work/part." "$work/objects.yaml" '/^---$/' '{*}'
-	mkdir -p "$work/parts"
-	rm -f "$work"/parts/*
-	local i=0
-	for part in "$work"/part.*; do
-		cat "$part" >>"$work/parts/$((i % 4))"
-		i=$((i + 1))
-	done
-	rm -f "$work"/part.*
-	for part in "$work"/parts/*; do
-		kubectl create -n "$ns" -f "$part" >/dev/null &
-		pids+=($!)
-	done
-	for p in "${pids[@]}"; do wait "$p"; done
 }
 
 # The API server's request counts (verb resource subresource -> n) from its /metrics.
@@ -116,10 +87,9 @@ one_size() {
 	done
 	printf -- '- macro: shared_v1\n  condition: proc.name = sh\n' >"$work/$ns/shared.yaml"
 	push "$ns" "$work/$ns/shared.yaml" shared
-	objects "$ns" "$n" "$repos" >"$work/objects.yaml"
 	local created_at
 	created_at=$(now)
-	create_objects "$ns"
+	"$OBJECTS" "$ns" "$n" "$repos" "$OCISYNC_REGISTRY_PLAIN" "$CONCURRENCY"
 	echo "size $n: $((n + 1)) sources over $repos repositories and $n bundles created in $(elapsed "$created_at" "$(now)") s" >&2
 
 	local log=$OCISYNC_REGISTRY_PLAIN_LOG before start
@@ -174,14 +144,20 @@ one_size() {
 # Each size but the last is deleted (and gone) before the next starts: the API server
 # slows as etcd fills, and a size should not pay for the ones before it.
 last_ns=
+series_start=$(now)
 for n in "${SIZES[@]}"; do
-	[[ -n $last_ns ]] && kubectl delete namespace "$last_ns" --timeout=600s >/dev/null
+	if [[ -n $last_ns ]]; then
+		deleting=$(now)
+		kubectl delete namespace "$last_ns" --timeout=600s >/dev/null
+		echo "namespace $last_ns deleted in $(elapsed "$deleting" "$(now)") s" >&2
+	fi
 	one_size "$n" >>"$work/series"
 done
 # the API server's own rate for the same writes, against the largest size's bundles (the
 # controller stopped)
 "$FLOOR" "$last_ns" "${SIZES[-1]}" "$CONCURRENCY" >"$work/floor"
 cat "$work/floor" >&2
+echo "the series and its floor took $(elapsed "$series_start" "$(now)" 0) s" >&2
 
 python3 - "$work/series" "$work/floor" >"$work/table" <<-'PY'
 	import math, sys

@@ -49,6 +49,29 @@ pub fn source_state(source: Option<&ArtifactSource>) -> SourceState<'_> {
     }
 }
 
+/// Whether a bundle's sources all exist and those not Ready only wait for their first check
+/// (no status yet, not suspended; at least one). A bundle with no status of its own then
+/// waits without writing one or an Event: the sources' first status wakes it, and a
+/// thousand bundles created with their sources do not each report a wait that ends in
+/// seconds. A missing, suspended, failing or refused source is reported at once.
+pub fn awaits_first_check<S: std::ops::Deref<Target = ArtifactSource>>(
+    spec: &RuleBundleSpec,
+    lookup: impl Fn(&str) -> Option<S>,
+) -> bool {
+    let mut unchecked = false;
+    for s in &spec.sources {
+        let Some(source) = lookup(&s.source_ref.name) else {
+            return false;
+        };
+        if source.status.is_none() && !source.spec.suspend {
+            unchecked = true;
+        } else if !matches!(source_state(Some(&source)), SourceState::Ready(_)) {
+            return false;
+        }
+    }
+    unchecked
+}
+
 /// One file of the bundle.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlannedFile {

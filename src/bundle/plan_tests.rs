@@ -254,6 +254,48 @@ fn source_state_needs_ready_for_the_current_generation() {
 }
 
 #[test]
+fn only_sources_not_checked_yet_let_a_new_bundle_wait_quietly() {
+    let unchecked = || {
+        let mut s = object(1, None, None);
+        s.status = None;
+        s
+    };
+    let ready = || object(1, Some((Status::True, 1)), Some(artifact("1@x", &["a"])));
+    let failed = || object(1, Some((Status::False, 1)), None);
+    let suspended = || {
+        let mut s = unchecked();
+        s.spec.suspend = true;
+        s
+    };
+    let quiet = |a: Option<ArtifactSource>, b: Option<ArtifactSource>| {
+        let both = spec(vec![source("a", &[]), source("b", &[])]);
+        awaits_first_check(&both, |name| {
+            match name {
+                "a" => a.clone(),
+                _ => b.clone(),
+            }
+            .map(Box::new)
+        })
+    };
+    assert!(quiet(Some(unchecked()), Some(ready())));
+    assert!(quiet(Some(unchecked()), Some(unchecked())));
+    assert!(!quiet(Some(ready()), Some(ready())), "nothing to wait for");
+    assert!(!quiet(Some(unchecked()), None), "a missing source is news");
+    assert!(
+        !quiet(Some(unchecked()), Some(failed())),
+        "so is a failing one"
+    );
+    assert!(
+        !quiet(Some(suspended()), Some(ready())),
+        "a suspended one is never checked"
+    );
+    assert!(!quiet(
+        Some(ready()),
+        Some(object(2, Some((Status::True, 1)), None))
+    ));
+}
+
+#[test]
 fn a_source_with_verify_is_usable_only_with_a_verified_artifact() {
     let a = artifact("1@x", &["a"]);
     let mut unverified = object(2, Some((Status::True, 2)), Some(a.clone()));

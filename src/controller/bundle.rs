@@ -34,6 +34,10 @@ const RESYNC: Duration = Duration::from_secs(600);
 /// looked at again, if its watch has not brought the write by then.
 const BEHIND_OWN_WRITE: Duration = Duration::from_secs(5);
 
+/// How long a new bundle waits for its sources' first check before it looks again (their
+/// first status write wakes it sooner; see [`plan::awaits_first_check`]).
+const FIRST_CHECK_WAIT: Duration = Duration::from_secs(30);
+
 pub async fn reconcile(bundle: Arc<RuleBundle>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = reconcile_inner(&bundle, &ctx).await;
@@ -82,6 +86,9 @@ async fn reconcile_inner(
     let now = now_rfc3339();
     let (next, reason, count_in) = match bring_up_to_date(bundle, ctx, &prev).await {
         Ok((plan, cm_name)) => applied(bundle, ctx, &prev, &plan, cm_name, &now).await,
+        Err(p) if bundle.status.is_none() && awaits_first_check(bundle, ctx, &p) => {
+            return Ok((p.reason, Some(FIRST_CHECK_WAIT)));
+        }
         Err(problem) => {
             let (next, reason) = failed(bundle, ctx, &prev, problem, &now).await;
             (next, reason, None)
@@ -95,6 +102,15 @@ async fn reconcile_inner(
         ctx.remember_status_write(&uid, before, written);
     }
     Ok((reason, count_in))
+}
+
+/// Whether `problem` is only that the bundle's sources wait for their first check.
+fn awaits_first_check(bundle: &RuleBundle, ctx: &Context, problem: &Problem) -> bool {
+    let namespace = bundle.namespace().unwrap_or_default();
+    problem.reason == BundleReason::SourceNotReady
+        && plan::awaits_first_check(&bundle.spec, |name| {
+            ctx.sources.get(&ObjectRef::new(name).within(&namespace))
+        })
 }
 
 /// The reason the bundle's Ready condition gives (`Succeeded` when there is none).
