@@ -38,6 +38,11 @@ const BEHIND_OWN_WRITE: Duration = Duration::from_secs(5);
 /// first status write wakes it sooner; see [`plan::awaits_first_check`]).
 const FIRST_CHECK_WAIT: Duration = Duration::from_secs(30);
 
+/// How long after its creation a bundle may wait quietly for its sources' first check;
+/// past it, it says `SourceNotReady` like any other wait (so a source whose status can
+/// never be written leaves its bundles without a status for 5 minutes at most).
+const FIRST_CHECK_GRACE: Duration = Duration::from_secs(300);
+
 pub async fn reconcile(bundle: Arc<RuleBundle>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = reconcile_inner(&bundle, &ctx).await;
@@ -107,10 +112,19 @@ async fn reconcile_inner(
 /// Whether `problem` is only that the bundle's sources wait for their first check.
 fn awaits_first_check(bundle: &RuleBundle, ctx: &Context, problem: &Problem) -> bool {
     let namespace = bundle.namespace().unwrap_or_default();
+    let created = bundle.meta().creation_timestamp.as_ref().map(|t| t.0);
     problem.reason == BundleReason::SourceNotReady
+        && created_within(created, jiff::Timestamp::now(), FIRST_CHECK_GRACE)
         && plan::awaits_first_check(&bundle.spec, |name| {
             ctx.sources.get(&ObjectRef::new(name).within(&namespace))
         })
+}
+
+/// Whether an object created at `created` is within `grace` of `now`, either way (an API
+/// server's clock a little ahead of ours); one without a creation time is not.
+fn created_within(created: Option<jiff::Timestamp>, now: jiff::Timestamp, grace: Duration) -> bool {
+    let grace = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
+    created.is_some_and(|c| (now.as_second() - c.as_second()).abs() < grace)
 }
 
 /// The reason the bundle's Ready condition gives (`Succeeded` when there is none).
@@ -489,6 +503,27 @@ mod tests {
     use super::*;
     use crate::oci::content::ContentKind;
     use crate::store::IndexFile;
+
+    #[test]
+    fn only_a_young_bundle_waits_quietly() {
+        let now = jiff::Timestamp::from_second(1_000_000).unwrap();
+        let at = |s: i64| Some(jiff::Timestamp::from_second(s).unwrap());
+        let grace = Duration::from_secs(300);
+        assert!(created_within(at(1_000_000 - 299), now, grace));
+        assert!(
+            !created_within(at(1_000_000 - 300), now, grace),
+            "past the grace"
+        );
+        assert!(
+            created_within(at(1_000_000 + 5), now, grace),
+            "a clock a little ahead"
+        );
+        assert!(
+            !created_within(at(1_000_000 + 86_400), now, grace),
+            "not a day ahead"
+        );
+        assert!(!created_within(None, now, grace));
+    }
 
     /// A store holding `files`, and the plan entries for them (Falco rules).
     fn stored(files: &[(&str, Vec<u8>)]) -> (tempfile::TempDir, Store, Vec<PlannedFile>) {
