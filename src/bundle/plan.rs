@@ -9,6 +9,7 @@ use super::{BundleReason, Problem, keys};
 use crate::api::ArtifactSource;
 use crate::api::artifact_source::{Artifact, ArtifactFile};
 use crate::api::condition::{ConditionType, find};
+use crate::api::reason::SourceReason;
 use crate::api::rule_bundle::{BundleFile, BundleSource, RuleBundleSpec, SourceRevision};
 use crate::digest::Digest;
 use crate::oci::content::ContentKind;
@@ -50,7 +51,7 @@ pub fn source_state(source: Option<&ArtifactSource>) -> SourceState<'_> {
 }
 
 /// Whether a bundle's sources all exist and those not Ready only wait for their first check
-/// (no status yet, not suspended; at least one). A bundle with no status of its own then
+/// (see [`first_check_pending`]; at least one). A bundle with no status of its own then
 /// waits without writing one or an Event: the sources' first status wakes it, and a
 /// thousand bundles created with their sources do not each report a wait that ends in
 /// seconds. A missing, suspended, failing or refused source is reported at once.
@@ -63,13 +64,28 @@ pub fn awaits_first_check<S: std::ops::Deref<Target = ArtifactSource>>(
         let Some(source) = lookup(&s.source_ref.name) else {
             return false;
         };
-        if source.status.is_none() && !source.spec.suspend {
+        if first_check_pending(&source) {
             unchecked = true;
         } else if !matches!(source_state(Some(&source)), SourceState::Ready(_)) {
             return false;
         }
     }
     unchecked
+}
+
+/// A source not suspended whose first check has not ended: no status yet, or only the
+/// progress of its first pull (no artifact, `Ready=Unknown` because `Progressing`).
+fn first_check_pending(source: &ArtifactSource) -> bool {
+    if source.spec.suspend {
+        return false;
+    }
+    let Some(status) = &source.status else {
+        return true;
+    };
+    let pulling = |c: &crate::api::condition::Condition| {
+        c.status == "Unknown" && c.reason == SourceReason::Progressing.as_str()
+    };
+    status.artifact.is_none() && find(&status.conditions, ConditionType::Ready).is_none_or(pulling)
 }
 
 /// One file of the bundle.

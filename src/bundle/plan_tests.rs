@@ -293,6 +293,25 @@ fn only_sources_not_checked_yet_let_a_new_bundle_wait_quietly() {
         Some(ready()),
         Some(object(2, Some((Status::True, 1)), None))
     ));
+    // a first pull under way (the source's progress status) is still a first check
+    let mut pulling = object(1, None, None);
+    let conditions = &mut pulling.status.as_mut().unwrap().conditions;
+    let progressing = SourceReason::Progressing.as_str();
+    set_condition(
+        conditions,
+        ConditionType::Ready,
+        Status::Unknown,
+        progressing,
+        "pulling",
+        Some(1),
+        "t",
+    );
+    assert!(quiet(Some(pulling.clone()), Some(ready())));
+    pulling.status.as_mut().unwrap().artifact = Some(artifact("1@x", &["a"]));
+    assert!(
+        !quiet(Some(pulling), Some(ready())),
+        "a later pull is not a first check"
+    );
 }
 
 #[test]

@@ -43,6 +43,9 @@ const FIRST_CHECK_WAIT: Duration = Duration::from_secs(30);
 /// never be written leaves its bundles without a status for 5 minutes at most).
 const FIRST_CHECK_GRACE: Duration = Duration::from_secs(300);
 
+/// How far ahead of ours an API server's clock may be for [`FIRST_CHECK_GRACE`].
+const CLOCK_SKEW: Duration = Duration::from_secs(30);
+
 pub async fn reconcile(bundle: Arc<RuleBundle>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = reconcile_inner(&bundle, &ctx).await;
@@ -120,11 +123,13 @@ fn awaits_first_check(bundle: &RuleBundle, ctx: &Context, problem: &Problem) -> 
         })
 }
 
-/// Whether an object created at `created` is within `grace` of `now`, either way (an API
-/// server's clock a little ahead of ours); one without a creation time is not.
+/// Whether an object created at `created` is less than `grace` old at `now`, allowing for
+/// an API server's clock up to [`CLOCK_SKEW`] ahead of ours; one without a creation time
+/// is not.
 fn created_within(created: Option<jiff::Timestamp>, now: jiff::Timestamp, grace: Duration) -> bool {
     let grace = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
-    created.is_some_and(|c| (now.as_second() - c.as_second()).abs() < grace)
+    let skew = i64::try_from(CLOCK_SKEW.as_secs()).unwrap_or(i64::MAX);
+    created.is_some_and(|c| (-skew..grace).contains(&(now.as_second() - c.as_second())))
 }
 
 /// The reason the bundle's Ready condition gives (`Succeeded` when there is none).
@@ -519,8 +524,8 @@ mod tests {
             "a clock a little ahead"
         );
         assert!(
-            !created_within(at(1_000_000 + 86_400), now, grace),
-            "not a day ahead"
+            !created_within(at(1_000_000 + 31), now, grace),
+            "not a minute ahead"
         );
         assert!(!created_within(None, now, grace));
     }
