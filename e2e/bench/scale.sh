@@ -143,14 +143,18 @@ one_size() {
 
 # Each size but the last is deleted (and gone) before the next starts: the API server
 # slows as etcd fills, and a size should not pay for the ones before it.
+# Deletes the namespace $1 and waits until it is gone.
+delete_namespace() {
+	local deleting
+	deleting=$(now)
+	kubectl delete namespace "$1" --timeout=600s >/dev/null
+	echo "namespace $1 deleted in $(elapsed "$deleting" "$(now)") s" >&2
+}
+
 last_ns=
 series_start=$(now)
 for n in "${SIZES[@]}"; do
-	if [[ -n $last_ns ]]; then
-		deleting=$(now)
-		kubectl delete namespace "$last_ns" --timeout=600s >/dev/null
-		echo "namespace $last_ns deleted in $(elapsed "$deleting" "$(now)") s" >&2
-	fi
+	[[ -n $last_ns ]] && delete_namespace "$last_ns"
 	one_size "$n" >>"$work/series"
 done
 # the API server's own rate for the same writes, against the largest size's bundles (the
@@ -209,7 +213,5 @@ if [[ -n ${BENCH_SECTIONS:-} ]]; then
 	} >>"$BENCH_SECTIONS"
 fi
 # the last size is gone before the next part of `make bench` starts (deleting 8,000 + 8,000
-# took the API server about four minutes, and would slow what runs beside it)
-deleting=$(now)
-kubectl delete namespace "$last_ns" --timeout=600s >/dev/null
-echo "namespace $last_ns deleted in $(elapsed "$deleting" "$(now)") s" >&2
+# took the API server about three minutes, and would slow what runs beside it)
+delete_namespace "$last_ns"

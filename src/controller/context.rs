@@ -438,7 +438,7 @@ impl Context {
         let event = Event {
             type_,
             reason: reason.to_string(),
-            note: Some(truncated(note, MAX_NOTE_BYTES).to_string()),
+            note: Some(note.to_string()), // cut to what the API server takes by the recorder
             action: action.to_string(),
             secondary: None,
         };
@@ -535,18 +535,6 @@ fn is_final(reason: BundleReason) -> bool {
     )
 }
 
-/// An Event's note is at most 1 KiB (the API server refuses longer ones).
-const MAX_NOTE_BYTES: usize = 1000;
-
-/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
-pub fn truncated(s: &str, max: usize) -> &str {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 fn clear(counts: &Mutex<HashMap<String, u32>>, uid: &str) {
     if let Ok(mut c) = counts.lock() {
         c.remove(uid);
@@ -607,17 +595,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn notes_are_cut_on_a_character_boundary() {
-        assert_eq!(truncated("abc", 2), "ab");
-        assert_eq!(truncated("abc", 10), "abc");
-        let wide = "é".repeat(600); // 1,200 bytes
-        let cut = truncated(&wide, MAX_NOTE_BYTES);
-        assert_eq!(cut.len(), 1000);
-        assert!(cut.chars().all(|c| c == 'é'));
-        assert_eq!(truncated("aé", 2), "a");
-    }
 
     #[tokio::test]
     async fn a_write_that_changed_nothing_does_not_hold_the_bundle_back() {

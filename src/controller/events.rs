@@ -103,6 +103,27 @@ impl Series {
     }
 }
 
+/// An Event's note is at most 1 KiB (the API server refuses longer ones).
+const MAX_NOTE_BYTES: usize = 1000;
+
+/// The longest an Event name's prefix (the object's name) may be: the whole name, with
+/// its `.<timestamp>` suffix, stays within the API server's 253 characters.
+const MAX_NAME_PREFIX: usize = 200;
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+pub fn truncated(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The note as the Event carries it.
+fn note_of(event: &Event) -> Option<&str> {
+    event.note.as_deref().map(|n| truncated(n, MAX_NOTE_BYTES))
+}
+
 /// An Event's key: what a repeat shares with its first, hashed with this process's
 /// random keys (a tenant cannot aim a collision at another object's series).
 pub fn key_of(keys: &RandomState, event: &Event, object: &ObjectReference) -> u64 {
@@ -114,7 +135,7 @@ pub fn key_of(keys: &RandomState, event: &Event, object: &ObjectReference) -> u6
         matches!(event.type_, EventType::Warning),
         &event.reason,
         &event.action,
-        &event.note,
+        note_of(event),
     ))
 }
 
@@ -170,8 +191,10 @@ impl Recorder {
     fn event(&self, event: &Event, object: &ObjectReference) -> K8sEvent {
         let now = jiff::Timestamp::now();
         let controller = &self.reporter.controller;
-        // a name of at most 253 characters, as the API server requires
-        let name = super::context::truncated(object.name.as_deref().unwrap_or(controller), 200);
+        let name = truncated(
+            object.name.as_deref().unwrap_or(controller),
+            MAX_NAME_PREFIX,
+        );
         K8sEvent {
             metadata: ObjectMeta {
                 name: Some(format!("{name}.{:x}", now.as_nanosecond())),
@@ -180,7 +203,7 @@ impl Recorder {
             },
             action: Some(event.action.clone()),
             reason: Some(event.reason.clone()),
-            note: event.note.clone(),
+            note: note_of(event).map(str::to_string),
             event_time: Some(MicroTime(now)),
             regarding: Some(object.clone()),
             related: event.secondary.clone(),
@@ -261,6 +284,17 @@ mod tests {
     }
 
     #[test]
+    fn notes_are_cut_on_a_character_boundary() {
+        assert_eq!(truncated("abc", 2), "ab");
+        assert_eq!(truncated("abc", 10), "abc");
+        let wide = "é".repeat(600); // 1,200 bytes
+        let cut = truncated(&wide, MAX_NOTE_BYTES);
+        assert_eq!(cut.len(), 1000);
+        assert!(cut.chars().all(|c| c == 'é'));
+        assert_eq!(truncated("aé", 2), "a");
+    }
+
+    #[test]
     fn keys_differ_by_object_note_type_and_reason() {
         let keys = RandomState::new();
         let base = key_of(&keys, &event("a"), &object("b1"));
@@ -300,6 +334,25 @@ mod tests {
         assert_eq!(s.remembered(), MAX_SERIES);
         s.record(u64::MAX, "new".into(), 1, t2);
         assert_eq!(s.remembered(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_event_holds_what_the_api_server_takes() {
+        let (client, _api) = mock_api::pair();
+        let reporter = Reporter {
+            controller: "ocisync-controller".into(),
+            instance: None,
+        };
+        let recorder = Recorder::new(client, reporter);
+        let long = object(&"b".repeat(253));
+        let built = recorder.event(&event(&"é".repeat(600)), &long);
+        let note = built.note.unwrap_or_default();
+        assert!(
+            note.len() <= MAX_NOTE_BYTES && note.starts_with('é'),
+            "{}",
+            note.len()
+        );
+        assert!(built.metadata.name.unwrap_or_default().len() <= 253);
     }
 
     #[tokio::test]
